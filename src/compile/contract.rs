@@ -1,0 +1,309 @@
+//! Event contracts: `schemas/events/<product>/<event>.json` is a JSON Schema
+//! for the `data` of that event.
+//!
+//! Contracts serve twice: `publish` validates payloads against them, and the
+//! compiler asks them whether a path such as `$.data.candidate.email` can
+//! ever hold a value. For that question a contract that lists `properties`
+//! is taken to list every field its event carries, unless it says otherwise
+//! with `additionalProperties` (a schema, or `true`): a typo in a mapping is
+//! far more common than a field the contract forgot.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonschema::Validator;
+use serde_json::Value;
+
+use crate::config::SourceFile;
+use crate::diagnostics::{Code, Diagnostic, Position};
+
+/// One event's contract.
+#[derive(Debug)]
+pub struct Contract {
+    pub product: String,
+    pub event: String,
+    pub file: PathBuf,
+    pub schema: Value,
+    validator: Validator,
+}
+
+/// A problem with a payload, as a JSON pointer into `data` and a message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl Contract {
+    /// Every way `data` breaks this contract (empty when it fits).
+    pub fn violations(&self, data: &Value) -> Vec<Violation> {
+        self.validator
+            .iter_errors(data)
+            .map(|error| Violation {
+                pointer: format!("/data{}", error.instance_path().as_str()),
+                message: error.masked().to_string(),
+            })
+            .collect()
+    }
+
+    /// Whether a field path (`candidate`, `email`) can hold a value.
+    pub fn lookup(&self, segments: &[Segment]) -> Lookup<'_> {
+        lookup(&self.schema, &self.schema, segments, 0)
+    }
+}
+
+/// One step into a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(i64),
+    /// A wildcard, slice or filter: any child.
+    Any,
+}
+
+/// What a contract says about a field path.
+#[derive(Debug, PartialEq)]
+pub enum Lookup<'s> {
+    /// The field exists; its schema.
+    Found(&'s Value),
+    /// The contract does not constrain this part of the payload.
+    Open,
+    /// Segment `at` names a field the contract does not have.
+    Missing { at: usize, known: Vec<String> },
+}
+
+fn resolve<'s>(root: &'s Value, schema: &'s Value) -> &'s Value {
+    let mut schema = schema;
+    // Follow local references (a bounded number, against ref cycles).
+    for _ in 0..32 {
+        match schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+        {
+            Some(pointer) => match root.pointer(pointer) {
+                Some(target) => schema = target,
+                None => return schema,
+            },
+            None => return schema,
+        }
+    }
+    schema
+}
+
+fn lookup<'s>(root: &'s Value, schema: &'s Value, segments: &[Segment], depth: usize) -> Lookup<'s> {
+    let schema = resolve(root, schema);
+    let Some(first) = segments.first() else {
+        return Lookup::Found(schema);
+    };
+    let Value::Object(object) = schema else {
+        // `true` or `false` as a schema.
+        return Lookup::Open;
+    };
+    // Combinators: the field exists if any branch has it.
+    let mut known = Vec::new();
+    let mut branches = 0;
+    for keyword in ["allOf", "anyOf", "oneOf"] {
+        for branch in object.get(keyword).and_then(Value::as_array).into_iter().flatten() {
+            branches += 1;
+            match lookup(root, branch, segments, depth) {
+                Lookup::Missing { known: k, .. } => known.extend(k),
+                found => return found,
+            }
+        }
+    }
+    let rest = &segments[1..];
+    let missing = |known: Vec<String>| Lookup::Missing { at: depth, known };
+    let declared = || -> Vec<String> {
+        object
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let child = match first {
+        Segment::Key(key) => {
+            let in_properties = object
+                .get("properties")
+                .and_then(Value::as_object)
+                .and_then(|p| p.get(key));
+            let in_patterns = || {
+                object
+                    .get("patternProperties")
+                    .and_then(Value::as_object)
+                    .and_then(|patterns| {
+                        patterns.iter().find_map(|(pattern, schema)| {
+                            regex::Regex::new(pattern)
+                                .ok()
+                                .filter(|re| re.is_match(key))
+                                .map(|_| schema)
+                        })
+                    })
+            };
+            match in_properties.or_else(in_patterns) {
+                Some(child) => child,
+                None => match object.get("additionalProperties") {
+                    Some(Value::Bool(false)) => {
+                        known.extend(declared());
+                        return missing(known);
+                    }
+                    Some(additional @ Value::Object(_)) => additional,
+                    Some(_) => return Lookup::Open,
+                    None if object.contains_key("properties") || branches > 0 => {
+                        known.extend(declared());
+                        return missing(known);
+                    }
+                    None => return Lookup::Open,
+                },
+            }
+        }
+        Segment::Index(_) | Segment::Any => match object.get("items") {
+            Some(items) => items,
+            None => return Lookup::Open,
+        },
+    };
+    lookup(root, child, rest, depth + 1)
+}
+
+/// All contracts of a directory, by `(product, event)`.
+#[derive(Debug, Default, Clone)]
+pub struct Contracts {
+    by_event: HashMap<(String, String), Arc<Contract>>,
+}
+
+impl Contracts {
+    /// Parses contract files (read by [`crate::config::read_contracts`]
+    /// from `root`); bad ones become diagnostics.
+    pub fn parse(root: &Path, files: &[SourceFile]) -> (Contracts, Vec<Diagnostic>) {
+        let mut contracts = Contracts::default();
+        let mut diagnostics = Vec::new();
+        for file in files {
+            match parse_one(root, file) {
+                Ok(contract) => {
+                    contracts.by_event.insert(
+                        (contract.product.clone(), contract.event.clone()),
+                        Arc::new(contract),
+                    );
+                }
+                Err(diagnostic) => diagnostics.push(*diagnostic),
+            }
+        }
+        (contracts, diagnostics)
+    }
+
+    pub fn get(&self, product: &str, event: &str) -> Option<&Arc<Contract>> {
+        self.by_event.get(&(product.to_owned(), event.to_owned()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_event.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_event.is_empty()
+    }
+}
+
+fn parse_one(root: &Path, file: &SourceFile) -> Result<Contract, Box<Diagnostic>> {
+    let bad = |position: Position, message: String| {
+        Box::new(Diagnostic::error(&file.path, position, Code::InvalidContract, message))
+    };
+    let relative = file.path.strip_prefix(root).unwrap_or(&file.path);
+    let parts: Vec<String> = relative
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let [product, name] = parts.as_slice() else {
+        return Err(bad(
+            Position::START,
+            format!(
+                "contracts go in `<product>/<event>.json` under {}",
+                root.display()
+            ),
+        ));
+    };
+    let event = name.trim_end_matches(".json").to_owned();
+    let schema: Value = serde_json::from_str(&file.text).map_err(|error| {
+        bad(
+            Position::new(error.line().max(1), error.column().max(1)),
+            format!("not valid JSON: {error}"),
+        )
+    })?;
+    let validator = jsonschema::draft202012::new(&schema).map_err(|error| {
+        bad(
+            Position::START,
+            format!("not a valid JSON Schema: {}", error.masked()),
+        )
+    })?;
+    Ok(Contract {
+        product: product.clone(),
+        event,
+        file: file.path.clone(),
+        schema,
+        validator,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn contract(schema: Value) -> Contract {
+        Contract {
+            product: "p".into(),
+            event: "e".into(),
+            file: "p/e.json".into(),
+            validator: jsonschema::draft202012::new(&schema).unwrap(),
+            schema,
+        }
+    }
+
+    fn keys(path: &str) -> Vec<Segment> {
+        path.split('.').map(|k| Segment::Key(k.into())).collect()
+    }
+
+    #[test]
+    fn declared_properties_are_the_whole_contract() {
+        let c = contract(json!({
+            "type": "object",
+            "properties": {
+                "candidate": {"$ref": "#/$defs/candidate"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "extra": {"type": "object"}
+            },
+            "$defs": {"candidate": {"type": "object", "properties": {"email": {"type": "string"}}}}
+        }));
+        assert!(matches!(c.lookup(&keys("candidate.email")), Lookup::Found(_)));
+        assert_eq!(
+            c.lookup(&keys("candidate.emial")),
+            Lookup::Missing { at: 1, known: vec!["email".into()] }
+        );
+        assert!(matches!(c.lookup(&[Segment::Key("tags".into()), Segment::Index(0)]), Lookup::Found(_)));
+        // An object with no declared properties is open.
+        assert_eq!(c.lookup(&keys("extra.anything")), Lookup::Open);
+    }
+
+    #[test]
+    fn combinators_and_additional_properties() {
+        let c = contract(json!({
+            "anyOf": [
+                {"properties": {"a": {}}},
+                {"properties": {"b": {}}, "additionalProperties": {"type": "string"}}
+            ]
+        }));
+        assert!(matches!(c.lookup(&keys("a")), Lookup::Found(_)));
+        assert!(matches!(c.lookup(&keys("zzz")), Lookup::Found(_)));
+        let closed = contract(json!({"allOf": [{"properties": {"a": {}}}]}));
+        assert!(matches!(closed.lookup(&keys("b")), Lookup::Missing { at: 0, .. }));
+    }
+
+    #[test]
+    fn violations_point_into_data() {
+        let c = contract(json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}));
+        assert!(c.violations(&json!({"id": "x"})).is_empty());
+        let v = c.violations(&json!({"id": 3}));
+        assert_eq!(v[0].pointer, "/data/id");
+    }
+}

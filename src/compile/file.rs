@@ -1,0 +1,737 @@
+//! Compiles one loaded integration file: identifiers, value expressions,
+//! templates, guards, names and contracts, collecting every diagnostic.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::contract::{Contract, Contracts, Lookup, Segment};
+use super::ident::{Ident, TableName};
+use super::route::{Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, ValueExpr};
+use super::template::{
+    Analyser, TemplateForm, TemplateProblemKind, TemplateSources, classify, is_template,
+};
+use crate::config::LoadedFile;
+use crate::config::model::{Missing, RouteModel, StepModel};
+use crate::config::yaml::escape_pointer_token;
+use crate::diagnostics::{Code, Diagnostic, Position, did_you_mean};
+use crate::envelope::ENVELOPE_FIELDS;
+use crate::mapping::jsonpath::JsonPath;
+
+/// Names a template may use that no step defines.
+const CONTEXT_NAMES: [&str; 2] = ["event", "data"];
+
+/// What templates at one place of a route may refer to.
+struct Scope<'a> {
+    contract: Option<&'a Contract>,
+    /// `as` names of earlier steps.
+    defined: Vec<String>,
+    /// `as` names of this and later steps, with the step that binds them.
+    later: Vec<(String, usize)>,
+}
+
+pub(super) struct FileCompiler<'a> {
+    file: &'a LoadedFile,
+    analyser: &'a Analyser,
+    contracts: &'a Contracts,
+    templates: &'a mut TemplateSources,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> FileCompiler<'a> {
+    pub fn new(
+        file: &'a LoadedFile,
+        analyser: &'a Analyser,
+        contracts: &'a Contracts,
+        templates: &'a mut TemplateSources,
+    ) -> Self {
+        FileCompiler {
+            file,
+            analyser,
+            contracts,
+            templates,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, position: Position, code: Code, message: impl Into<String>) -> &mut Diagnostic {
+        self.diagnostics
+            .push(Diagnostic::error(&self.file.path, position, code, message));
+        self.diagnostics.last_mut().expect("just pushed")
+    }
+
+    fn warning(&mut self, position: Position, code: Code, message: impl Into<String>) {
+        self.diagnostics
+            .push(Diagnostic::warning(&self.file.path, position, code, message));
+    }
+
+    fn at(&self, pointer: &str) -> Position {
+        self.file.document.spans.position(pointer)
+    }
+
+    fn key_at(&self, pointer: &str) -> Position {
+        self.file.document.spans.key_position(pointer)
+    }
+
+    /// Where `needle` stands inside the string node at `pointer`, or the
+    /// node itself when it cannot be found.
+    fn locate(&self, pointer: &str, needle: Option<&str>) -> Position {
+        let document = &self.file.document;
+        let Some(node) = document.spans.node(pointer) else {
+            return self.at(pointer);
+        };
+        let Some(needle) = needle.filter(|n| !n.is_empty()) else {
+            return node.start;
+        };
+        let raw = document.source.slice(node.start_index, node.end_index.max(node.start_index));
+        match raw.find(needle) {
+            Some(byte) => document
+                .source
+                .position(node.start_index + raw[..byte].chars().count()),
+            None => node.start,
+        }
+    }
+
+    /// Compiles the file; `None` when it has errors.
+    pub fn compile(mut self) -> (Option<Integration>, Vec<Diagnostic>) {
+        let model = &self.file.model;
+        let id = match &model.id {
+            Some(id) => id.clone(),
+            None => {
+                let stem = self
+                    .file
+                    .path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("")
+                    .to_owned();
+                let valid = !stem.is_empty()
+                    && stem.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && stem
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+                if !valid {
+                    self.error(
+                        Position::START,
+                        Code::InvalidValue,
+                        format!("the file name `{stem}` cannot serve as the integration id"),
+                    )
+                    .help = Some("add an `id:` of lowercase letters, digits, `-`, `_` and `.`".into());
+                }
+                stem
+            }
+        };
+        let retry = self.retry();
+        let mut routes = Vec::new();
+        for (index, route) in model.routes.iter().enumerate() {
+            if let Some(route) = self.route(index, route) {
+                routes.push(route);
+            }
+        }
+        self.duplicate_routes(&routes);
+        let mut hasher = DefaultHasher::new();
+        self.file.document.source.text.hash(&mut hasher);
+        let ok = !self.diagnostics.iter().any(Diagnostic::is_error);
+        let integration = Integration {
+            id,
+            description: model.description.clone(),
+            enabled: model.enabled.unwrap_or(true),
+            source: model.source.clone(),
+            target: model.target.clone(),
+            retry,
+            routes,
+            file: self.file.path.clone(),
+            fingerprint: hasher.finish(),
+        };
+        (ok.then_some(integration), self.diagnostics)
+    }
+
+    fn retry(&mut self) -> RetryPolicy {
+        let defaults = RetryPolicy::default();
+        let Some(model) = self.file.model.retry.clone() else {
+            return defaults;
+        };
+        let mut duration = |key: &str, text: Option<&String>, default: Duration| match text {
+            None => default,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(duration) => duration,
+                Err(error) => {
+                    let pointer = format!("/retry/{key}");
+                    let position = self.at(&pointer);
+                    self.error(
+                        position,
+                        Code::InvalidValue,
+                        format!("`{text}` is not a duration: {error}"),
+                    )
+                    .help = Some("write durations like `500ms`, `1s`, `10m` or `1h 30m`".into());
+                    default
+                }
+            },
+        };
+        let initial = duration("initial", model.initial.as_ref(), defaults.initial);
+        let max = duration("max", model.max.as_ref(), defaults.max);
+        if initial > max {
+            let position = self.at("/retry/initial");
+            self.error(
+                position,
+                Code::InvalidValue,
+                "`retry.initial` is longer than `retry.max`",
+            );
+        }
+        RetryPolicy {
+            max_attempts: model.max_attempts.unwrap_or(defaults.max_attempts),
+            initial,
+            max,
+        }
+    }
+
+    fn route(&mut self, index: usize, model: &RouteModel) -> Option<Route> {
+        let pointer = format!("/routes/{index}");
+        let source = self.file.model.source.clone();
+        let contract = self.contracts.get(&source, &model.on).cloned();
+        if contract.is_none() {
+            let position = self.at(&format!("{pointer}/on"));
+            self.warning(
+                position,
+                Code::MissingContract,
+                format!(
+                    "`{source}/{}` has no contract (schemas/events/{source}/{}.json), so the fields this route reads are not checked",
+                    model.on, model.on
+                ),
+            );
+        }
+        // Parse every step first, so templates can be checked against names
+        // bound by later steps (a forward reference, not a typo).
+        let mut steps_models = Vec::new();
+        for (step_index, raw) in model.steps.iter().enumerate() {
+            match StepModel::from_value(raw) {
+                Ok(step) => steps_models.push((step_index, step)),
+                Err(error) => {
+                    let position = self.at(&format!("{pointer}/steps/{step_index}"));
+                    self.error(position, Code::InvalidStep, format!("cannot read this step: {error}"));
+                }
+            }
+        }
+        let binds: Vec<(String, usize)> = steps_models
+            .iter()
+            .filter_map(|(i, step)| bind_of(step).map(|name| (name.to_owned(), *i)))
+            .collect();
+        self.check_binds(&pointer, &binds);
+
+        let mut scope = Scope {
+            contract: contract.as_deref(),
+            defined: Vec::new(),
+            later: binds.clone(),
+        };
+        let when = model
+            .when
+            .as_ref()
+            .and_then(|raw| self.guard(&format!("{pointer}/when"), raw, &scope));
+        let mut steps = Vec::new();
+        for (step_index, step_model) in &steps_models {
+            let step_pointer = format!("{pointer}/steps/{step_index}");
+            scope.later.retain(|(_, i)| i >= step_index);
+            if let Some(step) = self.step(&step_pointer, *step_index, step_model, &scope) {
+                steps.push(step);
+            }
+            if let Some(name) = bind_of(step_model) {
+                scope.defined.push(name.to_owned());
+            }
+        }
+        Some(Route {
+            index,
+            on: model.on.clone(),
+            description: model.description.clone(),
+            when,
+            steps,
+            position: self.at(&pointer),
+        })
+    }
+
+    fn check_binds(&mut self, route_pointer: &str, binds: &[(String, usize)]) {
+        for (position_in_list, (name, step)) in binds.iter().enumerate() {
+            let pointer = format!("{route_pointer}/steps/{step}/as");
+            if CONTEXT_NAMES.contains(&name.as_str()) {
+                let position = self.at(&pointer);
+                self.error(
+                    position,
+                    Code::DuplicateName,
+                    format!("`{name}` is reserved for the event; choose another `as` name"),
+                );
+            } else if let Some((_, first)) = binds[..position_in_list].iter().find(|(n, _)| n == name) {
+                let position = self.at(&pointer);
+                self.error(
+                    position,
+                    Code::DuplicateName,
+                    format!("`{name}` is already bound by step {} of this route", first + 1),
+                );
+            }
+        }
+    }
+
+    fn step(&mut self, pointer: &str, index: usize, model: &StepModel, scope: &Scope<'_>) -> Option<Step> {
+        let (when, description) = match model {
+            StepModel::Find(m) => (&m.when, &m.description),
+            StepModel::Upsert(m) => (&m.when, &m.description),
+            StepModel::Update(m) => (&m.when, &m.description),
+            StepModel::Delete(m) => (&m.when, &m.description),
+            StepModel::Emit(m) => (&m.when, &m.description),
+        };
+        let when = when
+            .as_ref()
+            .and_then(|raw| self.guard(&format!("{pointer}/when"), raw, scope));
+        let kind = match model {
+            StepModel::Find(m) => StepKind::Find {
+                table: self.table(&format!("{pointer}/find"), &m.find)?,
+                filter: self.columns(&format!("{pointer}/where"), &m.filter, scope)?,
+                missing: m.missing.unwrap_or(Missing::Null),
+            },
+            StepModel::Upsert(m) => {
+                let table = self.table(&format!("{pointer}/upsert"), &m.upsert);
+                let values = self.columns(&format!("{pointer}/values"), &m.values, scope);
+                let mut key = Vec::new();
+                for (i, column) in m.key.iter().enumerate() {
+                    let key_pointer = format!("{pointer}/key/{i}");
+                    let Some(ident) = self.ident(&key_pointer, column, false) else {
+                        continue;
+                    };
+                    if !m.values.contains_key(column) {
+                        let position = self.at(&key_pointer);
+                        let help = did_you_mean(column, m.values.keys().map(String::as_str));
+                        let diagnostic = self.error(
+                            position,
+                            Code::KeyNotInValues,
+                            format!("key column `{column}` is not among `values`: the conflict target must be written"),
+                        );
+                        diagnostic.help = help;
+                    }
+                    key.push(ident);
+                }
+                StepKind::Upsert {
+                    table: table?,
+                    key,
+                    values: values?,
+                }
+            }
+            StepModel::Update(m) => StepKind::Update {
+                table: self.table(&format!("{pointer}/update"), &m.update)?,
+                filter: self.columns(&format!("{pointer}/where"), &m.filter, scope)?,
+                set: self.columns(&format!("{pointer}/set"), &m.set, scope)?,
+                missing: m.missing.unwrap_or(Missing::Null),
+            },
+            StepModel::Delete(m) => StepKind::Delete {
+                table: self.table(&format!("{pointer}/delete"), &m.delete)?,
+                filter: self.columns(&format!("{pointer}/where"), &m.filter, scope)?,
+                missing: m.missing.unwrap_or(Missing::Null),
+            },
+            StepModel::Emit(m) => {
+                let data_pointer = format!("{pointer}/data");
+                let mut data = Vec::new();
+                for (key, raw) in &m.data {
+                    let value_pointer = format!("{data_pointer}/{}", escape_pointer_token(key));
+                    if let Some(value) = self.value(&value_pointer, raw, scope) {
+                        data.push((key.clone(), value));
+                    }
+                }
+                self.check_emit_contract(pointer, &m.emit, &m.data);
+                StepKind::Emit {
+                    event: m.emit.clone(),
+                    data,
+                }
+            }
+        };
+        Some(Step {
+            index,
+            when,
+            bind: bind_of(model).map(str::to_owned),
+            description: description.clone(),
+            kind,
+            position: self.at(pointer),
+        })
+    }
+
+    fn table(&mut self, pointer: &str, text: &str) -> Option<TableName> {
+        match TableName::parse(text) {
+            Ok(table) => Some(table),
+            Err(error) => {
+                let position = self.at(pointer);
+                self.error(position, Code::InvalidIdentifier, format!("table {error}"));
+                None
+            }
+        }
+    }
+
+    /// Validates a column name; `as_key` says it is a mapping key (report
+    /// at the key) rather than a list item.
+    fn ident(&mut self, pointer: &str, name: &str, as_key: bool) -> Option<Ident> {
+        match Ident::parse(name) {
+            Ok(ident) => Some(ident),
+            Err(error) => {
+                let position = if as_key { self.key_at(pointer) } else { self.at(pointer) };
+                self.error(position, Code::InvalidIdentifier, format!("column {error}"));
+                None
+            }
+        }
+    }
+
+    fn columns(&mut self, pointer: &str, raw: &Map<String, Value>, scope: &Scope<'_>) -> Option<Columns> {
+        let mut columns = Vec::new();
+        let mut ok = true;
+        for (name, value) in raw {
+            let column_pointer = format!("{pointer}/{}", escape_pointer_token(name));
+            let ident = self.ident(&column_pointer, name, true);
+            let value = self.value(&column_pointer, value, scope);
+            match (ident, value) {
+                (Some(ident), Some(value)) => columns.push((ident, value)),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(columns)
+    }
+
+    /// Compiles a value expression at `pointer`.
+    fn value(&mut self, pointer: &str, raw: &Value, scope: &Scope<'_>) -> Option<ValueExpr> {
+        match raw {
+            Value::String(text) if text.starts_with('$') => self.path(pointer, text, None, false, scope),
+            Value::String(text) if is_template(text) => {
+                let (id, source) = self.template(pointer, text, scope)?;
+                Some(ValueExpr::Template { id, source })
+            }
+            Value::Object(object) if object.contains_key("path") => {
+                let text = object.get("path").and_then(Value::as_str).unwrap_or_default();
+                let required = object.get("required").and_then(Value::as_bool).unwrap_or(false);
+                self.path(
+                    &format!("{pointer}/path"),
+                    text,
+                    object.get("default").cloned(),
+                    required,
+                    scope,
+                )
+            }
+            Value::Object(object) if object.contains_key("template") => {
+                let text = object.get("template").and_then(Value::as_str).unwrap_or_default();
+                let (id, source) = self.template(&format!("{pointer}/template"), text, scope)?;
+                Some(ValueExpr::Template { id, source })
+            }
+            Value::Object(object) if object.contains_key("value") => {
+                Some(ValueExpr::Literal(object.get("value").cloned().unwrap_or(Value::Null)))
+            }
+            Value::Object(object) => {
+                let mut entries = Vec::new();
+                let mut ok = true;
+                for (key, value) in object {
+                    let child = format!("{pointer}/{}", escape_pointer_token(key));
+                    match self.value(&child, value, scope) {
+                        Some(value) => entries.push((key.clone(), value)),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(ValueExpr::Object(entries))
+            }
+            Value::Array(items) => {
+                let mut values = Vec::new();
+                let mut ok = true;
+                for (i, item) in items.iter().enumerate() {
+                    match self.value(&format!("{pointer}/{i}"), item, scope) {
+                        Some(value) => values.push(value),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(ValueExpr::Array(values))
+            }
+            literal => Some(ValueExpr::Literal(literal.clone())),
+        }
+    }
+
+    fn path(
+        &mut self,
+        pointer: &str,
+        text: &str,
+        default: Option<Value>,
+        required: bool,
+        scope: &Scope<'_>,
+    ) -> Option<ValueExpr> {
+        let path = match JsonPath::parse(text) {
+            Ok(path) => path,
+            Err(error) => {
+                let needle = error.offset.map(|offset| text.chars().skip(offset).take(8).collect::<String>());
+                let position = self.locate(pointer, needle.as_deref());
+                self.error(
+                    position,
+                    Code::InvalidJsonpath,
+                    format!("invalid JSONPath `{text}`: {}", error.message),
+                )
+                .help = Some("paths look like `$.data.candidate.email` or `$.data.items[0].id`; write `{value: \"$...\"}` for a literal that starts with `$`".into());
+                return None;
+            }
+        };
+        let segments = path.segments();
+        self.check_event_field(pointer, &segments, scope.contract);
+        Some(ValueExpr::Path {
+            path,
+            default,
+            required,
+        })
+    }
+
+    /// Checks that a path into the event (`data.candidate.email`, as
+    /// segments after the root) names something the envelope and the
+    /// event's contract can hold.
+    fn check_event_field(&mut self, pointer: &str, segments: &[Segment], contract: Option<&Contract>) {
+        let Some(Segment::Key(first)) = segments.first() else {
+            return;
+        };
+        if !ENVELOPE_FIELDS.contains(&first.as_str()) {
+            let position = self.locate(pointer, Some(first));
+            let help = did_you_mean(first, ENVELOPE_FIELDS);
+            self.error(
+                position,
+                Code::NotInContract,
+                format!(
+                    "the event envelope has no field `{first}`; it has {}",
+                    ENVELOPE_FIELDS.join(", ")
+                ),
+            )
+            .help = help;
+            return;
+        }
+        if first != "data" {
+            return;
+        }
+        let Some(contract) = contract else { return };
+        if let Lookup::Missing { at, known } = contract.lookup(&segments[1..]) {
+            let Segment::Key(field) = &segments[1 + at] else { return };
+            let shown: Vec<String> = segments[..=1 + at]
+                .iter()
+                .map(|s| match s {
+                    Segment::Key(k) => k.clone(),
+                    Segment::Index(i) => i.to_string(),
+                    Segment::Any => "*".into(),
+                })
+                .collect();
+            let position = self.locate(pointer, Some(field));
+            let help = did_you_mean(field, known.iter().map(String::as_str)).or_else(|| {
+                (!known.is_empty()).then(|| format!("the contract has: {}", known.join(", ")))
+            });
+            self.error(
+                position,
+                Code::NotInContract,
+                format!(
+                    "`{}` is not in the contract for {}/{} ({})",
+                    shown.join("."),
+                    contract.product,
+                    contract.event,
+                    contract.file.display()
+                ),
+            )
+            .help = help;
+        }
+    }
+
+    /// Compiles and checks a template string at `pointer`.
+    fn template(&mut self, pointer: &str, text: &str, scope: &Scope<'_>) -> Option<(super::template::TemplateId, String)> {
+        let form = classify(text);
+        let analysis = self.analyser.analyse(&form);
+        let source = match &form {
+            TemplateForm::Expression(expr) => expr.as_str(),
+            TemplateForm::Text(text) => text.as_str(),
+        };
+        let mut ok = true;
+        for problem in &analysis.problems {
+            ok = false;
+            let needle = problem
+                .needle
+                .clone()
+                .or_else(|| {
+                    problem.range.clone().map(|range| {
+                        let start = range.start.min(source.len());
+                        let end = range.end.clamp(start, source.len());
+                        let snippet = &source[start..end];
+                        if snippet.trim().is_empty() {
+                            source[start..].chars().take(8).collect()
+                        } else {
+                            snippet.to_owned()
+                        }
+                    })
+                });
+            let position = self.locate(pointer, needle.as_deref());
+            let code = match problem.kind {
+                TemplateProblemKind::Syntax => Code::InvalidTemplate,
+                TemplateProblemKind::UnknownFunction => Code::UnknownFunction,
+            };
+            self.error(position, code, format!("template `{text}`: {}", problem.message));
+        }
+        if !ok {
+            return None;
+        }
+        for name in &analysis.names {
+            let root = name.root();
+            let needle = name.offset.map(|offset| {
+                source[offset..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            });
+            if root == "data" || root == "event" {
+                let mut segments: Vec<Segment> =
+                    name.path.split('.').skip(1).map(|s| Segment::Key(s.to_owned())).collect();
+                if root == "data" {
+                    segments.insert(0, Segment::Key("data".into()));
+                }
+                let before = self.diagnostics.len();
+                self.check_event_field(pointer, &segments, scope.contract);
+                ok &= self.diagnostics.len() == before;
+                continue;
+            }
+            if scope.defined.iter().any(|d| d == root) {
+                continue;
+            }
+            ok = false;
+            let position = self.locate(pointer, needle.as_deref());
+            if let Some((_, step)) = scope.later.iter().find(|(n, _)| n == root) {
+                self.error(
+                    position,
+                    Code::ForwardReference,
+                    format!("`{root}` is bound by step {}, which runs after this one", step + 1),
+                );
+            } else {
+                let candidates: Vec<&str> = CONTEXT_NAMES
+                    .iter()
+                    .copied()
+                    .chain(scope.defined.iter().map(String::as_str))
+                    .collect();
+                let help = did_you_mean(root, candidates.iter().copied()).unwrap_or_else(|| {
+                    format!("templates can use: {}", candidates.join(", "))
+                });
+                self.error(position, Code::UndefinedName, format!("`{root}` is not defined"))
+                    .help = Some(help);
+            }
+        }
+        ok.then(|| (self.templates.add(form), text.to_owned()))
+    }
+
+    fn guard(&mut self, pointer: &str, raw: &Value, scope: &Scope<'_>) -> Option<Guard> {
+        match raw {
+            Value::Bool(b) => Some(Guard::Constant(*b)),
+            Value::String(text) => {
+                let expression = if is_template(text) {
+                    match classify(text) {
+                        TemplateForm::Expression(_) => text.clone(),
+                        TemplateForm::Text(_) => {
+                            let position = self.at(pointer);
+                            self.error(
+                                position,
+                                Code::InvalidTemplate,
+                                "a guard must be one expression, such as `{{ data.amount > 0 }}`",
+                            );
+                            return None;
+                        }
+                    }
+                } else {
+                    format!("{{{{ {text} }}}}")
+                };
+                let (id, _) = self.template(pointer, &expression, scope)?;
+                Some(Guard::Expression {
+                    id,
+                    source: text.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn check_emit_contract(&mut self, pointer: &str, event: &str, data: &Map<String, Value>) {
+        let target = self.file.model.target.clone();
+        let Some(contract) = self.contracts.get(&target, event).cloned() else {
+            let position = self.at(&format!("{pointer}/emit"));
+            self.warning(
+                position,
+                Code::MissingContract,
+                format!("`{target}/{event}` has no contract (schemas/events/{target}/{event}.json), so what this step emits is not checked"),
+            );
+            return;
+        };
+        for (key, value) in data {
+            let key_pointer = format!("{pointer}/data/{}", escape_pointer_token(key));
+            match contract.lookup(&[Segment::Key(key.clone())]) {
+                Lookup::Missing { known, .. } => {
+                    let position = self.key_at(&key_pointer);
+                    let help = did_you_mean(key, known.iter().map(String::as_str));
+                    self.error(
+                        position,
+                        Code::EmitContract,
+                        format!("`{key}` is not in the contract for {target}/{event}"),
+                    )
+                    .help = help;
+                }
+                Lookup::Found(schema) => {
+                    let literal = match value {
+                        Value::String(s) if s.starts_with('$') || is_template(s) => None,
+                        Value::Object(_) | Value::Array(_) => None,
+                        literal => Some(literal),
+                    };
+                    if let Some(literal) = literal
+                        && let Ok(validator) = jsonschema::validator_for(schema)
+                        && let Some(error) = validator.iter_errors(literal).next()
+                    {
+                        let position = self.at(&key_pointer);
+                        self.error(
+                            position,
+                            Code::EmitContract,
+                            format!("`{key}` does not fit the contract for {target}/{event}: {}", error.masked()),
+                        );
+                    }
+                }
+                Lookup::Open => {}
+            }
+        }
+        let required = contract
+            .schema
+            .get("required")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for field in required.iter().filter_map(Value::as_str) {
+            if !data.contains_key(field) {
+                let position = self.at(&format!("{pointer}/emit"));
+                self.error(
+                    position,
+                    Code::EmitContract,
+                    format!("the contract for {target}/{event} requires `{field}`, which this step does not set"),
+                );
+            }
+        }
+    }
+
+    /// Two routes for the same event in one file, neither guarded, are
+    /// surely a mistake: they would both run, in an order nobody chose.
+    fn duplicate_routes(&mut self, routes: &[Route]) {
+        for (i, route) in routes.iter().enumerate() {
+            if let Some(first) = routes[..i]
+                .iter()
+                .find(|r| r.on == route.on && r.when.is_none() && route.when.is_none())
+            {
+                let position = self.at(&format!("/routes/{}/on", route.index));
+                self.error(
+                    position,
+                    Code::DuplicateRoute,
+                    format!(
+                        "`{}` is already routed at line {}; merge the steps into one route, or give each a `when` guard",
+                        route.on, first.position.line
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn bind_of(step: &StepModel) -> Option<&str> {
+    match step {
+        StepModel::Find(m) => m.bind.as_deref(),
+        StepModel::Upsert(m) => m.bind.as_deref(),
+        StepModel::Update(m) => m.bind.as_deref(),
+        StepModel::Delete(_) | StepModel::Emit(_) => None,
+    }
+}

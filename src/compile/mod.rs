@@ -1,0 +1,167 @@
+//! From configuration to an executable [`Generation`].
+//!
+//! [`compile`] takes the files read by [`crate::config::read_directory`]
+//! and returns every diagnostic it can find together with a generation when
+//! there are no errors. It does no I/O: `check`, `render`, `test` and the
+//! live reloader all call it with files already read, so they agree on what
+//! a directory means.
+
+pub mod contract;
+mod file;
+pub mod graph;
+pub mod ident;
+pub mod route;
+pub mod template;
+
+use std::collections::HashMap;
+
+use crate::config::{self, ConfigDir};
+use crate::diagnostics::{self, Code, Diagnostic, Position};
+use contract::Contracts;
+pub use route::{Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, ValueExpr};
+use template::{Analyser, TemplateSet, TemplateSources};
+
+/// One compiled snapshot of the whole integrations directory. Immutable;
+/// a reload builds a new one and swaps it in.
+#[derive(Debug)]
+pub struct Generation {
+    /// Increases by one with every successful reload (1 for the first).
+    pub number: u64,
+    /// Every integration, sorted by id.
+    pub integrations: Vec<Integration>,
+    pub contracts: Contracts,
+    pub templates: TemplateSet,
+    /// Warnings found while compiling (a generation has no errors).
+    pub warnings: Vec<Diagnostic>,
+    /// `(source, event)` to `(integration index, route index)`.
+    by_event: HashMap<(String, String), Vec<(usize, usize)>>,
+}
+
+impl Generation {
+    /// Every route of every integration that handles `source`/`event`,
+    /// enabled or not (the caller decides).
+    pub fn routes<'g>(
+        &'g self,
+        source: &str,
+        event: &str,
+    ) -> impl Iterator<Item = (&'g Integration, &'g Route)> + 'g {
+        self.by_event
+            .get(&(source.to_owned(), event.to_owned()))
+            .into_iter()
+            .flatten()
+            .map(|(i, r)| {
+                let integration = &self.integrations[*i];
+                (integration, &integration.routes[*r])
+            })
+    }
+
+    pub fn integration(&self, id: &str) -> Option<&Integration> {
+        self.integrations
+            .binary_search_by(|i| i.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.integrations[i])
+    }
+}
+
+/// The result of compiling a directory: the diagnostics, always, and a
+/// generation when there were no errors.
+#[derive(Debug)]
+pub struct Compilation {
+    pub generation: Option<Generation>,
+    /// Every problem found, sorted by file and position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// How many integration files were read.
+    pub files: usize,
+}
+
+impl Compilation {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+/// Compiles a directory's files into generation number `number`.
+pub fn compile(dir: &ConfigDir, number: u64) -> Compilation {
+    let mut diagnostics = dir.diagnostics.clone();
+    let (contracts, contract_diagnostics) = Contracts::parse(&dir.contracts_root, &dir.contracts);
+    diagnostics.extend(contract_diagnostics);
+
+    let analyser = Analyser::default();
+    let mut sources = TemplateSources::default();
+    let mut integrations = Vec::new();
+    for file in &dir.integrations {
+        let (loaded, load_diagnostics) = config::load(file);
+        diagnostics.extend(load_diagnostics);
+        let Some(loaded) = loaded else { continue };
+        let (integration, file_diagnostics) =
+            file::FileCompiler::new(&loaded, &analyser, &contracts, &mut sources).compile();
+        diagnostics.extend(file_diagnostics);
+        integrations.extend(integration);
+    }
+    if dir.integrations.is_empty() && dir.diagnostics.is_empty() {
+        diagnostics.push(Diagnostic::warning(
+            &dir.root,
+            Position::START,
+            Code::NoIntegrations,
+            "no integration files (*.yaml, *.yml) in this directory",
+        ));
+    }
+    diagnostics.extend(graph::check(&integrations));
+    diagnostics::sort(&mut diagnostics);
+
+    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    let generation = if has_errors {
+        None
+    } else {
+        match TemplateSet::build(sources) {
+            Ok(templates) => Some(assemble(number, integrations, contracts, templates, &diagnostics)),
+            Err(error) => {
+                // Analysis accepted every template, so this is a bug; report
+                // it as a diagnostic rather than panic in a running server.
+                diagnostics.push(Diagnostic::error(
+                    &dir.root,
+                    Position::START,
+                    Code::InvalidTemplate,
+                    format!("internal error building templates: {error}"),
+                ));
+                None
+            }
+        }
+    };
+    Compilation {
+        generation,
+        diagnostics,
+        files: dir.integrations.len(),
+    }
+}
+
+fn assemble(
+    number: u64,
+    mut integrations: Vec<Integration>,
+    contracts: Contracts,
+    templates: TemplateSet,
+    diagnostics: &[Diagnostic],
+) -> Generation {
+    integrations.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut by_event: HashMap<(String, String), Vec<(usize, usize)>> = HashMap::new();
+    for (i, integration) in integrations.iter().enumerate() {
+        for (r, route) in integration.routes.iter().enumerate() {
+            by_event
+                .entry((integration.source.clone(), route.on.clone()))
+                .or_default()
+                .push((i, r));
+        }
+    }
+    Generation {
+        number,
+        integrations,
+        contracts,
+        templates,
+        warnings: diagnostics.to_vec(),
+        by_event,
+    }
+}

@@ -1,0 +1,190 @@
+//! The executable form of an integration: routes of steps whose values are
+//! compiled expressions. Built by the compiler, run by
+//! [`crate::mapping::run_route`] — in `render`, `test` and the engine alike.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::ident::{Ident, TableName};
+use super::template::TemplateId;
+use crate::config::model::Missing;
+use crate::diagnostics::Position;
+use crate::mapping::jsonpath::JsonPath;
+
+/// One compiled integration file.
+#[derive(Debug)]
+pub struct Integration {
+    pub id: String,
+    pub description: Option<String>,
+    /// `enabled:` in YAML; the persisted state from the API is kept apart.
+    pub enabled: bool,
+    pub source: String,
+    pub target: String,
+    pub retry: RetryPolicy,
+    pub routes: Vec<Route>,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// A hash of the file's text, so a reload can tell changed integrations.
+    pub fingerprint: u64,
+}
+
+impl Integration {
+    /// The routes that handle `event`, in file order.
+    pub fn routes_for<'a>(&'a self, event: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
+        self.routes.iter().filter(move |r| r.on == event)
+    }
+}
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What one integration does for one event name.
+#[derive(Debug)]
+pub struct Route {
+    /// Position among the integration's routes (0-based); with the
+    /// integration id, it names the route in deliveries.
+    pub index: usize,
+    pub on: String,
+    pub description: Option<String>,
+    pub when: Option<Guard>,
+    pub steps: Vec<Step>,
+    /// Where the route starts in its file, for messages.
+    pub position: Position,
+}
+
+/// A condition: a literal, or a compiled expression tested for truth.
+#[derive(Debug, Clone)]
+pub enum Guard {
+    Constant(bool),
+    Expression { id: TemplateId, source: String },
+}
+
+/// One step of a route.
+#[derive(Debug)]
+pub struct Step {
+    /// Position in the route (0-based).
+    pub index: usize,
+    pub when: Option<Guard>,
+    /// The `as` name its row is bound to for later steps.
+    pub bind: Option<String>,
+    pub description: Option<String>,
+    pub kind: StepKind,
+    /// Where the step starts in its file, for messages.
+    pub position: Position,
+}
+
+/// Column name and the expression that gives its value, in file order.
+pub type Columns = Vec<(Ident, ValueExpr)>;
+
+/// What a step does.
+#[derive(Debug)]
+pub enum StepKind {
+    Find {
+        table: TableName,
+        filter: Columns,
+        missing: Missing,
+    },
+    Upsert {
+        table: TableName,
+        key: Vec<Ident>,
+        values: Columns,
+    },
+    Update {
+        table: TableName,
+        filter: Columns,
+        set: Columns,
+        missing: Missing,
+    },
+    Delete {
+        table: TableName,
+        filter: Columns,
+        missing: Missing,
+    },
+    Emit {
+        event: String,
+        data: Vec<(String, ValueExpr)>,
+    },
+}
+
+impl StepKind {
+    /// The keyword that introduces the step in YAML.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            StepKind::Find { .. } => "find",
+            StepKind::Upsert { .. } => "upsert",
+            StepKind::Update { .. } => "update",
+            StepKind::Delete { .. } => "delete",
+            StepKind::Emit { .. } => "emit",
+        }
+    }
+
+    /// The table the step reads or writes, if any.
+    pub fn table(&self) -> Option<&TableName> {
+        match self {
+            StepKind::Find { table, .. }
+            | StepKind::Upsert { table, .. }
+            | StepKind::Update { table, .. }
+            | StepKind::Delete { table, .. } => Some(table),
+            StepKind::Emit { .. } => None,
+        }
+    }
+}
+
+/// A compiled value expression.
+#[derive(Debug, Clone)]
+pub enum ValueExpr {
+    /// Taken as written.
+    Literal(Value),
+    /// A JSONPath on the event envelope.
+    Path {
+        path: JsonPath,
+        default: Option<Value>,
+        required: bool,
+    },
+    /// A minijinja template or single expression.
+    Template { id: TemplateId, source: String },
+    /// A mapping of expressions, evaluated to a JSON object.
+    Object(Vec<(String, ValueExpr)>),
+    /// A list of expressions, evaluated to a JSON array.
+    Array(Vec<ValueExpr>),
+}
+
+impl ValueExpr {
+    /// The expression as the user wrote it, for messages and `render`.
+    pub fn source(&self) -> String {
+        match self {
+            ValueExpr::Literal(value) => value.to_string(),
+            ValueExpr::Path { path, .. } => path.as_str().to_owned(),
+            ValueExpr::Template { source, .. } => source.clone(),
+            ValueExpr::Object(entries) => format!(
+                "{{{}}}",
+                entries
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", v.source()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ValueExpr::Array(items) => format!(
+                "[{}]",
+                items.iter().map(ValueExpr::source).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! busbar: a declarative integration bus.
+//!
+//! Products publish business events; YAML files in `integrations.d/` say
+//! which events go to which product and how their fields map onto rows of
+//! that product's tables. The data flows through these modules, in order:
+//!
+//! - [`config`]: finds the files, reads YAML with positions, validates it
+//!   against `schemas/integration.schema.json`, and builds the typed model.
+//! - [`compile`]: turns the model into a [`compile::Generation`]: routes of
+//!   steps with JSONPaths and minijinja templates compiled once, checked
+//!   against event contracts, identifiers and the emit graph. Every problem
+//!   is a [`diagnostics::Diagnostic`]; compiling never stops at the first.
+//! - [`mapping`]: evaluates a route for one event through an
+//!   [`mapping::Executor`] (pure: the database is behind the trait).
+//! - [`render`]: the dry run, the same step loop over a simulated database.
+//!
+//! `check`, `render` and the server all go through the same compile and
+//! mapping code; the CLI in `main.rs` only parses arguments and prints.
+
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod config;
+pub mod diagnostics;
+pub mod envelope;
+pub mod mapping;
+pub mod render;
+pub mod report;

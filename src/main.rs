@@ -1,0 +1,215 @@
+//! The `busbar` command line: parses arguments and calls into the library.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use busbar::compile::{self, Compilation};
+use busbar::config::{self, ConfigDir, yaml::SourceText};
+use busbar::envelope::Envelope;
+use busbar::report::{self, CheckFormat};
+
+/// A declarative integration bus: YAML integrations route business events
+/// between products' tables, durably and exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "busbar", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate an integrations directory: every problem, with file:line:col.
+    ///
+    /// Exit status: 0 clean (warnings allowed unless --deny-warnings),
+    /// 1 problems found, 2 could not run.
+    Check {
+        /// The integrations directory.
+        #[arg(default_value = "integrations.d")]
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+        /// Treat warnings as problems (exit 1).
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Where event contracts live [default: DIR/../schemas/events].
+        #[arg(long)]
+        contracts: Option<PathBuf>,
+    },
+    /// Dry run: show the rows and events one event would produce. Writes nothing.
+    Render {
+        /// The event envelope, as JSON or YAML.
+        #[arg(long)]
+        event: PathBuf,
+        /// Only this integration's routes.
+        #[arg(long)]
+        integration: Option<String>,
+        /// The integrations directory.
+        #[arg(long, default_value = "integrations.d")]
+        dir: PathBuf,
+        /// Where event contracts live [default: DIR/../schemas/events].
+        #[arg(long)]
+        contracts: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = RenderFormat::Text)]
+        format: RenderFormat,
+    },
+    /// Print the JSON Schema of integration files (for editors and CI).
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RenderFormat {
+    Text,
+    Json,
+}
+
+/// Exit status for "could not run".
+const CANNOT_RUN: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check {
+            dir,
+            format,
+            deny_warnings,
+            contracts,
+        } => check(&dir, contracts.as_deref(), format, deny_warnings),
+        Command::Render {
+            event,
+            integration,
+            dir,
+            contracts,
+            format,
+        } => render(&event, integration.as_deref(), &dir, contracts.as_deref(), format),
+        Command::Schema => {
+            println!("{}", config::schema::integration_schema().trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let mut err = anstream::stderr();
+            let _ = writeln!(err, "busbar: error: {error:#}");
+            ExitCode::from(CANNOT_RUN)
+        }
+    }
+}
+
+fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {
+    config::read_directory(dir, contracts)
+        .with_context(|| format!("cannot read the integrations directory {}", dir.display()))
+}
+
+fn sources(config: &ConfigDir) -> HashMap<PathBuf, SourceText> {
+    config
+        .integrations
+        .iter()
+        .chain(&config.contracts)
+        .map(|file| (file.path.clone(), SourceText::new(&file.text)))
+        .collect()
+}
+
+fn check(dir: &Path, contracts: Option<&Path>, format: CheckFormat, deny_warnings: bool) -> Result<ExitCode> {
+    let config = read_config(dir, contracts)?;
+    let compilation = compile::compile(&config, 0);
+    let mut out = anstream::stdout();
+    report::print_diagnostics(
+        &mut out,
+        format,
+        &compilation.diagnostics,
+        &sources(&config),
+        compilation.files,
+    )?;
+    let failed = compilation.errors() > 0 || (deny_warnings && compilation.warnings() > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn render(
+    event_file: &Path,
+    integration: Option<&str>,
+    dir: &Path,
+    contracts: Option<&Path>,
+    format: RenderFormat,
+) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(event_file)
+        .with_context(|| format!("cannot read the event file {}", event_file.display()))?;
+    let (document, diagnostics) = config::yaml::parse(event_file, &text);
+    let mut err = anstream::stderr();
+    let Some(document) = document else {
+        let sources = HashMap::from([(event_file.to_path_buf(), SourceText::new(&text))]);
+        report::print_diagnostics(&mut err, CheckFormat::Text, &diagnostics, &sources, 1)?;
+        return Ok(ExitCode::FAILURE);
+    };
+    let envelope = match Envelope::from_json(&document.value) {
+        Ok(envelope) => envelope,
+        Err(violations) => {
+            writeln!(err, "{}: not a valid event:", event_file.display())?;
+            for violation in violations {
+                writeln!(err, "  {}: {}", pointer_or_root(&violation.pointer), violation.message)?;
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let config = read_config(dir, contracts)?;
+    let Compilation {
+        generation,
+        diagnostics,
+        files,
+    } = compile::compile(&config, 0);
+    let Some(generation) = generation else {
+        writeln!(err, "the integrations do not compile, so there is nothing to render:")?;
+        let errors: Vec<_> = diagnostics.into_iter().filter(|d| d.is_error()).collect();
+        report::print_diagnostics(&mut err, CheckFormat::Text, &errors, &sources(&config), files)?;
+        return Ok(ExitCode::FAILURE);
+    };
+    if let Some(id) = integration
+        && generation.integration(id).is_none()
+    {
+        anyhow::bail!("there is no integration `{id}` in {}", dir.display());
+    }
+    let mut code = ExitCode::SUCCESS;
+    if let Some(contract) = generation.contracts.get(&envelope.source, &envelope.event) {
+        let violations = contract.violations(&envelope.data);
+        if !violations.is_empty() {
+            writeln!(
+                err,
+                "publishing would refuse this event: its data breaks the contract {}:",
+                contract.file.display()
+            )?;
+            for violation in violations {
+                writeln!(err, "  {}: {}", violation.pointer, violation.message)?;
+            }
+            code = ExitCode::FAILURE;
+        }
+    }
+    let report = busbar::render::render(&generation, &envelope, integration);
+    let mut out = anstream::stdout();
+    match format {
+        RenderFormat::Text => report::print_render(&mut out, &report)?,
+        RenderFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+    }
+    if report.routes.iter().any(|r| r.outcome == "failed") {
+        code = ExitCode::FAILURE;
+    }
+    Ok(code)
+}
+
+fn pointer_or_root(pointer: &str) -> &str {
+    if pointer.is_empty() { "(the event)" } else { pointer }
+}
