@@ -37,6 +37,9 @@ pub(super) struct FileCompiler<'a> {
     analyser: &'a Analyser,
     contracts: &'a Contracts,
     templates: &'a mut TemplateSources,
+    /// The schema already found errors: parts that cannot be read are
+    /// skipped quietly, as they have been reported.
+    schema_errors: bool,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -46,12 +49,14 @@ impl<'a> FileCompiler<'a> {
         analyser: &'a Analyser,
         contracts: &'a Contracts,
         templates: &'a mut TemplateSources,
+        schema_errors: bool,
     ) -> Self {
         FileCompiler {
             file,
             analyser,
             contracts,
             templates,
+            schema_errors,
             diagnostics: Vec::new(),
         }
     }
@@ -94,8 +99,10 @@ impl<'a> FileCompiler<'a> {
         }
     }
 
-    /// Compiles the file; `None` when it has errors.
-    pub fn compile(mut self) -> (Option<Integration>, Vec<Diagnostic>) {
+    /// Compiles the file. The integration comes back even when the file
+    /// has errors (with the parts that compiled), so that checks across
+    /// files still see it; the flag says whether it is fit to run.
+    pub fn compile(mut self) -> (Integration, bool, Vec<Diagnostic>) {
         let model = &self.file.model;
         let id = match &model.id {
             Some(id) => id.clone(),
@@ -125,17 +132,19 @@ impl<'a> FileCompiler<'a> {
         };
         let retry = self.retry();
         let mut routes = Vec::new();
-        for (index, route) in model.routes.iter().enumerate() {
-            if let Some(route) = self.route(index, route) {
+        for route in &model.routes {
+            if let Some(route) = self.route(route.index, route) {
                 routes.push(route);
             }
         }
         self.duplicate_routes(&routes);
         let mut hasher = DefaultHasher::new();
         self.file.document.source.text.hash(&mut hasher);
-        let ok = !self.diagnostics.iter().any(Diagnostic::is_error);
+        let ok = !self.schema_errors && !self.diagnostics.iter().any(Diagnostic::is_error);
+        let id_position = if model.id.is_some() { self.at("/id") } else { Position::START };
         let integration = Integration {
             id,
+            id_position,
             description: model.description.clone(),
             enabled: model.enabled.unwrap_or(true),
             source: model.source.clone(),
@@ -145,7 +154,7 @@ impl<'a> FileCompiler<'a> {
             file: self.file.path.clone(),
             fingerprint: hasher.finish(),
         };
-        (ok.then_some(integration), self.diagnostics)
+        (integration, ok, self.diagnostics)
     }
 
     fn retry(&mut self) -> RetryPolicy {
@@ -208,15 +217,20 @@ impl<'a> FileCompiler<'a> {
         for (step_index, raw) in model.steps.iter().enumerate() {
             match StepModel::from_value(raw) {
                 Ok(step) => steps_models.push((step_index, step)),
+                Err(_) if self.schema_errors => {}
                 Err(error) => {
                     let position = self.at(&format!("{pointer}/steps/{step_index}"));
                     self.error(position, Code::InvalidStep, format!("cannot read this step: {error}"));
                 }
             }
         }
-        let binds: Vec<(String, usize)> = steps_models
+        // Names come from the raw steps, so a step that could not be read
+        // does not make every later use of its name an error too.
+        let binds: Vec<(String, usize)> = model
+            .steps
             .iter()
-            .filter_map(|(i, step)| bind_of(step).map(|name| (name.to_owned(), *i)))
+            .enumerate()
+            .filter_map(|(i, raw)| raw.get("as").and_then(Value::as_str).map(|n| (n.to_owned(), i)))
             .collect();
         self.check_binds(&pointer, &binds);
 
@@ -236,8 +250,10 @@ impl<'a> FileCompiler<'a> {
             if let Some(step) = self.step(&step_pointer, *step_index, step_model, &scope) {
                 steps.push(step);
             }
-            if let Some(name) = bind_of(step_model) {
-                scope.defined.push(name.to_owned());
+            // A later step may use this step's name: move it from "later"
+            // to "defined" once the step is behind us.
+            if let Some((name, _)) = binds.iter().find(|(_, i)| i == step_index) {
+                scope.defined.push(name.clone());
             }
         }
         Some(Route {
@@ -563,7 +579,8 @@ impl<'a> FileCompiler<'a> {
             };
             self.error(position, code, format!("template `{text}`: {}", problem.message));
         }
-        if !ok {
+        // Only a template that parses has names to check.
+        if analysis.problems.iter().any(|p| p.kind == TemplateProblemKind::Syntax) {
             return None;
         }
         for name in &analysis.names {
@@ -687,21 +704,26 @@ impl<'a> FileCompiler<'a> {
                 Lookup::Open => {}
             }
         }
-        let required = contract
+        let missing: Vec<String> = contract
             .schema
             .get("required")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        for field in required.iter().filter_map(Value::as_str) {
-            if !data.contains_key(field) {
-                let position = self.at(&format!("{pointer}/emit"));
-                self.error(
-                    position,
-                    Code::EmitContract,
-                    format!("the contract for {target}/{event} requires `{field}`, which this step does not set"),
-                );
-            }
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|field| !data.contains_key(*field))
+            .map(|field| format!("`{field}`"))
+            .collect();
+        if !missing.is_empty() {
+            let position = self.at(&format!("{pointer}/emit"));
+            self.error(
+                position,
+                Code::EmitContract,
+                format!(
+                    "the contract for {target}/{event} requires {}, which this step does not set",
+                    missing.join(", ")
+                ),
+            );
         }
     }
 

@@ -21,7 +21,7 @@ fn duplicate_ids(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
         if let Some(first) = seen.get(integration.id.as_str()) {
             out.push(Diagnostic::error(
                 &integration.file,
-                Position::START,
+                integration.id_position,
                 Code::DuplicateId,
                 format!(
                     "integration id `{}` is already used by {}",

@@ -95,12 +95,15 @@ pub fn compile(dir: &ConfigDir, number: u64) -> Compilation {
     let mut integrations = Vec::new();
     for file in &dir.integrations {
         let (loaded, load_diagnostics) = config::load(file);
+        let schema_errors = load_diagnostics.iter().any(Diagnostic::is_error);
         diagnostics.extend(load_diagnostics);
         let Some(loaded) = loaded else { continue };
-        let (integration, file_diagnostics) =
-            file::FileCompiler::new(&loaded, &analyser, &contracts, &mut sources).compile();
+        let (integration, _fit, file_diagnostics) =
+            file::FileCompiler::new(&loaded, &analyser, &contracts, &mut sources, schema_errors).compile();
         diagnostics.extend(file_diagnostics);
-        integrations.extend(integration);
+        // Integrations with errors still take part in the checks across
+        // files; any error keeps the whole directory from going live.
+        integrations.push(integration);
     }
     if dir.integrations.is_empty() && dir.diagnostics.is_empty() {
         diagnostics.push(Diagnostic::warning(

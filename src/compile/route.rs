@@ -17,6 +17,8 @@ use crate::mapping::jsonpath::JsonPath;
 #[derive(Debug)]
 pub struct Integration {
     pub id: String,
+    /// Where `id:` stands (the file's start when the id is the file name).
+    pub id_position: Position,
     pub description: Option<String>,
     /// `enabled:` in YAML; the persisted state from the API is kept apart.
     pub enabled: bool,

@@ -151,7 +151,7 @@ pub fn read_directory(dir: &Path, contracts_dir: Option<&Path>) -> io::Result<Co
     })
 }
 
-/// A file that parsed and passed the schema.
+/// A file that parsed, with the model that could be read from it.
 #[derive(Debug, Clone)]
 pub struct LoadedFile {
     pub path: PathBuf,
@@ -159,40 +159,27 @@ pub struct LoadedFile {
     pub model: IntegrationModel,
 }
 
-/// Parses and validates one file. Returns the loaded file only when it is
-/// good enough to compile (no YAML or schema errors).
+/// Parses and validates one file. Returns the loaded file whenever a model
+/// can be read from it, even with schema errors, so that compiling can
+/// report the rest of its problems too; the errors keep it out of any
+/// generation.
 pub fn load(file: &SourceFile) -> (Option<LoadedFile>, Vec<Diagnostic>) {
     let (document, mut diagnostics) = yaml::parse(&file.path, &file.text);
     let Some(document) = document else {
         return (None, diagnostics);
     };
-    let schema_diagnostics = schema::validate(&file.path, &document);
-    let schema_ok = schema_diagnostics.is_empty();
-    diagnostics.extend(schema_diagnostics);
-    if !schema_ok || diagnostics.iter().any(Diagnostic::is_error) {
+    diagnostics.extend(schema::validate(&file.path, &document));
+    let Some(model) = IntegrationModel::lenient(&document.value) else {
         return (None, diagnostics);
-    }
-    match serde_json::from_value::<IntegrationModel>(document.value.clone()) {
-        Ok(model) => (
-            Some(LoadedFile {
-                path: file.path.clone(),
-                document,
-                model,
-            }),
-            diagnostics,
-        ),
-        Err(error) => {
-            // The schema should have caught anything serde refuses; if it
-            // did not, say so rather than panic.
-            diagnostics.push(Diagnostic::error(
-                &file.path,
-                Position::START,
-                Code::InvalidValue,
-                format!("cannot read this integration: {error}"),
-            ));
-            (None, diagnostics)
-        }
-    }
+    };
+    (
+        Some(LoadedFile {
+            path: file.path.clone(),
+            document,
+            model,
+        }),
+        diagnostics,
+    )
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// One integration file, as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Built leniently ([`IntegrationModel::lenient`]): a file with schema
+/// errors still yields the parts that can be read, so the compiler can
+/// report its template, name and contract problems in the same run.
+#[derive(Debug, Clone)]
 pub struct IntegrationModel {
     pub id: Option<String>,
     pub description: Option<String>,
@@ -31,9 +34,10 @@ pub struct RetryModel {
 }
 
 /// One route as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct RouteModel {
+    /// Position in the file's `routes` list.
+    pub index: usize,
     pub on: String,
     pub description: Option<String>,
     pub when: Option<Value>,
@@ -124,12 +128,75 @@ pub enum StepModel {
     Emit(EmitModel),
 }
 
+fn string(value: Option<&Value>) -> Option<String> {
+    value.and_then(Value::as_str).map(str::to_owned)
+}
+
+impl IntegrationModel {
+    /// Reads what can be read: `None` only when `source`, `target` or
+    /// `routes` are unusable. Routes that cannot be read are left out
+    /// (the schema has reported why).
+    pub fn lenient(value: &Value) -> Option<IntegrationModel> {
+        let object = value.as_object()?;
+        let routes = object
+            .get("routes")?
+            .as_array()?
+            .iter()
+            .enumerate()
+            .filter_map(|(index, route)| RouteModel::lenient(index, route))
+            .collect();
+        Some(IntegrationModel {
+            id: string(object.get("id")),
+            description: string(object.get("description")),
+            enabled: object.get("enabled").and_then(Value::as_bool),
+            source: string(object.get("source"))?,
+            target: string(object.get("target"))?,
+            retry: object
+                .get("retry")
+                .and_then(|r| serde_json::from_value(r.clone()).ok()),
+            routes,
+        })
+    }
+}
+
+impl RouteModel {
+    fn lenient(index: usize, value: &Value) -> Option<RouteModel> {
+        let object = value.as_object()?;
+        Some(RouteModel {
+            index,
+            on: string(object.get("on"))?,
+            description: string(object.get("description")),
+            when: object.get("when").cloned(),
+            steps: object.get("steps")?.as_array()?.clone(),
+        })
+    }
+}
+
+/// The keys each step kind allows.
+fn allowed_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "find" => &["find", "where", "missing", "as", "when", "description"],
+        "upsert" => &["upsert", "key", "values", "as", "when", "description"],
+        "update" => &["update", "where", "set", "missing", "as", "when", "description"],
+        "delete" => &["delete", "where", "missing", "when", "description"],
+        _ => &["emit", "data", "when", "description"],
+    }
+}
+
 impl StepModel {
-    /// Reads a raw step; the schema has already checked that it has exactly
-    /// one kind key and only the keys that kind allows.
+    /// Reads a raw step by its kind key. Keys the kind does not allow are
+    /// ignored here (the schema reports them); a step with no kind, or
+    /// with values of the wrong type, is an error.
     pub fn from_value(value: &Value) -> Result<StepModel, serde_json::Error> {
         let has = |key: &str| value.get(key).is_some();
-        let value = value.clone();
+        let kind = ["find", "upsert", "update", "delete", "emit"]
+            .into_iter()
+            .find(|k| has(k))
+            .ok_or_else(|| serde::de::Error::custom("a step needs one of find, upsert, update, delete, emit"))?;
+        let mut value = value.clone();
+        if let Value::Object(object) = &mut value {
+            object.retain(|key, _| allowed_keys(kind).contains(&key.as_str()));
+        }
         Ok(if has("find") {
             StepModel::Find(serde_json::from_value(value)?)
         } else if has("upsert") {
