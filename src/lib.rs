@@ -13,6 +13,10 @@
 //! - [`mapping`]: evaluates a route for one event through an
 //!   [`mapping::Executor`] (pure: the database is behind the trait).
 //! - [`render`]: the dry run, the same step loop over a simulated database.
+//! - [`store`]: SQLite and PostgreSQL behind one interface: the engine's
+//!   tables, the target tables, the SQL dialects.
+//! - [`engine`]: publishing (group commit), routing, workers, retries,
+//!   dead letters, replay and the live generation.
 //!
 //! `check`, `render` and the server all go through the same compile and
 //! mapping code; the CLI in `main.rs` only parses arguments and prints.
@@ -21,8 +25,12 @@
 
 pub mod compile;
 pub mod config;
+pub mod dev;
 pub mod diagnostics;
 pub mod envelope;
 pub mod mapping;
 pub mod render;
 pub mod report;
+pub mod serve;
+pub mod store;
+pub mod engine;

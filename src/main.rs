@@ -62,6 +62,40 @@ enum Command {
     },
     /// Print the JSON Schema of integration files (for editors and CI).
     Schema,
+    /// Run busbar: the engine's workers on the database (and, with --dev,
+    /// the example platform seeded).
+    Serve {
+        /// Install the example platform's tables and seed an organization
+        /// subscribed to Nexus and Paylinq.
+        #[arg(long)]
+        dev: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The integrations directory.
+        #[arg(long, default_value = "integrations.d")]
+        dir: PathBuf,
+        /// Where event contracts live [default: DIR/../schemas/events].
+        #[arg(long)]
+        contracts: Option<PathBuf>,
+        /// Concurrent delivery workers [default: 6 on PostgreSQL, 1 on SQLite].
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Apply busbar's database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Also create the example platform's tables (core, hris, payroll).
+        #[arg(long)]
+        example_platform: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DatabaseArgs {
+    /// postgres://user@host/db, or sqlite://path/to/file.db.
+    #[arg(long, env = "DATABASE_URL", default_value = busbar::store::DEFAULT_DATABASE_URL)]
+    database_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +127,31 @@ fn main() -> ExitCode {
             println!("{}", config::schema::integration_schema().trim_end());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve {
+            dev,
+            database,
+            dir,
+            contracts,
+            workers,
+        } => run_async(busbar::serve::serve(busbar::serve::ServeOptions {
+            database_url: database.database_url,
+            dir,
+            contracts,
+            dev,
+            workers,
+        })),
+        Command::Migrate {
+            database,
+            example_platform,
+        } => run_async(async move {
+            let store = busbar::serve::connect(&database.database_url).await?;
+            if example_platform {
+                busbar::dev::install_example_platform(&store).await?;
+            }
+            println!("migrations applied to {}", busbar::serve::redact(&database.database_url));
+            store.close().await;
+            Ok(())
+        }),
     };
     match result {
         Ok(code) => code,
@@ -102,6 +161,25 @@ fn main() -> ExitCode {
             ExitCode::from(CANNOT_RUN)
         }
     }
+}
+
+/// Runs an async command on a multi-threaded runtime, with logs.
+fn run_async(future: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+    init_logging();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(future)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BUSBAR_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("busbar=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {

@@ -5,6 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
+use saphyr_parser::ScalarStyle;
 use serde_json::{Map, Value};
 
 use super::contract::{Contract, Contracts, Lookup, Segment};
@@ -82,7 +83,12 @@ impl<'a> FileCompiler<'a> {
 
     /// Where `needle` stands inside the string node at `pointer`, or the
     /// node itself when it cannot be found.
-    fn locate(&self, pointer: &str, needle: Option<&str>) -> Position {
+    ///
+    /// `within` is the node's value and the byte offset of this needle in
+    /// it, when known: the needle is then taken as the same occurrence in
+    /// the source (the second `candidate` of a template that names it
+    /// twice, the right line of a block scalar), not merely the first.
+    fn locate(&self, pointer: &str, needle: Option<&str>, within: Option<(&str, usize)>) -> Position {
         let document = &self.file.document;
         let Some(node) = document.spans.node(pointer) else {
             return self.at(pointer);
@@ -91,7 +97,23 @@ impl<'a> FileCompiler<'a> {
             return node.start;
         };
         let raw = document.source.slice(node.start_index, node.end_index.max(node.start_index));
-        match raw.find(needle) {
+        // Should a block scalar's span include its `|` or `>` header line,
+        // the content starts after it.
+        let content = match node.style {
+            Some(ScalarStyle::Literal | ScalarStyle::Folded) if raw.starts_with(['|', '>']) => {
+                raw.find('\n').map_or(0, |i| i + 1)
+            }
+            _ => 0,
+        };
+        let nth = within.map_or(0, |(value, offset)| {
+            value.match_indices(needle).take_while(|(i, _)| *i < offset).count()
+        });
+        let found = raw[content..]
+            .match_indices(needle)
+            .nth(nth)
+            .map(|(i, _)| content + i)
+            .or_else(|| raw.find(needle));
+        match found {
             Some(byte) => document
                 .source
                 .position(node.start_index + raw[..byte].chars().count()),
@@ -246,18 +268,22 @@ impl<'a> FileCompiler<'a> {
         let mut steps = Vec::new();
         for (step_index, step_model) in &steps_models {
             let step_pointer = format!("{pointer}/steps/{step_index}");
+            // The names of the steps behind this one are defined, whether or
+            // not those steps could be read; the rest are still "later".
             scope.later.retain(|(_, i)| i >= step_index);
+            scope.defined = binds
+                .iter()
+                .filter(|(_, i)| i < step_index)
+                .map(|(name, _)| name.clone())
+                .collect();
             if let Some(step) = self.step(&step_pointer, *step_index, step_model, &scope) {
                 steps.push(step);
             }
-            // A later step may use this step's name: move it from "later"
-            // to "defined" once the step is behind us.
-            if let Some((name, _)) = binds.iter().find(|(_, i)| i == step_index) {
-                scope.defined.push(name.clone());
-            }
         }
+        let ordinal = self.file.model.routes.iter().filter(|r| r.index < index && r.on == model.on).count();
         Some(Route {
             index,
+            ordinal,
             on: model.on.clone(),
             description: model.description.clone(),
             when,
@@ -373,7 +399,7 @@ impl<'a> FileCompiler<'a> {
             Ok(table) => Some(table),
             Err(error) => {
                 let position = self.at(pointer);
-                self.error(position, Code::InvalidIdentifier, format!("table {error}"));
+                self.error(position, Code::InvalidIdentifier, format!("table `{text}`: {error}"));
                 None
             }
         }
@@ -473,7 +499,10 @@ impl<'a> FileCompiler<'a> {
             Ok(path) => path,
             Err(error) => {
                 let needle = error.offset.map(|offset| text.chars().skip(offset).take(8).collect::<String>());
-                let position = self.locate(pointer, needle.as_deref());
+                let within = error
+                    .offset
+                    .map(|offset| (text, text.char_indices().nth(offset).map_or(text.len(), |(byte, _)| byte)));
+                let position = self.locate(pointer, needle.as_deref(), within);
                 self.error(
                     position,
                     Code::InvalidJsonpath,
@@ -484,7 +513,7 @@ impl<'a> FileCompiler<'a> {
             }
         };
         let segments = path.segments();
-        self.check_event_field(pointer, &segments, scope.contract);
+        self.check_event_field(pointer, &segments, scope.contract, Some((text, 0)));
         Some(ValueExpr::Path {
             path,
             default,
@@ -494,13 +523,34 @@ impl<'a> FileCompiler<'a> {
 
     /// Checks that a path into the event (`data.candidate.email`, as
     /// segments after the root) names something the envelope and the
-    /// event's contract can hold.
-    fn check_event_field(&mut self, pointer: &str, segments: &[Segment], contract: Option<&Contract>) {
+    /// event's contract can hold. `within` is the node's value and the byte
+    /// offset in it where the path is written, to place the problem.
+    fn check_event_field(
+        &mut self,
+        pointer: &str,
+        segments: &[Segment],
+        contract: Option<&Contract>,
+        within: Option<(&str, usize)>,
+    ) {
         let Some(Segment::Key(first)) = segments.first() else {
             return;
         };
+        // Where segment `upto` is written: each key is looked for after the
+        // one before it.
+        let written_at = |upto: usize| {
+            let (value, mut cursor) = within?;
+            let mut at = None;
+            for segment in &segments[..=upto] {
+                if let Segment::Key(key) = segment {
+                    let found = cursor + value.get(cursor..)?.find(key.as_str())?;
+                    at = Some(found);
+                    cursor = found + key.len();
+                }
+            }
+            Some((value, at?))
+        };
         if !ENVELOPE_FIELDS.contains(&first.as_str()) {
-            let position = self.locate(pointer, Some(first));
+            let position = self.locate(pointer, Some(first), written_at(0));
             let help = did_you_mean(first, ENVELOPE_FIELDS);
             self.error(
                 position,
@@ -527,7 +577,7 @@ impl<'a> FileCompiler<'a> {
                     Segment::Any => "*".into(),
                 })
                 .collect();
-            let position = self.locate(pointer, Some(field));
+            let position = self.locate(pointer, Some(field), written_at(1 + at));
             let help = did_you_mean(field, known.iter().map(String::as_str)).or_else(|| {
                 (!known.is_empty()).then(|| format!("the contract has: {}", known.join(", ")))
             });
@@ -554,6 +604,16 @@ impl<'a> FileCompiler<'a> {
             TemplateForm::Expression(expr) => expr.as_str(),
             TemplateForm::Text(text) => text.as_str(),
         };
+        // Offsets are into `source`; `base` turns them into offsets into `text`.
+        let base = text.find(source).unwrap_or(0);
+        let within = |offset: usize| Some((text, base + offset));
+        // A multi-line template would break the one-line diagnostic format;
+        // the position shows which line is meant.
+        let what = if text.contains('\n') {
+            "template".to_owned()
+        } else {
+            format!("template `{text}`")
+        };
         let mut ok = true;
         for problem in &analysis.problems {
             ok = false;
@@ -572,12 +632,13 @@ impl<'a> FileCompiler<'a> {
                         }
                     })
                 });
-            let position = self.locate(pointer, needle.as_deref());
+            let offset = problem.range.as_ref().map(|range| range.start.min(source.len()));
+            let position = self.locate(pointer, needle.as_deref(), offset.and_then(within));
             let code = match problem.kind {
                 TemplateProblemKind::Syntax => Code::InvalidTemplate,
                 TemplateProblemKind::UnknownFunction => Code::UnknownFunction,
             };
-            self.error(position, code, format!("template `{text}`: {}", problem.message));
+            self.error(position, code, format!("{what}: {}", problem.message));
         }
         // Only a template that parses has names to check.
         if analysis.problems.iter().any(|p| p.kind == TemplateProblemKind::Syntax) {
@@ -598,7 +659,7 @@ impl<'a> FileCompiler<'a> {
                     segments.insert(0, Segment::Key("data".into()));
                 }
                 let before = self.diagnostics.len();
-                self.check_event_field(pointer, &segments, scope.contract);
+                self.check_event_field(pointer, &segments, scope.contract, name.offset.and_then(within));
                 ok &= self.diagnostics.len() == before;
                 continue;
             }
@@ -606,7 +667,7 @@ impl<'a> FileCompiler<'a> {
                 continue;
             }
             ok = false;
-            let position = self.locate(pointer, needle.as_deref());
+            let position = self.locate(pointer, needle.as_deref(), name.offset.and_then(within));
             if let Some((_, step)) = scope.later.iter().find(|(n, _)| n == root) {
                 self.error(
                     position,

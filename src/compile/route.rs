@@ -63,6 +63,10 @@ pub struct Route {
     /// Position among the integration's routes (0-based); with the
     /// integration id, it names the route in deliveries.
     pub index: usize,
+    /// Position among the integration's routes for the same event (0 for
+    /// the first): with the integration id and the event name, it names the
+    /// route in deliveries, stable when other routes are added or moved.
+    pub ordinal: usize,
     pub on: String,
     pub description: Option<String>,
     pub when: Option<Guard>,

@@ -1,0 +1,237 @@
+//! The target tables: the [`Executor`] the engine runs routes with, on the
+//! delivery's transaction.
+
+use serde_json::{Map, Value};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{AssertSqlSafe, Postgres, Sqlite};
+
+use super::catalog::{Catalog, TableInfo};
+use super::convert::{BindValue, convert};
+use super::dialect::Condition;
+use super::{DbTx, StoreError};
+use crate::compile::Step;
+use crate::compile::ident::{Ident, TableName};
+use crate::mapping::{Executor, Row};
+
+/// An event an `emit` step asked for; the engine stores and routes it in
+/// the same transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emitted {
+    pub step: usize,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Runs steps against the target tables inside one transaction.
+pub struct TargetExecutor<'t> {
+    tx: &'t mut DbTx,
+    catalog: &'t Catalog,
+    /// Events emitted so far.
+    pub emitted: Vec<Emitted>,
+    /// Whether a statement that writes has run (a skip after a write must
+    /// roll back).
+    pub wrote: bool,
+}
+
+impl<'t> TargetExecutor<'t> {
+    pub fn new(tx: &'t mut DbTx, catalog: &'t Catalog) -> Self {
+        TargetExecutor {
+            tx,
+            catalog,
+            emitted: Vec::new(),
+            wrote: false,
+        }
+    }
+
+    async fn info(&mut self, table: &TableName) -> Result<std::sync::Arc<TableInfo>, StoreError> {
+        self.catalog.table(self.tx, table).await
+    }
+
+    /// Converts `(column, value)` pairs for `table`, in order.
+    fn values(table: &TableName, info: &TableInfo, columns: &[(Ident, Value)]) -> Result<Vec<BindValue>, StoreError> {
+        columns
+            .iter()
+            .map(|(column, value)| {
+                let info = info.column(column.as_str()).ok_or_else(|| StoreError::NoColumn {
+                    table: table.to_string(),
+                    column: column.to_string(),
+                })?;
+                convert(info, value)
+            })
+            .collect()
+    }
+
+    /// Turns a filter into SQL conditions numbered from `first`, and the
+    /// values to bind (nulls become `IS NULL` and bind nothing).
+    fn conditions<'a>(
+        table: &TableName,
+        info: &TableInfo,
+        filter: &'a [(Ident, Value)],
+        first: usize,
+    ) -> Result<(Vec<Condition<'a>>, Vec<BindValue>), StoreError> {
+        let mut conditions = Vec::with_capacity(filter.len());
+        let mut binds = Vec::with_capacity(filter.len());
+        let converted = Self::values(table, info, filter)?;
+        for ((column, _), value) in filter.iter().zip(converted) {
+            if value == BindValue::Null {
+                conditions.push((column, None));
+            } else {
+                binds.push(value);
+                conditions.push((column, Some(first + binds.len() - 1)));
+            }
+        }
+        Ok((conditions, binds))
+    }
+
+    /// Runs a statement returning rows as JSON text.
+    async fn rows(&mut self, sql: String, values: &[BindValue]) -> Result<Vec<Row>, StoreError> {
+        let texts: Vec<(String,)> = match &mut *self.tx {
+            DbTx::Postgres(tx) => {
+                bind_postgres(sqlx::query_as(AssertSqlSafe(sql)), values)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+            DbTx::Sqlite(tx) => {
+                bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), values)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        };
+        texts
+            .into_iter()
+            .map(|(text,)| match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(columns)) => Ok(Row::new(columns)),
+                Ok(other) => Ok(Row::new(Map::from_iter([("value".to_owned(), other)]))),
+                Err(error) => Err(StoreError::Invalid(format!("cannot read a returned row: {error}"))),
+            })
+            .collect()
+    }
+}
+
+/// Binds values as text, for `CAST($n AS type)`.
+fn bind_postgres<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, Postgres, O, PgArguments>,
+    values: &[BindValue],
+) -> sqlx::query::QueryAs<'q, Postgres, O, PgArguments> {
+    for value in values {
+        query = query.bind(value.pg_text());
+    }
+    query
+}
+
+/// Binds values natively.
+fn bind_sqlite<'q, O>(
+    mut query: sqlx::query::QueryAs<'q, Sqlite, O, SqliteArguments>,
+    values: &[BindValue],
+) -> sqlx::query::QueryAs<'q, Sqlite, O, SqliteArguments> {
+    for value in values {
+        query = match value {
+            BindValue::Null => query.bind(None::<String>),
+            BindValue::Bool(b) => query.bind(*b),
+            BindValue::Int(i) => query.bind(*i),
+            BindValue::Float(f) => query.bind(*f),
+            BindValue::Text(s) => query.bind(s.clone()),
+        };
+    }
+    query
+}
+
+fn bind_postgres_plain<'q>(
+    mut query: Query<'q, Postgres, PgArguments>,
+    values: &[BindValue],
+) -> Query<'q, Postgres, PgArguments> {
+    for value in values {
+        query = query.bind(value.pg_text());
+    }
+    query
+}
+
+fn bind_sqlite_plain<'q>(
+    mut query: Query<'q, Sqlite, SqliteArguments>,
+    values: &[BindValue],
+) -> Query<'q, Sqlite, SqliteArguments> {
+    for value in values {
+        query = match value {
+            BindValue::Null => query.bind(None::<String>),
+            BindValue::Bool(b) => query.bind(*b),
+            BindValue::Int(i) => query.bind(*i),
+            BindValue::Float(f) => query.bind(*f),
+            BindValue::Text(s) => query.bind(s.clone()),
+        };
+    }
+    query
+}
+
+impl Executor for TargetExecutor<'_> {
+    type Error = StoreError;
+
+    async fn find(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<Option<Row>, StoreError> {
+        let info = self.info(table).await?;
+        let (conditions, binds) = Self::conditions(table, &info, filter, 1)?;
+        let sql = self.tx.dialect().find(table, &info, &conditions);
+        Ok(self.rows(sql, &binds).await?.into_iter().next())
+    }
+
+    async fn upsert(&mut self, table: &TableName, key: &[Ident], values: &[(Ident, Value)]) -> Result<Row, StoreError> {
+        let info = self.info(table).await?;
+        let binds = Self::values(table, &info, values)?;
+        let columns: Vec<Ident> = values.iter().map(|(c, _)| c.clone()).collect();
+        let sql = self.tx.dialect().upsert(table, &info, key, &columns);
+        self.wrote = true;
+        self.rows(sql, &binds)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Invalid(format!("the upsert into {table} returned no row")))
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+        set: &[(Ident, Value)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let info = self.info(table).await?;
+        let mut binds = Self::values(table, &info, set)?;
+        let (conditions, filter_binds) = Self::conditions(table, &info, filter, binds.len() + 1)?;
+        binds.extend(filter_binds);
+        let columns: Vec<Ident> = set.iter().map(|(c, _)| c.clone()).collect();
+        let sql = self.tx.dialect().update(table, &info, &columns, &conditions);
+        self.wrote = true;
+        self.rows(sql, &binds).await
+    }
+
+    async fn delete(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<u64, StoreError> {
+        let info = self.info(table).await?;
+        let (conditions, binds) = Self::conditions(table, &info, filter, 1)?;
+        let sql = self.tx.dialect().delete(table, &info, &conditions);
+        self.wrote = true;
+        let affected = match &mut *self.tx {
+            DbTx::Postgres(tx) => {
+                bind_postgres_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected()
+            }
+            DbTx::Sqlite(tx) => {
+                bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        Ok(affected)
+    }
+
+    async fn emit(&mut self, step: &Step, event: &str, data: Value) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.emitted.push(Emitted {
+            step: step.index,
+            event: event.to_owned(),
+            data,
+        });
+        Ok(())
+    }
+}
