@@ -138,7 +138,16 @@ impl Envelope {
         };
         let data = match object.get("data") {
             None | Some(Value::Null) => Some(Value::Object(Map::new())),
-            Some(data @ Value::Object(_)) => Some(data.clone()),
+            Some(data @ Value::Object(_)) => {
+                // PostgreSQL cannot store U+0000 in text or JSON; refuse it
+                // on every database, so an event means the same everywhere.
+                let mut nul = Vec::new();
+                find_nul(data, "/data", &mut nul);
+                for pointer in nul {
+                    bad(&pointer, "strings may not contain the NUL character (\\u0000)".into());
+                }
+                Some(data.clone())
+            }
             Some(_) => {
                 bad("/data", "`data` must be a JSON object".into());
                 None
@@ -159,6 +168,28 @@ impl Envelope {
             }
             _ => Err(violations),
         }
+    }
+}
+
+/// Collects pointers to strings (and keys) that contain U+0000.
+fn find_nul(value: &Value, pointer: &str, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) if s.contains('\0') => out.push(pointer.to_owned()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                find_nul(item, &format!("{pointer}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let child = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
+                if key.contains('\0') {
+                    out.push(child.clone());
+                }
+                find_nul(item, &child, out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -209,6 +240,19 @@ mod tests {
             pointers,
             ["/extra", "/source", "/event", "/organization_id", "/occurred_at", "/data"]
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_place() {
+        let violations = Envelope::from_json(&json!({
+            "source": "a",
+            "event": "b.c",
+            "organization_id": "00000000-0000-0000-0000-00000000000a",
+            "data": {"ok": "fine", "list": ["x\u{0}y"]}
+        }))
+        .unwrap_err();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].pointer, "/data/list/0");
     }
 
     #[test]
