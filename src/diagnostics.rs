@@ -155,12 +155,18 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(file: &Path, position: Position, code: Code, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        // A message is one line (`path:line:col: error: message [code]`),
+        // even when it quotes a multi-line value from the file.
+        if message.contains(['\n', '\r']) {
+            message = message.replace('\r', "\\r").replace('\n', "\\n");
+        }
         Diagnostic {
             file: file.to_path_buf(),
             position,
             severity: Severity::Error,
             code,
-            message: message.into(),
+            message,
             help: None,
         }
     }

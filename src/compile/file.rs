@@ -622,8 +622,7 @@ impl<'a> FileCompiler<'a> {
                 .clone()
                 .or_else(|| {
                     problem.range.clone().map(|range| {
-                        let start = range.start.min(source.len());
-                        let end = range.end.clamp(start, source.len());
+                        let (start, end) = char_range(source, range);
                         let snippet = &source[start..end];
                         if snippet.trim().is_empty() {
                             source[start..].chars().take(8).collect()
@@ -632,7 +631,7 @@ impl<'a> FileCompiler<'a> {
                         }
                     })
                 });
-            let offset = problem.range.as_ref().map(|range| range.start.min(source.len()));
+            let offset = problem.range.clone().map(|range| char_range(source, range).0);
             let position = self.locate(pointer, needle.as_deref(), offset.and_then(within));
             let code = match problem.kind {
                 TemplateProblemKind::Syntax => Code::InvalidTemplate,
@@ -808,6 +807,20 @@ impl<'a> FileCompiler<'a> {
             }
         }
     }
+}
+
+/// A byte range of `text` clamped to it and widened to whole characters
+/// (minijinja may report a range ending inside a multi-byte character).
+fn char_range(text: &str, range: std::ops::Range<usize>) -> (usize, usize) {
+    let mut start = range.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = range.end.clamp(start, text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    (start, end)
 }
 
 fn bind_of(step: &StepModel) -> Option<&str> {

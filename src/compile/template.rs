@@ -210,11 +210,15 @@ impl Analyser {
             tokenize(source, in_expr, SyntaxConfig::default())
                 .filter_map(Result::ok)
                 .collect();
-        self.check_callables(&tokens, &mut analysis);
+        let unknown_calls = self.check_callables(&tokens, &mut analysis);
         let mut names: Vec<String> = names.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
         // `undeclared_variables` reports builtin functions it cannot know
-        // are globals; they are not context names.
-        names.retain(|name| !RESERVED_GLOBALS.contains(&name.split('.').next().unwrap_or("")));
+        // are globals; they are not context names. Nor are calls to unknown
+        // functions, already reported as such.
+        names.retain(|name| {
+            let root = name.split('.').next().unwrap_or("");
+            !RESERVED_GLOBALS.contains(&root) && !unknown_calls.iter().any(|call| call == root)
+        });
         for path in names {
             let root = path.split('.').next().unwrap_or("").to_owned();
             let offset = tokens.iter().enumerate().find_map(|(i, (token, span))| {
@@ -232,12 +236,14 @@ impl Analyser {
     }
 
     /// Finds filters (`| name`), tests (`is name`) and function calls
-    /// (`name(`) that the environment does not define.
+    /// (`name(`) that the environment does not define; returns the names
+    /// of the unknown functions called.
     fn check_callables(
         &self,
         tokens: &[(Token<'_>, minijinja::machinery::Span)],
         analysis: &mut Analysis,
-    ) {
+    ) -> Vec<String> {
+        let mut unknown_calls = Vec::new();
         for (i, (token, span)) in tokens.iter().enumerate() {
             let Token::Ident(name) = token else { continue };
             let previous = i.checked_sub(1).map(|p| &tokens[p].0);
@@ -255,7 +261,10 @@ impl Analyser {
                 let what = match kind {
                     'f' => "filter",
                     't' => "test",
-                    _ => "function",
+                    _ => {
+                        unknown_calls.push((*name).to_owned());
+                        "function"
+                    }
                 };
                 analysis.problems.push(TemplateProblem {
                     kind: TemplateProblemKind::UnknownFunction,
@@ -265,6 +274,7 @@ impl Analyser {
                 });
             }
         }
+        unknown_calls
     }
 
     /// Asks the environment itself whether a filter, test or function

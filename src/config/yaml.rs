@@ -142,6 +142,17 @@ fn position(marker: Marker) -> Position {
     Position::new(marker.line(), marker.col() + 1)
 }
 
+/// `at`, or the end of `text` if `at` lies beyond its last line (at the
+/// end of the input the parser points at the line after the last).
+fn within_text(text: &str, at: Position) -> Position {
+    let lines = text.split('\n').count();
+    if at.line <= lines {
+        return at;
+    }
+    let last = text.rsplit('\n').next().unwrap_or("");
+    Position::new(lines, last.chars().count() + 1)
+}
+
 /// Parses one YAML file. On a syntax error, returns the diagnostics and no
 /// document; structural problems that still leave a usable value (a
 /// duplicate key, say) come back beside the document.
@@ -158,7 +169,7 @@ pub fn parse(file: &Path, text: &str) -> (Option<Document>, Vec<Diagnostic>) {
             Err(error) => {
                 let diagnostic = Diagnostic::error(
                     file,
-                    position(*error.marker()),
+                    within_text(text, position(*error.marker())),
                     Code::YamlSyntax,
                     format!("YAML syntax error: {}", error.info()),
                 );
@@ -205,6 +216,8 @@ struct Builder<'f> {
     node_count: usize,
     /// While > 0, events belong to a complex mapping key being skipped.
     skip_depth: usize,
+    /// Once the complex key being skipped ends, skip its value too.
+    skip_value: bool,
 }
 
 type Step = Result<(), Box<Diagnostic>>;
@@ -221,6 +234,7 @@ impl<'f> Builder<'f> {
             documents: 0,
             node_count: 0,
             skip_depth: 0,
+            skip_value: false,
         }
     }
 
@@ -239,6 +253,13 @@ impl<'f> Builder<'f> {
                 Event::SequenceStart(..) | Event::MappingStart(..) => self.skip_depth += 1,
                 Event::SequenceEnd | Event::MappingEnd => self.skip_depth -= 1,
                 _ => {}
+            }
+            return Ok(());
+        }
+        if self.skip_value {
+            self.skip_value = false;
+            if matches!(event, Event::SequenceStart(..) | Event::MappingStart(..)) {
+                self.skip_depth = 1;
             }
             return Ok(());
         }
@@ -270,17 +291,15 @@ impl<'f> Builder<'f> {
             {
                 let _ = (anchor, tag);
                 self.skip_depth = 1;
+                self.skip_value = true;
                 self.diagnostics.push(Diagnostic::error(
                     self.file,
                     position(span.start),
                     Code::YamlUnsupported,
                     "mapping keys must be plain strings, not collections",
                 ));
-                // Keep the mapping consistent: the value that follows the
-                // complex key is read under a placeholder key.
-                if let Some(Frame::Mapping { pending_key, .. }) = self.stack.last_mut() {
-                    *pending_key = Some(("?".into(), position(span.start)));
-                }
+                // The value that follows the complex key is skipped too, so
+                // that it does not reach the compiler under a made-up key.
                 Ok(())
             }
             Event::SequenceStart(anchor, tag) => {
