@@ -17,12 +17,15 @@
 //!   tables, the target tables, the SQL dialects.
 //! - [`engine`]: publishing (group commit), routing, workers, retries,
 //!   dead letters, replay and the live generation.
+//! - [`api`]: the HTTP API over the engine (axum), with API keys and
+//!   organization isolation; [`telemetry`] names the metrics it serves.
 //!
 //! `check`, `render` and the server all go through the same compile and
 //! mapping code; the CLI in `main.rs` only parses arguments and prints.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod compile;
 pub mod config;
 pub mod dev;
@@ -33,4 +36,5 @@ pub mod render;
 pub mod report;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod engine;

@@ -1,9 +1,11 @@
 //! The `busbar` command line: parses arguments and calls into the library.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -12,6 +14,7 @@ use busbar::compile::{self, Compilation};
 use busbar::config::{self, ConfigDir, yaml::SourceText};
 use busbar::envelope::Envelope;
 use busbar::report::{self, CheckFormat};
+use busbar::store::keys::{self, Scope};
 
 /// A declarative integration bus: YAML integrations route business events
 /// between products' tables, durably and exactly once.
@@ -62,11 +65,12 @@ enum Command {
     },
     /// Print the JSON Schema of integration files (for editors and CI).
     Schema,
-    /// Run busbar: the engine's workers on the database (and, with --dev,
-    /// the example platform seeded).
+    /// Run busbar: the HTTP API and the engine's workers on the database
+    /// (and, with --dev, the example platform seeded and a key printed).
     Serve {
-        /// Install the example platform's tables and seed an organization
-        /// subscribed to Nexus and Paylinq.
+        /// Install the example platform's tables, seed an organization
+        /// subscribed to Nexus and Paylinq, and print a new admin API key
+        /// with curl commands to try.
         #[arg(long)]
         dev: bool,
         #[command(flatten)]
@@ -80,7 +84,22 @@ enum Command {
         /// Concurrent delivery workers [default: 6 on PostgreSQL, 1 on SQLite].
         #[arg(long)]
         workers: Option<usize>,
+        /// Where the HTTP API listens.
+        #[arg(long, env = "BUSBAR_LISTEN", default_value = busbar::serve::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Log lines as text (for people) or JSON (one object per line).
+        #[arg(long, value_enum, env = "BUSBAR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+        /// Abandon a request (503) that runs longer than this.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        request_timeout: Duration,
     },
+    /// Manage API keys: keys are shown once and stored only as a hash.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+
     /// Apply busbar's database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -89,6 +108,45 @@ enum Command {
         #[arg(long)]
         example_platform: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (only this once).
+    Create {
+        /// The organization the key acts for.
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        org: Option<uuid::Uuid>,
+        /// A platform key, which may act for any organization.
+        #[arg(long)]
+        platform: bool,
+        /// What the key may do: publish, read, admin (repeat for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<Scope>,
+        /// What the key is for, shown by `keys list`.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a key by its id; busbar refuses it within seconds.
+    Revoke {
+        /// The key's id, as `keys list` shows it.
+        id: uuid::Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,17 +191,30 @@ fn main() -> ExitCode {
             dir,
             contracts,
             workers,
-        } => run_async(busbar::serve::serve(busbar::serve::ServeOptions {
-            database_url: database.database_url,
-            dir,
-            contracts,
-            dev,
-            workers,
-        })),
+            listen,
+            log_format,
+            request_timeout,
+        } => run_async(
+            log_format,
+            busbar::serve::serve(busbar::serve::ServeOptions {
+                database_url: database.database_url,
+                dir,
+                contracts,
+                dev,
+                workers,
+                listen,
+                api: busbar::api::ApiConfig {
+                    request_timeout,
+                    ..Default::default()
+                },
+            }),
+        ),
+        Command::Keys { command } => run_async(LogFormat::Text, keys_command(command)),
+
         Command::Migrate {
             database,
             example_platform,
-        } => run_async(async move {
+        } => run_async(LogFormat::Text, async move {
             let store = busbar::serve::connect(&database.database_url).await?;
             if example_platform {
                 busbar::dev::install_example_platform(&store).await?;
@@ -164,22 +235,89 @@ fn main() -> ExitCode {
 }
 
 /// Runs an async command on a multi-threaded runtime, with logs.
-fn run_async(future: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
-    init_logging();
+fn run_async(log_format: LogFormat, future: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(future)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BUSBAR_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("busbar=info,warn"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line; the request id is in the span fields.
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+/// `busbar keys ...`.
+async fn keys_command(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Create {
+            org,
+            platform: _,
+            scopes,
+            name,
+            database,
+        } => {
+            let store = busbar::serve::connect(&database.database_url).await?;
+            let created = keys::create_key(&store, org, &scopes, name.as_deref()).await?;
+            store.close().await;
+            let record = &created.record;
+            let owner = match record.organization_id {
+                Some(org) => format!("organization {org}"),
+                None => "the platform (every organization)".to_owned(),
+            };
+            let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "created key {} for {owner} with scopes {}; store it now, it is not shown again:",
+                record.id,
+                scopes.join(", ")
+            );
+            // Only the key on standard output, for `KEY=$(busbar keys create ...)`.
+            println!("{}", created.key);
+        }
+        KeysCommand::List { database } => {
+            let store = busbar::serve::connect(&database.database_url).await?;
+            let records = keys::list_keys(&store).await?;
+            store.close().await;
+            println!(
+                "{:<36}  {:<11}  {:<36}  {:<20}  {:<20}  {:<20}  name",
+                "id", "key", "organization", "scopes", "created", "revoked"
+            );
+            for record in records {
+                let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+                let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+                println!(
+                    "{:<36}  {:<11}  {:<36}  {:<20}  {:<20}  {:<20}  {}",
+                    record.id,
+                    format!("bb_{}_…", record.prefix),
+                    record.organization_id.map_or("(platform)".to_owned(), |o| o.to_string()),
+                    scopes.join(","),
+                    time(record.created_at),
+                    record.revoked_at.map_or("-".to_owned(), time),
+                    record.name.as_deref().unwrap_or("")
+                );
+            }
+        }
+        KeysCommand::Revoke { id, database } => {
+            let store = busbar::serve::connect(&database.database_url).await?;
+            let revoked = keys::revoke_key(&store, id).await?;
+            store.close().await;
+            if !revoked {
+                anyhow::bail!("there is no unrevoked key {id}");
+            }
+            println!("revoked key {id}");
+        }
+    }
+    Ok(())
 }
 
 fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {

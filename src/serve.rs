@@ -1,14 +1,22 @@
 //! `busbar serve`: connects, migrates, compiles the integrations directory,
-//! starts the engine, and runs until SIGINT or SIGTERM.
+//! starts the engine and the HTTP API, and runs until SIGINT or SIGTERM;
+//! then stops accepting requests, lets those in flight finish, and stops
+//! the engine.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
 
+use crate::api::{self, ApiConfig, AppState, ReloadOutcome};
 use crate::compile;
 use crate::config;
 use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
+use crate::store::keys::CreatedKey;
+use crate::telemetry;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -20,7 +28,14 @@ pub struct ServeOptions {
     pub dev: bool,
     /// Delivery workers (default: per database).
     pub workers: Option<usize>,
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// The API's limits and timeouts.
+    pub api: ApiConfig,
 }
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// Connects to the database and applies migrations.
 pub async fn connect(database_url: &str) -> Result<Store> {
@@ -56,6 +71,8 @@ pub fn load_generation(dir: &std::path::Path, contracts: Option<&std::path::Path
 
 /// Runs busbar until a shutdown signal.
 pub async fn serve(options: ServeOptions) -> Result<()> {
+    // Before anything that counts.
+    telemetry::install();
     let store = connect(&options.database_url).await?;
     if options.dev {
         crate::dev::seed(&store).await.context("cannot seed the example platform")?;
@@ -65,6 +82,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         );
     }
     let generation = load_generation(&options.dir, options.contracts.as_deref(), 1)?;
+    telemetry::reload(true, generation.number);
+    let reload = Arc::new(ArcSwap::from_pointee(ReloadOutcome::loaded(generation.number)));
     tracing::info!(
         generation = generation.number,
         integrations = generation.integrations.len(),
@@ -78,13 +97,66 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let engine = Engine::start(store.clone(), generation, config)
         .await
         .context("cannot start the engine")?;
-    tracing::info!(database = %redact(&options.database_url), "busbar is running");
-    shutdown_signal().await;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let address = listener.local_addr().context("cannot read the listen address")?;
+    let state = AppState::new(engine.clone(), reload, options.api);
+    if options.dev {
+        let key = crate::dev::create_dev_key(&store)
+            .await
+            .context("cannot create the dev API key")?;
+        println!("{}", dev_instructions(address, &key));
+    }
+    tracing::info!(database = %redact(&options.database_url), %address, "busbar is running");
+    let draining = state.draining.clone();
+    let result = api::serve(listener, api::router(state), async move {
+        shutdown_signal().await;
+        draining.cancel();
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+    })
+    .await;
     tracing::info!("shutting down: finishing in-flight deliveries");
     engine.shutdown().await;
     store.close().await;
+    result.context("the HTTP server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `serve --dev` prints: the dev key and curl commands to paste.
+pub fn dev_instructions(address: SocketAddr, key: &CreatedKey) -> String {
+    let host = if address.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+    } else {
+        address
+    };
+    let base = format!("http://{host}");
+    let auth = r#"-H "Authorization: Bearer $BUSBAR_KEY""#;
+    let event = crate::dev::EXAMPLE_EVENT_ID;
+    let organization = crate::dev::ORGANIZATION;
+    [
+        String::new(),
+        format!("busbar (dev) is serving on {base}"),
+        String::new(),
+        "A new admin key for every organization (scopes: publish, read, admin), shown only now:".into(),
+        String::new(),
+        format!("  export BUSBAR_KEY={}", key.key),
+        String::new(),
+        "Publish the example event (from the repository root):".into(),
+        String::new(),
+        format!("  curl -s -X POST {base}/api/events {auth} \\"),
+        "    -H 'Content-Type: application/json' --data @examples/events/candidate.hired.json".into(),
+        String::new(),
+        "The event with its deliveries, the integrations' status, the organization's events:".into(),
+        String::new(),
+        format!("  curl -s {base}/api/integrations/events/{event} {auth}"),
+        format!("  curl -s {base}/api/integrations/status {auth}"),
+        format!("  curl -s '{base}/api/integrations/events?organization_id={organization}' {auth}"),
+        String::new(),
+        format!("The API is described at {base}/openapi.json and in docs/API.md."),
+    ]
+    .join("\n")
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.

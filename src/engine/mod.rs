@@ -315,6 +315,9 @@ impl Engine {
             .map_err(|_| PublishError::ShuttingDown)?
             .map_err(PublishError::Unavailable)?;
         self.shared.work.raise();
+        let created = stored.iter().filter(|(_, created)| *created).count() as u64;
+        crate::telemetry::event_published(created);
+        crate::telemetry::event_duplicate(stored.len() as u64 - created);
         Ok(stored
             .into_iter()
             .map(|(id, created)| Published { id, created })

@@ -576,3 +576,142 @@ pub async fn set_integration_state(tx: &mut DbTx, id: &str, enabled: bool, now: 
         .map(|r| r.rows_affected()))?;
     Ok(())
 }
+
+/// Which events [`list_events`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this organization's (`None`: every organization's).
+    pub organization: Option<Uuid>,
+    pub source: Option<String>,
+    pub event: Option<String>,
+    /// Only events with at least one delivery in this state.
+    pub status: Option<Status>,
+    /// Stored at or after.
+    pub since: Option<Time>,
+    /// Stored before.
+    pub until: Option<Time>,
+    /// Only events published before this one (`seq` below it): the cursor.
+    pub before_seq: Option<i64>,
+}
+
+/// Events matching `filter`, newest first, at most `limit`.
+pub async fn list_events(tx: &mut DbTx, filter: &EventFilter, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e \
+          WHERE ($1 IS NULL OR e.organization_id = $1) \
+            AND ($2 IS NULL OR e.source_product = $2) \
+            AND ($3 IS NULL OR e.event_name = $3) \
+            AND ($4 IS NULL OR e.created_at >= $4) \
+            AND ($5 IS NULL OR e.created_at < $5) \
+            AND ($6 IS NULL OR e.seq < $6) \
+            AND ($7 IS NULL OR EXISTS (SELECT 1 FROM integrations.deliveries d \
+                                        WHERE d.event_id = e.id AND d.status = $7)) \
+          ORDER BY e.seq DESC LIMIT $8"
+    )));
+    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(filter.organization.map(Id))
+        .bind(filter.source.as_deref())
+        .bind(filter.event.as_deref())
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(filter.before_seq)
+        .bind(filter.status.map(Status::as_str))
+        .bind(limit)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows.into_iter().map(stored_event).collect())
+}
+
+/// Counts of deliveries by status for each of `events`.
+pub async fn delivery_counts_of(
+    tx: &mut DbTx,
+    events: &[Uuid],
+) -> Result<HashMap<Uuid, HashMap<Status, i64>>, StoreError> {
+    let mut out: HashMap<Uuid, HashMap<Status, i64>> = HashMap::new();
+    for chunk in events.chunks(CHUNK) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+            "SELECT event_id, status, COUNT(*) FROM integrations.deliveries WHERE event_id IN ({}) \
+             GROUP BY event_id, status",
+            params.join(", ")
+        )));
+        let rows: Vec<(Id, String, i64)> = on_tx!(&mut *tx, |conn| {
+            let mut query = sqlx::query_as(sql);
+            for id in chunk {
+                query = query.bind(Id(*id));
+            }
+            query.fetch_all(conn).await
+        })?;
+        for (event, status, count) in rows {
+            if let Some(status) = Status::parse(&status) {
+                out.entry(event.0).or_default().insert(status, count);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The most recent failure of an integration's deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub message: String,
+    /// The step it failed at (1-based), when known.
+    pub step: Option<i32>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// For each integration, its most recent failure: a dead delivery, or a
+/// pending one waiting to retry after an error (skip reasons are not
+/// failures). `organization` limits it to one organization's deliveries.
+pub async fn last_errors(tx: &mut DbTx, organization: Option<Uuid>) -> Result<HashMap<String, LastError>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT integration_id, id, event_id, last_error, error_step, updated_at FROM ( \
+             SELECT d.integration_id, d.id, d.event_id, d.last_error, d.error_step, d.updated_at, \
+                    ROW_NUMBER() OVER (PARTITION BY d.integration_id ORDER BY d.updated_at DESC, d.id DESC) AS n \
+               FROM integrations.deliveries d \
+              WHERE d.status IN ('dead', 'pending') AND d.last_error IS NOT NULL \
+                AND ($1 IS NULL OR d.organization_id = $1)) latest \
+          WHERE n = 1",
+    ));
+    type Row = (String, Id, Id, String, Option<i32>, Time);
+    let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(organization.map(Id))
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(integration, id, event, message, step, at)| {
+            (
+                integration,
+                LastError {
+                    delivery_id: id.0,
+                    event_id: event.0,
+                    message,
+                    step,
+                    at: at.0,
+                },
+            )
+        })
+        .collect())
+}
+
+/// How many deliveries wait to run (the queue depth).
+pub async fn pending_count(tx: &mut DbTx) -> Result<i64, StoreError> {
+    let sql = AssertSqlSafe(
+        tx.dialect()
+            .sql("SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending'"),
+    );
+    let (count,): (i64,) = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_one(conn).await)?;
+    Ok(count)
+}
+
+/// The events emitted by the deliveries of `parent`, oldest first.
+pub async fn children_of(tx: &mut DbTx, parent: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.parent_id = $1 ORDER BY e.seq"
+    )));
+    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(Id(parent)).fetch_all(conn).await)?;
+    Ok(rows.into_iter().map(stored_event).collect())
+}

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod convert;
 pub mod dialect;
 pub mod events;
+pub mod keys;
 pub mod target;
 pub mod types;
 

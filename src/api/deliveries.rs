@@ -1,0 +1,242 @@
+//! Deliveries: how they look in answers, and replaying dead ones
+//! (`POST /api/integrations/deliveries/{id}/replay`, and in bulk
+//! `POST /api/integrations/{integration}/replay`).
+//!
+//! An organization's admin key replays only its own organization's
+//! deliveries; another organization's delivery is "not found".
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::auth::Admin;
+use super::error::{ApiError, Problem};
+use super::{AppState, Json, Path, Query};
+use crate::store::events::{self, DeliveryView, Status};
+
+/// A delivery's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting to run (new, or a retry is scheduled).
+    Pending,
+    /// Applied to the target tables.
+    Delivered,
+    /// Not applied, on purpose: a guard was false, a `missing: skip` found
+    /// nothing, or the integration is disabled.
+    Skipped,
+    /// Failed permanently, or ran out of retries; may be replayed.
+    Dead,
+}
+
+impl From<Status> for DeliveryStatus {
+    fn from(status: Status) -> DeliveryStatus {
+        match status {
+            Status::Pending => DeliveryStatus::Pending,
+            Status::Delivered => DeliveryStatus::Delivered,
+            Status::Skipped => DeliveryStatus::Skipped,
+            Status::Dead => DeliveryStatus::Dead,
+        }
+    }
+}
+
+impl From<DeliveryStatus> for Status {
+    fn from(status: DeliveryStatus) -> Status {
+        match status {
+            DeliveryStatus::Pending => Status::Pending,
+            DeliveryStatus::Delivered => Status::Delivered,
+            DeliveryStatus::Skipped => Status::Skipped,
+            DeliveryStatus::Dead => Status::Dead,
+        }
+    }
+}
+
+/// One event handed to one route of one integration.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub organization_id: Uuid,
+    /// The integration's id.
+    pub integration: String,
+    /// The route: the `route_ordinal`-th route of the integration for
+    /// `route_event`.
+    pub route_event: String,
+    pub route_ordinal: i32,
+    pub source: String,
+    pub target: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    /// When it runs next, if pending.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Why it failed or was skipped.
+    pub last_error: Option<String>,
+    /// The step (1-based) it failed at, when known.
+    pub error_step: Option<i32>,
+    /// The generation that last ran it.
+    pub generation: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<DeliveryView> for Delivery {
+    fn from(view: DeliveryView) -> Delivery {
+        Delivery {
+            id: view.id,
+            event_id: view.event_id,
+            organization_id: view.organization_id,
+            integration: view.integration,
+            route_event: view.route_event,
+            route_ordinal: view.route_ordinal,
+            source: view.source,
+            target: view.target,
+            status: view.status.into(),
+            attempts: view.attempts,
+            next_attempt_at: view.next_attempt_at,
+            last_error: view.last_error,
+            error_step: view.error_step,
+            generation: view.generation,
+            created_at: view.created_at,
+            updated_at: view.updated_at,
+            completed_at: view.completed_at,
+        }
+    }
+}
+
+/// A replayed delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub id: Uuid,
+    /// Always `pending`: the delivery is queued again.
+    pub status: DeliveryStatus,
+}
+
+/// The dead deliveries of an integration, replayed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayedIntegration {
+    pub integration: String,
+    /// How many dead deliveries were queued again.
+    pub replayed: u64,
+}
+
+/// Options of a bulk replay.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReplayQuery {
+    /// For platform keys: only this organization's deliveries. An
+    /// organization key always replays only its own.
+    organization_id: Option<Uuid>,
+}
+
+/// Replay one dead delivery: it is queued again with a fresh retry budget.
+#[utoipa::path(
+    post,
+    path = "/api/integrations/deliveries/{id}/replay",
+    tag = "deliveries",
+    params(("id" = Uuid, Path, description = "The delivery id.")),
+    responses(
+        (status = 202, description = "Queued again.", body = Replayed),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `admin` scope.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery in the caller's organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The delivery is not dead: only dead deliveries are replayed.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn replay(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
+    let mut tx = state.engine.store().begin_read().await?;
+    let delivery = events::get_delivery(&mut tx, id).await?;
+    tx.rollback().await?;
+    let Some(delivery) = delivery.filter(|d| caller.may_act_for(d.organization_id)) else {
+        return Err(ApiError::not_found(
+            "delivery-not-found",
+            format!("there is no delivery {id} in this key's organization"),
+        ));
+    };
+    let not_dead = |status: Status| {
+        ApiError::conflict(
+            "delivery-not-dead",
+            format!(
+                "delivery {id} is {}; only dead deliveries are replayed",
+                status.as_str()
+            ),
+        )
+    };
+    if delivery.status != Status::Dead {
+        return Err(not_dead(delivery.status));
+    }
+    // The organization filter again, in the update itself.
+    if !state
+        .engine
+        .replay_delivery(id, caller.organization)
+        .await?
+    {
+        // It changed since we read it (replayed by someone else).
+        return Err(not_dead(Status::Pending));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Replayed {
+            id,
+            status: DeliveryStatus::Pending,
+        }),
+    ))
+}
+
+/// Replay every dead delivery of an integration.
+#[utoipa::path(
+    post,
+    path = "/api/integrations/{integration}/replay",
+    tag = "deliveries",
+    params(("integration" = String, Path, description = "The integration id."), ReplayQuery),
+    responses(
+        (status = 202, description = "The dead deliveries are queued again (possibly none).", body = ReplayedIntegration),
+        (status = 400, description = "A bad query parameter.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `admin` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration in the live generation.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn replay_integration(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    Path(integration): Path<String>,
+    Query(query): Query<ReplayQuery>,
+) -> Result<(StatusCode, Json<ReplayedIntegration>), ApiError> {
+    let organization = caller.organization_scope(query.organization_id)?;
+    if state
+        .engine
+        .generation()
+        .integration(&integration)
+        .is_none()
+    {
+        return Err(ApiError::not_found(
+            "integration-not-found",
+            format!("there is no integration `{integration}` in the live generation"),
+        ));
+    }
+    let replayed = state
+        .engine
+        .replay_integration(&integration, organization)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ReplayedIntegration {
+            integration,
+            replayed,
+        }),
+    ))
+}

@@ -1,0 +1,708 @@
+//! Events: publishing (`POST /api/events`), listing the caller's
+//! organization's events (`GET /api/integrations/events`) and one event
+//! with its deliveries (`GET /api/integrations/events/{id}`).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::auth::{Publisher, Reader};
+use super::deliveries::{Delivery, DeliveryStatus};
+use super::error::{ApiError, FieldError, Problem};
+use super::{AppState, Json, MAX_BATCH, Path, Query};
+use crate::compile::contract::Violation;
+use crate::engine::{PublishError, PublishRequest, Published};
+use crate::envelope::{Envelope, is_event_name, is_product_name};
+use crate::store::events::{self, EventFilter, Status, StoredEvent};
+use crate::store::types::Time;
+
+/// The header a producer may send to make a publish idempotent without
+/// choosing event ids.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 180;
+/// Events per page when the caller does not say.
+const DEFAULT_LIMIT: u32 = 50;
+/// The most events per page.
+const MAX_LIMIT: u32 = 500;
+
+/// An event as a producer sends it. Only `source`, `event` and
+/// `organization_id` are required; busbar gives an event without `id` a new
+/// UUIDv7 and one without `occurred_at` the current time.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // The handler validates the raw JSON; this type documents it.
+pub struct EventInput {
+    /// Supply it to make publishing idempotent: a second publish with the
+    /// same id returns the stored event and creates nothing.
+    id: Option<Uuid>,
+    /// The publishing product: lowercase letters, digits and `_`.
+    #[schema(pattern = "^[a-z][a-z0-9_]*$", max_length = 50, example = "recruitiq")]
+    source: String,
+    /// The dotted event name.
+    #[schema(
+        pattern = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$",
+        max_length = 100,
+        example = "candidate.hired"
+    )]
+    event: String,
+    /// The organization the event belongs to.
+    organization_id: Uuid,
+    /// When the business fact happened (RFC 3339).
+    occurred_at: Option<DateTime<Utc>>,
+    /// The payload, checked against the event's contract
+    /// (`schemas/events/<source>/<event>.json`) when there is one.
+    #[schema(value_type = Option<Object>)]
+    data: Option<Value>,
+}
+
+/// Several events, committed together: all are stored or none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EventBatch {
+    #[schema(min_items = 1, max_items = 1000)]
+    events: Vec<EventInput>,
+}
+
+/// The body of `POST /api/events`: one event, or a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum PublishBody {
+    Event(EventInput),
+    Batch(EventBatch),
+}
+
+/// The answer to publishing one event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedEvent {
+    /// The stored event's id (for a duplicate: the original's).
+    pub id: Uuid,
+    /// False when the event was already stored: nothing new was created.
+    pub created: bool,
+    /// For a duplicate: the event as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventView>,
+}
+
+/// The answer to a publish: [`PublishedEvent`] for one event,
+/// [`PublishedBatch`] for a batch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PublishAnswer {
+    Event(Box<PublishedEvent>),
+    Batch(PublishedBatch),
+}
+
+/// The answer to publishing a batch: one entry per event, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedBatch {
+    pub events: Vec<PublishedItem>,
+}
+
+/// One event of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedItem {
+    pub id: Uuid,
+    /// False when the event was already stored.
+    pub created: bool,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub source: String,
+    pub event: String,
+    pub organization_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// When busbar stored it.
+    pub created_at: DateTime<Utc>,
+    /// When its deliveries were created (null: not routed yet).
+    pub processed_at: Option<DateTime<Utc>>,
+    /// The event whose delivery emitted this one (null: published).
+    pub parent_id: Option<Uuid>,
+}
+
+impl From<StoredEvent> for EventView {
+    fn from(stored: StoredEvent) -> EventView {
+        let Envelope {
+            id,
+            source,
+            event,
+            organization_id,
+            occurred_at,
+            data,
+        } = stored.envelope;
+        EventView {
+            id,
+            source,
+            event,
+            organization_id,
+            occurred_at,
+            data,
+            created_at: stored.created_at,
+            processed_at: stored.processed_at,
+            parent_id: stored.parent_id,
+        }
+    }
+}
+
+/// How many of an event's (or an integration's) deliveries are in each
+/// state.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct DeliveryCounts {
+    pub pending: i64,
+    pub delivered: i64,
+    pub skipped: i64,
+    pub dead: i64,
+}
+
+impl DeliveryCounts {
+    pub fn from_map(counts: Option<&std::collections::HashMap<Status, i64>>) -> DeliveryCounts {
+        let get = |status| counts.and_then(|c| c.get(&status)).copied().unwrap_or(0);
+        DeliveryCounts {
+            pending: get(Status::Pending),
+            delivered: get(Status::Delivered),
+            skipped: get(Status::Skipped),
+            dead: get(Status::Dead),
+        }
+    }
+}
+
+/// An event in a list, with its deliveries counted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventSummary {
+    #[serde(flatten)]
+    pub event: EventView,
+    pub delivery_counts: DeliveryCounts,
+}
+
+/// A page of events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventSummary>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An event with its deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub event: EventView,
+    /// One per route of every integration the event was routed to, with
+    /// the last error of each.
+    pub deliveries: Vec<Delivery>,
+    /// The events its deliveries emitted (`emit` steps), oldest first: the
+    /// next links of the chain, each readable here by its id.
+    pub emitted: Vec<EmittedEvent>,
+}
+
+/// An event emitted by a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmittedEvent {
+    pub id: Uuid,
+    pub source: String,
+    pub event: String,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Filters for listing events.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events from this product.
+    #[param(pattern = "^[a-z][a-z0-9_]*$", max_length = 50)]
+    source: Option<String>,
+    /// Only events with this name.
+    #[param(pattern = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$", max_length = 100)]
+    event: Option<String>,
+    /// Only events with at least one delivery in this state.
+    status: Option<DeliveryStatus>,
+    /// Only events stored at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Only events stored before this time (RFC 3339).
+    until: Option<DateTime<Utc>>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Events per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// For platform keys: only this organization's events. An organization
+    /// key always sees only its own organization.
+    organization_id: Option<Uuid>,
+}
+
+/// Publish one event or a batch.
+///
+/// Answers once the event (or the whole batch) and its deliveries are
+/// committed. Publishing again an event whose `id` (or `Idempotency-Key`)
+/// is already stored creates nothing and answers 200 with the stored event.
+/// In a batch, the header's key applies to each event as `<key>#<index>`.
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "events",
+    request_body(content = PublishBody, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,180}$", description = "Makes the publish idempotent: at most 180 visible ASCII characters, unique per organization."),
+    ),
+    responses(
+        (status = 202, description = "Stored (a batch: at least one event was new).", body = PublishAnswer),
+        (status = 200, description = "Already stored: nothing was created. A single event comes back as stored.", body = PublishAnswer),
+        (status = 400, description = "Malformed JSON or a bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `publish` scope or belongs to another organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event id belongs to an event stored for another organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The envelope or the data breaks its contract: every violation is listed.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database cannot take the event now: nothing was stored; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn publish(
+    Publisher(caller): Publisher,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let batch = match &body {
+        Value::Object(map) if map.contains_key("events") => Some(batch_items(map)?),
+        _ => None,
+    };
+    let Some(items) = batch else {
+        let envelope = Envelope::from_json(&body).map_err(|v| invalid_event(fields(v, "")))?;
+        check_organization(&caller, &[&envelope])?;
+        let organization = envelope.organization_id;
+        let published = state
+            .engine
+            .publish(PublishRequest {
+                envelope,
+                idempotency_key: key,
+            })
+            .await
+            .map_err(publish_error)?;
+        return single_answer(&state, published, organization).await;
+    };
+
+    let mut violations = Vec::new();
+    let mut envelopes = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match Envelope::from_json(item) {
+            Ok(envelope) => envelopes.push(envelope),
+            Err(found) => violations.extend(fields(found, &format!("/events/{i}"))),
+        }
+    }
+    if !violations.is_empty() {
+        return Err(invalid_event(violations));
+    }
+    check_organization(&caller, &envelopes.iter().collect::<Vec<_>>())?;
+    let organizations: Vec<Uuid> = envelopes.iter().map(|e| e.organization_id).collect();
+    let requests: Vec<PublishRequest> = envelopes
+        .into_iter()
+        .enumerate()
+        .map(|(i, envelope)| PublishRequest {
+            envelope,
+            idempotency_key: key.as_ref().map(|k| format!("{k}#{i}")),
+        })
+        .collect();
+    let single = requests.len() == 1;
+    let published = match state.engine.publish_batch(requests).await {
+        // The engine numbers contract violations by event only when there
+        // are several; a batch of one is still a batch to the producer.
+        Err(PublishError::Invalid(found)) if single => {
+            return Err(invalid_event(fields(found, "/events/0")));
+        }
+        result => result.map_err(publish_error)?,
+    };
+    // A duplicate id must be this organization's event; otherwise this
+    // event was not stored, and saying "already stored" would lose it.
+    let mut conflicts = Vec::new();
+    for (i, (result, organization)) in published.iter().zip(&organizations).enumerate() {
+        if !result.created && !stored_for(&state, result.id, *organization).await? {
+            conflicts.push(FieldError {
+                pointer: format!("/events/{i}/id"),
+                message: "this id belongs to another event; this event was not stored".into(),
+            });
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(ApiError::conflict(
+            "id-conflict",
+            "some event ids are already taken, so those events were not stored; the others were \
+             (publishing the batch again, with new ids for the listed events, is safe)",
+        )
+        .with_errors(conflicts));
+    }
+    let any_created = published.iter().any(|p| p.created);
+    let body = PublishedBatch {
+        events: published
+            .into_iter()
+            .map(|p| PublishedItem {
+                id: p.id,
+                created: p.created,
+            })
+            .collect(),
+    };
+    let status = if any_created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(PublishAnswer::Batch(body))).into_response())
+}
+
+/// The answer to a single publish: 202 when new; 200 with the stored event
+/// when it was already there.
+async fn single_answer(
+    state: &AppState,
+    published: Published,
+    organization: Uuid,
+) -> Result<Response, ApiError> {
+    if published.created {
+        let body = PublishedEvent {
+            id: published.id,
+            created: true,
+            event: None,
+        };
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(PublishAnswer::Event(Box::new(body))),
+        )
+            .into_response());
+    }
+    let stored = load_event(state, published.id).await?;
+    match stored {
+        Some(stored) if stored.envelope.organization_id == organization => {
+            let body = PublishedEvent {
+                id: published.id,
+                created: false,
+                event: Some(stored.into()),
+            };
+            Ok((StatusCode::OK, Json(PublishAnswer::Event(Box::new(body)))).into_response())
+        }
+        _ => Err(ApiError::conflict(
+            "id-conflict",
+            "an event with this id already exists, so this one was not stored; publish it with another id",
+        )
+        .with_errors(vec![FieldError {
+            pointer: "/id".into(),
+            message: "this id belongs to another event".into(),
+        }])),
+    }
+}
+
+/// Whether the stored event `id` belongs to `organization`.
+async fn stored_for(state: &AppState, id: Uuid, organization: Uuid) -> Result<bool, ApiError> {
+    Ok(load_event(state, id)
+        .await?
+        .is_some_and(|e| e.envelope.organization_id == organization))
+}
+
+async fn load_event(state: &AppState, id: Uuid) -> Result<Option<StoredEvent>, ApiError> {
+    let mut tx = state.engine.store().begin_read().await?;
+    let event = events::get_event(&mut tx, id).await?;
+    tx.rollback().await?;
+    Ok(event)
+}
+
+/// The `events` of a batch body, checked for shape and size.
+fn batch_items(map: &serde_json::Map<String, Value>) -> Result<&Vec<Value>, ApiError> {
+    let mut errors: Vec<FieldError> = map
+        .keys()
+        .filter(|k| k.as_str() != "events")
+        .map(|k| FieldError {
+            pointer: format!("/{k}"),
+            message: format!("unknown field `{k}`; a batch has only `events`"),
+        })
+        .collect();
+    let items = match map.get("events") {
+        Some(Value::Array(items)) if (1..=MAX_BATCH).contains(&items.len()) => Some(items),
+        Some(Value::Array(items)) => {
+            errors.push(FieldError {
+                pointer: "/events".into(),
+                message: format!("a batch holds 1 to {MAX_BATCH} events, not {}", items.len()),
+            });
+            None
+        }
+        _ => {
+            errors.push(FieldError {
+                pointer: "/events".into(),
+                message: "`events` must be an array of events".into(),
+            });
+            None
+        }
+    };
+    match items {
+        Some(items) if errors.is_empty() => Ok(items),
+        _ => Err(invalid_event(errors)),
+    }
+}
+
+fn invalid_event(errors: Vec<FieldError>) -> ApiError {
+    ApiError::invalid(
+        "invalid-event",
+        "the event is not valid; nothing was stored",
+        errors,
+    )
+}
+
+/// Violations as field errors, their pointers under `prefix`.
+fn fields(violations: Vec<Violation>, prefix: &str) -> Vec<FieldError> {
+    violations
+        .into_iter()
+        .map(|v| FieldError {
+            pointer: format!("{prefix}{}", v.pointer),
+            message: v.message,
+        })
+        .collect()
+}
+
+fn publish_error(error: PublishError) -> ApiError {
+    match error {
+        PublishError::Invalid(violations) => invalid_event(fields(violations, "")),
+        PublishError::Unavailable(error) => {
+            tracing::warn!(%error, "publish failed: nothing was stored");
+            ApiError::unavailable(
+                "database-unavailable",
+                "the event could not be stored; nothing was stored, retry later",
+            )
+        }
+        PublishError::ShuttingDown => ApiError::unavailable(
+            "shutting-down",
+            "busbar is shutting down; retry on another instance or later",
+        ),
+    }
+}
+
+/// An organization key may publish only its own organization's events.
+fn check_organization(caller: &super::Caller, envelopes: &[&Envelope]) -> Result<(), ApiError> {
+    let several = envelopes.len() > 1;
+    let errors: Vec<FieldError> = envelopes
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !caller.may_act_for(e.organization_id))
+        .map(|(i, _)| FieldError {
+            pointer: if several {
+                format!("/events/{i}/organization_id")
+            } else {
+                "/organization_id".into()
+            },
+            message: "this key may publish only its own organization's events".into(),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "organization-forbidden",
+            "this key belongs to another organization; nothing was stored",
+        )
+        .with_errors(errors))
+    }
+}
+
+/// The `Idempotency-Key` header, if sent and well-formed.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid-idempotency-key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    let ok = (1..=MAX_IDEMPOTENCY_KEY).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(Some(text.to_owned()))
+    } else {
+        Err(bad())
+    }
+}
+
+/// List the caller's organization's events, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/integrations/events",
+    tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of events.", body = EventPage),
+        (status = 400, description = "A bad filter, cursor or limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `read` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list(
+    Reader(caller): Reader,
+    State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    let organization = caller.organization_scope(query.organization_id)?;
+    if let Some(source) = &query.source
+        && !is_product_name(source)
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            format!("`source` must be a product name such as `recruitiq`, not `{source}`"),
+        ));
+    }
+    if let Some(event) = &query.event
+        && !is_event_name(event)
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            format!("`event` must be an event name such as `candidate.hired`, not `{event}`"),
+        ));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            format!("`limit` must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let before_seq = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let filter = EventFilter {
+        organization,
+        source: query.source,
+        event: query.event,
+        status: query.status.map(Status::from),
+        since: query.since.map(Time),
+        until: query.until.map(Time),
+        before_seq,
+    };
+    let mut tx = state.engine.store().begin_read().await?;
+    // One more than asked tells whether there is a next page.
+    let mut found = events::list_events(&mut tx, &filter, i64::from(limit) + 1).await?;
+    let more = found.len() > limit as usize;
+    found.truncate(limit as usize);
+    let ids: Vec<Uuid> = found.iter().map(|e| e.envelope.id).collect();
+    let counts = events::delivery_counts_of(&mut tx, &ids).await?;
+    tx.rollback().await?;
+    let next_cursor = if more {
+        found.last().map(|e| encode_cursor(e.seq))
+    } else {
+        None
+    };
+    let events = found
+        .into_iter()
+        .map(|stored| {
+            let delivery_counts = DeliveryCounts::from_map(counts.get(&stored.envelope.id));
+            EventSummary {
+                event: stored.into(),
+                delivery_counts,
+            }
+        })
+        .collect();
+    Ok(Json(EventPage {
+        events,
+        next_cursor,
+    }))
+}
+
+/// One event, with its deliveries and their errors.
+#[utoipa::path(
+    get,
+    path = "/api/integrations/events/{id}",
+    tag = "events",
+    params(("id" = Uuid, Path, description = "The event id.")),
+    responses(
+        (status = 200, description = "The event and its deliveries.", body = EventDetail),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `read` scope.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event in the caller's organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get(
+    Reader(caller): Reader,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<EventDetail>, ApiError> {
+    let mut tx = state.engine.store().begin_read().await?;
+    let event = events::get_event(&mut tx, id).await?;
+    // Another organization's event is "not found", so that an id does not
+    // tell whether it exists.
+    let Some(event) = event.filter(|e| caller.may_act_for(e.envelope.organization_id)) else {
+        tx.rollback().await?;
+        return Err(ApiError::not_found(
+            "event-not-found",
+            format!("there is no event {id} in this key's organization"),
+        ));
+    };
+    let deliveries = events::deliveries_of(&mut tx, id).await?;
+    let children = events::children_of(&mut tx, id).await?;
+    tx.rollback().await?;
+    Ok(Json(EventDetail {
+        event: event.into(),
+        deliveries: deliveries.into_iter().map(Delivery::from).collect(),
+        emitted: children
+            .into_iter()
+            .map(|child| EmittedEvent {
+                id: child.envelope.id,
+                source: child.envelope.source,
+                event: child.envelope.event,
+                data: child.envelope.data,
+                created_at: child.created_at,
+            })
+            .collect(),
+    }))
+}
+
+const CURSOR_VERSION: &str = "v1:";
+
+fn encode_cursor(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_VERSION}{seq}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(CURSOR_VERSION)?.parse().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-cursor",
+                "`cursor` must be a `next_cursor` from a previous page",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)).unwrap(), 42);
+        assert!(decode_cursor("nope").is_err());
+        assert!(decode_cursor("").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:1")).is_err());
+    }
+}

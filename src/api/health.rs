@@ -1,0 +1,76 @@
+//! Liveness and readiness, for orchestrators and load balancers. Neither
+//! needs a key.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, Problem};
+use super::{AppState, Json};
+
+/// How long `/readyz` waits for the database.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The process is up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// busbar can take requests.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    pub status: String,
+    /// The live generation's number.
+    pub generation: u64,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process is up.", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the database answers and a generation is loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 503, description = "Not ready: the database does not answer, or busbar is shutting down.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::unavailable(
+            "shutting-down",
+            "busbar is shutting down",
+        ));
+    }
+    let reachable = tokio::time::timeout(PING_TIMEOUT, state.engine.store().ping())
+        .await
+        .unwrap_or(false);
+    if !reachable {
+        return Err(ApiError::unavailable(
+            "database-unavailable",
+            "the database does not answer",
+        ));
+    }
+    // The engine always holds a generation: it cannot start without one.
+    Ok(Json(Ready {
+        status: "ready".into(),
+        generation: state.engine.generation().number,
+    }))
+}

@@ -1,0 +1,311 @@
+//! The HTTP API: axum routes over the [`Engine`], one file per resource.
+//!
+//! - `events.rs`: `POST /api/events`, `GET /api/integrations/events[/{id}]`
+//! - `integrations.rs`: status, enable and disable
+//! - `deliveries.rs`: replay, one delivery or an integration's dead ones
+//! - `health.rs`, `metrics.rs`, `openapi.rs`: operations
+//! - `auth.rs`: API keys as extractors ([`auth::Publisher`], [`auth::Reader`],
+//!   [`auth::Admin`]), so no handler can forget to check them
+//! - `error.rs`: [`ApiError`], the one `application/problem+json` answer
+//!
+//! Only this module knows HTTP. Handlers translate requests into engine and
+//! store calls and their results into JSON; they hold no state of their own
+//! beyond the cheap handles in [`AppState`].
+
+mod auth;
+mod deliveries;
+mod error;
+mod events;
+mod health;
+mod integrations;
+mod metrics;
+mod openapi;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::{HeaderName, Response};
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{BoxError, Router};
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+use utoipa::ToSchema;
+
+use crate::diagnostics::Diagnostic;
+use crate::engine::Engine;
+use crate::telemetry;
+
+pub use auth::{Caller, KeyCache};
+pub use error::{ApiError, FieldError, Problem};
+pub use openapi::openapi_json;
+
+/// The request id header, set on every request that lacks one and copied
+/// to every response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Limits and timings of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiConfig {
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// A request still running after this is answered 503 and abandoned.
+    pub request_timeout: Duration,
+    /// How long a verified API key is trusted without asking the database
+    /// again (a revoked key keeps working at most this long).
+    pub key_cache_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            key_cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The most events one `POST /api/events` may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// The outcome of the last configuration load, as `GET
+/// /api/integrations/status` shows it. The initial load sets it; the
+/// reloader replaces it after each reload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReloadOutcome {
+    /// The generation live after the load.
+    pub generation: u64,
+    /// Whether the load produced a new generation (false: errors, the
+    /// previous generation stays live).
+    pub ok: bool,
+    pub at: DateTime<Utc>,
+    /// Every error found (empty when `ok`).
+    pub errors: Vec<ReloadError>,
+}
+
+/// One problem in the configuration that stopped a reload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReloadError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// The diagnostic's stable code (`undefined-name`).
+    pub code: String,
+    pub message: String,
+}
+
+impl ReloadOutcome {
+    /// A load that made `generation` live.
+    pub fn loaded(generation: u64) -> ReloadOutcome {
+        ReloadOutcome {
+            generation,
+            ok: true,
+            at: Utc::now(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// A load that failed with `diagnostics`; `kept` stays live.
+    pub fn failed(kept: u64, diagnostics: &[Diagnostic]) -> ReloadOutcome {
+        ReloadOutcome {
+            generation: kept,
+            ok: false,
+            at: Utc::now(),
+            errors: diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| ReloadError {
+                    file: d.file.display().to_string(),
+                    line: d.position.line,
+                    column: d.position.column,
+                    code: d.code.as_str().to_owned(),
+                    message: d.message.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What every handler may use: cheap handles, cloned per request.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// The last configuration load's outcome.
+    pub reload: Arc<ArcSwap<ReloadOutcome>>,
+    pub keys: Arc<KeyCache>,
+    pub metrics: PrometheusHandle,
+    pub config: ApiConfig,
+    /// Cancelled when the server starts shutting down: `/readyz` then
+    /// answers 503 so load balancers stop sending requests.
+    pub draining: CancellationToken,
+}
+
+impl AppState {
+    /// State for serving `engine`, whose initial generation loaded with
+    /// `reload`.
+    pub fn new(engine: Engine, reload: Arc<ArcSwap<ReloadOutcome>>, config: ApiConfig) -> AppState {
+        AppState {
+            engine,
+            reload,
+            keys: Arc::new(KeyCache::new(config.key_cache_ttl)),
+            metrics: telemetry::install(),
+            config,
+            draining: CancellationToken::new(),
+        }
+    }
+}
+
+/// The whole API, with its middleware: request ids, tracing, timeouts,
+/// body limit, panics caught as opaque 500s, and request metrics.
+pub fn router(state: AppState) -> Router {
+    let config = state.config;
+    Router::new()
+        .route("/api/events", post(events::publish))
+        .route("/api/integrations/status", get(integrations::status))
+        .route("/api/integrations/events", get(events::list))
+        .route("/api/integrations/events/{id}", get(events::get))
+        .route(
+            "/api/integrations/{source}/{target}/enable",
+            post(integrations::enable),
+        )
+        .route(
+            "/api/integrations/{source}/{target}/disable",
+            post(integrations::disable),
+        )
+        .route(
+            "/api/integrations/deliveries/{id}/replay",
+            post(deliveries::replay),
+        )
+        .route(
+            "/api/integrations/{integration}/replay",
+            post(deliveries::replay_integration),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn(record_request))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_request(())
+                        .on_response(log_response)
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::internal("a request handler panicked").into_response()
+                }))
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::timeout()
+                }))
+                .timeout(config.request_timeout),
+        )
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops
+/// accepting connections and waits for the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn request_span(request: &Request) -> Span {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+}
+
+fn log_response<B>(response: &Response<B>, latency: Duration, _: &Span) {
+    let status = response.status().as_u16();
+    let millis = latency.as_secs_f64() * 1e3;
+    if response.status().is_server_error() {
+        tracing::error!(status, millis, "request failed");
+    } else {
+        tracing::debug!(status, millis, "request finished");
+    }
+}
+
+/// Counts the request and its latency by route pattern.
+async fn record_request(request: Request, next: Next) -> impl IntoResponse {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    telemetry::http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        start.elapsed(),
+    );
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "route-not-found",
+        "there is no such endpoint; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method; see /openapi.json",
+    )
+}
+
+/// `axum::Json` with its rejections as problem+json.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Path` with its rejections as problem+json.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+/// `axum::extract::Query` with its rejections as problem+json.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
