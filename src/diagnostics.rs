@@ -107,6 +107,31 @@ codes! {
     InvalidContract = "invalid-contract",
     /// The directory holds no integration files.
     NoIntegrations = "no-integrations",
+    /// (`check --database-url`) A step names a table the database does not have.
+    UnknownTable = "unknown-table",
+    /// (`check --database-url`) A step names a column its table does not have.
+    UnknownColumn = "unknown-column",
+    /// (`check --database-url`) An `upsert` key is not exactly the columns of a
+    /// unique index or constraint, so `ON CONFLICT` cannot use it.
+    NoUniqueKey = "no-unique-key",
+    /// (`check --database-url`) A literal, or a path whose contract gives its
+    /// type, can never be stored in its column's type.
+    TypeMismatch = "type-mismatch",
+    /// (`check --database-url`) An `upsert` leaves out a `NOT NULL` column that
+    /// has no default, so every insert would fail.
+    MissingNotNull = "missing-not-null",
+}
+
+impl Code {
+    /// The codes only `check --database-url` gives: they need the target
+    /// database's catalog, so no check of files alone can produce them.
+    pub const DATABASE: &'static [Code] = &[
+        Code::UnknownTable,
+        Code::UnknownColumn,
+        Code::NoUniqueKey,
+        Code::TypeMismatch,
+        Code::MissingNotNull,
+    ];
 }
 
 impl fmt::Display for Code {

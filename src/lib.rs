@@ -10,6 +10,8 @@
 //!   steps with JSONPaths and minijinja templates compiled once, checked
 //!   against event contracts, identifiers and the emit graph. Every problem
 //!   is a [`diagnostics::Diagnostic`]; compiling never stops at the first.
+//! - [`check`]: with `--database-url`, checks a generation against the
+//!   target database's catalog (tables, columns, unique keys, types).
 //! - [`mapping`]: evaluates a route for one event through an
 //!   [`mapping::Executor`] (pure: the database is behind the trait).
 //! - [`render`]: the dry run, the same step loop over a simulated database.
@@ -17,6 +19,8 @@
 //!   tables, the target tables, the SQL dialects.
 //! - [`engine`]: publishing (group commit), routing, workers, retries,
 //!   dead letters, replay and the live generation.
+//! - [`testing`]: `busbar test`, config tests run through the real engine
+//!   on throwaway databases.
 //! - [`api`]: the HTTP API over the engine (axum), with API keys and
 //!   organization isolation; [`telemetry`] names the metrics it serves.
 //!
@@ -26,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod check;
 pub mod compile;
 pub mod config;
 pub mod dev;
@@ -37,4 +42,5 @@ pub mod report;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod engine;

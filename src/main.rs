@@ -44,6 +44,43 @@ enum Command {
         /// Where event contracts live [default: DIR/../schemas/events].
         #[arg(long)]
         contracts: Option<PathBuf>,
+        /// Also check against this target database's catalog: tables,
+        /// columns, unique keys for upserts, column types, NOT NULL columns.
+        /// Reads only (postgres://… or sqlite://path); never migrates.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Run config tests (`*.test.yaml` under DIR) through the real engine,
+    /// each case on a throwaway database.
+    ///
+    /// Exit status: 0 every case passed, 1 a case failed, 2 could not run
+    /// (a malformed test file, integrations that do not compile, no
+    /// database, no tests).
+    Test {
+        /// The integrations directory; its test files are found under it.
+        #[arg(default_value = "integrations.d")]
+        dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = busbar::testing::report::TestFormat::Text)]
+        format: busbar::testing::report::TestFormat,
+        /// A PostgreSQL server (postgres://…) to run on: each case gets a
+        /// new database there, dropped afterwards (needs CREATEDB).
+        /// Without it, each case runs on a temporary SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// SQL that creates your target tables, run before every case
+        /// (repeat for several files).
+        #[arg(long)]
+        schema: Vec<PathBuf>,
+        /// Only the cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// How long one event's deliveries may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Where event contracts live [default: DIR/../schemas/events].
+        #[arg(long)]
+        contracts: Option<PathBuf>,
     },
     /// Dry run: show the rows and events one event would produce. Writes nothing.
     Render {
@@ -173,7 +210,27 @@ fn main() -> ExitCode {
             format,
             deny_warnings,
             contracts,
-        } => check(&dir, contracts.as_deref(), format, deny_warnings),
+            database_url,
+        } => check(&dir, contracts.as_deref(), format, deny_warnings, database_url.as_deref()),
+        Command::Test {
+            dir,
+            format,
+            database_url,
+            schema,
+            filter,
+            timeout,
+            contracts,
+        } => test(
+            busbar::testing::TestOptions {
+                dir,
+                contracts,
+                database_url,
+                schema,
+                filter,
+                timeout,
+            },
+            format,
+        ),
         Command::Render {
             event,
             integration,
@@ -334,9 +391,31 @@ fn sources(config: &ConfigDir) -> HashMap<PathBuf, SourceText> {
         .collect()
 }
 
-fn check(dir: &Path, contracts: Option<&Path>, format: CheckFormat, deny_warnings: bool) -> Result<ExitCode> {
+fn check(
+    dir: &Path,
+    contracts: Option<&Path>,
+    format: CheckFormat,
+    deny_warnings: bool,
+    database_url: Option<&str>,
+) -> Result<ExitCode> {
     let config = read_config(dir, contracts)?;
-    let compilation = compile::compile(&config, 0);
+    let mut compilation = compile::compile(&config, 0);
+    if let Some(url) = database_url {
+        match &compilation.generation {
+            Some(generation) => {
+                let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+                let found = runtime
+                    .block_on(busbar::check::database::check_database(generation, url))
+                    .with_context(|| format!("cannot read the catalog of {}", busbar::serve::redact(url)))?;
+                compilation.diagnostics.extend(found);
+                busbar::diagnostics::sort(&mut compilation.diagnostics);
+            }
+            None => {
+                let mut err = anstream::stderr();
+                writeln!(err, "the database checks did not run: the files have errors; fix those first")?;
+            }
+        }
+    }
     let mut out = anstream::stdout();
     report::print_diagnostics(
         &mut out,
@@ -351,6 +430,18 @@ fn check(dir: &Path, contracts: Option<&Path>, format: CheckFormat, deny_warning
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn test(options: busbar::testing::TestOptions, format: busbar::testing::report::TestFormat) -> Result<ExitCode> {
+    use busbar::testing::report;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut out = anstream::stdout();
+    let suite = runtime.block_on(busbar::testing::run(&options, &mut |event| {
+        // Output is best effort while cases run; the summary reports errors.
+        let _ = report::progress(&mut out, format, event);
+    }))?;
+    report::finish(&mut out, &mut anstream::stderr(), format, &suite)?;
+    Ok(ExitCode::from(suite.exit_code()))
 }
 
 fn render(

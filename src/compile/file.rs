@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 
 use super::contract::{Contract, Contracts, Lookup, Segment};
 use super::ident::{Ident, TableName};
-use super::route::{Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, ValueExpr};
+use super::route::{
+    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans, ValueExpr,
+};
 use super::template::{
     Analyser, TemplateForm, TemplateProblemKind, TemplateSources, classify, is_template,
 };
@@ -391,7 +393,43 @@ impl<'a> FileCompiler<'a> {
             description: description.clone(),
             kind,
             position: self.at(pointer),
+            spans: self.spans(pointer, model),
         })
+    }
+
+    /// Where the step's table, key items and columns stand.
+    fn spans(&self, pointer: &str, model: &StepModel) -> StepSpans {
+        type Sections<'m> = Vec<(&'static str, &'m Map<String, Value>)>;
+        let (keyword, key, sections): (&str, &[String], Sections<'_>) = match model {
+            StepModel::Find(m) => ("find", &[], vec![("where", &m.filter)]),
+            StepModel::Upsert(m) => ("upsert", &m.key, vec![("values", &m.values)]),
+            StepModel::Update(m) => ("update", &[], vec![("where", &m.filter), ("set", &m.set)]),
+            StepModel::Delete(m) => ("delete", &[], vec![("where", &m.filter)]),
+            StepModel::Emit(_) => ("emit", &[], Vec::new()),
+        };
+        let mut columns = Vec::new();
+        for (section, map) in sections {
+            for (column, value) in map {
+                let column_pointer = format!("{pointer}/{section}/{}", escape_pointer_token(column));
+                let value_pointer = match value {
+                    Value::Object(o) if o.contains_key("path") => format!("{column_pointer}/path"),
+                    Value::Object(o) if o.contains_key("value") => format!("{column_pointer}/value"),
+                    Value::Object(o) if o.contains_key("template") => format!("{column_pointer}/template"),
+                    _ => column_pointer.clone(),
+                };
+                columns.push(ColumnSpan {
+                    section,
+                    column: column.clone(),
+                    name: self.key_at(&column_pointer),
+                    value: self.at(&value_pointer),
+                });
+            }
+        }
+        StepSpans {
+            table: self.at(&format!("{pointer}/{keyword}")),
+            key: (0..key.len()).map(|i| self.at(&format!("{pointer}/key/{i}"))).collect(),
+            columns,
+        }
     }
 
     fn table(&mut self, pointer: &str, text: &str) -> Option<TableName> {

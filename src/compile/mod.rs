@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use crate::config::{self, ConfigDir};
 use crate::diagnostics::{self, Code, Diagnostic, Position};
 use contract::Contracts;
-pub use route::{Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, ValueExpr};
+pub use route::{
+    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans, ValueExpr,
+};
 use template::{Analyser, TemplateSet, TemplateSources};
 
 /// One compiled snapshot of the whole integrations directory. Immutable;

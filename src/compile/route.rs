@@ -94,6 +94,44 @@ pub struct Step {
     pub kind: StepKind,
     /// Where the step starts in its file, for messages.
     pub position: Position,
+    /// Where its table, key and columns stand, for checks that run after
+    /// compiling.
+    pub spans: StepSpans,
+}
+
+/// Where the names and values a step uses stand in its file. Compiling is
+/// done with the YAML's positions at hand; `check --database-url` runs
+/// later, on the generation and the target database's catalog, and
+/// reports at these positions.
+#[derive(Debug, Clone, Default)]
+pub struct StepSpans {
+    /// The table name (`upsert: hris.employees`).
+    pub table: Position,
+    /// Each `key:` item, in order.
+    pub key: Vec<Position>,
+    /// Each column of `where`, `values` and `set`, in file order.
+    pub columns: Vec<ColumnSpan>,
+}
+
+impl StepSpans {
+    /// Where `column` of `section` (`where`, `values`, `set`) stands.
+    pub fn column(&self, section: &str, column: &str) -> Option<&ColumnSpan> {
+        self.columns
+            .iter()
+            .find(|c| c.section == section && c.column == column)
+    }
+}
+
+/// Where one column of a step stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSpan {
+    /// `where`, `values` or `set`.
+    pub section: &'static str,
+    pub column: String,
+    /// The column's name (the mapping key).
+    pub name: Position,
+    /// Its value (for the explicit forms, the `path:` or `value:` inside).
+    pub value: Position,
 }
 
 /// Column name and the expression that gives its value, in file order.

@@ -163,13 +163,25 @@ fn type_kind_name(kind: &TypeKind) -> String {
 }
 
 /// The schema object an error's keyword belongs to, to list allowed keys.
-fn schema_object_of(error: &ValidationError<'_>) -> Option<&'static Value> {
+fn schema_object_of<'s>(schema: &'s Value, error: &ValidationError<'_>) -> Option<&'s Value> {
     let path = error.schema_path().as_str();
     let parent = path.rsplit_once('/')?.0;
-    SCHEMA.pointer(parent)
+    schema.pointer(parent)
 }
 
 fn describe(
+    file: &Path,
+    document: &Document,
+    error: &ValidationError<'_>,
+    pointer: &str,
+) -> Vec<Diagnostic> {
+    describe_error(&SCHEMA, file, document, error, pointer)
+}
+
+/// Turns one validation error against `schema` into diagnostics at the
+/// offending node of `document` (shared with the config test format).
+pub(crate) fn describe_error(
+    schema: &Value,
     file: &Path,
     document: &Document,
     error: &ValidationError<'_>,
@@ -182,7 +194,7 @@ fn describe(
     };
     match error.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let allowed: Vec<&str> = schema_object_of(error)
+            let allowed: Vec<&str> = schema_object_of(schema, error)
                 .and_then(|s| s.get("properties"))
                 .and_then(Value::as_object)
                 .map(|p| p.keys().map(String::as_str).collect())
@@ -258,7 +270,7 @@ fn describe(
             )
         }
         ValidationErrorKind::Pattern { pattern } => {
-            let hint = match schema_object_of(error).and_then(|s| s.get("description")) {
+            let hint = match schema_object_of(schema, error).and_then(|s| s.get("description")) {
                 Some(Value::String(d)) => d.clone(),
                 _ => format!("it must match `{pattern}`"),
             };

@@ -12,8 +12,10 @@ pub mod catalog;
 pub mod convert;
 pub mod dialect;
 pub mod events;
+pub mod inspect;
 pub mod keys;
 pub mod target;
+pub mod testbed;
 pub mod types;
 
 use std::path::Path;
