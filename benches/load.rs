@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- [--events N] [--concurrency C] [--db sqlite|postgres|both]
+//!                             [--workers N] [--batch N]
 //! ```
 //!
 //! PostgreSQL is taken from `BENCH_DATABASE_URL` or `TEST_DATABASE_URL`
@@ -22,12 +23,17 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use busbar::engine::{Engine, EngineConfig};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use busbar::store::{DbTx, Store};
 
 struct Options {
     events: usize,
     concurrency: usize,
     databases: Vec<String>,
+    workers: Option<usize>,
+    batch: Option<usize>,
 }
 
 fn options() -> Options {
@@ -35,6 +41,8 @@ fn options() -> Options {
         events: 20_000,
         concurrency: 128,
         databases: vec!["sqlite".into(), "postgres".into()],
+        workers: None,
+        batch: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -43,6 +51,8 @@ fn options() -> Options {
         match args[i].as_str() {
             "--events" => options.events = value.parse().expect("--events N"),
             "--concurrency" => options.concurrency = value.parse().expect("--concurrency C"),
+            "--workers" => options.workers = Some(value.parse().expect("--workers N")),
+            "--batch" => options.batch = Some(value.parse().expect("--batch N")),
             "--db" if value == "both" => {}
             "--db" => options.databases = vec![value],
             _ => {
@@ -118,7 +128,13 @@ async fn run(label: &str, url: &str, options: &Options) {
         1,
     )
     .expect("shipped integrations compile");
-    let config = EngineConfig::for_dialect(store.dialect());
+    let mut config = EngineConfig::for_dialect(store.dialect());
+    if let Some(workers) = options.workers {
+        config.workers = workers;
+    }
+    if let Some(batch) = options.batch {
+        config.batch_size = batch;
+    }
     let workers = config.workers;
     let engine = Engine::start(store.clone(), generation, config).await.expect("engine");
 
@@ -194,6 +210,12 @@ async fn run(label: &str, url: &str, options: &Options) {
 }
 
 fn main() {
+    if std::env::var_os("BUSBAR_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("BUSBAR_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let options = options();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

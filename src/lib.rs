@@ -37,6 +37,7 @@ pub mod dev;
 pub mod diagnostics;
 pub mod envelope;
 pub mod mapping;
+pub mod reload;
 pub mod render;
 pub mod report;
 pub mod serve;

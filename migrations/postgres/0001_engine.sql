@@ -22,7 +22,7 @@ CREATE TABLE integrations.events (
     -- When busbar created the event's deliveries (NULL: not routed yet).
     processed_at TIMESTAMPTZ,
     -- Publish order, for routing outbox rows in order and for cursors.
-    seq BIGSERIAL NOT NULL UNIQUE,
+    seq BIGSERIAL NOT NULL,
     -- A producer's Idempotency-Key header, unique per organization.
     idempotency_key VARCHAR(200),
     -- The event whose delivery emitted this one (NULL for published events).
@@ -62,9 +62,8 @@ CREATE TABLE integrations.deliveries (
     UNIQUE (event_id, integration_id, route_event, route_ordinal)
 );
 
-CREATE INDEX idx_deliveries_due ON integrations.deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX idx_deliveries_due ON integrations.deliveries (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX idx_deliveries_integration ON integrations.deliveries (integration_id, status);
-CREATE INDEX idx_deliveries_event ON integrations.deliveries (event_id);
 
 -- Enabled/disabled as set through the API; survives restarts and reloads.
 -- An integration runs when its YAML says `enabled: true` (the default) and
@@ -112,5 +111,5 @@ $$;
 
 CREATE TRIGGER events_notify AFTER INSERT ON integrations.events
     FOR EACH STATEMENT EXECUTE FUNCTION integrations.notify_busbar();
-CREATE TRIGGER deliveries_notify AFTER INSERT OR UPDATE ON integrations.deliveries
+CREATE TRIGGER deliveries_notify AFTER INSERT ON integrations.deliveries
     FOR EACH STATEMENT EXECUTE FUNCTION integrations.notify_busbar();

@@ -51,9 +51,8 @@ CREATE TABLE "integrations.deliveries" (
     UNIQUE (event_id, integration_id, route_event, route_ordinal)
 );
 
-CREATE INDEX "integrations.idx_deliveries_due" ON "integrations.deliveries" (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX "integrations.idx_deliveries_due" ON "integrations.deliveries" (next_attempt_at, id) WHERE status = 'pending';
 CREATE INDEX "integrations.idx_deliveries_integration" ON "integrations.deliveries" (integration_id, status);
-CREATE INDEX "integrations.idx_deliveries_event" ON "integrations.deliveries" (event_id);
 
 CREATE TABLE "integrations.integration_state" (
     integration_id TEXT PRIMARY KEY NOT NULL,

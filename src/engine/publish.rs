@@ -50,6 +50,7 @@ pub(crate) async fn run(shared: Arc<Shared>, receiver: Arc<Mutex<mpsc::Receiver<
 async fn commit(shared: &Shared, jobs: Vec<Job>) {
     let events: Vec<NewEvent> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
     let generation = shared.generation.load_full();
+    let started = std::time::Instant::now();
     let result = async {
         let mut tx = shared.store.begin().await?;
         let stored = shared.store_events(&mut tx, &generation, &events, Time::now()).await?;
@@ -59,6 +60,7 @@ async fn commit(shared: &Shared, jobs: Vec<Job>) {
     .await;
     match result {
         Ok(stored) => {
+            tracing::debug!(events = events.len(), elapsed = ?started.elapsed(), "publish batch committed");
             shared.work.raise();
             let mut stored = stored.into_iter();
             for job in jobs {

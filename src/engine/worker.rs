@@ -1,14 +1,23 @@
 //! Workers: claim a batch of due deliveries, run each route, and commit the
 //! writes, the emitted events and the new statuses together.
 //!
-//! A batch first runs optimistically, without savepoints: in the common
-//! case every delivery succeeds (or skips before writing) and the batch
-//! costs one statement per step. When a delivery fails, or skips after it
-//! wrote, the batch is rolled back and claimed again in safe mode, with a
-//! savepoint around each delivery so that one failure undoes only its own
-//! writes.
+//! A batch is tried in up to three ways, each in one transaction:
+//!
+//! 1. **Lockstep**: every route of the batch runs at once; their database
+//!    calls are gathered and executed as a few set-based statements
+//!    ([`crate::store::batch`]). This is the fast path.
+//! 2. **Sequential**: one delivery after another, without savepoints, when
+//!    lockstep found two deliveries touching the same row.
+//! 3. **Safe**: one delivery after another, each inside a savepoint, when a
+//!    delivery failed or skipped after writing; its writes alone are undone.
+//!
+//! A way that cannot finish rolls its transaction back and the batch is
+//! claimed again for the next; nothing is recorded twice.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -18,6 +27,7 @@ use crate::compile::{Generation, Integration, Route};
 use crate::envelope::Envelope;
 use crate::mapping::{EventInput, RouteError, RouteOutcome, run_route};
 use crate::store::events::{self, Claimed, NewEvent, Outcome, Status};
+use crate::store::batch::{self, Accesses, BatchedExecutor, SharedQueue};
 use crate::store::target::TargetExecutor;
 use crate::store::types::Time;
 use crate::store::{DbTx, StoreError};
@@ -64,12 +74,35 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize) {
 /// Claims and processes one batch; returns how many deliveries it handled.
 pub(crate) async fn process_batch(shared: &Shared) -> Result<usize, StoreError> {
     let generation = shared.generation.load_full();
-    match attempt_batch(shared, &generation, false).await? {
-        Some(count) => Ok(count),
-        // Something failed or must be undone: run the batch again with a
-        // savepoint per delivery.
-        None => Ok(attempt_batch(shared, &generation, true).await?.unwrap_or(0)),
+    let started = std::time::Instant::now();
+    match attempt_lockstep(shared, &generation).await? {
+        Attempt::Done(count) => {
+            if count > 0 {
+                tracing::debug!(deliveries = count, elapsed = ?started.elapsed(), "lockstep batch committed");
+            }
+            return Ok(count);
+        }
+        Attempt::Undo => {}
+        Attempt::Conflict => match attempt_sequential(shared, &generation, false).await? {
+            Attempt::Done(count) => return Ok(count),
+            Attempt::Undo | Attempt::Conflict => {}
+        },
     }
+    match attempt_sequential(shared, &generation, true).await? {
+        Attempt::Done(count) => Ok(count),
+        // Safe mode undoes each failure in its savepoint and never gives up.
+        Attempt::Undo | Attempt::Conflict => Ok(0),
+    }
+}
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    /// Committed; this many deliveries were handled.
+    Done(usize),
+    /// A delivery's writes must be undone: try again with savepoints.
+    Undo,
+    /// Two deliveries touched the same row: try again one after another.
+    Conflict,
 }
 
 /// What one delivery produced.
@@ -80,79 +113,14 @@ struct Done {
     undo: bool,
 }
 
-/// Runs one batch in one transaction. Without `safe`, returns `None` as
-/// soon as a delivery needs its writes undone (the caller retries in safe
-/// mode).
-async fn attempt_batch(shared: &Shared, generation: &Generation, safe: bool) -> Result<Option<usize>, StoreError> {
-    let mut tx = shared.store.begin().await?;
-    let now = Time::now();
-    let claimed = events::claim_due(&mut tx, now, shared.config.batch_size as i64).await?;
-    if claimed.is_empty() {
-        tx.rollback().await?;
-        return Ok(Some(0));
-    }
-    let mut outcomes = Vec::with_capacity(claimed.len());
-    let mut emitted = Vec::new();
-    for delivery in &claimed {
-        if safe {
-            tx.run("SAVEPOINT delivery").await?;
-        }
-        let done = match run_delivery(shared, generation, &mut tx, delivery).await {
-            Ok(done) => done,
-            Err(error) if !safe => {
-                tracing::debug!(%error, "fast batch failed; retrying with savepoints");
-                let _ = tx.rollback().await;
-                return Ok(None);
-            }
-            Err(error) => return Err(error),
-        };
-        if done.undo && !safe {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        if safe {
-            if done.undo {
-                tx.run("ROLLBACK TO SAVEPOINT delivery").await?;
-            }
-            tx.run("RELEASE SAVEPOINT delivery").await?;
-        }
-        outcomes.push(done.outcome);
-        emitted.extend(done.emitted);
-    }
-    if !emitted.is_empty() {
-        shared.store_events(&mut tx, generation, &emitted, now).await?;
-    }
-    events::record_outcomes(&mut tx, &outcomes, Time::now()).await?;
-    tx.commit().await?;
-    if !emitted.is_empty() || outcomes.iter().any(|o| o.status == Status::Pending) {
-        shared.work.raise();
-    }
-    for outcome in &outcomes {
-        if outcome.status == Status::Dead {
-            tracing::warn!(delivery = %outcome.id, error = outcome.error.as_deref().unwrap_or(""), "delivery dead-lettered");
-        }
-    }
-    Ok(Some(claimed.len()))
+/// What a claimed delivery needs.
+enum Plan<'g> {
+    /// Decided without running anything (route gone, integration disabled).
+    Decided(Done),
+    Run(&'g Integration, &'g Route),
 }
 
-/// Runs one delivery's route on `tx`. An `Err` is a database failure that
-/// leaves the transaction unusable (the whole batch must be retried).
-async fn run_delivery(
-    shared: &Shared,
-    generation: &Generation,
-    tx: &mut DbTx,
-    delivery: &Claimed,
-) -> Result<Done, StoreError> {
-    let attempts = delivery.attempts + 1;
-    let finish = |status: Status, error: Option<String>, step: Option<usize>| Outcome {
-        id: delivery.id,
-        status,
-        attempts,
-        next_attempt_at: Time::now(),
-        error,
-        error_step: step.map(|s| s as i32 + 1),
-        generation: generation.number as i64,
-    };
+fn plan<'g>(shared: &Shared, generation: &'g Generation, delivery: &Claimed) -> Plan<'g> {
     let Some((integration, route)) = find_route(generation, delivery) else {
         let reason = match generation.integration(&delivery.integration_id) {
             None => format!(
@@ -164,15 +132,17 @@ async fn run_delivery(
                 delivery.integration_id, delivery.route_event, generation.number
             ),
         };
-        return Ok(Done {
-            outcome: finish(Status::Skipped, Some(reason), None),
+        return Plan::Decided(Done {
+            outcome: outcome(generation, delivery, Status::Skipped, Some(reason), None),
             emitted: Vec::new(),
             undo: false,
         });
     };
     if !shared.enabled(generation, &integration.id) {
-        return Ok(Done {
-            outcome: finish(
+        return Plan::Decided(Done {
+            outcome: outcome(
+                generation,
+                delivery,
                 Status::Skipped,
                 Some(format!("integration `{}` is disabled", integration.id)),
                 None,
@@ -181,14 +151,194 @@ async fn run_delivery(
             undo: false,
         });
     }
-    let input = EventInput::new(&delivery.event);
-    let mut executor = TargetExecutor::new(tx, &shared.store.catalog);
-    let run = run_route(route, &generation.templates, &input, &mut executor).await;
-    let wrote = executor.wrote;
-    let emitted_steps = std::mem::take(&mut executor.emitted);
-    match run.outcome {
+    Plan::Run(integration, route)
+}
+
+fn outcome(generation: &Generation, delivery: &Claimed, status: Status, error: Option<String>, step: Option<usize>) -> Outcome {
+    Outcome {
+        id: delivery.id,
+        status,
+        attempts: delivery.attempts + 1,
+        next_attempt_at: Time::now(),
+        error,
+        error_step: step.map(|s| s as i32 + 1),
+        generation: generation.number as i64,
+    }
+}
+
+/// Runs the whole batch in lockstep.
+async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<Attempt, StoreError> {
+    let mut tx = shared.store.begin().await?;
+    let now = Time::now();
+    let started = std::time::Instant::now();
+    let claimed = events::claim_due(&mut tx, now, shared.config.batch_size as i64).await?;
+    tracing::trace!(deliveries = claimed.len(), elapsed = ?started.elapsed(), "claimed");
+    if claimed.is_empty() {
+        tx.rollback().await?;
+        return Ok(Attempt::Done(0));
+    }
+    let plans: Vec<Plan<'_>> = claimed.iter().map(|d| plan(shared, generation, d)).collect();
+    let inputs: Vec<EventInput> = claimed.iter().map(|d| EventInput::new(&d.event)).collect();
+    let queue: SharedQueue = Default::default();
+    let mut executors: Vec<BatchedExecutor> = (0..claimed.len())
+        .map(|i| BatchedExecutor::new(queue.clone(), i))
+        .collect();
+    let mut runs: Vec<Option<Result<RouteOutcome, RouteError<StoreError>>>> = Vec::new();
+    runs.resize_with(claimed.len(), || None);
+    let mut accesses = Accesses::default();
+    let flushed = {
+        type RouteFuture<'a> = Pin<Box<dyn Future<Output = Result<RouteOutcome, RouteError<StoreError>>> + Send + 'a>>;
+        let mut futures: Vec<Option<RouteFuture<'_>>> = plans
+            .iter()
+            .zip(&inputs)
+            .zip(executors.iter_mut())
+            .map(|((plan, input), executor)| match plan {
+                Plan::Decided(_) => None,
+                Plan::Run(_, route) => Some(Box::pin(async move {
+                    run_route(route, &generation.templates, input, executor).await.outcome
+                }) as RouteFuture<'_>),
+            })
+            .collect();
+        loop {
+            let mut waiting = 0;
+            // The context is made per poll: it is not `Send`, and must not
+            // live across the flush below.
+            for (i, slot) in futures.iter_mut().enumerate() {
+                if let Some(future) = slot {
+                    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                        Poll::Ready(result) => {
+                            runs[i] = Some(result);
+                            *slot = None;
+                        }
+                        Poll::Pending => waiting += 1,
+                    }
+                }
+            }
+            if waiting == 0 {
+                break Ok(());
+            }
+            if let Err(error) = batch::flush(&queue, &mut tx, &shared.store.catalog, &mut accesses).await {
+                break Err(error);
+            }
+        }
+    };
+    if let Err(error) = flushed {
+        tracing::debug!(%error, "lockstep batch failed; retrying with savepoints");
+        let _ = tx.rollback().await;
+        return Ok(Attempt::Undo);
+    }
+    if let Some(conflict) = accesses.conflict() {
+        tracing::debug!(%conflict, "lockstep batch touched a row twice; retrying one delivery at a time");
+        tx.rollback().await?;
+        return Ok(Attempt::Conflict);
+    }
+    let mut done = Vec::with_capacity(claimed.len());
+    for (((delivery, plan), run), executor) in claimed.iter().zip(plans).zip(runs).zip(executors) {
+        let result = match plan {
+            Plan::Decided(decided) => decided,
+            Plan::Run(integration, _) => {
+                let run = run.expect("every route ran to the end");
+                conclude(generation, delivery, integration, run, executor.wrote, executor.emitted)
+            }
+        };
+        if result.undo {
+            tx.rollback().await?;
+            return Ok(Attempt::Undo);
+        }
+        done.push(result);
+    }
+    commit(shared, generation, tx, now, done).await?;
+    Ok(Attempt::Done(claimed.len()))
+}
+
+/// Runs the batch one delivery after another; with `safe`, each inside a
+/// savepoint.
+async fn attempt_sequential(shared: &Shared, generation: &Generation, safe: bool) -> Result<Attempt, StoreError> {
+    let mut tx = shared.store.begin().await?;
+    let now = Time::now();
+    let claimed = events::claim_due(&mut tx, now, shared.config.batch_size as i64).await?;
+    if claimed.is_empty() {
+        tx.rollback().await?;
+        return Ok(Attempt::Done(0));
+    }
+    let mut done = Vec::with_capacity(claimed.len());
+    for delivery in &claimed {
+        let (integration, route) = match plan(shared, generation, delivery) {
+            Plan::Decided(decided) => {
+                done.push(decided);
+                continue;
+            }
+            Plan::Run(integration, route) => (integration, route),
+        };
+        if safe {
+            tx.run("SAVEPOINT delivery").await?;
+        }
+        let input = EventInput::new(&delivery.event);
+        let mut executor = TargetExecutor::new(&mut tx, &shared.store.catalog);
+        let run = run_route(route, &generation.templates, &input, &mut executor).await;
+        let wrote = executor.wrote;
+        let emitted = std::mem::take(&mut executor.emitted);
+        // A database error may leave the transaction unusable: outside a
+        // savepoint, give up on this attempt.
+        let database_failed = matches!(&run.outcome, Err(RouteError::Executor { .. }));
+        let result = conclude(generation, delivery, integration, run.outcome, wrote, emitted);
+        if !safe && (result.undo || database_failed) {
+            tx.rollback().await?;
+            return Ok(Attempt::Undo);
+        }
+        if safe {
+            if result.undo {
+                tx.run("ROLLBACK TO SAVEPOINT delivery").await?;
+            }
+            tx.run("RELEASE SAVEPOINT delivery").await?;
+        }
+        done.push(result);
+    }
+    commit(shared, generation, tx, now, done).await?;
+    Ok(Attempt::Done(claimed.len()))
+}
+
+/// Stores the emitted events (routed at once), records every outcome, and
+/// commits.
+async fn commit(shared: &Shared, generation: &Generation, mut tx: DbTx, now: Time, done: Vec<Done>) -> Result<(), StoreError> {
+    let mut outcomes = Vec::with_capacity(done.len());
+    let mut emitted = Vec::new();
+    for result in done {
+        outcomes.push(result.outcome);
+        emitted.extend(result.emitted);
+    }
+    if !emitted.is_empty() {
+        shared.store_events(&mut tx, generation, &emitted, now).await?;
+    }
+    let started = std::time::Instant::now();
+    events::record_outcomes(&mut tx, &outcomes, Time::now()).await?;
+    tracing::trace!(deliveries = outcomes.len(), elapsed = ?started.elapsed(), "outcomes recorded");
+    let started = std::time::Instant::now();
+    tx.commit().await?;
+    tracing::trace!(elapsed = ?started.elapsed(), "committed");
+    if !emitted.is_empty() || outcomes.iter().any(|o| o.status == Status::Pending) {
+        shared.work.raise();
+    }
+    for outcome in &outcomes {
+        if outcome.status == Status::Dead {
+            tracing::warn!(delivery = %outcome.id, error = outcome.error.as_deref().unwrap_or(""), "delivery dead-lettered");
+        }
+    }
+    Ok(())
+}
+
+/// Turns a route's result into the delivery's outcome and emitted events.
+fn conclude(
+    generation: &Generation,
+    delivery: &Claimed,
+    integration: &Integration,
+    run: Result<RouteOutcome, RouteError<StoreError>>,
+    wrote: bool,
+    emitted: Vec<crate::store::target::Emitted>,
+) -> Done {
+    match run {
         Ok(RouteOutcome::Applied) => {
-            let emitted: Vec<NewEvent> = emitted_steps
+            let emitted: Vec<NewEvent> = emitted
                 .into_iter()
                 .map(|e| NewEvent {
                     envelope: Envelope {
@@ -207,56 +357,58 @@ async fn run_delivery(
             // one; a mapping that breaks it is a permanent failure.
             for event in &emitted {
                 let envelope = &event.envelope;
-                if let Some(contract) = generation.contracts.get(&envelope.source, &envelope.event) {
-                    let violations = contract.violations(&envelope.data);
-                    if let Some(first) = violations.first() {
-                        let message = format!(
-                            "emitted {}/{} breaks its contract: {}: {}",
-                            envelope.source, envelope.event, first.pointer, first.message
-                        );
-                        return Ok(Done {
-                            outcome: finish(Status::Dead, Some(message), None),
-                            emitted: Vec::new(),
-                            undo: true,
-                        });
-                    }
+                if let Some(contract) = generation.contracts.get(&envelope.source, &envelope.event)
+                    && let Some(first) = contract.violations(&envelope.data).first()
+                {
+                    let message = format!(
+                        "emitted {}/{} breaks its contract: {}: {}",
+                        envelope.source, envelope.event, first.pointer, first.message
+                    );
+                    return Done {
+                        outcome: outcome(generation, delivery, Status::Dead, Some(message), None),
+                        emitted: Vec::new(),
+                        undo: true,
+                    };
                 }
             }
-            Ok(Done {
-                outcome: finish(Status::Delivered, None, None),
+            Done {
+                outcome: outcome(generation, delivery, Status::Delivered, None, None),
                 emitted,
                 undo: false,
-            })
+            }
         }
-        Ok(RouteOutcome::Skipped { reason }) => Ok(Done {
-            outcome: finish(Status::Skipped, Some(reason), None),
+        Ok(RouteOutcome::Skipped { reason }) => Done {
+            outcome: outcome(generation, delivery, Status::Skipped, Some(reason), None),
             emitted: Vec::new(),
             undo: wrote,
-        }),
+        },
         Err(error) => {
+            let attempts = delivery.attempts + 1;
             let step = error.step();
             let transient = matches!(&error, RouteError::Executor { error, .. } if error.is_transient());
             let message = error.to_string();
-            let outcome = if transient && (attempts as u32) < integration.retry.max_attempts {
+            let result = if transient && (attempts as u32) < integration.retry.max_attempts {
                 let wait = retry::backoff(&integration.retry, attempts as u32);
                 Outcome {
                     next_attempt_at: Time(chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()),
-                    ..finish(Status::Pending, Some(message), step)
+                    ..outcome(generation, delivery, Status::Pending, Some(message), step)
                 }
             } else if transient {
-                finish(
+                outcome(
+                    generation,
+                    delivery,
                     Status::Dead,
                     Some(format!("gave up after {attempts} attempts: {message}")),
                     step,
                 )
             } else {
-                finish(Status::Dead, Some(message), step)
+                outcome(generation, delivery, Status::Dead, Some(message), step)
             };
-            Ok(Done {
-                outcome,
+            Done {
+                outcome: result,
                 emitted: Vec::new(),
                 undo: true,
-            })
+            }
         }
     }
 }

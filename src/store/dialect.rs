@@ -192,6 +192,132 @@ impl Dialect {
         )
     }
 
+    /// Looks up one row for each of `rows` inputs in one statement:
+    /// `SELECT i, (SELECT <row> FROM table WHERE ... LIMIT 1) FROM <inputs>`.
+    /// `columns[j]` is compared with `=`, or with `IS NULL` when `nulls[j]`
+    /// (it then binds nothing).
+    ///
+    /// Parameters: on PostgreSQL one array per
+    /// column, `bigint[]` of input numbers then `text[]` per compared column,
+    /// read with `UNNEST` (so the text does not depend on `rows` and stays
+    /// prepared); on SQLite, row by row in a `VALUES` list: the input's
+    /// number, then its values.
+    pub fn find_many(
+        self,
+        table: &TableName,
+        info: &TableInfo,
+        columns: &[Ident],
+        nulls: &[bool],
+        rows: usize,
+    ) -> String {
+        let bound: Vec<&Ident> = columns.iter().zip(nulls).filter(|(_, n)| !**n).map(|(c, _)| c).collect();
+        let mut next = 0;
+        let conditions: Vec<String> = columns
+            .iter()
+            .zip(nulls)
+            .map(|(column, null)| {
+                if *null {
+                    return format!("t.{} IS NULL", quote(column.as_str()));
+                }
+                next += 1;
+                let input = match self {
+                    Dialect::Postgres => self.cast(&format!("u.c{}", next - 1), info, column),
+                    Dialect::Sqlite => format!("v.column{}", next + 1),
+                };
+                format!("t.{} = {input}", quote(column.as_str()))
+            })
+            .collect();
+        let conditions = if conditions.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            conditions.join(" AND ")
+        };
+        let lookup = format!(
+            "(SELECT {} FROM {} AS t WHERE {conditions} LIMIT 1)",
+            self.row_json(info),
+            self.table(table)
+        );
+        match self {
+            Dialect::Postgres => {
+                let arrays: Vec<String> = std::iter::once("$1::bigint[]".to_owned())
+                    .chain((0..bound.len()).map(|k| format!("${}::text[]", k + 2)))
+                    .collect();
+                let names: Vec<String> = std::iter::once("i".to_owned())
+                    .chain((0..bound.len()).map(|k| format!("c{k}")))
+                    .collect();
+                format!(
+                    "SELECT u.i, {lookup} FROM UNNEST({}) AS u({})",
+                    arrays.join(", "),
+                    names.join(", ")
+                )
+            }
+            Dialect::Sqlite => {
+                // Anonymous `?` placeholders, bound in text order: with
+                // numbered ones, SQLite looks each name up in a list, which
+                // is quadratic in a statement with thousands of them.
+                let row = format!("({})", vec!["?"; bound.len() + 1].join(", "));
+                format!("SELECT v.column1, {lookup} FROM (VALUES {}) AS v", vec![row; rows].join(", "))
+            }
+        }
+    }
+
+    /// `CAST(expr AS <column type>)` on PostgreSQL.
+    fn cast(self, expression: &str, info: &TableInfo, column: &Ident) -> String {
+        match info.column(column.as_str()) {
+            Some(column) => format!("CAST({expression} AS {})", column.sql_type),
+            None => expression.to_owned(),
+        }
+    }
+
+    /// A multi-row `INSERT ... ON CONFLICT (key) DO UPDATE` without
+    /// `RETURNING` (the rows are read back with [`Dialect::find_many`] on the
+    /// key). Parameters as for `find_many` without the input numbers: one
+    /// `text[]` per column on PostgreSQL, row by row on SQLite.
+    pub fn upsert_many(self, table: &TableName, info: &TableInfo, key: &[Ident], columns: &[Ident], rows: usize) -> String {
+        let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
+        let source = match self {
+            Dialect::Postgres => {
+                let casts: Vec<String> = columns
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| self.cast(&format!("u.c{k}"), info, c))
+                    .collect();
+                let arrays: Vec<String> = (0..columns.len()).map(|k| format!("${}::text[]", k + 1)).collect();
+                let aliases: Vec<String> = (0..columns.len()).map(|k| format!("c{k}")).collect();
+                format!(
+                    "SELECT {} FROM UNNEST({}) AS u({})",
+                    casts.join(", "),
+                    arrays.join(", "),
+                    aliases.join(", ")
+                )
+            }
+            Dialect::Sqlite => {
+                let row = format!("({})", vec!["?"; columns.len()].join(", "));
+                format!("VALUES {}", vec![row; rows].join(", "))
+            }
+        };
+        let key_names: Vec<String> = key.iter().map(|c| quote(c.as_str())).collect();
+        let mut updates: Vec<String> = columns
+            .iter()
+            .filter(|c| !key.contains(c))
+            .map(|c| format!("{0} = excluded.{0}", quote(c.as_str())))
+            .collect();
+        if updates.is_empty() {
+            updates.push(format!("{0} = excluded.{0}", key_names[0]));
+        }
+        let alias = match self {
+            Dialect::Postgres => " AS t",
+            Dialect::Sqlite => "",
+        };
+        format!(
+            "INSERT INTO {}{alias} ({}) {source} ON CONFLICT ({}) DO UPDATE SET {}",
+            self.table(table),
+            names.join(", "),
+            key_names.join(", "),
+            updates.join(", ")
+        )
+    }
+
     /// `$n`/`?n`, for engine queries built at run time.
     pub fn placeholder(self, n: usize) -> String {
         self.param(n)
@@ -242,6 +368,31 @@ mod tests {
         let sql = Dialect::Sqlite.upsert(&table, &info(), &[ident("email")], &[ident("email")]);
         assert!(sql.contains("DO UPDATE SET \"email\" = excluded.\"email\""), "{sql}");
         assert!(sql.contains("json_object('id', \"id\", 'email', \"email\", 'meta', json(\"meta\"))"), "{sql}");
+    }
+
+    #[test]
+    fn many_rows_are_looked_up_in_one_statement() {
+        let table = TableName::parse("t").unwrap();
+        let columns = [ident("email"), ident("id")];
+        let sql = Dialect::Postgres.find_many(&table, &info(), &columns, &[false, true], 2);
+        assert_eq!(
+            sql,
+            "SELECT u.i, (SELECT to_jsonb(t.*)::text FROM \"t\" AS t WHERE t.\"email\" = CAST(u.c0 AS text) \
+             AND t.\"id\" IS NULL LIMIT 1) FROM UNNEST($1::bigint[], $2::text[]) AS u(i, c0)"
+        );
+        let sql = Dialect::Postgres.upsert_many(&table, &info(), &[ident("id")], &columns, 2);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"t\" AS t (\"email\", \"id\") SELECT CAST(u.c0 AS text), CAST(u.c1 AS uuid) \
+             FROM UNNEST($1::text[], $2::text[]) AS u(c0, c1) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\""
+        );
+        let sql = Dialect::Sqlite.find_many(&table, &info(), &columns, &[false, false], 1);
+        assert!(sql.ends_with("WHERE t.\"email\" = v.column2 AND t.\"id\" = v.column3 LIMIT 1) FROM (VALUES (?, ?, ?)) AS v"), "{sql}");
+        let sql = Dialect::Sqlite.upsert_many(&table, &info(), &[ident("id")], &columns, 2);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"t\" (\"email\", \"id\") VALUES (?, ?), (?, ?) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\""
+        );
     }
 
     #[test]

@@ -75,51 +75,60 @@ pub async fn insert_events(
     events: &[NewEvent],
     now: Time,
 ) -> Result<Vec<(Uuid, bool)>, StoreError> {
-    let dialect = tx.dialect();
     let mut inserted = std::collections::HashSet::new();
     for chunk in events.chunks(CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data, \
-             occurred_at, created_at, processed_at, idempotency_key, parent_id) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let base = i * 9;
-            if i > 0 {
-                sql.push_str(", ");
+        let ids: Vec<(Id,)> = match &mut *tx {
+            // PostgreSQL: one array per column, so the statement text is
+            // the same for every batch size and stays prepared.
+            DbTx::Postgres(conn) => {
+                sqlx::query_as(
+                    "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data, \
+                     occurred_at, created_at, processed_at, idempotency_key, parent_id) \
+                     SELECT u.id, u.org, u.source, u.event, u.data::jsonb, u.occurred, $1, $1, u.key, u.parent \
+                     FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
+                                 $8::text[], $9::uuid[]) AS u(id, org, source, event, data, occurred, key, parent) \
+                     ON CONFLICT DO NOTHING RETURNING id",
+                )
+                .bind(now)
+                .bind(chunk.iter().map(|e| e.envelope.id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|e| e.envelope.organization_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|e| e.envelope.source.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|e| e.envelope.event.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|e| e.envelope.data.to_string()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|e| e.envelope.occurred_at).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|e| e.idempotency_key.clone()).collect::<Vec<Option<String>>>())
+                .bind(chunk.iter().map(|e| e.parent_id).collect::<Vec<Option<Uuid>>>())
+                .fetch_all(&mut **conn)
+                .await?
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5,
-                base + 6,
-                base + 7,
-                base + 7,
-                base + 8,
-                base + 9
-            ));
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
-        let sql = AssertSqlSafe(dialect.sql(&sql));
-        let ids: Vec<(Id,)> = on_tx!(&mut *tx, |conn| {
-            let mut query = sqlx::query_as(sql);
-            for event in chunk {
-                let e = &event.envelope;
-                query = query
-                    .bind(Id(e.id))
-                    .bind(Id(e.organization_id))
-                    .bind(e.source.as_str())
-                    .bind(e.event.as_str())
-                    .bind(Doc(e.data.clone()))
-                    .bind(Time(e.occurred_at))
-                    .bind(now)
-                    .bind(event.idempotency_key.as_deref())
-                    .bind(event.parent_id.map(Id));
+            DbTx::Sqlite(conn) => {
+                // Anonymous placeholders, bound in text order (see
+                // `Dialect::find_many` on why not `?NNN`).
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let sql = format!(
+                    "INSERT INTO \"integrations.events\" (id, organization_id, source_product, event_name, event_data, \
+                     occurred_at, created_at, processed_at, idempotency_key, parent_id) VALUES {} \
+                     ON CONFLICT DO NOTHING RETURNING id",
+                    vec![row; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query_as(AssertSqlSafe(sql));
+                for event in chunk {
+                    let e = &event.envelope;
+                    query = query
+                        .bind(Id(e.id))
+                        .bind(Id(e.organization_id))
+                        .bind(e.source.as_str())
+                        .bind(e.event.as_str())
+                        .bind(Doc(e.data.clone()))
+                        .bind(Time(e.occurred_at))
+                        .bind(now)
+                        .bind(now)
+                        .bind(event.idempotency_key.as_deref())
+                        .bind(event.parent_id.map(Id));
+                }
+                query.fetch_all(&mut **conn).await?
             }
-            query.fetch_all(conn).await
-        })?;
+        };
         inserted.extend(ids.into_iter().map(|(id,)| id.0));
     }
     let mut out = Vec::with_capacity(events.len());
@@ -159,50 +168,56 @@ pub async fn find_by_key(tx: &mut DbTx, organization: Uuid, key: &str) -> Result
 
 /// Creates deliveries (skipping any that already exist).
 pub async fn insert_deliveries(tx: &mut DbTx, deliveries: &[NewDelivery], now: Time) -> Result<(), StoreError> {
-    let dialect = tx.dialect();
     for chunk in deliveries.chunks(CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO integrations.deliveries (id, event_id, organization_id, integration_id, route_event, \
-             route_ordinal, source_product, target_product, status, attempts, next_attempt_at, created_at, updated_at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 9;
-            if i > 0 {
-                sql.push_str(", ");
+        match &mut *tx {
+            DbTx::Postgres(conn) => {
+                sqlx::query(
+                    "INSERT INTO integrations.deliveries (id, event_id, organization_id, integration_id, route_event, \
+                     route_ordinal, source_product, target_product, status, attempts, next_attempt_at, created_at, updated_at) \
+                     SELECT u.id, u.event_id, u.org, u.integration, u.route_event, u.ordinal, u.source, u.target, \
+                            'pending', 0, $1, $1, $1 \
+                     FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::text[], \
+                                 $9::text[]) AS u(id, event_id, org, integration, route_event, ordinal, source, target) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(now)
+                .bind(chunk.iter().map(|d| d.id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|d| d.event_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|d| d.organization_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|d| d.integration_id.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|d| d.route_event.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|d| d.route_ordinal).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|d| d.source_product.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|d| d.target_product.clone()).collect::<Vec<String>>())
+                .execute(&mut **conn)
+                .await?;
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 9,
-                b + 9
-            ));
+            DbTx::Sqlite(conn) => {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)";
+                let sql = format!(
+                    "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, route_event, \
+                     route_ordinal, source_product, target_product, status, attempts, next_attempt_at, created_at, updated_at) \
+                     VALUES {} ON CONFLICT DO NOTHING",
+                    vec![row; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for d in chunk {
+                    query = query
+                        .bind(Id(d.id))
+                        .bind(Id(d.event_id))
+                        .bind(Id(d.organization_id))
+                        .bind(d.integration_id.as_str())
+                        .bind(d.route_event.as_str())
+                        .bind(d.route_ordinal)
+                        .bind(d.source_product.as_str())
+                        .bind(d.target_product.as_str())
+                        .bind(now)
+                        .bind(now)
+                        .bind(now);
+                }
+                query.execute(&mut **conn).await?;
+            }
         }
-        sql.push_str(" ON CONFLICT DO NOTHING");
-        let sql = AssertSqlSafe(dialect.sql(&sql));
-        on_tx!(&mut *tx, |conn| {
-            let mut query = sqlx::query(sql);
-            for d in chunk {
-                query = query
-                    .bind(Id(d.id))
-                    .bind(Id(d.event_id))
-                    .bind(Id(d.organization_id))
-                    .bind(d.integration_id.as_str())
-                    .bind(d.route_event.as_str())
-                    .bind(d.route_ordinal)
-                    .bind(d.source_product.as_str())
-                    .bind(d.target_product.as_str())
-                    .bind(now);
-            }
-            query.execute(conn).await.map(|r| r.rows_affected())
-        })?;
     }
     Ok(())
 }
@@ -311,7 +326,7 @@ pub async fn claim_due(tx: &mut DbTx, now: Time, limit: i64) -> Result<Vec<Claim
                 e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
            FROM integrations.deliveries d JOIN integrations.events e ON e.id = d.event_id \
           WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-          ORDER BY d.next_attempt_at, d.created_at LIMIT $2{lock}"
+          ORDER BY d.next_attempt_at, d.id LIMIT $2{lock}"
     )));
     type Tuple = (Id, String, String, i32, i32, Id, Id, String, String, Doc, Time);
     let rows: Vec<Tuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
@@ -353,28 +368,54 @@ pub struct Outcome {
     pub generation: i64,
 }
 
-/// Records attempts' outcomes.
+/// Records attempts' outcomes, in one statement per chunk.
 pub async fn record_outcomes(tx: &mut DbTx, outcomes: &[Outcome], now: Time) -> Result<(), StoreError> {
-    let sql = tx.dialect().sql(
-        "UPDATE integrations.deliveries SET status = $2, attempts = $3, next_attempt_at = $4, last_error = $5, \
-         error_step = $6, generation = $7, updated_at = $8, \
-         completed_at = CASE WHEN $2 = 'pending' THEN NULL ELSE $8 END \
-         WHERE id = $1",
-    );
-    for outcome in outcomes {
-        let sql = AssertSqlSafe(sql.clone());
-        on_tx!(&mut *tx, |conn| sqlx::query(sql)
-            .bind(Id(outcome.id))
-            .bind(outcome.status.as_str())
-            .bind(outcome.attempts)
-            .bind(outcome.next_attempt_at)
-            .bind(outcome.error.as_deref())
-            .bind(outcome.error_step)
-            .bind(outcome.generation)
-            .bind(now)
-            .execute(conn)
-            .await
-            .map(|r| r.rows_affected()))?;
+    const SET: &str = "status = v.status, attempts = v.attempts, next_attempt_at = v.next_attempt_at, \
+         last_error = v.last_error, error_step = v.error_step, generation = v.generation, updated_at = $1, \
+         completed_at = CASE WHEN v.status = 'pending' THEN NULL ELSE $1 END";
+    for chunk in outcomes.chunks(CHUNK) {
+        match &mut *tx {
+            DbTx::Postgres(conn) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE integrations.deliveries AS d SET {SET} \
+                     FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::text[], $7::int[], $8::bigint[]) \
+                          AS v(id, status, attempts, next_attempt_at, last_error, error_step, generation) \
+                     WHERE d.id = v.id"
+                )))
+                .bind(now)
+                .bind(chunk.iter().map(|o| o.id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|o| o.status.as_str().to_owned()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|o| o.attempts).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|o| o.next_attempt_at.0).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|o| o.error.clone()).collect::<Vec<Option<String>>>())
+                .bind(chunk.iter().map(|o| o.error_step).collect::<Vec<Option<i32>>>())
+                .bind(chunk.iter().map(|o| o.generation).collect::<Vec<i64>>())
+                .execute(&mut **conn)
+                .await?;
+            }
+            DbTx::Sqlite(conn) => {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?)";
+                let sql = format!(
+                    "WITH v (id, status, attempts, next_attempt_at, last_error, error_step, generation, now) AS (VALUES {}) \
+                     UPDATE \"integrations.deliveries\" AS d SET {} FROM v WHERE d.id = v.id",
+                    vec![row; chunk.len()].join(", "),
+                    SET.replace("$1", "v.now")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for outcome in chunk {
+                    query = query
+                        .bind(Id(outcome.id))
+                        .bind(outcome.status.as_str())
+                        .bind(outcome.attempts)
+                        .bind(outcome.next_attempt_at)
+                        .bind(outcome.error.as_deref())
+                        .bind(outcome.error_step)
+                        .bind(outcome.generation)
+                        .bind(now);
+                }
+                query.execute(&mut **conn).await?;
+            }
+        }
     }
     Ok(())
 }

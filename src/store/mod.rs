@@ -8,6 +8,7 @@
 //! [`on_tx!`]. Every identifier in SQL text passes through
 //! [`crate::compile::ident::quote`]; every value is a bound parameter.
 
+pub mod batch;
 pub mod catalog;
 pub mod convert;
 pub mod dialect;

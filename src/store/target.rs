@@ -99,19 +99,21 @@ impl<'t> TargetExecutor<'t> {
                     .await?
             }
         };
-        texts
-            .into_iter()
-            .map(|(text,)| match serde_json::from_str::<Value>(&text) {
-                Ok(Value::Object(columns)) => Ok(Row::new(columns)),
-                Ok(other) => Ok(Row::new(Map::from_iter([("value".to_owned(), other)]))),
-                Err(error) => Err(StoreError::Invalid(format!("cannot read a returned row: {error}"))),
-            })
-            .collect()
+        texts.into_iter().map(|(text,)| parse_row(&text)).collect()
+    }
+}
+
+/// A row returned as JSON text by the dialect's row expression.
+pub(crate) fn parse_row(text: &str) -> Result<Row, StoreError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(columns)) => Ok(Row::new(columns)),
+        Ok(other) => Ok(Row::new(Map::from_iter([("value".to_owned(), other)]))),
+        Err(error) => Err(StoreError::Invalid(format!("cannot read a returned row: {error}"))),
     }
 }
 
 /// Binds values as text, for `CAST($n AS type)`.
-fn bind_postgres<'q, O>(
+pub(crate) fn bind_postgres<'q, O>(
     mut query: sqlx::query::QueryAs<'q, Postgres, O, PgArguments>,
     values: &[BindValue],
 ) -> sqlx::query::QueryAs<'q, Postgres, O, PgArguments> {
@@ -122,7 +124,7 @@ fn bind_postgres<'q, O>(
 }
 
 /// Binds values natively.
-fn bind_sqlite<'q, O>(
+pub(crate) fn bind_sqlite<'q, O>(
     mut query: sqlx::query::QueryAs<'q, Sqlite, O, SqliteArguments>,
     values: &[BindValue],
 ) -> sqlx::query::QueryAs<'q, Sqlite, O, SqliteArguments> {
@@ -138,7 +140,7 @@ fn bind_sqlite<'q, O>(
     query
 }
 
-fn bind_postgres_plain<'q>(
+pub(crate) fn bind_postgres_plain<'q>(
     mut query: Query<'q, Postgres, PgArguments>,
     values: &[BindValue],
 ) -> Query<'q, Postgres, PgArguments> {
@@ -148,7 +150,7 @@ fn bind_postgres_plain<'q>(
     query
 }
 
-fn bind_sqlite_plain<'q>(
+pub(crate) fn bind_sqlite_plain<'q>(
     mut query: Query<'q, Sqlite, SqliteArguments>,
     values: &[BindValue],
 ) -> Query<'q, Sqlite, SqliteArguments> {

@@ -1,0 +1,498 @@
+//! Running the steps of many deliveries as a few set-based statements.
+//!
+//! A worker runs every route of a batch at once, in lockstep: each route's
+//! `run_route` awaits a [`BatchedExecutor`], whose calls only queue a
+//! [`Request`]. When every route is waiting, [`flush`] executes the queue:
+//! all `find`s of the same shape become one `SELECT ... FROM (VALUES ...)`,
+//! all `upsert`s of the same shape one multi-row `INSERT ... ON CONFLICT`
+//! (read back by key), and the routes are resumed with their rows. A batch
+//! of a hundred deliveries then costs a dozen statements instead of
+//! hundreds.
+//!
+//! Interleaving deliveries must not change what they do. [`flush`] records
+//! which rows each delivery read and wrote; [`Accesses::conflict`] reports
+//! when two deliveries touched the same row (or the same table without a
+//! row identity) and one of them wrote, and the worker then runs that batch
+//! one delivery after another instead.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use serde_json::Value;
+use sqlx::AssertSqlSafe;
+
+use super::catalog::{Catalog, TableInfo};
+use super::convert::{BindValue, convert};
+use super::target::{Emitted, TargetExecutor, bind_sqlite};
+use super::{DbTx, StoreError};
+use crate::compile::Step;
+use crate::compile::ident::{Ident, TableName};
+use crate::mapping::{Executor, Row};
+
+/// A step's database call, queued.
+#[derive(Debug)]
+pub enum Request {
+    Find {
+        table: TableName,
+        filter: Vec<(Ident, Value)>,
+    },
+    Upsert {
+        table: TableName,
+        key: Vec<Ident>,
+        values: Vec<(Ident, Value)>,
+    },
+    Update {
+        table: TableName,
+        filter: Vec<(Ident, Value)>,
+        set: Vec<(Ident, Value)>,
+    },
+    Delete {
+        table: TableName,
+        filter: Vec<(Ident, Value)>,
+    },
+}
+
+/// The answer to a request.
+#[derive(Debug)]
+pub enum Reply {
+    Found(Option<Row>),
+    Upserted(Row),
+    Updated(Vec<Row>),
+    Deleted(u64),
+}
+
+type Slot = Arc<Mutex<Option<Result<Reply, StoreError>>>>;
+
+/// Requests waiting for the next flush, with the delivery that made each.
+#[derive(Default)]
+pub struct Queue {
+    requests: Vec<(usize, Request, Slot)>,
+}
+
+pub type SharedQueue = Arc<Mutex<Queue>>;
+
+/// The executor each route of a lockstep batch runs with.
+pub struct BatchedExecutor {
+    queue: SharedQueue,
+    delivery: usize,
+    pub emitted: Vec<Emitted>,
+    pub wrote: bool,
+}
+
+impl BatchedExecutor {
+    pub fn new(queue: SharedQueue, delivery: usize) -> Self {
+        BatchedExecutor {
+            queue,
+            delivery,
+            emitted: Vec::new(),
+            wrote: false,
+        }
+    }
+
+    fn submit(&self, request: Request) -> Answer {
+        let slot: Slot = Arc::new(Mutex::new(None));
+        self.queue
+            .lock()
+            .expect("queue lock")
+            .requests
+            .push((self.delivery, request, slot.clone()));
+        Answer { slot }
+    }
+}
+
+/// Resolves when [`flush`] has answered the request.
+struct Answer {
+    slot: Slot,
+}
+
+impl Future for Answer {
+    type Output = Result<Reply, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.slot.lock().expect("slot lock").take() {
+            Some(answer) => Poll::Ready(answer),
+            // The worker polls every route again after each flush, so no
+            // waker is needed.
+            None => Poll::Pending,
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> StoreError {
+    StoreError::Invalid(format!("internal error: unexpected reply {reply:?}"))
+}
+
+impl Executor for BatchedExecutor {
+    type Error = StoreError;
+
+    async fn find(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<Option<Row>, StoreError> {
+        let request = Request::Find {
+            table: table.clone(),
+            filter: filter.to_vec(),
+        };
+        match self.submit(request).await? {
+            Reply::Found(row) => Ok(row),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn upsert(&mut self, table: &TableName, key: &[Ident], values: &[(Ident, Value)]) -> Result<Row, StoreError> {
+        self.wrote = true;
+        let request = Request::Upsert {
+            table: table.clone(),
+            key: key.to_vec(),
+            values: values.to_vec(),
+        };
+        match self.submit(request).await? {
+            Reply::Upserted(row) => Ok(row),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+        set: &[(Ident, Value)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.wrote = true;
+        let request = Request::Update {
+            table: table.clone(),
+            filter: filter.to_vec(),
+            set: set.to_vec(),
+        };
+        match self.submit(request).await? {
+            Reply::Updated(rows) => Ok(rows),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<u64, StoreError> {
+        self.wrote = true;
+        let request = Request::Delete {
+            table: table.clone(),
+            filter: filter.to_vec(),
+        };
+        match self.submit(request).await? {
+            Reply::Deleted(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn emit(&mut self, step: &Step, event: &str, data: Value) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.emitted.push(Emitted {
+            step: step.index,
+            event: event.to_owned(),
+            data,
+        });
+        Ok(())
+    }
+}
+
+/// What a delivery touched: a row (identified by its first unique column
+/// set), or a whole table (a lookup that found nothing, an update, a
+/// delete, a table without unique columns).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Row(String),
+    Table,
+}
+
+#[derive(Debug, Clone)]
+struct Access {
+    delivery: usize,
+    write: bool,
+    target: Target,
+}
+
+/// Every read and write of a lockstep batch, by table.
+#[derive(Debug, Default)]
+pub struct Accesses {
+    by_table: HashMap<TableName, Vec<Access>>,
+}
+
+impl Accesses {
+    fn record(&mut self, table: &TableName, delivery: usize, write: bool, target: Target) {
+        self.by_table.entry(table.clone()).or_default().push(Access {
+            delivery,
+            write,
+            target,
+        });
+    }
+
+    fn record_row(&mut self, table: &TableName, info: &TableInfo, delivery: usize, write: bool, row: Option<&Row>) {
+        let target = row.and_then(|row| identity(info, row)).map_or(Target::Table, Target::Row);
+        self.record(table, delivery, write, target);
+    }
+
+    /// Whether two deliveries touched the same row or table and at least
+    /// one of them wrote it: then the lockstep order may differ from any
+    /// one-after-another order, and the batch must run sequentially.
+    pub fn conflict(&self) -> Option<String> {
+        for (table, accesses) in &self.by_table {
+            if !accesses.iter().any(|a| a.write) {
+                continue;
+            }
+            for (i, a) in accesses.iter().enumerate() {
+                for b in &accesses[i + 1..] {
+                    let same = a.target == Target::Table || b.target == Target::Table || a.target == b.target;
+                    if a.delivery != b.delivery && (a.write || b.write) && same {
+                        return Some(format!("deliveries {} and {} both touch {table}", a.delivery, b.delivery));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A row's identity: its first unique column set's values.
+fn identity(info: &TableInfo, row: &Row) -> Option<String> {
+    let columns = info.unique.first()?;
+    let mut out = String::new();
+    for column in columns {
+        out.push_str(column);
+        out.push('=');
+        out.push_str(&row.columns.get(column)?.to_string());
+        out.push(';');
+    }
+    Some(out)
+}
+
+/// Executes every queued request and answers it. A conversion error
+/// answers only its own request; a database error fails the flush (the
+/// transaction may be unusable).
+pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, accesses: &mut Accesses) -> Result<(), StoreError> {
+    let requests = std::mem::take(&mut queue.lock().expect("queue lock").requests);
+    // Group by shape, keeping the order of first appearance.
+    let mut finds: Vec<((TableName, Vec<Ident>), Vec<(usize, Vec<(Ident, Value)>, Slot)>)> = Vec::new();
+    let mut upserts: Vec<((TableName, Vec<Ident>, Vec<Ident>), Vec<(usize, Vec<(Ident, Value)>, Slot)>)> = Vec::new();
+    let mut singles = Vec::new();
+    for (delivery, request, slot) in requests {
+        match request {
+            Request::Find { table, filter } => {
+                let shape = (table, filter.iter().map(|(c, _)| c.clone()).collect());
+                match finds.iter_mut().find(|(s, _)| *s == shape) {
+                    Some((_, group)) => group.push((delivery, filter, slot)),
+                    None => finds.push((shape, vec![(delivery, filter, slot)])),
+                }
+            }
+            Request::Upsert { table, key, values } => {
+                let shape = (table, key, values.iter().map(|(c, _)| c.clone()).collect());
+                match upserts.iter_mut().find(|(s, _)| *s == shape) {
+                    Some((_, group)) => group.push((delivery, values, slot)),
+                    None => upserts.push((shape, vec![(delivery, values, slot)])),
+                }
+            }
+            other => singles.push((delivery, other, slot)),
+        }
+    }
+    for ((table, columns), group) in finds {
+        let info = catalog.table(tx, &table).await?;
+        let mut lookups = Vec::with_capacity(group.len());
+        for (delivery, filter, slot) in group {
+            match convert_all(&table, &info, &filter) {
+                Ok(values) => lookups.push((delivery, values, slot)),
+                Err(error) => answer(&slot, Err(error)),
+            }
+        }
+        let rows = find_many(tx, &table, &info, &columns, &lookups).await?;
+        for ((delivery, _, slot), row) in lookups.into_iter().zip(rows) {
+            accesses.record_row(&table, &info, delivery, false, row.as_ref());
+            answer(&slot, Ok(Reply::Found(row)));
+        }
+    }
+    for ((table, key, columns), group) in upserts {
+        let info = catalog.table(tx, &table).await?;
+        let key_positions: Vec<usize> = key
+            .iter()
+            .map(|k| columns.iter().position(|c| c == k).expect("the compiler checks that keys are written"))
+            .collect();
+        let mut pending = Vec::with_capacity(group.len());
+        for (delivery, values, slot) in group {
+            match convert_all(&table, &info, &values) {
+                Ok(values) => pending.push((delivery, values, slot)),
+                Err(error) => answer(&slot, Err(error)),
+            }
+        }
+        // Waves: one row per key per statement (a statement may not upsert
+        // the same row twice), in the order the deliveries asked.
+        while !pending.is_empty() {
+            let mut wave = Vec::new();
+            let mut later = Vec::new();
+            for item in pending {
+                let key_of = |values: &Vec<BindValue>| -> Vec<BindValue> {
+                    key_positions.iter().map(|p| values[*p].clone()).collect()
+                };
+                let clash = wave
+                    .iter()
+                    .any(|(_, values, _): &(usize, Vec<BindValue>, Slot)| key_of(values) == key_of(&item.1));
+                if clash || !later.is_empty() && later.iter().any(|(_, v, _): &(usize, Vec<BindValue>, Slot)| key_of(v) == key_of(&item.1)) {
+                    later.push(item);
+                } else {
+                    wave.push(item);
+                }
+            }
+            upsert_wave(tx, &table, &info, &key, &columns, &key_positions, wave, accesses).await?;
+            pending = later;
+        }
+    }
+    for (delivery, request, slot) in singles {
+        let mut executor = TargetExecutor::new(tx, catalog);
+        let reply = match &request {
+            Request::Update { table, filter, set } => {
+                accesses.record(table, delivery, true, Target::Table);
+                executor.update(table, filter, set).await.map(Reply::Updated)
+            }
+            Request::Delete { table, filter } => {
+                accesses.record(table, delivery, true, Target::Table);
+                executor.delete(table, filter).await.map(Reply::Deleted)
+            }
+            Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped above"),
+        };
+        match reply {
+            Err(error) if !matches!(error, StoreError::Conversion { .. } | StoreError::NoColumn { .. }) => {
+                return Err(error);
+            }
+            reply => answer(&slot, reply),
+        }
+    }
+    Ok(())
+}
+
+fn answer(slot: &Slot, reply: Result<Reply, StoreError>) {
+    *slot.lock().expect("slot lock") = Some(reply);
+}
+
+fn convert_all(table: &TableName, info: &TableInfo, columns: &[(Ident, Value)]) -> Result<Vec<BindValue>, StoreError> {
+    columns
+        .iter()
+        .map(|(column, value)| {
+            let column_info = info.column(column.as_str()).ok_or_else(|| StoreError::NoColumn {
+                table: table.to_string(),
+                column: column.to_string(),
+            })?;
+            convert(column_info, value)
+        })
+        .collect()
+}
+
+/// Looks up one row per lookup, in one statement per null pattern.
+async fn find_many(
+    tx: &mut DbTx,
+    table: &TableName,
+    info: &TableInfo,
+    columns: &[Ident],
+    lookups: &[(usize, Vec<BindValue>, Slot)],
+) -> Result<Vec<Option<Row>>, StoreError> {
+    let mut out: Vec<Option<Row>> = vec![None; lookups.len()];
+    let mut by_nulls: Vec<(Vec<bool>, Vec<usize>)> = Vec::new();
+    for (i, (_, values, _)) in lookups.iter().enumerate() {
+        let nulls: Vec<bool> = values.iter().map(|v| *v == BindValue::Null).collect();
+        match by_nulls.iter_mut().find(|(n, _)| *n == nulls) {
+            Some((_, members)) => members.push(i),
+            None => by_nulls.push((nulls, vec![i])),
+        }
+    }
+    for (nulls, members) in by_nulls {
+        let sql = tx.dialect().find_many(table, info, columns, &nulls, members.len());
+        let started = std::time::Instant::now();
+        let rows: Vec<(i64, Option<String>)> = match tx {
+            DbTx::Postgres(tx) => {
+                // Column arrays for UNNEST: the numbers, then each compared
+                // column's values as text.
+                let mut query = sqlx::query_as(AssertSqlSafe(sql)).bind(members.iter().map(|i| *i as i64).collect::<Vec<i64>>());
+                for (column, null) in nulls.iter().enumerate() {
+                    if *null {
+                        continue;
+                    }
+                    let values: Vec<Option<String>> = members.iter().map(|i| lookups[*i].1[column].pg_text()).collect();
+                    query = query.bind(values);
+                }
+                query.fetch_all(&mut **tx).await?
+            }
+            DbTx::Sqlite(tx) => {
+                let mut params = Vec::new();
+                for &i in &members {
+                    params.push(BindValue::Int(i as i64));
+                    params.extend(lookups[i].1.iter().filter(|v| **v != BindValue::Null).cloned());
+                }
+                bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), &params)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        };
+        tracing::trace!(%table, rows = members.len(), elapsed = ?started.elapsed(), "find_many");
+        for (i, text) in rows {
+            let Some(text) = text else { continue };
+            let index = usize::try_from(i).ok().filter(|i| *i < out.len()).ok_or_else(|| {
+                StoreError::Invalid(format!("internal error: lookup returned row number {i}"))
+            })?;
+            out[index] = Some(super::target::parse_row(&text)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Upserts one wave (no two rows with the same key) and reads the rows
+/// back by key.
+#[allow(clippy::too_many_arguments)]
+async fn upsert_wave(
+    tx: &mut DbTx,
+    table: &TableName,
+    info: &TableInfo,
+    key: &[Ident],
+    columns: &[Ident],
+    key_positions: &[usize],
+    wave: Vec<(usize, Vec<BindValue>, Slot)>,
+    accesses: &mut Accesses,
+) -> Result<(), StoreError> {
+    let sql = tx.dialect().upsert_many(table, info, key, columns, wave.len());
+    let started = std::time::Instant::now();
+    match tx {
+        DbTx::Postgres(tx) => {
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for column in 0..columns.len() {
+                let values: Vec<Option<String>> = wave.iter().map(|(_, values, _)| values[column].pg_text()).collect();
+                query = query.bind(values);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        DbTx::Sqlite(tx) => {
+            let params: Vec<BindValue> = wave.iter().flat_map(|(_, values, _)| values.iter().cloned()).collect();
+            super::target::bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &params)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    tracing::trace!(%table, rows = wave.len(), elapsed = ?started.elapsed(), "upsert_many");
+    let lookups: Vec<(usize, Vec<BindValue>, Slot)> = wave
+        .iter()
+        .map(|(delivery, values, slot)| {
+            (
+                *delivery,
+                key_positions.iter().map(|p| values[*p].clone()).collect(),
+                slot.clone(),
+            )
+        })
+        .collect();
+    let rows = find_many(tx, table, info, key, &lookups).await?;
+    for ((delivery, _, slot), row) in wave.into_iter().zip(rows) {
+        accesses.record_row(table, info, delivery, true, row.as_ref());
+        match row {
+            Some(row) => answer(&slot, Ok(Reply::Upserted(row))),
+            // A key with a null, or a database that compares keys
+            // differently from their text: the row cannot be read back.
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "the upsert into {table} wrote a row that cannot be read back by its key"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Live reload: files added, changed, broken, fixed and deleted while the
+//! engine runs, with the file watcher doing the noticing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use busbar::engine::Engine;
+use busbar::reload::{Reloader, Trigger, WatchMode};
+use busbar::store::events::Status;
+
+use crate::support::{TestDb, on_both_databases};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn integration(id: &str, event: &str, note: &str) -> String {
+    format!(
+        r#"id: {id}
+source: tally
+target: test
+routes:
+  - on: {event}
+    steps:
+      - upsert: test.notes
+        key: [name]
+        values:
+          name: $.data.name
+          note: "{note}"
+"#
+    )
+}
+
+async fn setup(db: &TestDb, dir: &Path) -> (Engine, Arc<Reloader>, CancellationToken) {
+    if db.dialect() == busbar::store::Dialect::Postgres {
+        db.execute("CREATE SCHEMA test").await;
+    }
+    db.execute("CREATE TABLE test.notes (name VARCHAR(200) PRIMARY KEY, note TEXT)").await;
+    let engine = db.engine_on(dir, None).await;
+    let config = busbar::config::read_directory(dir, None).unwrap();
+    let reloader = Reloader::new(engine.clone(), dir, None, &config);
+    let shutdown = CancellationToken::new();
+    reloader.spawn(WatchMode::Events, Duration::from_secs(1), shutdown.clone());
+    // Give the watcher a moment to start watching.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (engine, reloader, shutdown)
+}
+
+/// Waits until generation `number` is live.
+async fn live(reloader: &Reloader, number: u64) {
+    let mut live = reloader.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), live.wait_for(|n| *n >= number))
+        .await
+        .unwrap_or_else(|_| panic!("generation {number} never went live; last reload: {:?}", reloader.last()))
+        .unwrap();
+}
+
+fn note_event(event: &str, name: &str) -> serde_json::Value {
+    json!({
+        "source": "tally", "event": event, "organization_id": busbar::dev::ORGANIZATION,
+        "data": {"name": name}
+    })
+}
+
+/// Replaces a file the way editors do: write a temporary file, rename it.
+fn save_atomically(path: &Path, text: &str) {
+    let temporary = path.with_extension("yaml.tmp~");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+on_both_databases! {
+    async fn a_new_file_is_picked_up_without_a_restart(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("first.yaml"), integration("first", "note.added", "first")).unwrap();
+        let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
+
+        save_atomically(&dir.path().join("second.yaml"), &integration("second", "note.changed", "second"));
+        live(&reloader, 2).await;
+        let outcome = reloader.last().unwrap();
+        assert!(outcome.ok && outcome.swapped, "{outcome:?}");
+        assert_eq!(outcome.added, ["second"]);
+        assert_eq!(outcome.trigger, Trigger::Watch);
+
+        engine.publish_json(&note_event("note.changed", "via-second"), None).await.unwrap();
+        db.settle(SETTLE).await;
+        let row = db.find("test.notes", &[("name", json!("via-second"))]).await.expect("delivered by the new file");
+        assert_eq!(row["note"], "second");
+        shutdown.cancel();
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
+    async fn a_changed_mapping_applies_to_events_after_the_change(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.yaml");
+        std::fs::write(&file, integration("notes", "note.added", "before")).unwrap();
+        let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
+
+        engine.publish_json(&note_event("note.added", "a"), None).await.unwrap();
+        db.settle(SETTLE).await;
+        // An in-place write, as some editors and `sed -i` do.
+        std::fs::write(&file, integration("notes", "note.added", "after")).unwrap();
+        live(&reloader, 2).await;
+        assert_eq!(reloader.last().unwrap().changed, ["notes"]);
+        engine.publish_json(&note_event("note.added", "b"), None).await.unwrap();
+        db.settle(SETTLE).await;
+
+        assert_eq!(db.find("test.notes", &[("name", json!("a"))]).await.unwrap()["note"], "before");
+        assert_eq!(db.find("test.notes", &[("name", json!("b"))]).await.unwrap()["note"], "after");
+        assert_eq!(db.count_where("integrations.deliveries", "status = 'delivered'").await, 2);
+        shutdown.cancel();
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
+    async fn a_broken_file_keeps_the_old_generation_until_it_is_fixed(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.yaml");
+        std::fs::write(&file, integration("notes", "note.added", "good")).unwrap();
+        let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
+
+        // A template with a typo'd name: line 11, column 21 is the `d` of `dat`.
+        let broken = integration("notes", "note.added", "{{ dat.name }}");
+        save_atomically(&file, &broken);
+        let start = std::time::Instant::now();
+        let outcome = loop {
+            let outcome = reloader.last().unwrap();
+            if !outcome.ok {
+                break outcome;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "the broken save was never noticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(outcome.generation, 1, "the old generation stays live");
+        assert!(!outcome.swapped);
+        let error = &outcome.errors[0];
+        assert_eq!(error.file, file);
+        assert_eq!((error.position.line, error.position.column), (11, 21), "{error}");
+        assert_eq!(error.code.as_str(), "undefined-name");
+
+        // The old generation still serves.
+        engine.publish_json(&note_event("note.added", "meanwhile"), None).await.unwrap();
+        db.settle(SETTLE).await;
+        assert_eq!(db.find("test.notes", &[("name", json!("meanwhile"))]).await.unwrap()["note"], "good");
+
+        save_atomically(&file, &integration("notes", "note.added", "fixed"));
+        live(&reloader, 2).await;
+        assert!(reloader.last().unwrap().ok);
+        engine.publish_json(&note_event("note.added", "later"), None).await.unwrap();
+        db.settle(SETTLE).await;
+        assert_eq!(db.find("test.notes", &[("name", json!("later"))]).await.unwrap()["note"], "fixed");
+        shutdown.cancel();
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
+    async fn deleting_a_file_skips_its_pending_deliveries_with_the_reason(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keep.yaml"), integration("keep", "note.kept", "kept")).unwrap();
+        let doomed = dir.path().join("doomed.yaml");
+        std::fs::write(&doomed, integration("doomed", "note.added", "doomed")).unwrap();
+        let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
+        // A delivery for `doomed` waiting for a retry far in the future.
+        {
+            use busbar::store::events::{NewDelivery, NewEvent, insert_deliveries, insert_events};
+            use busbar::store::types::Time;
+            let envelope = busbar::envelope::Envelope::from_json(&note_event("note.added", "parked")).unwrap();
+            let mut tx = db.store.begin().await.unwrap();
+            insert_events(&mut tx, &[NewEvent { envelope: envelope.clone(), idempotency_key: None, parent_id: None }], Time::now())
+                .await
+                .unwrap();
+            let far = chrono::Utc::now() + chrono::Duration::days(365);
+            insert_deliveries(
+                &mut tx,
+                &[NewDelivery {
+                    id: uuid::Uuid::now_v7(),
+                    event_id: envelope.id,
+                    organization_id: envelope.organization_id,
+                    integration_id: "doomed".into(),
+                    route_event: "note.added".into(),
+                    route_ordinal: 0,
+                    source_product: "tally".into(),
+                    target_product: "test".into(),
+                }],
+                Time(far),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+
+        std::fs::remove_file(&doomed).unwrap();
+        live(&reloader, 2).await;
+        assert_eq!(reloader.last().unwrap().removed, ["doomed"]);
+        let skipped = db.deliveries(Some(Status::Skipped)).await;
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        let reason = skipped[0].last_error.as_deref().unwrap();
+        assert!(reason.contains("integration `doomed` was removed from the configuration (generation 2)"), "{reason}");
+        shutdown.cancel();
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
+    async fn sighup_style_reloads_without_changes_keep_serving(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.yaml"), integration("notes", "note.added", "x")).unwrap();
+        let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
+        // An explicit reload with nothing changed compiles again and swaps.
+        let outcome = reloader.reload(Trigger::Api).await;
+        assert!(outcome.ok && outcome.swapped, "{outcome:?}");
+        assert_eq!(outcome.generation, 2);
+        // A watcher event with nothing changed (an editor's swap file) is
+        // a no-op.
+        std::fs::write(dir.path().join(".notes.yaml.swp"), "junk").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(engine.generation().number, 2);
+        shutdown.cancel();
+        engine.shutdown().await;
+    }
+}

@@ -1,0 +1,283 @@
+//! Shared test plumbing: a fresh database per test (a temporary SQLite
+//! file, or a new PostgreSQL database on the server named by
+//! `TEST_DATABASE_URL`), the example platform, and helpers to read rows.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sqlx::{AssertSqlSafe, Connection};
+
+use busbar::compile::ident::{Ident, TableName};
+use busbar::engine::{Engine, EngineConfig};
+use busbar::mapping::Executor;
+use busbar::store::events::{self, DeliveryView, Status};
+use busbar::store::target::TargetExecutor;
+use busbar::store::{Dialect, Store};
+
+/// Runs a test body against SQLite and against PostgreSQL, as two tests
+/// named `<name>::sqlite` and `<name>::postgres`. The PostgreSQL one is
+/// reported as ignored when the suite was built without
+/// `TEST_DATABASE_URL`.
+macro_rules! on_both_databases {
+    ($(#[$meta:meta])* async fn $name:ident($db:ident: TestDb) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($db: $crate::support::TestDb) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                body($crate::support::TestDb::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(postgres_tests),
+                ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+            )]
+            async fn postgres() {
+                body($crate::support::TestDb::postgres().await).await;
+            }
+        }
+    };
+}
+pub(crate) use on_both_databases;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A database for one test, dropped (PostgreSQL) or deleted (SQLite) at the end.
+pub struct TestDb {
+    pub store: Store,
+    /// The database's URL, for starting `busbar serve` on it.
+    #[allow(dead_code)]
+    pub url: String,
+    /// For PostgreSQL: the server URL to administer from, and the database name.
+    admin: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("busbar.db").display());
+        let store = Store::connect(&url).await.expect("sqlite connects");
+        store.migrate().await.expect("migrations apply");
+        TestDb {
+            store,
+            url,
+            admin: None,
+            _dir: Some(dir),
+        }
+    }
+
+    pub async fn postgres() -> TestDb {
+        let admin_url = std::env::var("TEST_DATABASE_URL")
+            .expect("the PostgreSQL suite needs TEST_DATABASE_URL at run time too");
+        let name = format!("busbar_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("TEST_DATABASE_URL accepts connections");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("can create a test database");
+        admin.close().await.ok();
+        let url = database_url(&admin_url, &name);
+        let store = Store::connect_with(&url, 12).await.expect("postgres connects");
+        store.migrate().await.expect("migrations apply");
+        TestDb {
+            store,
+            url,
+            admin: Some((admin_url, name)),
+            _dir: None,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.store.dialect()
+    }
+
+    /// Installs the example platform and seeds its organizations.
+    pub async fn seed(&self) {
+        busbar::dev::seed(&self.store).await.expect("example platform seeds");
+    }
+
+    /// Runs SQL (table names written for PostgreSQL, `hris.employees`, are
+    /// rewritten for SQLite).
+    pub async fn execute(&self, sql: &str) {
+        let sql = match self.dialect() {
+            Dialect::Postgres => sql.to_owned(),
+            Dialect::Sqlite => sqlite_names(sql),
+        };
+        self.store.execute_script(&sql).await.expect("test SQL runs");
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.count_where(table, "TRUE").await
+    }
+
+    pub async fn count_where(&self, table: &str, condition: &str) -> i64 {
+        self.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {condition}")).await
+    }
+
+    /// Runs a query returning one integer (table names written for
+    /// PostgreSQL are rewritten for SQLite).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = match self.dialect() {
+            Dialect::Postgres => sql.to_owned(),
+            Dialect::Sqlite => sqlite_names(sql),
+        };
+        let mut tx = self.store.begin_read().await.expect("read transaction");
+        let count: i64 = match &mut tx {
+            busbar::store::DbTx::Postgres(tx) => sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut **tx)
+                .await
+                .expect("count"),
+            busbar::store::DbTx::Sqlite(tx) => sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut **tx)
+                .await
+                .expect("count"),
+        };
+        tx.rollback().await.ok();
+        count
+    }
+
+    /// The first row of `table` whose columns equal `filter`, as JSON.
+    pub async fn find(&self, table: &str, filter: &[(&str, Value)]) -> Option<Map<String, Value>> {
+        let table = TableName::parse(table).expect("table name");
+        let filter: Vec<(Ident, Value)> = filter
+            .iter()
+            .map(|(c, v)| (Ident::parse(c).expect("column"), v.clone()))
+            .collect();
+        let mut tx = self.store.begin().await.expect("transaction");
+        let row = TargetExecutor::new(&mut tx, &self.store.catalog)
+            .find(&table, &filter)
+            .await
+            .expect("find runs");
+        tx.rollback().await.ok();
+        row.map(|r| r.columns)
+    }
+
+    pub async fn deliveries(&self, status: Option<Status>) -> Vec<DeliveryView> {
+        let mut tx = self.store.begin_read().await.expect("read transaction");
+        let rows = events::deliveries_with_status(&mut tx, status).await.expect("deliveries");
+        tx.rollback().await.ok();
+        rows
+    }
+
+    /// Waits until no delivery is pending (and the outbox is routed), or
+    /// fails after `timeout`.
+    pub async fn settle(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            // One statement, so both counts come from the same snapshot: two
+            // queries could see the outbox empty and no deliveries yet.
+            let unfinished = self
+                .scalar(
+                    "SELECT (SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending') \
+                          + (SELECT COUNT(*) FROM integrations.events WHERE processed_at IS NULL)",
+                )
+                .await;
+            if unfinished == 0 {
+                return;
+            }
+            let pending = self.count_where("integrations.deliveries", "status = 'pending'").await;
+            let unrouted = self.count_where("integrations.events", "processed_at IS NULL").await;
+            assert!(
+                start.elapsed() < timeout,
+                "{pending} deliveries still pending and {unrouted} events unrouted after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts an engine on the shipped integrations.
+    pub async fn engine(&self) -> Engine {
+        self.engine_on(&root().join("integrations.d"), Some(&root().join("schemas/events")))
+            .await
+    }
+
+    /// Starts an engine on an integrations directory.
+    pub async fn engine_on(&self, dir: &Path, contracts: Option<&Path>) -> Engine {
+        let generation = busbar::serve::load_generation(dir, contracts, 1).expect("integrations compile");
+        let mut config = EngineConfig::for_dialect(self.dialect());
+        config.poll_interval = Duration::from_millis(50);
+        Engine::start(self.store.clone(), generation, config)
+            .await
+            .expect("engine starts")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.admin.take() else { return };
+        let store = self.store.clone();
+        // Dropping the database needs its connections closed first; do it
+        // on a thread of its own, as Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                store.close().await;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `postgres://host/db` with another database name.
+pub fn database_url(admin_url: &str, name: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
+    match path_start {
+        Some(i) => format!("{}/{name}{query}", &base[..i]),
+        None => format!("{base}/{name}{query}"),
+    }
+}
+
+/// `hris.employees` → `"hris.employees"` for SQLite test SQL.
+fn sqlite_names(sql: &str) -> String {
+    let pattern = regex::Regex::new(r#"\b(core|hris|payroll|integrations|test)\.([a-z_]+)\b"#).expect("regex");
+    pattern.replace_all(sql, "\"$1.$2\"").into_owned()
+}
+
+/// A `recruitiq/candidate.hired` event.
+pub fn candidate_hired(organization: uuid::Uuid, email: &str) -> Value {
+    serde_json::json!({
+        "source": "recruitiq",
+        "event": "candidate.hired",
+        "organization_id": organization,
+        "occurred_at": "2026-11-28T09:30:00Z",
+        "data": {
+            "candidate": {
+                "id": uuid::Uuid::new_v4(),
+                "firstName": "Ada",
+                "lastName": "Lovelace",
+                "email": email,
+                "phone": "+31 20 555 0100"
+            },
+            "hiredBy": busbar::dev::USER,
+            "jobTitle": "Analytical Engineer",
+            "department": "Engineering",
+            "startDate": "2027-01-04",
+            "offer": { "salary": 72000, "currency": "EUR", "payFrequency": "monthly" }
+        }
+    })
+}
