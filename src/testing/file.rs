@@ -418,10 +418,19 @@ impl Reader<'_> {
                     Ok(regex) => Some(regex),
                     Err(error) => {
                         let position = self.at(&format!("{item_pointer}/reason"));
+                        // The regex crate's message draws the pattern over
+                        // several lines; its last line says what is wrong.
+                        let text = error.to_string();
+                        let reason = text
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim_start_matches("error: ")
+                            .to_owned();
                         self.error(
                             position,
                             Code::InvalidValue,
-                            format!("`reason` is not a valid regular expression: {error}"),
+                            format!("`reason` is not a valid regular expression: {reason}"),
                         );
                         None
                     }

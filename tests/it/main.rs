@@ -1,11 +1,13 @@
 //! busbar's integration tests: one test binary, one module per feature.
 //!
+//! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
 //! - `robustness`: the loader and compiler never panic, whatever the input.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
 
+mod config_tests;
 mod crash;
 mod engine;
 mod language;
