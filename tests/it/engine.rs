@@ -429,3 +429,53 @@ on_both_databases! {
         engine.shutdown().await;
     }
 }
+
+on_both_databases! {
+    async fn deliveries_of_one_batch_that_share_a_row_apply_in_order(db: TestDb) {
+        if db.dialect() == busbar::store::Dialect::Postgres {
+            db.execute("CREATE SCHEMA test").await;
+        }
+        db.execute("CREATE TABLE test.counter (name VARCHAR(50) PRIMARY KEY, amount INTEGER NOT NULL)").await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("counter.yaml"),
+            r#"
+id: counter
+source: tally
+target: test
+routes:
+  - on: count.recorded
+    steps:
+      - find: test.counter
+        where: { name: $.data.name }
+        as: previous
+      - upsert: test.counter
+        key: [name]
+        values:
+          name: $.data.name
+          amount: "{{ (previous.amount if previous else 0) + 1 }}"
+"#,
+        )
+        .unwrap();
+        // One worker, and every event in one batch: the batch reads and
+        // writes the same row many times, which the lockstep runner must
+        // notice and run one delivery after another.
+        let engine = db
+            .engine_with(dir.path(), None, |config| {
+                config.workers = 1;
+                config.batch_size = 100;
+            })
+            .await;
+        let requests: Vec<_> = (0..60)
+            .map(|_| busbar::engine::PublishRequest {
+                envelope: busbar::envelope::Envelope::from_json(&count_event("shared", json!(0), "")).unwrap(),
+                idempotency_key: None,
+            })
+            .collect();
+        engine.publish_batch(requests).await.unwrap();
+        db.settle(SETTLE).await;
+        let row = db.find("test.counter", &[("name", json!("shared"))]).await.unwrap();
+        assert_eq!(row["amount"], 60, "every delivery saw the one before it");
+        engine.shutdown().await;
+    }
+}

@@ -205,9 +205,15 @@ impl TestDb {
 
     /// Starts an engine on an integrations directory.
     pub async fn engine_on(&self, dir: &Path, contracts: Option<&Path>) -> Engine {
+        self.engine_with(dir, contracts, |_| {}).await
+    }
+
+    /// Starts an engine on an integrations directory with adjusted tuning.
+    pub async fn engine_with(&self, dir: &Path, contracts: Option<&Path>, tune: impl FnOnce(&mut EngineConfig)) -> Engine {
         let generation = busbar::serve::load_generation(dir, contracts, 1).expect("integrations compile");
         let mut config = EngineConfig::for_dialect(self.dialect());
         config.poll_interval = Duration::from_millis(50);
+        tune(&mut config);
         Engine::start(self.store.clone(), generation, config)
             .await
             .expect("engine starts")
