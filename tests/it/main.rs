@@ -1,5 +1,6 @@
 //! busbar's integration tests: one test binary, one module per feature.
 //!
+//! - `api`: the HTTP API over a real socket, on SQLite and PostgreSQL.
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
@@ -7,6 +8,7 @@
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
 
+mod api;
 mod config_tests;
 mod crash;
 mod engine;
