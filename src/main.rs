@@ -135,13 +135,20 @@ enum Command {
         /// Abandon a request (503) that runs longer than this.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         request_timeout: Duration,
+        /// How to notice changes to the integrations directory: file-system
+        /// events, polling (for file systems that send no events), or off
+        /// (reload only on SIGHUP or `POST /api/integrations/reload`).
+        #[arg(long, value_enum, env = "BUSBAR_WATCH", default_value_t = busbar::reload::WatchMode::Events)]
+        watch: busbar::reload::WatchMode,
+        /// How often `--watch poll` reads the directory.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
     },
     /// Manage API keys: keys are shown once and stored only as a hash.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-
     /// Apply busbar's database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -256,6 +263,8 @@ fn main() -> ExitCode {
             listen,
             log_format,
             request_timeout,
+            watch,
+            poll_interval,
         } => run_async(
             log_format,
             busbar::serve::serve(busbar::serve::ServeOptions {
@@ -265,6 +274,8 @@ fn main() -> ExitCode {
                 dev,
                 workers,
                 listen,
+                watch,
+                poll_interval,
                 api: busbar::api::ApiConfig {
                     request_timeout,
                     ..Default::default()
@@ -272,7 +283,6 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => run_async(LogFormat::Text, keys_command(command)),
-
         Command::Migrate {
             database,
             example_platform,

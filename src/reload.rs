@@ -99,6 +99,9 @@ fn fingerprints(config: &ConfigDir) -> Fingerprints {
 
 struct State {
     live: Fingerprints,
+    /// The contents of the last failed attempt, so that the same broken
+    /// contents are reported once, not at every poll.
+    failed: Option<Fingerprints>,
     last: Option<ReloadOutcome>,
 }
 
@@ -112,7 +115,12 @@ pub struct Reloader {
     running: tokio::sync::Mutex<()>,
     /// The live generation's number, for anyone waiting on a reload.
     live: watch::Sender<u64>,
+    /// Told of every reload's outcome (the API's status, for one).
+    observers: Mutex<Vec<Observer>>,
 }
+
+/// A function told of every reload's outcome.
+pub type Observer = Box<dyn Fn(&ReloadOutcome) + Send + Sync>;
 
 impl Reloader {
     /// A reloader for an engine whose live generation was compiled from
@@ -139,11 +147,21 @@ impl Reloader {
             contracts: contracts.map(Path::to_path_buf),
             state: Mutex::new(State {
                 live: fingerprints(config),
+                failed: None,
                 last: Some(outcome),
             }),
             running: tokio::sync::Mutex::new(()),
             live: watch::channel(number).0,
+            observers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Calls `observer` with the last outcome now, and with every later one.
+    pub fn observe(&self, observer: impl Fn(&ReloadOutcome) + Send + Sync + 'static) {
+        if let Some(last) = self.last() {
+            observer(&last);
+        }
+        self.observers.lock().expect("reload observers").push(Box::new(observer));
     }
 
     /// The last reload's outcome.
@@ -209,8 +227,13 @@ impl Reloader {
             }
         };
         let now = fingerprints(&config);
+        let automatic = trigger != Trigger::Api && trigger != Trigger::Signal;
         outcome.files_changed = {
             let state = self.state.lock().expect("reload state");
+            if automatic && state.failed.as_ref() == Some(&now) {
+                // Still the contents that failed last time: already reported.
+                return state.last.clone().unwrap_or(outcome);
+            }
             let mut changed: Vec<PathBuf> = now
                 .iter()
                 .filter(|(path, hash)| state.live.get(*path) != Some(hash))
@@ -220,11 +243,17 @@ impl Reloader {
             changed.sort();
             changed
         };
-        if outcome.files_changed.is_empty() && trigger != Trigger::Api && trigger != Trigger::Signal {
+        if outcome.files_changed.is_empty() && automatic {
+            outcome.ok = true;
+            let recovered = self.last().is_some_and(|last| !last.ok);
+            if recovered {
+                // The files are back to what the live generation was built
+                // from: the failure shown in the status is over.
+                return self.finish(outcome, started, Some(now));
+            }
             // Nothing changed (an editor's swap file, a touch): no new
             // generation, and no log line beyond debug.
             tracing::debug!(?trigger, "reload: no integration or contract changed");
-            outcome.ok = true;
             outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
             return outcome;
         }
@@ -234,6 +263,7 @@ impl Reloader {
                 .into_iter()
                 .filter(Diagnostic::is_error)
                 .collect();
+            self.state.lock().expect("reload state").failed = Some(now);
             return self.finish(outcome, started, None);
         };
         diff(&live, &generation, &mut outcome);
@@ -260,7 +290,13 @@ impl Reloader {
     fn finish(&self, mut outcome: ReloadOutcome, started: Instant, live: Option<Fingerprints>) -> ReloadOutcome {
         outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
         crate::telemetry::reload(outcome.ok, outcome.generation);
-        if outcome.ok {
+        if outcome.ok && !outcome.swapped {
+            tracing::info!(
+                generation = outcome.generation,
+                "reload: the files are back to generation {}'s; it stays live",
+                outcome.generation
+            );
+        } else if outcome.ok {
             tracing::info!(
                 generation = outcome.generation,
                 trigger = ?outcome.trigger,
@@ -287,11 +323,15 @@ impl Reloader {
         let mut state = self.state.lock().expect("reload state");
         if let Some(live) = live {
             state.live = live;
+            state.failed = None;
         }
         state.last = Some(outcome.clone());
         drop(state);
         if outcome.swapped {
             self.live.send_replace(outcome.generation);
+        }
+        for observer in self.observers.lock().expect("reload observers").iter() {
+            observer(&outcome);
         }
         outcome
     }
@@ -367,9 +407,12 @@ async fn watch_events(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     let (sender, mut changes) = tokio::sync::mpsc::channel::<()>(16);
     let handler = move |result: notify_debouncer_full::DebounceEventResult| match result {
         Ok(events) => {
-            let relevant = events
-                .iter()
-                .any(|event| event.paths.iter().any(|path| !is_scratch(path)));
+            // Reading the files (as every reload does) makes access events:
+            // only changes count, or a reload would trigger the next.
+            let relevant = events.iter().any(|event| {
+                !matches!(event.kind, notify::EventKind::Access(_))
+                    && event.paths.iter().any(|path| !is_scratch(path))
+            });
             if relevant {
                 // A full channel already holds a pending reload.
                 let _ = sender.try_send(());

@@ -30,6 +30,10 @@ pub struct ServeOptions {
     pub workers: Option<usize>,
     /// Where the HTTP API listens.
     pub listen: SocketAddr,
+    /// How changes to the integrations directory are noticed.
+    pub watch: crate::reload::WatchMode,
+    /// How often `WatchMode::Poll` reads the directory.
+    pub poll_interval: std::time::Duration,
     /// The API's limits and timeouts.
     pub api: ApiConfig,
 }
@@ -50,7 +54,12 @@ pub async fn connect(database_url: &str) -> Result<Store> {
 pub fn load_generation(dir: &std::path::Path, contracts: Option<&std::path::Path>, number: u64) -> Result<compile::Generation> {
     let config = config::read_directory(dir, contracts)
         .with_context(|| format!("cannot read the integrations directory {}", dir.display()))?;
-    let compilation = compile::compile(&config, number);
+    compile_or_fail(&config, number)
+}
+
+/// Compiles files already read, logging every diagnostic, failing on errors.
+pub fn compile_or_fail(config: &config::ConfigDir, number: u64) -> Result<compile::Generation> {
+    let compilation = compile::compile(config, number);
     for diagnostic in &compilation.diagnostics {
         if diagnostic.is_error() {
             tracing::error!("{diagnostic}");
@@ -58,14 +67,10 @@ pub fn load_generation(dir: &std::path::Path, contracts: Option<&std::path::Path
             tracing::warn!("{diagnostic}");
         }
     }
+    let dir = config.root.display();
     match compilation.generation {
         Some(generation) => Ok(generation),
-        None => bail!(
-            "{} has {} error(s); run `busbar check {}`",
-            dir.display(),
-            compilation.errors(),
-            dir.display()
-        ),
+        None => bail!("{dir} has {} error(s); run `busbar check {dir}`", compilation.errors()),
     }
 }
 
@@ -81,7 +86,9 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             "example platform ready: organization subscribed to nexus and paylinq"
         );
     }
-    let generation = load_generation(&options.dir, options.contracts.as_deref(), 1)?;
+    let config_dir = config::read_directory(&options.dir, options.contracts.as_deref())
+        .with_context(|| format!("cannot read the integrations directory {}", options.dir.display()))?;
+    let generation = compile_or_fail(&config_dir, 1)?;
     telemetry::reload(true, generation.number);
     let reload = Arc::new(ArcSwap::from_pointee(ReloadOutcome::loaded(generation.number)));
     tracing::info!(
@@ -101,7 +108,10 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr().context("cannot read the listen address")?;
-    let state = AppState::new(engine.clone(), reload, options.api);
+    let reloader = crate::reload::Reloader::new(engine.clone(), &options.dir, options.contracts.as_deref(), &config_dir);
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watchers = reloader.spawn(options.watch, options.poll_interval, stop_watching.clone());
+    let state = AppState::new(engine.clone(), reload, options.api).with_reloader(reloader);
     if options.dev {
         let key = crate::dev::create_dev_key(&store)
             .await
@@ -116,6 +126,10 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
     })
     .await;
+    stop_watching.cancel();
+    for watcher in watchers {
+        let _ = watcher.await;
+    }
     tracing::info!("shutting down: finishing in-flight deliveries");
     engine.shutdown().await;
     store.close().await;

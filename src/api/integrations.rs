@@ -252,3 +252,49 @@ async fn switch(
         integrations,
     }))
 }
+
+/// Reload the integrations directory now (as a file change or SIGHUP
+/// would): compile it, and make it live if it compiles.
+#[utoipa::path(
+    post,
+    path = "/api/integrations/reload",
+    tag = "integrations",
+    responses(
+        (status = 200, description = "The directory compiled; the new generation is live.", body = ReloadOutcome),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The directory does not compile; the live generation stays. `errors` lists every problem as `file:line:col [code]`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "This server does not reload (no directory is watched).", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn reload(Admin(caller): Admin, State(state): State<AppState>) -> Result<Json<ReloadOutcome>, ApiError> {
+    caller.require_platform()?;
+    let Some(reloader) = state.reloader.clone() else {
+        return Err(ApiError::unavailable(
+            "reload-unavailable",
+            "this server was started without an integrations directory to reload",
+        ));
+    };
+    let outcome = reloader.reload(crate::reload::Trigger::Api).await;
+    if outcome.ok {
+        return Ok(Json(ReloadOutcome::from(&outcome)));
+    }
+    let errors = outcome
+        .errors
+        .iter()
+        .map(|d| super::error::FieldError {
+            pointer: format!("{}:{}:{}", d.file.display(), d.position.line, d.position.column),
+            message: format!("{} [{}]", d.message, d.code),
+        })
+        .collect();
+    Err(ApiError::invalid(
+        "reload-failed",
+        format!(
+            "the integrations do not compile ({} error(s)); generation {} stays live",
+            outcome.errors.len(),
+            outcome.generation
+        ),
+        errors,
+    ))
+}

@@ -93,8 +93,47 @@ pub struct ReloadOutcome {
     /// previous generation stays live).
     pub ok: bool,
     pub at: DateTime<Utc>,
+    /// What started it: `startup`, `watch`, `poll`, `signal` or `api`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// Whether a new generation went live.
+    #[serde(default)]
+    pub swapped: bool,
+    /// How long reading, compiling and swapping took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Files added, changed or removed since the previous generation.
+    #[serde(default)]
+    pub files_changed: Vec<String>,
+    /// Integrations the new generation added, changed and removed.
+    #[serde(default)]
+    pub added: Vec<String>,
+    #[serde(default)]
+    pub changed: Vec<String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
     /// Every error found (empty when `ok`).
     pub errors: Vec<ReloadError>,
+}
+
+impl From<&crate::reload::ReloadOutcome> for ReloadOutcome {
+    fn from(outcome: &crate::reload::ReloadOutcome) -> ReloadOutcome {
+        ReloadOutcome {
+            generation: outcome.generation,
+            ok: outcome.ok,
+            at: outcome.at,
+            trigger: serde_json::to_value(outcome.trigger)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned)),
+            swapped: outcome.swapped,
+            duration_ms: Some(outcome.duration_ms),
+            files_changed: outcome.files_changed.iter().map(|p| p.display().to_string()).collect(),
+            added: outcome.added.clone(),
+            changed: outcome.changed.clone(),
+            removed: outcome.removed.clone(),
+            errors: ReloadOutcome::failed(outcome.generation, &outcome.errors).errors,
+        }
+    }
 }
 
 /// One problem in the configuration that stopped a reload.
@@ -115,6 +154,13 @@ impl ReloadOutcome {
             generation,
             ok: true,
             at: Utc::now(),
+            trigger: Some("startup".into()),
+            swapped: true,
+            duration_ms: None,
+            files_changed: Vec::new(),
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -125,6 +171,13 @@ impl ReloadOutcome {
             generation: kept,
             ok: false,
             at: Utc::now(),
+            trigger: None,
+            swapped: false,
+            duration_ms: None,
+            files_changed: Vec::new(),
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
             errors: diagnostics
                 .iter()
                 .filter(|d| d.is_error())
@@ -152,6 +205,9 @@ pub struct AppState {
     /// Cancelled when the server starts shutting down: `/readyz` then
     /// answers 503 so load balancers stop sending requests.
     pub draining: CancellationToken,
+    /// Reloads the configuration on `POST /api/integrations/reload`;
+    /// absent where no directory is watched (reloading then answers 503).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl AppState {
@@ -165,7 +221,17 @@ impl AppState {
             metrics: telemetry::install(),
             config,
             draining: CancellationToken::new(),
+            reloader: None,
         }
+    }
+
+    /// Serves `POST /api/integrations/reload` with `reloader`, and shows its
+    /// outcomes in the status.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> AppState {
+        let shown = self.reload.clone();
+        reloader.observe(move |outcome| shown.store(Arc::new(ReloadOutcome::from(outcome))));
+        self.reloader = Some(reloader);
+        self
     }
 }
 
@@ -176,6 +242,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/events", post(events::publish))
         .route("/api/integrations/status", get(integrations::status))
+        .route("/api/integrations/reload", post(integrations::reload))
         .route("/api/integrations/events", get(events::list))
         .route("/api/integrations/events/{id}", get(events::get))
         .route(

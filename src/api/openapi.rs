@@ -27,6 +27,7 @@ use super::{deliveries, events, health, integrations, metrics};
         events::get,
         integrations::enable,
         integrations::disable,
+        integrations::reload,
         deliveries::replay,
         deliveries::replay_integration,
         health::healthz,
@@ -36,7 +37,7 @@ use super::{deliveries, events, health, integrations, metrics};
     modifiers(&BearerKeys),
     tags(
         (name = "events", description = "Publishing and reading events."),
-        (name = "integrations", description = "Integration status; enabling and disabling."),
+        (name = "integrations", description = "Integration status; enabling and disabling; reloading the configuration."),
         (name = "deliveries", description = "Replaying dead deliveries."),
         (name = "operations", description = "Health, readiness and metrics."),
     )

@@ -225,3 +225,124 @@ on_both_databases! {
         engine.shutdown().await;
     }
 }
+
+fn ledger(version: usize, broken: bool) -> String {
+    let applied = if broken {
+        "{{ (previous.applied if previous else 0) + }}"
+    } else {
+        "{{ (previous.applied if previous else 0) + 1 }}"
+    };
+    format!(
+        r#"id: ledger
+source: load
+target: books
+routes:
+  - on: item.added
+    steps:
+      - find: test.ledger
+        where: {{ event_id: $.id }}
+        as: previous
+      - upsert: test.ledger
+        key: [event_id]
+        values:
+          event_id: $.id
+          applied: "{applied}"
+          version: v{version}
+"#
+    )
+}
+
+on_both_databases! {
+    async fn rewriting_files_under_http_load_loses_and_fails_nothing(db: TestDb) {
+        use busbar::api::{self, ApiConfig, AppState, ReloadOutcome};
+        use busbar::store::keys::{self, Scope};
+
+        if db.dialect() == busbar::store::Dialect::Postgres {
+            db.execute("CREATE SCHEMA test").await;
+        }
+        db.execute("CREATE TABLE test.ledger (event_id UUID PRIMARY KEY, applied INTEGER NOT NULL, version TEXT)")
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger.yaml");
+        std::fs::write(&file, ledger(0, false)).unwrap();
+        let engine = db.engine_on(dir.path(), None).await;
+        let config = busbar::config::read_directory(dir.path(), None).unwrap();
+        let reloader = Reloader::new(engine.clone(), dir.path(), None, &config);
+        let stop_watching = CancellationToken::new();
+        reloader.spawn(WatchMode::Events, Duration::from_secs(1), stop_watching.clone());
+        let key = {
+            let mut tx = db.store.begin().await.unwrap();
+            let key = keys::create(&mut tx, Some(busbar::dev::ORGANIZATION), &[Scope::Publish], None, busbar::store::types::Time::now())
+                .await
+                .unwrap()
+                .key;
+            tx.commit().await.unwrap();
+            key
+        };
+        let shown = Arc::new(arc_swap::ArcSwap::from_pointee(ReloadOutcome::loaded(1)));
+        let state = AppState::new(engine.clone(), shown, ApiConfig::default()).with_reloader(reloader.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, api::router(state), async move {
+            let _ = stopped.await;
+        }));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        let mut publishers = Vec::new();
+        for publisher in 0..4 {
+            let (base, key) = (base.clone(), key.clone());
+            publishers.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut accepted, mut failed) = (0u64, Vec::new());
+                let mut i = 0;
+                while tokio::time::Instant::now() < deadline {
+                    let event = json!({
+                        "source": "load", "event": "item.added",
+                        "organization_id": busbar::dev::ORGANIZATION, "data": {"item": format!("{publisher}-{i}")}
+                    });
+                    let response = client.post(format!("{base}/api/events")).bearer_auth(&key).json(&event).send().await.unwrap();
+                    match response.status().as_u16() {
+                        202 => accepted += 1,
+                        status => failed.push((status, response.text().await.unwrap_or_default())),
+                    }
+                    i += 1;
+                }
+                (accepted, failed)
+            }));
+        }
+        // Meanwhile, save the file again and again: valid and broken, by
+        // rename and in place.
+        let mut saves = 0;
+        while tokio::time::Instant::now() + Duration::from_millis(300) < deadline {
+            saves += 1;
+            let text = ledger(saves, saves % 3 == 0);
+            if saves % 2 == 0 {
+                save_atomically(&file, &text);
+            } else {
+                std::fs::write(&file, &text).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(70)).await;
+        }
+        save_atomically(&file, &ledger(saves + 1, false));
+        let mut accepted = 0;
+        for publisher in publishers {
+            let (count, failed) = publisher.await.unwrap();
+            assert!(failed.is_empty(), "requests failed during reloads: {failed:?}");
+            accepted += count;
+        }
+        db.settle(SETTLE).await;
+        let generations = engine.generation().number;
+        assert!(generations > 5, "the rewrites made only {generations} generations");
+        assert!(accepted > 50, "only {accepted} events were published");
+        let accepted = accepted as i64;
+        assert_eq!(db.count("integrations.events").await, accepted);
+        assert_eq!(db.count("test.ledger").await, accepted, "every accepted event was applied");
+        assert_eq!(db.count_where("test.ledger", "applied <> 1").await, 0, "no event was applied twice");
+        assert_eq!(db.count_where("integrations.deliveries", "status <> 'delivered'").await, 0);
+        let _ = stop_server.send(());
+        server.await.unwrap().unwrap();
+        stop_watching.cancel();
+        engine.shutdown().await;
+    }
+}
