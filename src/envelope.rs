@@ -35,6 +35,11 @@ pub struct Envelope {
 impl Envelope {
     /// The envelope as the JSON value paths and templates read.
     pub fn to_json(&self) -> Value {
+        self.clone().into_json()
+    }
+
+    /// The envelope as JSON, moving `data` rather than copying it.
+    pub fn into_json(self) -> Value {
         let mut map = Map::with_capacity(6);
         map.insert("id".into(), Value::String(self.id.to_string()));
         map.insert("source".into(), Value::String(self.source.clone()));
@@ -47,7 +52,7 @@ impl Envelope {
             "occurred_at".into(),
             Value::String(self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
         );
-        map.insert("data".into(), self.data.clone());
+        map.insert("data".into(), self.data);
         Value::Object(map)
     }
 

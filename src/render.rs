@@ -126,7 +126,7 @@ pub fn render(generation: &Generation, envelope: &Envelope, integration: Option<
         });
     }
     RenderReport {
-        event: input.json,
+        event: std::sync::Arc::unwrap_or_clone(input.json),
         routes,
     }
 }

@@ -46,13 +46,21 @@ pub fn environment() -> Environment<'static> {
 /// `{{ value | date }}`: the calendar date (`YYYY-MM-DD`) of an RFC 3339
 /// timestamp or a date; with a format argument, a `strftime` rendering.
 fn filter_date(value: &str, format: Option<&str>) -> Result<String, Error> {
+    // Already a calendar date: keep the text (after checking it is one).
+    if format.is_none() && value.len() == 10 && value.parse::<NaiveDate>().is_ok() {
+        return Ok(value.to_owned());
+    }
     let date = parse_date(value).ok_or_else(|| {
         Error::new(
             ErrorKind::InvalidOperation,
             format!("`{value}` is not a date or RFC 3339 timestamp"),
         )
     })?;
-    Ok(date.format(format.unwrap_or("%Y-%m-%d")).to_string())
+    Ok(match format {
+        // `NaiveDate`'s Display is `%Y-%m-%d`, without parsing a format string.
+        None => date.to_string(),
+        Some(format) => date.format(format).to_string(),
+    })
 }
 
 /// `{{ value | datetime }}`: an RFC 3339 timestamp normalised to UTC.
@@ -85,6 +93,13 @@ fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
 }
 
 fn parse_date(text: &str) -> Option<NaiveDate> {
+    // A plain date is the common case: `FromStr` is a fixed ISO parser,
+    // far cheaper than the strftime-driven `parse_from_str` fallbacks.
+    if text.len() == 10
+        && let Ok(date) = text.parse::<NaiveDate>()
+    {
+        return Some(date);
+    }
     parse_datetime(text)
         .map(|dt| dt.date_naive())
         .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok())

@@ -178,7 +178,17 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
         return Ok(Attempt::Done(0));
     }
     let plans: Vec<Plan<'_>> = claimed.iter().map(|d| plan(shared, generation, d)).collect();
-    let inputs: Vec<EventInput> = claimed.iter().map(|d| EventInput::new(&d.event)).collect();
+    // One input per event, shared by its deliveries (cheap to clone).
+    let mut by_event: std::collections::HashMap<Uuid, EventInput> = std::collections::HashMap::new();
+    let inputs: Vec<EventInput> = claimed
+        .iter()
+        .map(|d| {
+            by_event
+                .entry(d.event.id)
+                .or_insert_with(|| EventInput::new(&d.event))
+                .clone()
+        })
+        .collect();
     let queue: SharedQueue = Default::default();
     let mut executors: Vec<BatchedExecutor> = (0..claimed.len())
         .map(|i| BatchedExecutor::new(queue.clone(), i))

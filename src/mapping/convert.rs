@@ -95,3 +95,95 @@ mod tests {
         assert!(to_json(&JinjaValue::UNDEFINED).is_err());
     }
 }
+
+
+/// A lazy template view of a JSON node: nothing is converted until a
+/// template reads it, and then only the nodes on the way.
+#[derive(Debug)]
+pub struct JsonView {
+    root: std::sync::Arc<Value>,
+    path: Vec<PathSeg>,
+}
+
+#[derive(Debug, Clone)]
+enum PathSeg {
+    Key(String),
+    Index(usize),
+}
+
+impl JsonView {
+    fn node(&self) -> &Value {
+        let mut node = &*self.root;
+        for seg in &self.path {
+            node = match (seg, node) {
+                (PathSeg::Key(k), Value::Object(m)) => &m[k.as_str()],
+                (PathSeg::Index(i), Value::Array(a)) => &a[*i],
+                _ => unreachable!(),
+            };
+        }
+        node
+    }
+
+    fn child(&self, seg: PathSeg, value: &Value) -> JinjaValue {
+        match value {
+            Value::Object(_) | Value::Array(_) => {
+                let mut path = Vec::with_capacity(self.path.len() + 1);
+                path.extend(self.path.iter().cloned());
+                path.push(seg);
+                JinjaValue::from_object(JsonView { root: self.root.clone(), path })
+            }
+            scalar => from_json(scalar),
+        }
+    }
+}
+
+/// The lazy view of `root` itself.
+pub fn view(root: std::sync::Arc<Value>) -> JinjaValue {
+    match &*root {
+        Value::Object(_) | Value::Array(_) => JinjaValue::from_object(JsonView { root, path: Vec::new() }),
+        scalar => from_json(scalar),
+    }
+}
+
+/// The lazy view of `root[key]`.
+pub fn view_key(root: std::sync::Arc<Value>, key: &str) -> JinjaValue {
+    let top = JsonView { root, path: Vec::new() };
+    match top.root.get(key) {
+        Some(v) => top.child(PathSeg::Key(key.to_owned()), v),
+        None => JinjaValue::from(()),
+    }
+}
+
+impl minijinja::value::Object for JsonView {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        match self.node() {
+            Value::Array(_) => minijinja::value::ObjectRepr::Seq,
+            _ => minijinja::value::ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &std::sync::Arc<Self>, key: &JinjaValue) -> Option<JinjaValue> {
+        match self.node() {
+            Value::Object(map) => {
+                let k = key.as_str()?;
+                let (k, v) = map.get_key_value(k)?;
+                Some(self.child(PathSeg::Key(k.clone()), v))
+            }
+            Value::Array(items) => {
+                let i = key.as_usize()?;
+                items.get(i).map(|v| self.child(PathSeg::Index(i), v))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        match self.node() {
+            Value::Object(map) => {
+                minijinja::value::Enumerator::Values(map.keys().map(|k| JinjaValue::from(k.as_str())).collect())
+            }
+            Value::Array(items) => minijinja::value::Enumerator::Seq(items.len()),
+            _ => minijinja::value::Enumerator::Empty,
+        }
+    }
+}

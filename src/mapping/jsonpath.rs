@@ -116,6 +116,10 @@ impl JsonPath {
             let mut node = root;
             for step in steps {
                 let next = match (step, node) {
+                    // Small objects: a scan beats hashing the key (SipHash).
+                    (Step::Key(key), Value::Object(map)) if map.len() <= 8 => {
+                        map.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+                    }
                     (Step::Key(key), Value::Object(map)) => map.get(key),
                     (Step::Index(index), Value::Array(items)) => {
                         let len = items.len() as i64;

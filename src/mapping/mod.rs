@@ -41,7 +41,7 @@ pub enum MappingError {
 /// template values, built once per event and shared by all its routes.
 #[derive(Debug, Clone)]
 pub struct EventInput {
-    pub json: Value,
+    pub json: Arc<Value>,
     event: JinjaValue,
     data: JinjaValue,
 }
@@ -51,13 +51,16 @@ impl EventInput {
         EventInput::from_json(envelope.to_json())
     }
 
+    /// From an envelope the caller no longer needs (no copy of `data`).
+    pub fn from_envelope(envelope: Envelope) -> Self {
+        EventInput::from_json(envelope.into_json())
+    }
+
     /// From an envelope already in JSON form.
     pub fn from_json(json: Value) -> Self {
-        let event = convert::from_json(&json);
-        let data = json
-            .get("data")
-            .map(convert::from_json)
-            .unwrap_or_else(|| JinjaValue::from(()));
+        let json = Arc::new(json);
+        let event = convert::view(json.clone());
+        let data = convert::view_key(json.clone(), "data");
         EventInput { json, event, data }
     }
 }

@@ -671,13 +671,14 @@ on_both_databases! {
             ("/api/integrations/{source}/{target}/disable", "post"),
             ("/api/integrations/deliveries/{id}/replay", "post"),
             ("/api/integrations/{integration}/replay", "post"),
+            ("/api/integrations/reload", "post"),
             ("/healthz", "get"),
             ("/readyz", "get"),
             ("/metrics", "get"),
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 11, "every documented path is served: {:?}", paths.keys());
+        assert_eq!(paths.len(), 12, "every documented path is served: {:?}", paths.keys());
 
         // Readiness turns off when shutting down.
         app.draining.cancel();

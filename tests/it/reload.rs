@@ -346,3 +346,81 @@ on_both_databases! {
         engine.shutdown().await;
     }
 }
+
+on_both_databases! {
+    async fn the_reload_endpoint_reloads_for_platform_admins_and_lists_errors(db: TestDb) {
+        use busbar::api::{self, ApiConfig, AppState, ReloadOutcome};
+        use busbar::store::keys::{self, Scope};
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.yaml");
+        std::fs::write(&file, integration("notes", "note.added", "x")).unwrap();
+        let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
+        let (platform, organization_admin) = {
+            let mut tx = db.store.begin().await.unwrap();
+            let now = busbar::store::types::Time::now();
+            let platform = keys::create(&mut tx, None, &[Scope::Admin, Scope::Read], None, now).await.unwrap().key;
+            let admin = keys::create(&mut tx, Some(busbar::dev::ORGANIZATION), &[Scope::Admin], None, now)
+                .await
+                .unwrap()
+                .key;
+            tx.commit().await.unwrap();
+            (platform, admin)
+        };
+        let shown = Arc::new(arc_swap::ArcSwap::from_pointee(ReloadOutcome::loaded(1)));
+        let state = AppState::new(engine.clone(), shown, ApiConfig::default()).with_reloader(reloader.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, api::router(state), async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let reload = |key: Option<&str>| {
+            let request = client.post(format!("{base}/api/integrations/reload"));
+            match key {
+                Some(key) => request.bearer_auth(key),
+                None => request,
+            }
+            .send()
+        };
+
+        assert_eq!(reload(None).await.unwrap().status(), 401);
+        assert_eq!(reload(Some(&organization_admin)).await.unwrap().status(), 403);
+        let ok = reload(Some(&platform)).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let body: serde_json::Value = ok.json().await.unwrap();
+        assert_eq!((body["ok"].clone(), body["generation"].clone(), body["trigger"].clone()), (json!(true), json!(2), json!("api")));
+
+        // Break the file without the watcher seeing it first: stop watching.
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(&file, integration("notes", "note.added", "{{ nope }}")).unwrap();
+        let failed = reload(Some(&platform)).await.unwrap();
+        assert_eq!(failed.status(), 422);
+        let body: serde_json::Value = failed.json().await.unwrap();
+        assert_eq!(body["code"], "reload-failed");
+        assert_eq!(body["errors"][0]["pointer"], json!(format!("{}:11:21", file.display())));
+        assert!(body["errors"][0]["message"].as_str().unwrap().ends_with("[undefined-name]"), "{body}");
+        assert_eq!(engine.generation().number, 2, "the live generation stays");
+
+        // The status shows the failed reload, with the generation served.
+        let status: serde_json::Value = client
+            .get(format!("{base}/api/integrations/status"))
+            .bearer_auth(&platform)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["reload"]["ok"], false);
+        assert_eq!(status["reload"]["generation"], 2);
+        assert_eq!(status["reload"]["errors"][0]["line"], 11);
+        assert_eq!(status["reload"]["errors"][0]["code"], "undefined-name");
+
+        let _ = stop_server.send(());
+        server.await.unwrap().unwrap();
+        engine.shutdown().await;
+    }
+}
