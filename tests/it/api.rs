@@ -996,3 +996,14 @@ on_both_databases! {
         assert!(client.get(format!("{base}/healthz")).send().await.is_err(), "no longer accepting");
     }
 }
+
+on_both_databases! {
+    async fn a_request_past_its_timeout_is_answered_503(db: TestDb) {
+        let app = spawn_app_with(db, ApiConfig { request_timeout: Duration::from_nanos(1), ..ApiConfig::default() }).await;
+        let reply = app.publish(&candidate_hired(ORGANIZATION, "slow@acme.example")).await;
+        reply.assert_problem(503, "request-timeout");
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        assert!(reply.header("x-request-id").is_some());
+        app.stop().await;
+    }
+}
