@@ -17,20 +17,25 @@
 //! clients share the machine's cores with the server, as a load generator
 //! on the same host would.
 
-use std::collections::HashMap;
+mod support {
+    pub mod measure;
+}
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Connection};
 use uuid::Uuid;
 
 use busbar::api::{self, ApiConfig, AppState, ReloadOutcome};
-use busbar::engine::{Engine, EngineConfig};
 use busbar::store::keys::{self, Scope};
-use busbar::store::{DbTx, Store};
+use support::measure::{self, report};
+
+/// The allocator `busbar serve` runs with, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Options {
     events: usize,
@@ -71,113 +76,12 @@ fn options() -> Options {
     options
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "  {label:<22} p50 {:>8.1} ms   p90 {:>8.1} ms   p99 {:>8.1} ms   max {:>8.1} ms",
-        ms(percentile(&samples, 0.50)),
-        ms(percentile(&samples, 0.90)),
-        ms(percentile(&samples, 0.99)),
-        ms(samples.last().copied().unwrap_or_default()),
-    );
-}
-
-async fn query_rows<T>(store: &Store, sql: &str) -> Vec<T>
-where
-    T: Send + Unpin,
-    for<'r> T:
-        sqlx::FromRow<'r, sqlx::postgres::PgRow> + sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
-{
-    let sql = store.dialect().sql(sql);
-    let mut tx = store.begin_read().await.expect("read");
-    let rows = match &mut tx {
-        DbTx::Postgres(tx) => {
-            sqlx::query_as(AssertSqlSafe(sql))
-                .fetch_all(&mut **tx)
-                .await
-        }
-        DbTx::Sqlite(tx) => {
-            sqlx::query_as(AssertSqlSafe(sql))
-                .fetch_all(&mut **tx)
-                .await
-        }
-    }
-    .expect("query");
-    tx.rollback().await.ok();
-    rows
-}
-
-async fn pending(store: &Store) -> i64 {
-    let rows: Vec<(i64,)> = query_rows(
-        store,
-        "SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending'",
-    )
-    .await;
-    rows[0].0
-}
-
-/// When each published event's last delivery (its own, and its
-/// children's) completed.
-async fn applied_at(store: &Store) -> HashMap<Uuid, DateTime<Utc>> {
-    type Row = (busbar::store::types::Id, Option<busbar::store::types::Time>);
-    let rows: Vec<Row> = query_rows(
-        store,
-        "SELECT COALESCE(e.parent_id, e.id), MAX(d.completed_at) FROM integrations.deliveries d \
-         JOIN integrations.events e ON e.id = d.event_id GROUP BY COALESCE(e.parent_id, e.id)",
-    )
-    .await;
-    rows.into_iter()
-        .filter_map(|(id, at)| at.map(|at| (id.0, at.0)))
-        .collect()
-}
-
-fn event(client: usize, n: usize) -> Value {
-    json!({
-        "source": "recruitiq",
-        "event": "candidate.hired",
-        "organization_id": busbar::dev::ORGANIZATION,
-        "data": {
-            "candidate": {
-                "id": Uuid::new_v4(),
-                "firstName": "Load",
-                "lastName": format!("Tester {client}-{n}"),
-                "email": format!("http-{client}-{n}-{}@acme.example", Uuid::new_v4().simple()),
-            },
-            "hiredBy": busbar::dev::USER,
-            "jobTitle": "Engineer",
-            "startDate": "2027-01-04",
-            "offer": { "salary": 60000 + n, "currency": "EUR", "payFrequency": "monthly" }
-        }
-    })
-}
-
 /// What one request published: the ids, when it was sent, how long it took.
 type Sent = (Vec<Uuid>, DateTime<Utc>, Duration);
 
 async fn run(label: &str, url: &str, options: &Options) {
-    let store = Store::connect_with(url, 24).await.expect("connect");
-    store.migrate().await.expect("migrate");
-    busbar::dev::seed(&store).await.expect("seed");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let generation = busbar::serve::load_generation(
-        &root.join("integrations.d"),
-        Some(&root.join("schemas/events")),
-        1,
-    )
-    .expect("shipped integrations compile");
-    let config = EngineConfig::for_dialect(store.dialect());
+    let (store, engine, config) = measure::start_engine(url, |_| {}).await;
     let workers = config.workers;
-    let engine = Engine::start(store.clone(), generation, config)
-        .await
-        .expect("engine");
     let key = keys::create_key(
         &store,
         Some(busbar::dev::ORGANIZATION),
@@ -213,9 +117,9 @@ async fn run(label: &str, url: &str, options: &Options) {
             let mut mine: Vec<Sent> = Vec::with_capacity(requests_per_client);
             for r in 0..requests_per_client {
                 let body = if batch == 1 {
-                    event(task, r)
+                    measure::candidate_hired(task, r)
                 } else {
-                    json!({ "events": (0..batch).map(|i| event(task, r * batch + i)).collect::<Vec<_>>() })
+                    json!({ "events": (0..batch).map(|i| measure::candidate_hired(task, r * batch + i)).collect::<Vec<_>>() })
                 };
                 let at = Utc::now();
                 let t = Instant::now();
@@ -249,25 +153,19 @@ async fn run(label: &str, url: &str, options: &Options) {
         sent.extend(task.await.expect("client task"));
     }
     let published_in = begin.elapsed();
-    while pending(&store).await > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    measure::drain(&store).await;
     let applied_in = begin.elapsed();
     let _ = stop.send(());
     server.await.expect("server task").expect("server");
     engine.shutdown().await;
 
-    let applied = applied_at(&store).await;
+    let applied = measure::applied_at(&store).await;
     let publish_latency: Vec<Duration> = sent.iter().map(|(_, _, d)| *d).collect();
-    let end_to_end: Vec<Duration> = sent
-        .iter()
-        .flat_map(|(ids, at, _)| ids.iter().map(move |id| (id, at)))
-        .filter_map(|(id, at)| {
-            applied
-                .get(id)
-                .map(|done| (*done - *at).to_std().unwrap_or_default())
-        })
-        .collect();
+    let end_to_end = measure::end_to_end(
+        sent.iter()
+            .flat_map(|(ids, at, _)| ids.iter().map(move |id| (id, at))),
+        &applied,
+    );
     println!(
         "{label}: {total} events ({} deliveries) over HTTP, {} clients, {batch} event(s) per request, {workers} workers",
         total * 3,
@@ -292,46 +190,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(async {
-        for database in &options.databases {
-            match database.as_str() {
-                "sqlite" => {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                    run("SQLite (WAL, synchronous=FULL)", &url, &options).await;
-                }
-                "postgres" => {
-                    let Ok(admin) = std::env::var("BENCH_DATABASE_URL")
-                        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-                    else {
-                        println!(
-                            "PostgreSQL: skipped (set BENCH_DATABASE_URL or TEST_DATABASE_URL)"
-                        );
-                        continue;
-                    };
-                    let name = format!("busbar_bench_{}", Uuid::new_v4().simple());
-                    let mut conn = sqlx::PgConnection::connect(&admin)
-                        .await
-                        .expect("admin connection");
-                    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                        .execute(&mut conn)
-                        .await
-                        .expect("create database");
-                    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                    run(
-                        "PostgreSQL (durable commits)",
-                        &format!("{base}/{name}"),
-                        &options,
-                    )
-                    .await;
-                    let _ = sqlx::query(AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-                other => println!("unknown database `{other}`"),
-            }
-        }
-    });
+    runtime.block_on(measure::on_each_database(
+        &options.databases,
+        async |label, url| run(label, url, &options).await,
+    ));
 }
