@@ -89,7 +89,6 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let config_dir = config::read_directory(&options.dir, options.contracts.as_deref())
         .with_context(|| format!("cannot read the integrations directory {}", options.dir.display()))?;
     let generation = compile_or_fail(&config_dir, 1)?;
-    telemetry::reload(true, generation.number);
     let reload = Arc::new(ArcSwap::from_pointee(ReloadOutcome::loaded(generation.number)));
     tracing::info!(
         generation = generation.number,
