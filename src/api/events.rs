@@ -334,15 +334,31 @@ pub async fn publish(
     };
     // A duplicate id must be this organization's event; otherwise this
     // event was not stored, and saying "already stored" would lose it.
-    let mut conflicts = Vec::new();
-    for (i, (result, organization)) in published.iter().zip(&organizations).enumerate() {
-        if !result.created && !stored_for(&state, result.id, *organization).await? {
-            conflicts.push(FieldError {
-                pointer: format!("/events/{i}/id"),
-                message: "this id belongs to another event; this event was not stored".into(),
-            });
-        }
-    }
+    let duplicates: Vec<Uuid> = published
+        .iter()
+        .filter(|p| !p.created)
+        .map(|p| p.id)
+        .collect();
+    let stored = if duplicates.is_empty() {
+        Default::default()
+    } else {
+        let mut tx = state.engine.store().begin_read().await?;
+        let stored = events::organizations_of(&mut tx, &duplicates).await?;
+        tx.rollback().await?;
+        stored
+    };
+    let conflicts: Vec<FieldError> = published
+        .iter()
+        .zip(&organizations)
+        .enumerate()
+        .filter(|(_, (result, organization))| {
+            !result.created && stored.get(&result.id) != Some(*organization)
+        })
+        .map(|(i, _)| FieldError {
+            pointer: format!("/events/{i}/id"),
+            message: "this id belongs to another event; this event was not stored".into(),
+        })
+        .collect();
     if !conflicts.is_empty() {
         return Err(ApiError::conflict(
             "id-conflict",
@@ -407,13 +423,6 @@ async fn single_answer(
             message: "this id belongs to another event".into(),
         }])),
     }
-}
-
-/// Whether the stored event `id` belongs to `organization`.
-async fn stored_for(state: &AppState, id: Uuid, organization: Uuid) -> Result<bool, ApiError> {
-    Ok(load_event(state, id)
-        .await?
-        .is_some_and(|e| e.envelope.organization_id == organization))
 }
 
 async fn load_event(state: &AppState, id: Uuid) -> Result<Option<StoredEvent>, ApiError> {

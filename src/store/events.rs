@@ -756,3 +756,24 @@ pub async fn children_of(tx: &mut DbTx, parent: Uuid) -> Result<Vec<StoredEvent>
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(Id(parent)).fetch_all(conn).await)?;
     Ok(rows.into_iter().map(stored_event).collect())
 }
+
+/// The organization of each of `ids` that is stored.
+pub async fn organizations_of(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uuid, Uuid>, StoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+            "SELECT id, organization_id FROM integrations.events WHERE id IN ({})",
+            params.join(", ")
+        )));
+        let rows: Vec<(Id, Id)> = on_tx!(&mut *tx, |conn| {
+            let mut query = sqlx::query_as(sql);
+            for id in chunk {
+                query = query.bind(Id(*id));
+            }
+            query.fetch_all(conn).await
+        })?;
+        out.extend(rows.into_iter().map(|(id, organization)| (id.0, organization.0)));
+    }
+    Ok(out)
+}
