@@ -61,6 +61,7 @@ async fn commit(shared: &Shared, jobs: Vec<Job>) {
     match result {
         Ok(stored) => {
             tracing::debug!(events = events.len(), elapsed = ?started.elapsed(), "publish batch committed");
+            crate::telemetry::publish_committed(events.len(), started.elapsed());
             shared.work.raise();
             let mut stored = stored.into_iter();
             for job in jobs {

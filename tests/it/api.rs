@@ -654,6 +654,7 @@ on_both_databases! {
             "busbar_reloads_total",
             "busbar_http_requests_total",
             "busbar_http_request_duration_seconds_bucket",
+            "busbar_publish_commit_seconds_bucket",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
