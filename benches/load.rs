@@ -80,8 +80,9 @@ async fn run(label: &str, url: &str, options: &Options) {
 
     let per_task = options.events / options.concurrency;
     let total = per_task * options.concurrency;
-    let started: Arc<Mutex<Vec<(Uuid, DateTime<Utc>, Duration)>>> =
-        Arc::new(Mutex::new(Vec::with_capacity(total)));
+    // Per event: its id, when publishing began, and how long it took.
+    type Started = Vec<(Uuid, DateTime<Utc>, Duration)>;
+    let started: Arc<Mutex<Started>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let begin = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..options.concurrency {
@@ -140,7 +141,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(measure::on_each_database(&options.databases, async |label, url| {
-        run(label, url, &options).await
-    }));
+    runtime.block_on(measure::on_each_database(
+        &options.databases,
+        async |label, url| run(label, url, &options).await,
+    ));
 }

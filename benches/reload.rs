@@ -42,10 +42,16 @@ async fn start(root: &Path) -> (Engine, std::sync::Arc<Reloader>, CancellationTo
         .expect("sqlite");
     store.migrate().await.expect("migrate");
     let config = busbar::config::read_directory(&dir, None).expect("read");
-    let generation = busbar::compile::compile(&config, 1).generation.expect("the directory compiles");
-    let engine = Engine::start(store, generation, EngineConfig::for_dialect(busbar::store::Dialect::Sqlite))
-        .await
-        .expect("engine");
+    let generation = busbar::compile::compile(&config, 1)
+        .generation
+        .expect("the directory compiles");
+    let engine = Engine::start(
+        store,
+        generation,
+        EngineConfig::for_dialect(busbar::store::Dialect::Sqlite),
+    )
+    .await
+    .expect("engine");
     let reloader = Reloader::new(engine.clone(), &dir, None, &config);
     let shutdown = CancellationToken::new();
     reloader.spawn(WatchMode::Events, Duration::from_secs(1), shutdown.clone());
@@ -110,7 +116,11 @@ async fn large_reload(files: usize) {
     let mut samples = Vec::new();
     for _ in 0..10 {
         let outcome = reloader.reload(Trigger::Api).await;
-        assert!(outcome.ok && outcome.swapped, "{:?}", outcome.errors.first());
+        assert!(
+            outcome.ok && outcome.swapped,
+            "{:?}",
+            outcome.errors.first()
+        );
         samples.push(Duration::from_secs_f64(outcome.duration_ms / 1e3));
     }
     samples.sort();

@@ -22,7 +22,9 @@ pub const DEV_KEY_NAME: &str = "serve --dev";
 
 /// Creates the example platform's tables (idempotent).
 pub async fn install_example_platform(store: &Store) -> Result<(), StoreError> {
-    store.execute_script(example_platform_sql(store.dialect())).await
+    store
+        .execute_script(example_platform_sql(store.dialect()))
+        .await
 }
 
 /// Creates the example tables and seeds the two organizations (idempotent).

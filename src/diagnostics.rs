@@ -196,7 +196,12 @@ impl Diagnostic {
         }
     }
 
-    pub fn warning(file: &Path, position: Position, code: Code, message: impl Into<String>) -> Self {
+    pub fn warning(
+        file: &Path,
+        position: Position,
+        code: Code,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::error(file, position, code, message)
@@ -234,15 +239,17 @@ impl fmt::Display for Diagnostic {
 /// duplicates (two checks may find the same thing).
 pub fn sort(diagnostics: &mut Vec<Diagnostic>) {
     diagnostics.sort_by(|a, b| {
-        (&a.file, a.position, a.severity, a.code, &a.message).cmp(&(
-            &b.file, b.position, b.severity, b.code, &b.message,
-        ))
+        (&a.file, a.position, a.severity, a.code, &a.message)
+            .cmp(&(&b.file, b.position, b.severity, b.code, &b.message))
     });
     diagnostics.dedup();
 }
 
 /// The best suggestion among `candidates` for a misspelt `name`, if one is close.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))

@@ -13,7 +13,14 @@ use uuid::Uuid;
 use crate::compile::contract::Violation;
 
 /// The fields of an envelope, as templates and paths see them.
-pub const ENVELOPE_FIELDS: [&str; 6] = ["id", "source", "event", "organization_id", "occurred_at", "data"];
+pub const ENVELOPE_FIELDS: [&str; 6] = [
+    "id",
+    "source",
+    "event",
+    "organization_id",
+    "occurred_at",
+    "data",
+];
 
 /// An event as stored and routed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +57,10 @@ impl Envelope {
         );
         map.insert(
             "occurred_at".into(),
-            Value::String(self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            Value::String(
+                self.occurred_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ),
         );
         map.insert("data".into(), self.data);
         Value::Object(map)
@@ -75,7 +85,10 @@ impl Envelope {
             if !ENVELOPE_FIELDS.contains(&key.as_str()) {
                 bad(
                     &format!("/{key}"),
-                    format!("unknown field `{key}`; an event has {}", ENVELOPE_FIELDS.join(", ")),
+                    format!(
+                        "unknown field `{key}`; an event has {}",
+                        ENVELOPE_FIELDS.join(", ")
+                    ),
                 );
             }
         }
@@ -95,24 +108,31 @@ impl Envelope {
         let source = text("source", &mut bad).filter(|s| {
             let ok = is_product_name(s);
             if !ok {
-                bad("/source", format!("`{s}` is not a product name (lowercase letters, digits and `_`)"));
+                bad(
+                    "/source",
+                    format!("`{s}` is not a product name (lowercase letters, digits and `_`)"),
+                );
             }
             ok
         });
         let event = text("event", &mut bad).filter(|s| {
             let ok = is_event_name(s);
             if !ok {
-                bad("/event", format!("`{s}` is not an event name such as `candidate.hired`"));
+                bad(
+                    "/event",
+                    format!("`{s}` is not an event name such as `candidate.hired`"),
+                );
             }
             ok
         });
-        let organization_id = text("organization_id", &mut bad).and_then(|s| match Uuid::parse_str(&s) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                bad("/organization_id", format!("`{s}` is not a UUID"));
-                None
-            }
-        });
+        let organization_id =
+            text("organization_id", &mut bad).and_then(|s| match Uuid::parse_str(&s) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    bad("/organization_id", format!("`{s}` is not a UUID"));
+                    None
+                }
+            });
         let id = match object.get("id") {
             None | Some(Value::Null) => Some(Uuid::now_v7()),
             Some(Value::String(s)) => match Uuid::parse_str(s) {
@@ -132,12 +152,18 @@ impl Envelope {
             Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
                 Ok(at) => Some(at.with_timezone(&Utc)),
                 Err(error) => {
-                    bad("/occurred_at", format!("`{s}` is not an RFC 3339 timestamp: {error}"));
+                    bad(
+                        "/occurred_at",
+                        format!("`{s}` is not an RFC 3339 timestamp: {error}"),
+                    );
                     None
                 }
             },
             Some(_) => {
-                bad("/occurred_at", "`occurred_at` must be an RFC 3339 timestamp string".into());
+                bad(
+                    "/occurred_at",
+                    "`occurred_at` must be an RFC 3339 timestamp string".into(),
+                );
                 None
             }
         };
@@ -149,7 +175,10 @@ impl Envelope {
                 let mut nul = Vec::new();
                 find_nul(data, "/data", &mut nul);
                 for pointer in nul {
-                    bad(&pointer, "strings may not contain the NUL character (\\u0000)".into());
+                    bad(
+                        &pointer,
+                        "strings may not contain the NUL character (\\u0000)".into(),
+                    );
                 }
                 Some(data.clone())
             }
@@ -159,18 +188,21 @@ impl Envelope {
             }
         };
         match (id, source, event, organization_id, occurred_at, data) {
-            (Some(id), Some(source), Some(event), Some(organization_id), Some(occurred_at), Some(data))
-                if violations.is_empty() =>
-            {
-                Ok(Envelope {
-                    id,
-                    source,
-                    event,
-                    organization_id,
-                    occurred_at,
-                    data,
-                })
-            }
+            (
+                Some(id),
+                Some(source),
+                Some(event),
+                Some(organization_id),
+                Some(occurred_at),
+                Some(data),
+            ) if violations.is_empty() => Ok(Envelope {
+                id,
+                source,
+                event,
+                organization_id,
+                occurred_at,
+                data,
+            }),
             _ => Err(violations),
         }
     }
@@ -202,7 +234,9 @@ fn find_nul(value: &Value, pointer: &str, out: &mut Vec<String>) {
 pub fn is_product_name(name: &str) -> bool {
     name.len() <= 50
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// `candidate.hired`: dotted product-style words, at most 100 characters.
@@ -243,7 +277,14 @@ mod tests {
         let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
         assert_eq!(
             pointers,
-            ["/extra", "/source", "/event", "/organization_id", "/occurred_at", "/data"]
+            [
+                "/extra",
+                "/source",
+                "/event",
+                "/organization_id",
+                "/occurred_at",
+                "/data"
+            ]
         );
     }
 

@@ -164,7 +164,11 @@ enum KeysCommand {
     /// Create a key and print it (only this once).
     Create {
         /// The organization the key acts for.
-        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
         org: Option<uuid::Uuid>,
         /// A platform key, which may act for any organization.
         #[arg(long)]
@@ -223,7 +227,13 @@ fn main() -> ExitCode {
             deny_warnings,
             contracts,
             database_url,
-        } => check(&dir, contracts.as_deref(), format, deny_warnings, database_url.as_deref()),
+        } => check(
+            &dir,
+            contracts.as_deref(),
+            format,
+            deny_warnings,
+            database_url.as_deref(),
+        ),
         Command::Test {
             dir,
             format,
@@ -249,7 +259,13 @@ fn main() -> ExitCode {
             dir,
             contracts,
             format,
-        } => render(&event, integration.as_deref(), &dir, contracts.as_deref(), format),
+        } => render(
+            &event,
+            integration.as_deref(),
+            &dir,
+            contracts.as_deref(),
+            format,
+        ),
         Command::Schema => {
             println!("{}", config::schema::integration_schema().trim_end());
             Ok(ExitCode::SUCCESS)
@@ -291,7 +307,10 @@ fn main() -> ExitCode {
             if example_platform {
                 busbar::dev::install_example_platform(&store).await?;
             }
-            println!("migrations applied to {}", busbar::serve::redact(&database.database_url));
+            println!(
+                "migrations applied to {}",
+                busbar::serve::redact(&database.database_url)
+            );
             store.close().await;
             Ok(())
         }),
@@ -307,7 +326,10 @@ fn main() -> ExitCode {
 }
 
 /// Runs an async command on a multi-threaded runtime, with logs.
-fn run_async(log_format: LogFormat, future: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+fn run_async(
+    log_format: LogFormat,
+    future: impl std::future::Future<Output = Result<()>>,
+) -> Result<ExitCode> {
     init_logging(log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(future)?;
@@ -325,7 +347,11 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         // One JSON object per line; the request id is in the span fields.
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -366,12 +392,15 @@ async fn keys_command(command: KeysCommand) -> Result<()> {
             );
             for record in records {
                 let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
-                let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+                let time =
+                    |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
                 println!(
                     "{:<36}  {:<11}  {:<36}  {:<20}  {:<20}  {:<20}  {}",
                     record.id,
                     format!("bb_{}_…", record.prefix),
-                    record.organization_id.map_or("(platform)".to_owned(), |o| o.to_string()),
+                    record
+                        .organization_id
+                        .map_or("(platform)".to_owned(), |o| o.to_string()),
                     scopes.join(","),
                     time(record.created_at),
                     record.revoked_at.map_or("-".to_owned(), time),
@@ -418,16 +447,22 @@ fn check(
     if let Some(url) = database_url {
         match &compilation.generation {
             Some(generation) => {
-                let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+                let runtime =
+                    tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
                 let found = runtime
                     .block_on(busbar::check::database::check_database(generation, url))
-                    .with_context(|| format!("cannot read the catalog of {}", busbar::serve::redact(url)))?;
+                    .with_context(|| {
+                        format!("cannot read the catalog of {}", busbar::serve::redact(url))
+                    })?;
                 compilation.diagnostics.extend(found);
                 busbar::diagnostics::sort(&mut compilation.diagnostics);
             }
             None => {
                 let mut err = anstream::stderr();
-                writeln!(err, "the database checks did not run: the files have errors; fix those first")?;
+                writeln!(
+                    err,
+                    "the database checks did not run: the files have errors; fix those first"
+                )?;
             }
         }
     }
@@ -447,7 +482,10 @@ fn check(
     })
 }
 
-fn test(options: busbar::testing::TestOptions, format: busbar::testing::report::TestFormat) -> Result<ExitCode> {
+fn test(
+    options: busbar::testing::TestOptions,
+    format: busbar::testing::report::TestFormat,
+) -> Result<ExitCode> {
     use busbar::testing::report;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let mut out = anstream::stdout();
@@ -480,7 +518,12 @@ fn render(
         Err(violations) => {
             writeln!(err, "{}: not a valid event:", event_file.display())?;
             for violation in violations {
-                writeln!(err, "  {}: {}", pointer_or_root(&violation.pointer), violation.message)?;
+                writeln!(
+                    err,
+                    "  {}: {}",
+                    pointer_or_root(&violation.pointer),
+                    violation.message
+                )?;
             }
             return Ok(ExitCode::FAILURE);
         }
@@ -492,9 +535,18 @@ fn render(
         files,
     } = compile::compile(&config, 0);
     let Some(generation) = generation else {
-        writeln!(err, "the integrations do not compile, so there is nothing to render:")?;
+        writeln!(
+            err,
+            "the integrations do not compile, so there is nothing to render:"
+        )?;
         let errors: Vec<_> = diagnostics.into_iter().filter(|d| d.is_error()).collect();
-        report::print_diagnostics(&mut err, CheckFormat::Text, &errors, &sources(&config), files)?;
+        report::print_diagnostics(
+            &mut err,
+            CheckFormat::Text,
+            &errors,
+            &sources(&config),
+            files,
+        )?;
         return Ok(ExitCode::FAILURE);
     };
     if let Some(id) = integration
@@ -533,5 +585,9 @@ fn render(
 }
 
 fn pointer_or_root(pointer: &str) -> &str {
-    if pointer.is_empty() { "(the event)" } else { pointer }
+    if pointer.is_empty() {
+        "(the event)"
+    } else {
+        pointer
+    }
 }

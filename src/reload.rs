@@ -125,7 +125,12 @@ pub type Observer = Box<dyn Fn(&ReloadOutcome) + Send + Sync>;
 impl Reloader {
     /// A reloader for an engine whose live generation was compiled from
     /// `config`.
-    pub fn new(engine: Engine, dir: &Path, contracts: Option<&Path>, config: &ConfigDir) -> Arc<Reloader> {
+    pub fn new(
+        engine: Engine,
+        dir: &Path,
+        contracts: Option<&Path>,
+        config: &ConfigDir,
+    ) -> Arc<Reloader> {
         let number = engine.generation().number;
         let outcome = ReloadOutcome {
             trigger: Trigger::Startup,
@@ -135,7 +140,12 @@ impl Reloader {
             at: Utc::now(),
             duration_ms: 0.0,
             files_changed: Vec::new(),
-            added: engine.generation().integrations.iter().map(|i| i.id.clone()).collect(),
+            added: engine
+                .generation()
+                .integrations
+                .iter()
+                .map(|i| i.id.clone())
+                .collect(),
             changed: Vec::new(),
             removed: Vec::new(),
             errors: Vec::new(),
@@ -161,7 +171,10 @@ impl Reloader {
         if let Some(last) = self.last() {
             observer(&last);
         }
-        self.observers.lock().expect("reload observers").push(Box::new(observer));
+        self.observers
+            .lock()
+            .expect("reload observers")
+            .push(Box::new(observer));
     }
 
     /// The last reload's outcome.
@@ -238,7 +251,13 @@ impl Reloader {
                 .iter()
                 .filter(|(path, hash)| state.live.get(*path) != Some(hash))
                 .map(|(path, _)| path.clone())
-                .chain(state.live.keys().filter(|path| !now.contains_key(*path)).cloned())
+                .chain(
+                    state
+                        .live
+                        .keys()
+                        .filter(|path| !now.contains_key(*path))
+                        .cloned(),
+                )
                 .collect();
             changed.sort();
             changed
@@ -287,7 +306,12 @@ impl Reloader {
         }
     }
 
-    fn finish(&self, mut outcome: ReloadOutcome, started: Instant, live: Option<Fingerprints>) -> ReloadOutcome {
+    fn finish(
+        &self,
+        mut outcome: ReloadOutcome,
+        started: Instant,
+        live: Option<Fingerprints>,
+    ) -> ReloadOutcome {
         outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
         crate::telemetry::reload(outcome.ok, outcome.generation);
         if outcome.ok && !outcome.swapped {
@@ -337,7 +361,12 @@ impl Reloader {
     }
 
     /// Reloads on file changes (or polls), and on SIGHUP, until `shutdown`.
-    pub fn spawn(self: &Arc<Self>, mode: WatchMode, poll: Duration, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        mode: WatchMode,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![tokio::spawn(on_sighup(self.clone(), shutdown.clone()))];
         match mode {
             WatchMode::Events => tasks.push(tokio::spawn(watch_events(self.clone(), shutdown))),
@@ -384,7 +413,8 @@ fn is_scratch(path: &Path) -> bool {
 async fn on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     #[cfg(unix)]
     {
-        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             tracing::warn!("cannot listen for SIGHUP; reload with the API instead");
             return;
         };
@@ -424,7 +454,11 @@ async fn watch_events(reloader: Arc<Reloader>, shutdown: CancellationToken) {
             }
         }
     };
-    let mut debouncer = match notify_debouncer_full::new_debouncer(DEBOUNCE, Some(DEBOUNCE / 5), handler) {
+    let mut debouncer = match notify_debouncer_full::new_debouncer(
+        DEBOUNCE,
+        Some(DEBOUNCE / 5),
+        handler,
+    ) {
         Ok(debouncer) => debouncer,
         Err(error) => {
             tracing::error!(%error, "cannot watch the integrations directory; use --watch poll");
@@ -484,7 +518,12 @@ mod tests {
         for scratch in [".a.yaml.swp", "a.yaml~", ".#a.yaml", "#a.yaml#", "4913"] {
             assert!(is_scratch(Path::new(scratch)), "{scratch}");
         }
-        for real in ["a.yaml", "..data", "..2026_11_28_10_00_00.123", "schema.json"] {
+        for real in [
+            "a.yaml",
+            "..data",
+            "..2026_11_28_10_00_00.123",
+            "schema.json",
+        ] {
             assert!(!is_scratch(Path::new(real)), "{real}");
         }
     }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::compile::ident::{Ident, TableName};
 use crate::compile::{Generation, Step};
 use crate::envelope::Envelope;
-use crate::mapping::{EventInput, Executor, Row, RouteOutcome, StepTrace, run_route};
+use crate::mapping::{EventInput, Executor, RouteOutcome, Row, StepTrace, run_route};
 
 /// What one event would do.
 #[derive(Debug, Serialize)]
@@ -60,11 +60,20 @@ fn simulated(table: &TableName, columns: Map<String, Value>) -> Row {
 impl Executor for Simulation {
     type Error = Infallible;
 
-    async fn find(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<Option<Row>, Infallible> {
+    async fn find(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<Option<Row>, Infallible> {
         Ok(Some(simulated(table, known(filter))))
     }
 
-    async fn upsert(&mut self, table: &TableName, _key: &[Ident], values: &[(Ident, Value)]) -> Result<Row, Infallible> {
+    async fn upsert(
+        &mut self,
+        table: &TableName,
+        _key: &[Ident],
+        values: &[(Ident, Value)],
+    ) -> Result<Row, Infallible> {
         Ok(simulated(table, known(values)))
     }
 
@@ -79,7 +88,11 @@ impl Executor for Simulation {
         Ok(vec![simulated(table, columns)])
     }
 
-    async fn delete(&mut self, _table: &TableName, _filter: &[(Ident, Value)]) -> Result<u64, Infallible> {
+    async fn delete(
+        &mut self,
+        _table: &TableName,
+        _filter: &[(Ident, Value)],
+    ) -> Result<u64, Infallible> {
         Ok(1)
     }
 
@@ -91,7 +104,10 @@ impl Executor for Simulation {
 /// Drives a future that never waits (the simulation answers at once).
 fn now<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(output) => output,
         Poll::Pending => unreachable!("the simulated database never waits"),
     }
@@ -99,14 +115,23 @@ fn now<F: Future>(future: F) -> F::Output {
 
 /// Renders every route of `generation` that handles the event (only those
 /// of `integration`, when given).
-pub fn render(generation: &Generation, envelope: &Envelope, integration: Option<&str>) -> RenderReport {
+pub fn render(
+    generation: &Generation,
+    envelope: &Envelope,
+    integration: Option<&str>,
+) -> RenderReport {
     let input = EventInput::new(envelope);
     let mut routes = Vec::new();
     for (owner, route) in generation.routes(&envelope.source, &envelope.event) {
         if integration.is_some_and(|id| id != owner.id) {
             continue;
         }
-        let run = now(run_route(route, &generation.templates, &input, &mut Simulation));
+        let run = now(run_route(
+            route,
+            &generation.templates,
+            &input,
+            &mut Simulation,
+        ));
         let (outcome, reason) = match run.outcome {
             Ok(RouteOutcome::Applied) => ("applied", None),
             Ok(RouteOutcome::Skipped { reason }) => ("skipped", Some(reason)),

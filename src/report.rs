@@ -134,7 +134,9 @@ pub fn summary(out: &mut dyn Write, diagnostics: &[Diagnostic], files: usize) ->
 
 /// GitHub's escaping for the message part of an annotation.
 fn escape_data(text: &str) -> String {
-    text.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// GitHub's escaping for annotation properties.
@@ -163,9 +165,18 @@ fn type_of(value: &Value) -> &'static str {
 }
 
 fn columns(out: &mut dyn Write, label: &str, columns: &[(String, Value)]) -> io::Result<()> {
-    let width = columns.iter().map(|(c, _)| c.chars().count()).max().unwrap_or(0);
+    let width = columns
+        .iter()
+        .map(|(c, _)| c.chars().count())
+        .max()
+        .unwrap_or(0);
     let shown: Vec<String> = columns.iter().map(|(_, value)| show(value)).collect();
-    let value_width = shown.iter().map(|s| s.chars().count()).max().unwrap_or(0).min(60);
+    let value_width = shown
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
     for (i, ((column, value), shown)) in columns.iter().zip(&shown).enumerate() {
         let label = if i == 0 { label } else { "" };
         writeln!(
@@ -180,7 +191,13 @@ fn columns(out: &mut dyn Write, label: &str, columns: &[(String, Value)]) -> io:
 /// The dry run as text.
 pub fn print_render(out: &mut dyn Write, report: &RenderReport) -> io::Result<()> {
     let event = &report.event;
-    let text = |key: &str| event.get(key).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let text = |key: &str| {
+        event
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned()
+    };
     writeln!(
         out,
         "{BOLD}event{BOLD:#} {}/{} {DIM}id {} · organization {}{DIM:#}",
@@ -190,7 +207,10 @@ pub fn print_render(out: &mut dyn Write, report: &RenderReport) -> io::Result<()
         text("organization_id")
     )?;
     if report.routes.is_empty() {
-        writeln!(out, "no integration routes this event; publishing it would create no delivery")?;
+        writeln!(
+            out,
+            "no integration routes this event; publishing it would create no delivery"
+        )?;
         return Ok(());
     }
     for route in &report.routes {
@@ -209,7 +229,11 @@ pub fn print_render(out: &mut dyn Write, report: &RenderReport) -> io::Result<()
             route.source,
             route.target,
             route.outcome,
-            if route.enabled { "" } else { " (integration disabled in YAML)" }
+            if route.enabled {
+                ""
+            } else {
+                " (integration disabled in YAML)"
+            }
         )?;
         if let Some(reason) = &route.reason {
             writeln!(out, "  {style}{reason}{style:#}")?;
@@ -240,7 +264,8 @@ pub fn print_render(out: &mut dyn Write, report: &RenderReport) -> io::Result<()
             };
             columns(out, label, &step.values)?;
             if let Some(Value::Object(data)) = &step.data {
-                let data: Vec<(String, Value)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let data: Vec<(String, Value)> =
+                    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 columns(out, "data", &data)?;
             }
             if step.keyword == "find" && step.status == StepStatus::Ran {

@@ -51,7 +51,11 @@ pub async fn connect(database_url: &str) -> Result<Store> {
 }
 
 /// Compiles the integrations directory, failing with its diagnostics.
-pub fn load_generation(dir: &std::path::Path, contracts: Option<&std::path::Path>, number: u64) -> Result<compile::Generation> {
+pub fn load_generation(
+    dir: &std::path::Path,
+    contracts: Option<&std::path::Path>,
+    number: u64,
+) -> Result<compile::Generation> {
     let config = config::read_directory(dir, contracts)
         .with_context(|| format!("cannot read the integrations directory {}", dir.display()))?;
     compile_or_fail(&config, number)
@@ -70,7 +74,10 @@ pub fn compile_or_fail(config: &config::ConfigDir, number: u64) -> Result<compil
     let dir = config.root.display();
     match compilation.generation {
         Some(generation) => Ok(generation),
-        None => bail!("{dir} has {} error(s); run `busbar check {dir}`", compilation.errors()),
+        None => bail!(
+            "{dir} has {} error(s); run `busbar check {dir}`",
+            compilation.errors()
+        ),
     }
 }
 
@@ -80,16 +87,25 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     telemetry::install();
     let store = connect(&options.database_url).await?;
     if options.dev {
-        crate::dev::seed(&store).await.context("cannot seed the example platform")?;
+        crate::dev::seed(&store)
+            .await
+            .context("cannot seed the example platform")?;
         tracing::info!(
             organization = %crate::dev::ORGANIZATION,
             "example platform ready: organization subscribed to nexus and paylinq"
         );
     }
     let config_dir = config::read_directory(&options.dir, options.contracts.as_deref())
-        .with_context(|| format!("cannot read the integrations directory {}", options.dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot read the integrations directory {}",
+                options.dir.display()
+            )
+        })?;
     let generation = compile_or_fail(&config_dir, 1)?;
-    let reload = Arc::new(ArcSwap::from_pointee(ReloadOutcome::loaded(generation.number)));
+    let reload = Arc::new(ArcSwap::from_pointee(ReloadOutcome::loaded(
+        generation.number,
+    )));
     tracing::info!(
         generation = generation.number,
         integrations = generation.integrations.len(),
@@ -106,8 +122,15 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let address = listener.local_addr().context("cannot read the listen address")?;
-    let reloader = crate::reload::Reloader::new(engine.clone(), &options.dir, options.contracts.as_deref(), &config_dir);
+    let address = listener
+        .local_addr()
+        .context("cannot read the listen address")?;
+    let reloader = crate::reload::Reloader::new(
+        engine.clone(),
+        &options.dir,
+        options.contracts.as_deref(),
+        &config_dir,
+    );
     let stop_watching = tokio_util::sync::CancellationToken::new();
     let watchers = reloader.spawn(options.watch, options.poll_interval, stop_watching.clone());
     let state = AppState::new(engine.clone(), reload, options.api).with_reloader(reloader);
@@ -152,16 +175,19 @@ pub fn dev_instructions(address: SocketAddr, key: &CreatedKey) -> String {
         String::new(),
         format!("busbar (dev) is serving on {base}"),
         String::new(),
-        "A new admin key for every organization (scopes: publish, read, admin), shown only now:".into(),
+        "A new admin key for every organization (scopes: publish, read, admin), shown only now:"
+            .into(),
         String::new(),
         format!("  export BUSBAR_KEY={}", key.key),
         String::new(),
         "Publish the example event (from the repository root):".into(),
         String::new(),
         format!("  curl -s -X POST {base}/api/events {auth} \\"),
-        "    -H 'Content-Type: application/json' --data @examples/events/candidate.hired.json".into(),
+        "    -H 'Content-Type: application/json' --data @examples/events/candidate.hired.json"
+            .into(),
         String::new(),
-        "The event with its deliveries, the integrations' status, the organization's events:".into(),
+        "The event with its deliveries, the integrations' status, the organization's events:"
+            .into(),
         String::new(),
         format!("  curl -s {base}/api/integrations/events/{event} {auth}"),
         format!("  curl -s {base}/api/integrations/status {auth}"),
@@ -177,8 +203,9 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("can install a SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("can install a SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -35,7 +35,8 @@ routes:
 "#;
 
 fn restart_postgres() -> Result<(), String> {
-    let versions = std::fs::read_dir("/etc/postgresql").map_err(|e| format!("no /etc/postgresql: {e}"))?;
+    let versions =
+        std::fs::read_dir("/etc/postgresql").map_err(|e| format!("no /etc/postgresql: {e}"))?;
     let version = versions
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -96,32 +97,57 @@ async fn postgres_restart_mid_run_loses_nothing_accepted() {
         panic!("cannot restart PostgreSQL for this test: {reason}");
     }
     let (accepted, refused) = publisher.await.unwrap();
-    eprintln!("accepted {} events, {refused} publishes refused while the server was down", accepted.len());
+    eprintln!(
+        "accepted {} events, {refused} publishes refused while the server was down",
+        accepted.len()
+    );
     assert!(accepted.len() > 100, "publishing resumed after the restart");
 
     // A fresh connection for checking; the engine reconnects by itself.
     let start = std::time::Instant::now();
     loop {
-        let pending = db.count_where("integrations.deliveries", "status = 'pending'").await;
+        let pending = db
+            .count_where("integrations.deliveries", "status = 'pending'")
+            .await;
         if pending == 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "{pending} deliveries never finished");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{pending} deliveries never finished"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A publish whose commit succeeded just as the connection died is
     // reported as refused (the producer retries it, ideally with the same
     // id); so stored events may exceed those acknowledged, never the reverse.
     let stored = db.count("integrations.events").await;
-    assert!(stored >= accepted.len() as i64, "an accepted event was lost");
+    assert!(
+        stored >= accepted.len() as i64,
+        "an accepted event was lost"
+    );
     for id in &accepted {
         assert!(
-            db.find("test.ledger", &[("event_id", json!(id))]).await.is_some(),
+            db.find("test.ledger", &[("event_id", json!(id))])
+                .await
+                .is_some(),
             "accepted event {id} was not applied"
         );
     }
-    assert_eq!(db.count("test.ledger").await, stored, "every stored event was applied");
-    assert_eq!(db.count_where("test.ledger", "applied <> 1").await, 0, "nothing was applied twice");
-    assert_eq!(db.count_where("integrations.deliveries", "status <> 'delivered'").await, 0);
+    assert_eq!(
+        db.count("test.ledger").await,
+        stored,
+        "every stored event was applied"
+    );
+    assert_eq!(
+        db.count_where("test.ledger", "applied <> 1").await,
+        0,
+        "nothing was applied twice"
+    );
+    assert_eq!(
+        db.count_where("integrations.deliveries", "status <> 'delivered'")
+            .await,
+        0
+    );
     engine.shutdown().await;
 }

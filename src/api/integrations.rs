@@ -268,7 +268,10 @@ async fn switch(
     ),
     security(("api_key" = []))
 )]
-pub async fn reload(Admin(caller): Admin, State(state): State<AppState>) -> Result<Json<ReloadOutcome>, ApiError> {
+pub async fn reload(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+) -> Result<Json<ReloadOutcome>, ApiError> {
     caller.require_platform()?;
     let Some(reloader) = state.reloader.clone() else {
         return Err(ApiError::unavailable(
@@ -284,7 +287,12 @@ pub async fn reload(Admin(caller): Admin, State(state): State<AppState>) -> Resu
         .errors
         .iter()
         .map(|d| super::error::FieldError {
-            pointer: format!("{}:{}:{}", d.file.display(), d.position.line, d.position.column),
+            pointer: format!(
+                "{}:{}:{}",
+                d.file.display(),
+                d.position.line,
+                d.position.column
+            ),
             message: format!("{} [{}]", d.message, d.code),
         })
         .collect();

@@ -127,7 +127,11 @@ impl From<&crate::reload::ReloadOutcome> for ReloadOutcome {
                 .and_then(|v| v.as_str().map(str::to_owned)),
             swapped: outcome.swapped,
             duration_ms: Some(outcome.duration_ms),
-            files_changed: outcome.files_changed.iter().map(|p| p.display().to_string()).collect(),
+            files_changed: outcome
+                .files_changed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
             added: outcome.added.clone(),
             changed: outcome.changed.clone(),
             removed: outcome.removed.clone(),

@@ -92,7 +92,12 @@ fn resolve<'s>(root: &'s Value, schema: &'s Value) -> &'s Value {
     schema
 }
 
-fn lookup<'s>(root: &'s Value, schema: &'s Value, segments: &[Segment], depth: usize) -> Lookup<'s> {
+fn lookup<'s>(
+    root: &'s Value,
+    schema: &'s Value,
+    segments: &[Segment],
+    depth: usize,
+) -> Lookup<'s> {
     let schema = resolve(root, schema);
     let Some(first) = segments.first() else {
         return Lookup::Found(schema);
@@ -105,7 +110,12 @@ fn lookup<'s>(root: &'s Value, schema: &'s Value, segments: &[Segment], depth: u
     let mut known = Vec::new();
     let mut branches = 0;
     for keyword in ["allOf", "anyOf", "oneOf"] {
-        for branch in object.get(keyword).and_then(Value::as_array).into_iter().flatten() {
+        for branch in object
+            .get(keyword)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             branches += 1;
             match lookup(root, branch, segments, depth) {
                 Lookup::Missing { known: k, .. } => known.extend(k),
@@ -207,7 +217,12 @@ impl Contracts {
 
 fn parse_one(root: &Path, file: &SourceFile) -> Result<Contract, Box<Diagnostic>> {
     let bad = |position: Position, message: String| {
-        Box::new(Diagnostic::error(&file.path, position, Code::InvalidContract, message))
+        Box::new(Diagnostic::error(
+            &file.path,
+            position,
+            Code::InvalidContract,
+            message,
+        ))
     };
     let relative = file.path.strip_prefix(root).unwrap_or(&file.path);
     let parts: Vec<String> = relative
@@ -275,12 +290,21 @@ mod tests {
             },
             "$defs": {"candidate": {"type": "object", "properties": {"email": {"type": "string"}}}}
         }));
-        assert!(matches!(c.lookup(&keys("candidate.email")), Lookup::Found(_)));
+        assert!(matches!(
+            c.lookup(&keys("candidate.email")),
+            Lookup::Found(_)
+        ));
         assert_eq!(
             c.lookup(&keys("candidate.emial")),
-            Lookup::Missing { at: 1, known: vec!["email".into()] }
+            Lookup::Missing {
+                at: 1,
+                known: vec!["email".into()]
+            }
         );
-        assert!(matches!(c.lookup(&[Segment::Key("tags".into()), Segment::Index(0)]), Lookup::Found(_)));
+        assert!(matches!(
+            c.lookup(&[Segment::Key("tags".into()), Segment::Index(0)]),
+            Lookup::Found(_)
+        ));
         // An object with no declared properties is open.
         assert_eq!(c.lookup(&keys("extra.anything")), Lookup::Open);
     }
@@ -296,12 +320,17 @@ mod tests {
         assert!(matches!(c.lookup(&keys("a")), Lookup::Found(_)));
         assert!(matches!(c.lookup(&keys("zzz")), Lookup::Found(_)));
         let closed = contract(json!({"allOf": [{"properties": {"a": {}}}]}));
-        assert!(matches!(closed.lookup(&keys("b")), Lookup::Missing { at: 0, .. }));
+        assert!(matches!(
+            closed.lookup(&keys("b")),
+            Lookup::Missing { at: 0, .. }
+        ));
     }
 
     #[test]
     fn violations_point_into_data() {
-        let c = contract(json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}));
+        let c = contract(
+            json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}),
+        );
         assert!(c.violations(&json!({"id": "x"})).is_empty());
         let v = c.violations(&json!({"id": 3}));
         assert_eq!(v[0].pointer, "/data/id");

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use super::contract::{Contract, Contracts, Lookup, Segment};
 use super::ident::{Ident, TableName};
 use super::route::{
-    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans, ValueExpr,
+    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans,
+    ValueExpr,
 };
 use super::template::{
     Analyser, TemplateForm, TemplateProblemKind, TemplateSources, classify, is_template,
@@ -64,15 +65,24 @@ impl<'a> FileCompiler<'a> {
         }
     }
 
-    fn error(&mut self, position: Position, code: Code, message: impl Into<String>) -> &mut Diagnostic {
+    fn error(
+        &mut self,
+        position: Position,
+        code: Code,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.diagnostics
             .push(Diagnostic::error(&self.file.path, position, code, message));
         self.diagnostics.last_mut().expect("just pushed")
     }
 
     fn warning(&mut self, position: Position, code: Code, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::warning(&self.file.path, position, code, message));
+        self.diagnostics.push(Diagnostic::warning(
+            &self.file.path,
+            position,
+            code,
+            message,
+        ));
     }
 
     fn at(&self, pointer: &str) -> Position {
@@ -90,7 +100,12 @@ impl<'a> FileCompiler<'a> {
     /// it, when known: the needle is then taken as the same occurrence in
     /// the source (the second `candidate` of a template that names it
     /// twice, the right line of a block scalar), not merely the first.
-    fn locate(&self, pointer: &str, needle: Option<&str>, within: Option<(&str, usize)>) -> Position {
+    fn locate(
+        &self,
+        pointer: &str,
+        needle: Option<&str>,
+        within: Option<(&str, usize)>,
+    ) -> Position {
         let document = &self.file.document;
         let Some(node) = document.spans.node(pointer) else {
             return self.at(pointer);
@@ -98,7 +113,9 @@ impl<'a> FileCompiler<'a> {
         let Some(needle) = needle.filter(|n| !n.is_empty()) else {
             return node.start;
         };
-        let raw = document.source.slice(node.start_index, node.end_index.max(node.start_index));
+        let raw = document
+            .source
+            .slice(node.start_index, node.end_index.max(node.start_index));
         // Should a block scalar's span include its `|` or `>` header line,
         // the content starts after it.
         let content = match node.style {
@@ -108,7 +125,10 @@ impl<'a> FileCompiler<'a> {
             _ => 0,
         };
         let nth = within.map_or(0, |(value, offset)| {
-            value.match_indices(needle).take_while(|(i, _)| *i < offset).count()
+            value
+                .match_indices(needle)
+                .take_while(|(i, _)| *i < offset)
+                .count()
         });
         let found = raw[content..]
             .match_indices(needle)
@@ -139,7 +159,10 @@ impl<'a> FileCompiler<'a> {
                     .unwrap_or("")
                     .to_owned();
                 let valid = !stem.is_empty()
-                    && stem.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && stem
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
                     && stem
                         .chars()
                         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
@@ -149,7 +172,8 @@ impl<'a> FileCompiler<'a> {
                         Code::InvalidValue,
                         format!("the file name `{stem}` cannot serve as the integration id"),
                     )
-                    .help = Some("add an `id:` of lowercase letters, digits, `-`, `_` and `.`".into());
+                    .help =
+                        Some("add an `id:` of lowercase letters, digits, `-`, `_` and `.`".into());
                 }
                 stem
             }
@@ -165,7 +189,11 @@ impl<'a> FileCompiler<'a> {
         let mut hasher = DefaultHasher::new();
         self.file.document.source.text.hash(&mut hasher);
         let ok = !self.schema_errors && !self.diagnostics.iter().any(Diagnostic::is_error);
-        let id_position = if model.id.is_some() { self.at("/id") } else { Position::START };
+        let id_position = if model.id.is_some() {
+            self.at("/id")
+        } else {
+            Position::START
+        };
         let integration = Integration {
             id,
             id_position,
@@ -244,7 +272,11 @@ impl<'a> FileCompiler<'a> {
                 Err(_) if self.schema_errors => {}
                 Err(error) => {
                     let position = self.at(&format!("{pointer}/steps/{step_index}"));
-                    self.error(position, Code::InvalidStep, format!("cannot read this step: {error}"));
+                    self.error(
+                        position,
+                        Code::InvalidStep,
+                        format!("cannot read this step: {error}"),
+                    );
                 }
             }
         }
@@ -254,7 +286,11 @@ impl<'a> FileCompiler<'a> {
             .steps
             .iter()
             .enumerate()
-            .filter_map(|(i, raw)| raw.get("as").and_then(Value::as_str).map(|n| (n.to_owned(), i)))
+            .filter_map(|(i, raw)| {
+                raw.get("as")
+                    .and_then(Value::as_str)
+                    .map(|n| (n.to_owned(), i))
+            })
             .collect();
         self.check_binds(&pointer, &binds);
 
@@ -282,7 +318,13 @@ impl<'a> FileCompiler<'a> {
                 steps.push(step);
             }
         }
-        let ordinal = self.file.model.routes.iter().filter(|r| r.index < index && r.on == model.on).count();
+        let ordinal = self
+            .file
+            .model
+            .routes
+            .iter()
+            .filter(|r| r.index < index && r.on == model.on)
+            .count();
         Some(Route {
             index,
             ordinal,
@@ -304,18 +346,29 @@ impl<'a> FileCompiler<'a> {
                     Code::DuplicateName,
                     format!("`{name}` is reserved for the event; choose another `as` name"),
                 );
-            } else if let Some((_, first)) = binds[..position_in_list].iter().find(|(n, _)| n == name) {
+            } else if let Some((_, first)) =
+                binds[..position_in_list].iter().find(|(n, _)| n == name)
+            {
                 let position = self.at(&pointer);
                 self.error(
                     position,
                     Code::DuplicateName,
-                    format!("`{name}` is already bound by step {} of this route", first + 1),
+                    format!(
+                        "`{name}` is already bound by step {} of this route",
+                        first + 1
+                    ),
                 );
             }
         }
     }
 
-    fn step(&mut self, pointer: &str, index: usize, model: &StepModel, scope: &Scope<'_>) -> Option<Step> {
+    fn step(
+        &mut self,
+        pointer: &str,
+        index: usize,
+        model: &StepModel,
+        scope: &Scope<'_>,
+    ) -> Option<Step> {
         let (when, description) = match model {
             StepModel::Find(m) => (&m.when, &m.description),
             StepModel::Upsert(m) => (&m.when, &m.description),
@@ -410,11 +463,16 @@ impl<'a> FileCompiler<'a> {
         let mut columns = Vec::new();
         for (section, map) in sections {
             for (column, value) in map {
-                let column_pointer = format!("{pointer}/{section}/{}", escape_pointer_token(column));
+                let column_pointer =
+                    format!("{pointer}/{section}/{}", escape_pointer_token(column));
                 let value_pointer = match value {
                     Value::Object(o) if o.contains_key("path") => format!("{column_pointer}/path"),
-                    Value::Object(o) if o.contains_key("value") => format!("{column_pointer}/value"),
-                    Value::Object(o) if o.contains_key("template") => format!("{column_pointer}/template"),
+                    Value::Object(o) if o.contains_key("value") => {
+                        format!("{column_pointer}/value")
+                    }
+                    Value::Object(o) if o.contains_key("template") => {
+                        format!("{column_pointer}/template")
+                    }
                     _ => column_pointer.clone(),
                 };
                 columns.push(ColumnSpan {
@@ -427,7 +485,9 @@ impl<'a> FileCompiler<'a> {
         }
         StepSpans {
             table: self.at(&format!("{pointer}/{keyword}")),
-            key: (0..key.len()).map(|i| self.at(&format!("{pointer}/key/{i}"))).collect(),
+            key: (0..key.len())
+                .map(|i| self.at(&format!("{pointer}/key/{i}")))
+                .collect(),
             columns,
         }
     }
@@ -437,7 +497,11 @@ impl<'a> FileCompiler<'a> {
             Ok(table) => Some(table),
             Err(error) => {
                 let position = self.at(pointer);
-                self.error(position, Code::InvalidIdentifier, format!("table `{text}`: {error}"));
+                self.error(
+                    position,
+                    Code::InvalidIdentifier,
+                    format!("table `{text}`: {error}"),
+                );
                 None
             }
         }
@@ -449,14 +513,23 @@ impl<'a> FileCompiler<'a> {
         match Ident::parse(name) {
             Ok(ident) => Some(ident),
             Err(error) => {
-                let position = if as_key { self.key_at(pointer) } else { self.at(pointer) };
+                let position = if as_key {
+                    self.key_at(pointer)
+                } else {
+                    self.at(pointer)
+                };
                 self.error(position, Code::InvalidIdentifier, format!("column {error}"));
                 None
             }
         }
     }
 
-    fn columns(&mut self, pointer: &str, raw: &Map<String, Value>, scope: &Scope<'_>) -> Option<Columns> {
+    fn columns(
+        &mut self,
+        pointer: &str,
+        raw: &Map<String, Value>,
+        scope: &Scope<'_>,
+    ) -> Option<Columns> {
         let mut columns = Vec::new();
         let mut ok = true;
         for (name, value) in raw {
@@ -474,14 +547,22 @@ impl<'a> FileCompiler<'a> {
     /// Compiles a value expression at `pointer`.
     fn value(&mut self, pointer: &str, raw: &Value, scope: &Scope<'_>) -> Option<ValueExpr> {
         match raw {
-            Value::String(text) if text.starts_with('$') => self.path(pointer, text, None, false, scope),
+            Value::String(text) if text.starts_with('$') => {
+                self.path(pointer, text, None, false, scope)
+            }
             Value::String(text) if is_template(text) => {
                 let (id, source) = self.template(pointer, text, scope)?;
                 Some(ValueExpr::Template { id, source })
             }
             Value::Object(object) if object.contains_key("path") => {
-                let text = object.get("path").and_then(Value::as_str).unwrap_or_default();
-                let required = object.get("required").and_then(Value::as_bool).unwrap_or(false);
+                let text = object
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let required = object
+                    .get("required")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 self.path(
                     &format!("{pointer}/path"),
                     text,
@@ -491,13 +572,16 @@ impl<'a> FileCompiler<'a> {
                 )
             }
             Value::Object(object) if object.contains_key("template") => {
-                let text = object.get("template").and_then(Value::as_str).unwrap_or_default();
+                let text = object
+                    .get("template")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let (id, source) = self.template(&format!("{pointer}/template"), text, scope)?;
                 Some(ValueExpr::Template { id, source })
             }
-            Value::Object(object) if object.contains_key("value") => {
-                Some(ValueExpr::Literal(object.get("value").cloned().unwrap_or(Value::Null)))
-            }
+            Value::Object(object) if object.contains_key("value") => Some(ValueExpr::Literal(
+                object.get("value").cloned().unwrap_or(Value::Null),
+            )),
             Value::Object(object) => {
                 let mut entries = Vec::new();
                 let mut ok = true;
@@ -536,10 +620,17 @@ impl<'a> FileCompiler<'a> {
         let path = match JsonPath::parse(text) {
             Ok(path) => path,
             Err(error) => {
-                let needle = error.offset.map(|offset| text.chars().skip(offset).take(8).collect::<String>());
-                let within = error
+                let needle = error
                     .offset
-                    .map(|offset| (text, text.char_indices().nth(offset).map_or(text.len(), |(byte, _)| byte)));
+                    .map(|offset| text.chars().skip(offset).take(8).collect::<String>());
+                let within = error.offset.map(|offset| {
+                    (
+                        text,
+                        text.char_indices()
+                            .nth(offset)
+                            .map_or(text.len(), |(byte, _)| byte),
+                    )
+                });
                 let position = self.locate(pointer, needle.as_deref(), within);
                 self.error(
                     position,
@@ -606,7 +697,9 @@ impl<'a> FileCompiler<'a> {
         }
         let Some(contract) = contract else { return };
         if let Lookup::Missing { at, known } = contract.lookup(&segments[1..]) {
-            let Segment::Key(field) = &segments[1 + at] else { return };
+            let Segment::Key(field) = &segments[1 + at] else {
+                return;
+            };
             let shown: Vec<String> = segments[..=1 + at]
                 .iter()
                 .map(|s| match s {
@@ -635,7 +728,12 @@ impl<'a> FileCompiler<'a> {
     }
 
     /// Compiles and checks a template string at `pointer`.
-    fn template(&mut self, pointer: &str, text: &str, scope: &Scope<'_>) -> Option<(super::template::TemplateId, String)> {
+    fn template(
+        &mut self,
+        pointer: &str,
+        text: &str,
+        scope: &Scope<'_>,
+    ) -> Option<(super::template::TemplateId, String)> {
         let form = classify(text);
         let analysis = self.analyser.analyse(&form);
         let source = match &form {
@@ -655,21 +753,21 @@ impl<'a> FileCompiler<'a> {
         let mut ok = true;
         for problem in &analysis.problems {
             ok = false;
-            let needle = problem
-                .needle
+            let needle = problem.needle.clone().or_else(|| {
+                problem.range.clone().map(|range| {
+                    let (start, end) = char_range(source, range);
+                    let snippet = &source[start..end];
+                    if snippet.trim().is_empty() {
+                        source[start..].chars().take(8).collect()
+                    } else {
+                        snippet.to_owned()
+                    }
+                })
+            });
+            let offset = problem
+                .range
                 .clone()
-                .or_else(|| {
-                    problem.range.clone().map(|range| {
-                        let (start, end) = char_range(source, range);
-                        let snippet = &source[start..end];
-                        if snippet.trim().is_empty() {
-                            source[start..].chars().take(8).collect()
-                        } else {
-                            snippet.to_owned()
-                        }
-                    })
-                });
-            let offset = problem.range.clone().map(|range| char_range(source, range).0);
+                .map(|range| char_range(source, range).0);
             let position = self.locate(pointer, needle.as_deref(), offset.and_then(within));
             let code = match problem.kind {
                 TemplateProblemKind::Syntax => Code::InvalidTemplate,
@@ -678,7 +776,11 @@ impl<'a> FileCompiler<'a> {
             self.error(position, code, format!("{what}: {}", problem.message));
         }
         // Only a template that parses has names to check.
-        if analysis.problems.iter().any(|p| p.kind == TemplateProblemKind::Syntax) {
+        if analysis
+            .problems
+            .iter()
+            .any(|p| p.kind == TemplateProblemKind::Syntax)
+        {
             return None;
         }
         for name in &analysis.names {
@@ -690,13 +792,22 @@ impl<'a> FileCompiler<'a> {
                     .collect::<String>()
             });
             if root == "data" || root == "event" {
-                let mut segments: Vec<Segment> =
-                    name.path.split('.').skip(1).map(|s| Segment::Key(s.to_owned())).collect();
+                let mut segments: Vec<Segment> = name
+                    .path
+                    .split('.')
+                    .skip(1)
+                    .map(|s| Segment::Key(s.to_owned()))
+                    .collect();
                 if root == "data" {
                     segments.insert(0, Segment::Key("data".into()));
                 }
                 let before = self.diagnostics.len();
-                self.check_event_field(pointer, &segments, scope.contract, name.offset.and_then(within));
+                self.check_event_field(
+                    pointer,
+                    &segments,
+                    scope.contract,
+                    name.offset.and_then(within),
+                );
                 ok &= self.diagnostics.len() == before;
                 continue;
             }
@@ -709,7 +820,10 @@ impl<'a> FileCompiler<'a> {
                 self.error(
                     position,
                     Code::ForwardReference,
-                    format!("`{root}` is bound by step {}, which runs after this one", step + 1),
+                    format!(
+                        "`{root}` is bound by step {}, which runs after this one",
+                        step + 1
+                    ),
                 );
             } else {
                 let candidates: Vec<&str> = CONTEXT_NAMES
@@ -717,11 +831,14 @@ impl<'a> FileCompiler<'a> {
                     .copied()
                     .chain(scope.defined.iter().map(String::as_str))
                     .collect();
-                let help = did_you_mean(root, candidates.iter().copied()).unwrap_or_else(|| {
-                    format!("templates can use: {}", candidates.join(", "))
-                });
-                self.error(position, Code::UndefinedName, format!("`{root}` is not defined"))
-                    .help = Some(help);
+                let help = did_you_mean(root, candidates.iter().copied())
+                    .unwrap_or_else(|| format!("templates can use: {}", candidates.join(", ")));
+                self.error(
+                    position,
+                    Code::UndefinedName,
+                    format!("`{root}` is not defined"),
+                )
+                .help = Some(help);
             }
         }
         ok.then(|| (self.templates.add(form), text.to_owned()))
@@ -795,7 +912,10 @@ impl<'a> FileCompiler<'a> {
                         self.error(
                             position,
                             Code::EmitContract,
-                            format!("`{key}` does not fit the contract for {target}/{event}: {}", error.masked()),
+                            format!(
+                                "`{key}` does not fit the contract for {target}/{event}: {}",
+                                error.masked()
+                            ),
                         );
                     }
                 }

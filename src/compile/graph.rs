@@ -19,17 +19,19 @@ fn duplicate_ids(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<&str, &Integration> = HashMap::new();
     for integration in integrations {
         if let Some(first) = seen.get(integration.id.as_str()) {
-            out.push(Diagnostic::error(
-                &integration.file,
-                integration.id_position,
-                Code::DuplicateId,
-                format!(
-                    "integration id `{}` is already used by {}",
-                    integration.id,
-                    first.file.display()
-                ),
-            )
-            .with_help("ids default to the file name; set a distinct `id:`"));
+            out.push(
+                Diagnostic::error(
+                    &integration.file,
+                    integration.id_position,
+                    Code::DuplicateId,
+                    format!(
+                        "integration id `{}` is already used by {}",
+                        integration.id,
+                        first.file.display()
+                    ),
+                )
+                .with_help("ids default to the file name; set a distinct `id:`"),
+            );
         } else {
             seen.insert(&integration.id, integration);
         }
@@ -45,10 +47,17 @@ fn conflicting_writes(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
         let mut own = HashSet::new();
         for route in &integration.routes {
             for step in &route.steps {
-                let StepKind::Upsert { table, key, .. } = &step.kind else { continue };
+                let StepKind::Upsert { table, key, .. } = &step.kind else {
+                    continue;
+                };
                 let mut key: Vec<String> = key.iter().map(|k| k.as_str().to_owned()).collect();
                 key.sort();
-                let write = (integration.source.clone(), route.on.clone(), table.to_string(), key);
+                let write = (
+                    integration.source.clone(),
+                    route.on.clone(),
+                    table.to_string(),
+                    key,
+                );
                 if !own.insert(write.clone()) {
                     continue;
                 }
@@ -107,7 +116,9 @@ fn emit_cycles(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
     for integration in integrations {
         for route in &integration.routes {
             for step in &route.steps {
-                let StepKind::Emit { event, .. } = &step.kind else { continue };
+                let StepKind::Emit { event, .. } = &step.kind else {
+                    continue;
+                };
                 let from = node_id((integration.source.clone(), route.on.clone()), &mut nodes);
                 let to = node_id((integration.target.clone(), event.clone()), &mut nodes);
                 edges.resize_with(nodes.len(), Vec::new);

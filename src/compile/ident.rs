@@ -22,7 +22,9 @@ pub enum IdentError {
     Empty,
     #[error("`{0}` is longer than {MAX_IDENT_LEN} characters")]
     TooLong(String),
-    #[error("`{0}` is not a valid SQL identifier: use lowercase letters, digits and `_`, not starting with a digit")]
+    #[error(
+        "`{0}` is not a valid SQL identifier: use lowercase letters, digits and `_`, not starting with a digit"
+    )]
     Invalid(String),
 }
 
@@ -103,7 +105,17 @@ mod tests {
         for good in ["a", "_a", "employees", "employee_payroll_map", "a1"] {
             assert!(Ident::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "1a", "A", "a-b", "a b", "a;drop", "a\"b", "é", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1a",
+            "A",
+            "a-b",
+            "a b",
+            "a;drop",
+            "a\"b",
+            "é",
+            &"x".repeat(64),
+        ] {
             assert!(Ident::parse(bad).is_err(), "{bad}");
         }
     }

@@ -19,7 +19,8 @@ use crate::config::{self, ConfigDir};
 use crate::diagnostics::{self, Code, Diagnostic, Position};
 use contract::Contracts;
 pub use route::{
-    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans, ValueExpr,
+    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans,
+    ValueExpr,
 };
 use template::{Analyser, TemplateSet, TemplateSources};
 
@@ -101,7 +102,8 @@ pub fn compile(dir: &ConfigDir, number: u64) -> Compilation {
         diagnostics.extend(load_diagnostics);
         let Some(loaded) = loaded else { continue };
         let (integration, _fit, file_diagnostics) =
-            file::FileCompiler::new(&loaded, &analyser, &contracts, &mut sources, schema_errors).compile();
+            file::FileCompiler::new(&loaded, &analyser, &contracts, &mut sources, schema_errors)
+                .compile();
         diagnostics.extend(file_diagnostics);
         // Integrations with errors still take part in the checks across
         // files; any error keeps the whole directory from going live.
@@ -123,7 +125,13 @@ pub fn compile(dir: &ConfigDir, number: u64) -> Compilation {
         None
     } else {
         match TemplateSet::build(sources) {
-            Ok(templates) => Some(assemble(number, integrations, contracts, templates, &diagnostics)),
+            Ok(templates) => Some(assemble(
+                number,
+                integrations,
+                contracts,
+                templates,
+                &diagnostics,
+            )),
             Err(error) => {
                 // Analysis accepted every template, so this is a bug; report
                 // it as a diagnostic rather than panic in a running server.

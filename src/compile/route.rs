@@ -227,7 +227,11 @@ impl ValueExpr {
             ),
             ValueExpr::Array(items) => format!(
                 "[{}]",
-                items.iter().map(ValueExpr::source).collect::<Vec<_>>().join(", ")
+                items
+                    .iter()
+                    .map(ValueExpr::source)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }

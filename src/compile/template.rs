@@ -16,7 +16,9 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use minijinja::machinery::{Token, tokenize};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Value;
-use minijinja::{AutoEscape, Environment, Error, ErrorKind, Expression, Template, UndefinedBehavior};
+use minijinja::{
+    AutoEscape, Environment, Error, ErrorKind, Expression, Template, UndefinedBehavior,
+};
 
 /// Instructions one template render may execute before it is stopped.
 pub const FUEL: u64 = 50_000;
@@ -226,7 +228,11 @@ impl Analyser {
                 .filter_map(Result::ok)
                 .collect();
         let unknown_calls = self.check_callables(&tokens, &mut analysis);
-        let mut names: Vec<String> = names.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut names: Vec<String> = names
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         // `undeclared_variables` reports builtin functions it cannot know
         // are globals; they are not context names. Nor are calls to unknown
         // functions, already reported as such.
@@ -477,8 +483,14 @@ mod tests {
     fn busbar_filters_format_dates() {
         let env = environment();
         let render = |src: &str| env.render_str(src, ()).unwrap();
-        assert_eq!(render("{{ '2026-03-01T22:30:00-05:00' | date }}"), "2026-03-02");
-        assert_eq!(render("{{ '2026-03-01' | date('%d/%m/%Y') }}"), "01/03/2026");
+        assert_eq!(
+            render("{{ '2026-03-01T22:30:00-05:00' | date }}"),
+            "2026-03-02"
+        );
+        assert_eq!(
+            render("{{ '2026-03-01' | date('%d/%m/%Y') }}"),
+            "01/03/2026"
+        );
         assert_eq!(
             render("{{ '2026-03-01T22:30:00-05:00' | datetime }}"),
             "2026-03-02T03:30:00Z"

@@ -177,7 +177,15 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "find" => &["find", "where", "missing", "as", "when", "description"],
         "upsert" => &["upsert", "key", "values", "as", "when", "description"],
-        "update" => &["update", "where", "set", "missing", "as", "when", "description"],
+        "update" => &[
+            "update",
+            "where",
+            "set",
+            "missing",
+            "as",
+            "when",
+            "description",
+        ],
         "delete" => &["delete", "where", "missing", "when", "description"],
         _ => &["emit", "data", "when", "description"],
     }
@@ -192,7 +200,9 @@ impl StepModel {
         let kind = ["find", "upsert", "update", "delete", "emit"]
             .into_iter()
             .find(|k| has(k))
-            .ok_or_else(|| serde::de::Error::custom("a step needs one of find, upsert, update, delete, emit"))?;
+            .ok_or_else(|| {
+                serde::de::Error::custom("a step needs one of find, upsert, update, delete, emit")
+            })?;
         let mut value = value.clone();
         if let Value::Object(object) = &mut value {
             object.retain(|key, _| allowed_keys(kind).contains(&key.as_str()));

@@ -76,7 +76,9 @@ fn step_kind_problem(
             let help = step
                 .keys()
                 .find_map(|key| did_you_mean(key, STEP_KINDS))
-                .unwrap_or_else(|| format!("start the step with one of: {}", STEP_KINDS.join(", ")));
+                .unwrap_or_else(|| {
+                    format!("start the step with one of: {}", STEP_KINDS.join(", "))
+                });
             Some(
                 Diagnostic::error(
                     file,
@@ -123,7 +125,10 @@ fn what(pointer: &str) -> String {
         Some((_, last)) if last.parse::<usize>().is_ok() => {
             let parent = pointer.rsplit_once('/').map(|p| p.0).unwrap_or("");
             let parent_name = parent.rsplit('/').next().unwrap_or("");
-            format!("item {} of `{parent_name}`", last.parse::<usize>().unwrap_or(0) + 1)
+            format!(
+                "item {} of `{parent_name}`",
+                last.parse::<usize>().unwrap_or(0) + 1
+            )
         }
         Some((_, last)) => format!("`{}`", last.replace("~1", "/").replace("~0", "~")),
     }
@@ -190,7 +195,12 @@ pub(crate) fn describe_error(
     let spans = &document.spans;
     let instance = error.instance();
     let one = |code: Code, message: String| {
-        vec![Diagnostic::error(file, spans.position(pointer), code, message)]
+        vec![Diagnostic::error(
+            file,
+            spans.position(pointer),
+            code,
+            message,
+        )]
     };
     match error.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
@@ -212,10 +222,8 @@ pub(crate) fn describe_error(
                     if let Some(help) = did_you_mean(key, allowed.iter().copied()) {
                         diagnostic = diagnostic.with_help(help);
                     } else if !allowed.is_empty() {
-                        diagnostic = diagnostic.with_help(format!(
-                            "allowed here: {}",
-                            allowed.join(", ")
-                        ));
+                        diagnostic =
+                            diagnostic.with_help(format!("allowed here: {}", allowed.join(", ")));
                     }
                     diagnostic
                 })
@@ -319,7 +327,8 @@ mod tests {
         validate(Path::new("t.yaml"), &doc.unwrap())
     }
 
-    const VALID: &str = "source: a\ntarget: b\nroutes:\n  - on: x.y\n    steps:\n      - emit: z.w\n";
+    const VALID: &str =
+        "source: a\ntarget: b\nroutes:\n  - on: x.y\n    steps:\n      - emit: z.w\n";
 
     #[test]
     fn a_minimal_file_is_valid() {
@@ -337,7 +346,9 @@ mod tests {
 
     #[test]
     fn a_step_without_kind_is_one_diagnostic() {
-        let diags = check("source: a\ntarget: b\nroutes:\n  - on: x.y\n    steps:\n      - upsrt: t\n        key: [a]\n");
+        let diags = check(
+            "source: a\ntarget: b\nroutes:\n  - on: x.y\n    steps:\n      - upsrt: t\n        key: [a]\n",
+        );
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert_eq!(diags[0].code, Code::InvalidStep);
         assert_eq!(diags[0].help.as_deref(), Some("did you mean `upsert`?"));
@@ -345,7 +356,9 @@ mod tests {
 
     #[test]
     fn upsert_without_key_has_its_own_code() {
-        let diags = check("source: a\ntarget: b\nroutes:\n  - on: x.y\n    steps:\n      - upsert: t\n        values: {a: 1}\n");
+        let diags = check(
+            "source: a\ntarget: b\nroutes:\n  - on: x.y\n    steps:\n      - upsert: t\n        values: {a: 1}\n",
+        );
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert_eq!(diags[0].code, Code::UpsertWithoutKey);
     }

@@ -413,7 +413,10 @@ impl<'f> Builder<'f> {
             Some(tag) if !tag.is_yaml_core_schema() => self.fail(
                 span,
                 Code::YamlUnsupported,
-                format!("custom YAML tag `{}{}` is not supported", tag.handle, tag.suffix),
+                format!(
+                    "custom YAML tag `{}{}` is not supported",
+                    tag.handle, tag.suffix
+                ),
             ),
             _ => Ok(()),
         }
@@ -427,7 +430,9 @@ impl<'f> Builder<'f> {
         span: Span,
     ) -> Result<Value, Box<Diagnostic>> {
         let Some(scalar) = Scalar::parse_from_cow_and_metadata(text.clone(), style, tag) else {
-            let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix)).unwrap_or_default();
+            let tag = tag
+                .map(|t| format!("{}{}", t.handle, t.suffix))
+                .unwrap_or_default();
             return Err(Box::new(Diagnostic::error(
                 self.file,
                 position(span.start),
@@ -538,9 +543,15 @@ mod tests {
         assert_eq!(doc.spans.position("/id"), Position::new(1, 5));
         assert_eq!(doc.spans.key_position("/id"), Position::new(1, 1));
         assert_eq!(doc.spans.position("/routes/0/on"), Position::new(3, 9));
-        assert_eq!(doc.spans.key_position("/routes/0/steps"), Position::new(4, 5));
+        assert_eq!(
+            doc.spans.key_position("/routes/0/steps"),
+            Position::new(4, 5)
+        );
         // A pointer that does not exist falls back to its nearest ancestor.
-        assert_eq!(doc.spans.position("/routes/0/missing"), doc.spans.position("/routes/0"));
+        assert_eq!(
+            doc.spans.position("/routes/0/missing"),
+            doc.spans.position("/routes/0")
+        );
     }
 
     #[test]

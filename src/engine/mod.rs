@@ -210,7 +210,11 @@ pub struct Engine {
 
 impl Engine {
     /// Starts publishers, workers and the outbox router on `generation`.
-    pub async fn start(store: Store, generation: Generation, config: EngineConfig) -> Result<Engine, StoreError> {
+    pub async fn start(
+        store: Store,
+        generation: Generation,
+        config: EngineConfig,
+    ) -> Result<Engine, StoreError> {
         let states = {
             let mut tx = store.begin_read().await?;
             let states = events::integration_states(&mut tx).await?;
@@ -257,7 +261,11 @@ impl Engine {
     }
 
     /// Validates an event envelope sent as JSON and publishes it.
-    pub async fn publish_json(&self, event: &Value, idempotency_key: Option<String>) -> Result<Published, PublishError> {
+    pub async fn publish_json(
+        &self,
+        event: &Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Published, PublishError> {
         let envelope = Envelope::from_json(event).map_err(PublishError::Invalid)?;
         self.publish(PublishRequest {
             envelope,
@@ -274,7 +282,10 @@ impl Engine {
     }
 
     /// Publishes several events in one commit, all or none.
-    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Result<Vec<Published>, PublishError> {
+    pub async fn publish_batch(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Result<Vec<Published>, PublishError> {
         let generation = self.generation();
         let mut violations = Vec::new();
         for (i, request) in requests.iter().enumerate() {
@@ -355,7 +366,12 @@ impl Engine {
 
     /// Enables or disables every integration from `source` to `target`;
     /// persisted. Returns the ids changed (empty: no such integration).
-    pub async fn set_enabled_pair(&self, source: &str, target: &str, enabled: bool) -> Result<Vec<String>, StoreError> {
+    pub async fn set_enabled_pair(
+        &self,
+        source: &str,
+        target: &str,
+        enabled: bool,
+    ) -> Result<Vec<String>, StoreError> {
         let ids: Vec<String> = self
             .generation()
             .integrations
@@ -393,7 +409,11 @@ impl Engine {
 
     /// Requeues one dead delivery (of `organization`, when given). Returns
     /// whether it was dead and is now pending.
-    pub async fn replay_delivery(&self, id: Uuid, organization: Option<Uuid>) -> Result<bool, StoreError> {
+    pub async fn replay_delivery(
+        &self,
+        id: Uuid,
+        organization: Option<Uuid>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.shared.store.begin().await?;
         let count = events::replay(&mut tx, Some(id), None, organization, Time::now()).await?;
         tx.commit().await?;
@@ -403,9 +423,14 @@ impl Engine {
 
     /// Requeues every dead delivery of an integration (of `organization`,
     /// when given). Returns how many.
-    pub async fn replay_integration(&self, integration: &str, organization: Option<Uuid>) -> Result<u64, StoreError> {
+    pub async fn replay_integration(
+        &self,
+        integration: &str,
+        organization: Option<Uuid>,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.shared.store.begin().await?;
-        let count = events::replay(&mut tx, None, Some(integration), organization, Time::now()).await?;
+        let count =
+            events::replay(&mut tx, None, Some(integration), organization, Time::now()).await?;
         tx.commit().await?;
         self.shared.work.raise();
         Ok(count)

@@ -53,7 +53,9 @@ async fn commit(shared: &Shared, jobs: Vec<Job>) {
     let started = std::time::Instant::now();
     let result = async {
         let mut tx = shared.store.begin().await?;
-        let stored = shared.store_events(&mut tx, &generation, &events, Time::now()).await?;
+        let stored = shared
+            .store_events(&mut tx, &generation, &events, Time::now())
+            .await?;
         tx.commit().await?;
         Ok::<_, StoreError>(stored)
     }

@@ -57,7 +57,11 @@ pub(crate) async fn route_batch(shared: &Shared) -> Result<usize, StoreError> {
     if !deliveries.is_empty() {
         shared.work.raise();
     }
-    tracing::debug!(events = ids.len(), deliveries = deliveries.len(), "routed outbox events");
+    tracing::debug!(
+        events = ids.len(),
+        deliveries = deliveries.len(),
+        "routed outbox events"
+    );
     Ok(ids.len())
 }
 

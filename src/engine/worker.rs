@@ -26,8 +26,8 @@ use super::{Shared, retry};
 use crate::compile::{Generation, Integration, Route};
 use crate::envelope::Envelope;
 use crate::mapping::{EventInput, RouteError, RouteOutcome, run_route};
-use crate::store::events::{self, Claimed, NewEvent, Outcome, Status};
 use crate::store::batch::{self, Accesses, BatchedExecutor, SharedQueue};
+use crate::store::events::{self, Claimed, NewEvent, Outcome, Status};
 use crate::store::target::TargetExecutor;
 use crate::store::types::Time;
 use crate::store::{DbTx, StoreError};
@@ -154,7 +154,13 @@ fn plan<'g>(shared: &Shared, generation: &'g Generation, delivery: &Claimed) -> 
     Plan::Run(integration, route)
 }
 
-fn outcome(generation: &Generation, delivery: &Claimed, status: Status, error: Option<String>, step: Option<usize>) -> Outcome {
+fn outcome(
+    generation: &Generation,
+    delivery: &Claimed,
+    status: Status,
+    error: Option<String>,
+    step: Option<usize>,
+) -> Outcome {
     Outcome {
         id: delivery.id,
         status,
@@ -177,9 +183,13 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
         tx.rollback().await?;
         return Ok(Attempt::Done(0));
     }
-    let plans: Vec<Plan<'_>> = claimed.iter().map(|d| plan(shared, generation, d)).collect();
+    let plans: Vec<Plan<'_>> = claimed
+        .iter()
+        .map(|d| plan(shared, generation, d))
+        .collect();
     // One input per event, shared by its deliveries (cheap to clone).
-    let mut by_event: std::collections::HashMap<Uuid, EventInput> = std::collections::HashMap::new();
+    let mut by_event: std::collections::HashMap<Uuid, EventInput> =
+        std::collections::HashMap::new();
     let inputs: Vec<EventInput> = claimed
         .iter()
         .map(|d| {
@@ -197,7 +207,8 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
     runs.resize_with(claimed.len(), || None);
     let mut accesses = Accesses::default();
     let flushed = {
-        type RouteFuture<'a> = Pin<Box<dyn Future<Output = Result<RouteOutcome, RouteError<StoreError>>> + Send + 'a>>;
+        type RouteFuture<'a> =
+            Pin<Box<dyn Future<Output = Result<RouteOutcome, RouteError<StoreError>>> + Send + 'a>>;
         let mut futures: Vec<Option<RouteFuture<'_>>> = plans
             .iter()
             .zip(&inputs)
@@ -205,7 +216,9 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
             .map(|((plan, input), executor)| match plan {
                 Plan::Decided(_) => None,
                 Plan::Run(_, route) => Some(Box::pin(async move {
-                    run_route(route, &generation.templates, input, executor).await.outcome
+                    run_route(route, &generation.templates, input, executor)
+                        .await
+                        .outcome
                 }) as RouteFuture<'_>),
             })
             .collect();
@@ -215,7 +228,10 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
             // live across the flush below.
             for (i, slot) in futures.iter_mut().enumerate() {
                 if let Some(future) = slot {
-                    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    match future
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop()))
+                    {
                         Poll::Ready(result) => {
                             runs[i] = Some(result);
                             *slot = None;
@@ -227,7 +243,9 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
             if waiting == 0 {
                 break Ok(());
             }
-            if let Err(error) = batch::flush(&queue, &mut tx, &shared.store.catalog, &mut accesses).await {
+            if let Err(error) =
+                batch::flush(&queue, &mut tx, &shared.store.catalog, &mut accesses).await
+            {
                 break Err(error);
             }
         }
@@ -248,7 +266,14 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
             Plan::Decided(decided) => decided,
             Plan::Run(integration, _) => {
                 let run = run.expect("every route ran to the end");
-                conclude(generation, delivery, integration, run, executor.wrote, executor.emitted)
+                conclude(
+                    generation,
+                    delivery,
+                    integration,
+                    run,
+                    executor.wrote,
+                    executor.emitted,
+                )
             }
         };
         if result.undo {
@@ -257,13 +282,17 @@ async fn attempt_lockstep(shared: &Shared, generation: &Generation) -> Result<At
         }
         done.push(result);
     }
-    commit(shared, generation, tx, now, done).await?;
+    commit(shared, generation, tx, now, done, &claimed).await?;
     Ok(Attempt::Done(claimed.len()))
 }
 
 /// Runs the batch one delivery after another; with `safe`, each inside a
 /// savepoint.
-async fn attempt_sequential(shared: &Shared, generation: &Generation, safe: bool) -> Result<Attempt, StoreError> {
+async fn attempt_sequential(
+    shared: &Shared,
+    generation: &Generation,
+    safe: bool,
+) -> Result<Attempt, StoreError> {
     let mut tx = shared.store.begin().await?;
     let now = Time::now();
     let claimed = events::claim_due(&mut tx, now, shared.config.batch_size as i64).await?;
@@ -291,7 +320,14 @@ async fn attempt_sequential(shared: &Shared, generation: &Generation, safe: bool
         // A database error may leave the transaction unusable: outside a
         // savepoint, give up on this attempt.
         let database_failed = matches!(&run.outcome, Err(RouteError::Executor { .. }));
-        let result = conclude(generation, delivery, integration, run.outcome, wrote, emitted);
+        let result = conclude(
+            generation,
+            delivery,
+            integration,
+            run.outcome,
+            wrote,
+            emitted,
+        );
         if !safe && (result.undo || database_failed) {
             tx.rollback().await?;
             return Ok(Attempt::Undo);
@@ -304,13 +340,20 @@ async fn attempt_sequential(shared: &Shared, generation: &Generation, safe: bool
         }
         done.push(result);
     }
-    commit(shared, generation, tx, now, done).await?;
+    commit(shared, generation, tx, now, done, &claimed).await?;
     Ok(Attempt::Done(claimed.len()))
 }
 
 /// Stores the emitted events (routed at once), records every outcome, and
 /// commits.
-async fn commit(shared: &Shared, generation: &Generation, mut tx: DbTx, now: Time, done: Vec<Done>) -> Result<(), StoreError> {
+async fn commit(
+    shared: &Shared,
+    generation: &Generation,
+    mut tx: DbTx,
+    now: Time,
+    done: Vec<Done>,
+    claimed: &[Claimed],
+) -> Result<(), StoreError> {
     let mut outcomes = Vec::with_capacity(done.len());
     let mut emitted = Vec::new();
     for result in done {
@@ -318,7 +361,9 @@ async fn commit(shared: &Shared, generation: &Generation, mut tx: DbTx, now: Tim
         emitted.extend(result.emitted);
     }
     if !emitted.is_empty() {
-        shared.store_events(&mut tx, generation, &emitted, now).await?;
+        shared
+            .store_events(&mut tx, generation, &emitted, now)
+            .await?;
     }
     let started = std::time::Instant::now();
     events::record_outcomes(&mut tx, &outcomes, Time::now()).await?;
@@ -328,6 +373,12 @@ async fn commit(shared: &Shared, generation: &Generation, mut tx: DbTx, now: Tim
     tracing::trace!(elapsed = ?started.elapsed(), "committed");
     if !emitted.is_empty() || outcomes.iter().any(|o| o.status == Status::Pending) {
         shared.work.raise();
+    }
+    // `now` is when the batch was claimed: each delivery's time is the
+    // batch's (they ran together).
+    let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
+    for (outcome, delivery) in outcomes.iter().zip(claimed) {
+        crate::telemetry::delivery_finished(&delivery.integration_id, outcome.status, elapsed);
     }
     for outcome in &outcomes {
         if outcome.status == Status::Dead {
@@ -352,7 +403,10 @@ fn conclude(
                 .into_iter()
                 .map(|e| NewEvent {
                     envelope: Envelope {
-                        id: Uuid::new_v5(&EMIT_NAMESPACE, format!("{}/{}", delivery.id, e.step).as_bytes()),
+                        id: Uuid::new_v5(
+                            &EMIT_NAMESPACE,
+                            format!("{}/{}", delivery.id, e.step).as_bytes(),
+                        ),
                         source: integration.target.clone(),
                         event: e.event,
                         organization_id: delivery.event.organization_id,
@@ -395,12 +449,15 @@ fn conclude(
         Err(error) => {
             let attempts = delivery.attempts + 1;
             let step = error.step();
-            let transient = matches!(&error, RouteError::Executor { error, .. } if error.is_transient());
+            let transient =
+                matches!(&error, RouteError::Executor { error, .. } if error.is_transient());
             let message = error.to_string();
             let result = if transient && (attempts as u32) < integration.retry.max_attempts {
                 let wait = retry::backoff(&integration.retry, attempts as u32);
                 Outcome {
-                    next_attempt_at: Time(chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()),
+                    next_attempt_at: Time(
+                        chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    ),
                     ..outcome(generation, delivery, Status::Pending, Some(message), step)
                 }
             } else if transient {
@@ -425,7 +482,10 @@ fn conclude(
 
 /// The route a delivery names: the n-th route of its integration for its
 /// event.
-fn find_route<'g>(generation: &'g Generation, delivery: &Claimed) -> Option<(&'g Integration, &'g Route)> {
+fn find_route<'g>(
+    generation: &'g Generation,
+    delivery: &Claimed,
+) -> Option<(&'g Integration, &'g Route)> {
     let integration = generation.integration(&delivery.integration_id)?;
     let route = integration
         .routes

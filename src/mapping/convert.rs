@@ -86,7 +86,8 @@ mod tests {
 
     #[test]
     fn json_survives_a_round_trip_through_templates() {
-        let value = json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}, "big": 18446744073709551615u64});
+        let value =
+            json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3}, "big": 18446744073709551615u64});
         assert_eq!(to_json(&from_json(&value)).unwrap(), value);
     }
 
@@ -95,7 +96,6 @@ mod tests {
         assert!(to_json(&JinjaValue::UNDEFINED).is_err());
     }
 }
-
 
 /// A lazy template view of a JSON node: nothing is converted until a
 /// template reads it, and then only the nodes on the way.
@@ -130,7 +130,10 @@ impl JsonView {
                 let mut path = Vec::with_capacity(self.path.len() + 1);
                 path.extend(self.path.iter().cloned());
                 path.push(seg);
-                JinjaValue::from_object(JsonView { root: self.root.clone(), path })
+                JinjaValue::from_object(JsonView {
+                    root: self.root.clone(),
+                    path,
+                })
             }
             scalar => from_json(scalar),
         }
@@ -140,14 +143,20 @@ impl JsonView {
 /// The lazy view of `root` itself.
 pub fn view(root: std::sync::Arc<Value>) -> JinjaValue {
     match &*root {
-        Value::Object(_) | Value::Array(_) => JinjaValue::from_object(JsonView { root, path: Vec::new() }),
+        Value::Object(_) | Value::Array(_) => JinjaValue::from_object(JsonView {
+            root,
+            path: Vec::new(),
+        }),
         scalar => from_json(scalar),
     }
 }
 
 /// The lazy view of `root[key]`.
 pub fn view_key(root: std::sync::Arc<Value>, key: &str) -> JinjaValue {
-    let top = JsonView { root, path: Vec::new() };
+    let top = JsonView {
+        root,
+        path: Vec::new(),
+    };
     match top.root.get(key) {
         Some(v) => top.child(PathSeg::Key(key.to_owned()), v),
         None => JinjaValue::from(()),
@@ -179,9 +188,9 @@ impl minijinja::value::Object for JsonView {
 
     fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
         match self.node() {
-            Value::Object(map) => {
-                minijinja::value::Enumerator::Values(map.keys().map(|k| JinjaValue::from(k.as_str())).collect())
-            }
+            Value::Object(map) => minijinja::value::Enumerator::Values(
+                map.keys().map(|k| JinjaValue::from(k.as_str())).collect(),
+            ),
             Value::Array(items) => minijinja::value::Enumerator::Seq(items.len()),
             _ => minijinja::value::Enumerator::Empty,
         }

@@ -19,8 +19,8 @@ use crate::compile::{Guard, ValueExpr};
 use crate::envelope::Envelope;
 pub use jsonpath::MultipleMatches;
 pub use route::{
-    Executor, Row, RouteError, RouteOutcome, RouteRun, StepStatus, StepTrace, describe_step, placeholder,
-    run_route,
+    Executor, RouteError, RouteOutcome, RouteRun, Row, StepStatus, StepTrace, describe_step,
+    placeholder, run_route,
 };
 
 /// Why a value could not be computed. Every variant is permanent: the same
@@ -88,7 +88,11 @@ impl Object for Context {
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         let mut keys: Vec<JinjaValue> = vec!["event".into(), "data".into()];
-        keys.extend(self.bindings.iter().map(|(name, _)| JinjaValue::from(name.as_str())));
+        keys.extend(
+            self.bindings
+                .iter()
+                .map(|(name, _)| JinjaValue::from(name.as_str())),
+        );
         Enumerator::Values(keys)
     }
 }
@@ -144,13 +148,12 @@ impl<'a> Scope<'a> {
                 None => Ok(default.clone().unwrap_or(Value::Null)),
             },
             ValueExpr::Template { id, source } => {
-                let value = self
-                    .templates
-                    .eval(*id, &self.context)
-                    .map_err(|error| MappingError::Template {
+                let value = self.templates.eval(*id, &self.context).map_err(|error| {
+                    MappingError::Template {
                         template: source.clone(),
                         message: describe_error(&error),
-                    })?;
+                    }
+                })?;
                 convert::to_json(&value).map_err(|reason| MappingError::NotJson {
                     template: source.clone(),
                     reason,

@@ -184,7 +184,11 @@ pub enum RouteError<E> {
         error: MappingError,
     },
     /// No row matched and the step says `missing: fail` (permanent).
-    MissingRow { step: usize, what: String, message: String },
+    MissingRow {
+        step: usize,
+        what: String,
+        message: String,
+    },
     /// The database refused or failed; the executor's error says whether
     /// a retry can help.
     Executor { step: usize, what: String, error: E },
@@ -218,7 +222,11 @@ impl<E: fmt::Display> fmt::Display for RouteError<E> {
                 }
                 write!(f, ": {error}")
             }
-            RouteError::MissingRow { step, what, message } => {
+            RouteError::MissingRow {
+                step,
+                what,
+                message,
+            } => {
                 write!(f, "step {} ({what}): {message}", step + 1)
             }
             RouteError::Executor { step, what, error } => {
@@ -304,7 +312,9 @@ async fn run_steps<X: Executor>(
             affected: None,
         };
         if let Some(guard) = &step.when
-            && !scope.test(guard).map_err(|e| mapping_error(Some("when"), e))?
+            && !scope
+                .test(guard)
+                .map_err(|e| mapping_error(Some("when"), e))?
         {
             record.status = StepStatus::PassedOver;
             if let Some(name) = &step.bind {
@@ -313,17 +323,18 @@ async fn run_steps<X: Executor>(
             trace.push(record);
             continue;
         }
-        let eval_columns = |columns: &Columns| -> Result<Vec<(Ident, Value)>, RouteError<X::Error>> {
-            columns
-                .iter()
-                .map(|(column, expr)| {
-                    scope
-                        .eval(expr)
-                        .map(|value| (column.clone(), value))
-                        .map_err(|e| mapping_error(Some(column.as_str()), e))
-                })
-                .collect()
-        };
+        let eval_columns =
+            |columns: &Columns| -> Result<Vec<(Ident, Value)>, RouteError<X::Error>> {
+                columns
+                    .iter()
+                    .map(|(column, expr)| {
+                        scope
+                            .eval(expr)
+                            .map(|value| (column.clone(), value))
+                            .map_err(|e| mapping_error(Some(column.as_str()), e))
+                    })
+                    .collect()
+            };
         let executor_error = |error| RouteError::Executor {
             step: step.index,
             what: what.clone(),
@@ -339,7 +350,10 @@ async fn run_steps<X: Executor>(
                 missing,
             } => {
                 let filter = eval_columns(filter)?;
-                let row = executor.find(table, &filter).await.map_err(executor_error)?;
+                let row = executor
+                    .find(table, &filter)
+                    .await
+                    .map_err(executor_error)?;
                 if row.is_none() {
                     missing_rule = Some(*missing);
                 }
@@ -384,7 +398,10 @@ async fn run_steps<X: Executor>(
                 missing,
             } => {
                 let filter = eval_columns(filter)?;
-                let count = executor.delete(table, &filter).await.map_err(executor_error)?;
+                let count = executor
+                    .delete(table, &filter)
+                    .await
+                    .map_err(executor_error)?;
                 record.affected = Some(count);
                 if count == 0 {
                     missing_rule = Some(*missing);
@@ -409,7 +426,10 @@ async fn run_steps<X: Executor>(
         if let Some(missing) = missing_rule {
             let message = format!(
                 "no row in {} matches {}",
-                step.kind.table().map(ToString::to_string).unwrap_or_default(),
+                step.kind
+                    .table()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 describe_filter(&filter_for_message)
             );
             match missing {

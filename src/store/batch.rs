@@ -94,11 +94,11 @@ impl BatchedExecutor {
 
     fn submit(&self, request: Request) -> Answer {
         let slot: Slot = Arc::new(Mutex::new(None));
-        self.queue
-            .lock()
-            .expect("queue lock")
-            .requests
-            .push((self.delivery, request, slot.clone()));
+        self.queue.lock().expect("queue lock").requests.push((
+            self.delivery,
+            request,
+            slot.clone(),
+        ));
         Answer { slot }
     }
 }
@@ -128,7 +128,11 @@ fn unexpected(reply: Reply) -> StoreError {
 impl Executor for BatchedExecutor {
     type Error = StoreError;
 
-    async fn find(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<Option<Row>, StoreError> {
+    async fn find(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<Option<Row>, StoreError> {
         let request = Request::Find {
             table: table.clone(),
             filter: filter.to_vec(),
@@ -139,7 +143,12 @@ impl Executor for BatchedExecutor {
         }
     }
 
-    async fn upsert(&mut self, table: &TableName, key: &[Ident], values: &[(Ident, Value)]) -> Result<Row, StoreError> {
+    async fn upsert(
+        &mut self,
+        table: &TableName,
+        key: &[Ident],
+        values: &[(Ident, Value)],
+    ) -> Result<Row, StoreError> {
         self.wrote = true;
         let request = Request::Upsert {
             table: table.clone(),
@@ -170,7 +179,11 @@ impl Executor for BatchedExecutor {
         }
     }
 
-    async fn delete(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<u64, StoreError> {
+    async fn delete(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<u64, StoreError> {
         self.wrote = true;
         let request = Request::Delete {
             table: table.clone(),
@@ -217,15 +230,27 @@ pub struct Accesses {
 
 impl Accesses {
     fn record(&mut self, table: &TableName, delivery: usize, write: bool, target: Target) {
-        self.by_table.entry(table.clone()).or_default().push(Access {
-            delivery,
-            write,
-            target,
-        });
+        self.by_table
+            .entry(table.clone())
+            .or_default()
+            .push(Access {
+                delivery,
+                write,
+                target,
+            });
     }
 
-    fn record_row(&mut self, table: &TableName, info: &TableInfo, delivery: usize, write: bool, row: Option<&Row>) {
-        let target = row.and_then(|row| identity(info, row)).map_or(Target::Table, Target::Row);
+    fn record_row(
+        &mut self,
+        table: &TableName,
+        info: &TableInfo,
+        delivery: usize,
+        write: bool,
+        row: Option<&Row>,
+    ) {
+        let target = row
+            .and_then(|row| identity(info, row))
+            .map_or(Target::Table, Target::Row);
         self.record(table, delivery, write, target);
     }
 
@@ -239,9 +264,14 @@ impl Accesses {
             }
             for (i, a) in accesses.iter().enumerate() {
                 for b in &accesses[i + 1..] {
-                    let same = a.target == Target::Table || b.target == Target::Table || a.target == b.target;
+                    let same = a.target == Target::Table
+                        || b.target == Target::Table
+                        || a.target == b.target;
                     if a.delivery != b.delivery && (a.write || b.write) && same {
-                        return Some(format!("deliveries {} and {} both touch {table}", a.delivery, b.delivery));
+                        return Some(format!(
+                            "deliveries {} and {} both touch {table}",
+                            a.delivery, b.delivery
+                        ));
                     }
                 }
             }
@@ -263,14 +293,25 @@ fn identity(info: &TableInfo, row: &Row) -> Option<String> {
     Some(out)
 }
 
+/// Requests of one shape: the delivery, its columns and values, its slot.
+type Group = Vec<(usize, Vec<(Ident, Value)>, Slot)>;
+
+/// An upsert's shape: the table, its key, the columns written.
+type UpsertShape = (TableName, Vec<Ident>, Vec<Ident>);
+
 /// Executes every queued request and answers it. A conversion error
 /// answers only its own request; a database error fails the flush (the
 /// transaction may be unusable).
-pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, accesses: &mut Accesses) -> Result<(), StoreError> {
+pub async fn flush(
+    queue: &SharedQueue,
+    tx: &mut DbTx,
+    catalog: &Catalog,
+    accesses: &mut Accesses,
+) -> Result<(), StoreError> {
     let requests = std::mem::take(&mut queue.lock().expect("queue lock").requests);
     // Group by shape, keeping the order of first appearance.
-    let mut finds: Vec<((TableName, Vec<Ident>), Vec<(usize, Vec<(Ident, Value)>, Slot)>)> = Vec::new();
-    let mut upserts: Vec<((TableName, Vec<Ident>, Vec<Ident>), Vec<(usize, Vec<(Ident, Value)>, Slot)>)> = Vec::new();
+    let mut finds: Vec<((TableName, Vec<Ident>), Group)> = Vec::new();
+    let mut upserts: Vec<(UpsertShape, Group)> = Vec::new();
     let mut singles = Vec::new();
     for (delivery, request, slot) in requests {
         match request {
@@ -300,8 +341,11 @@ pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, access
                 Err(error) => answer(&slot, Err(error)),
             }
         }
+        let started = std::time::Instant::now();
         let rows = find_many(tx, &table, &info, &columns, &lookups).await?;
+        let elapsed = started.elapsed();
         for ((delivery, _, slot), row) in lookups.into_iter().zip(rows) {
+            crate::telemetry::step_finished("find", elapsed);
             accesses.record_row(&table, &info, delivery, false, row.as_ref());
             answer(&slot, Ok(Reply::Found(row)));
         }
@@ -310,7 +354,12 @@ pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, access
         let info = catalog.table(tx, &table).await?;
         let key_positions: Vec<usize> = key
             .iter()
-            .map(|k| columns.iter().position(|c| c == k).expect("the compiler checks that keys are written"))
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c == k)
+                    .expect("the compiler checks that keys are written")
+            })
             .collect();
         let mut pending = Vec::with_capacity(group.len());
         for (delivery, values, slot) in group {
@@ -330,14 +379,33 @@ pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, access
                 };
                 let clash = wave
                     .iter()
-                    .any(|(_, values, _): &(usize, Vec<BindValue>, Slot)| key_of(values) == key_of(&item.1));
-                if clash || !later.is_empty() && later.iter().any(|(_, v, _): &(usize, Vec<BindValue>, Slot)| key_of(v) == key_of(&item.1)) {
+                    .any(|(_, values, _): &(usize, Vec<BindValue>, Slot)| {
+                        key_of(values) == key_of(&item.1)
+                    });
+                if clash
+                    || !later.is_empty()
+                        && later
+                            .iter()
+                            .any(|(_, v, _): &(usize, Vec<BindValue>, Slot)| {
+                                key_of(v) == key_of(&item.1)
+                            })
+                {
                     later.push(item);
                 } else {
                     wave.push(item);
                 }
             }
-            upsert_wave(tx, &table, &info, &key, &columns, &key_positions, wave, accesses).await?;
+            upsert_wave(
+                tx,
+                &table,
+                &info,
+                &key,
+                &columns,
+                &key_positions,
+                wave,
+                accesses,
+            )
+            .await?;
             pending = later;
         }
     }
@@ -346,7 +414,10 @@ pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, access
         let reply = match &request {
             Request::Update { table, filter, set } => {
                 accesses.record(table, delivery, true, Target::Table);
-                executor.update(table, filter, set).await.map(Reply::Updated)
+                executor
+                    .update(table, filter, set)
+                    .await
+                    .map(Reply::Updated)
             }
             Request::Delete { table, filter } => {
                 accesses.record(table, delivery, true, Target::Table);
@@ -355,7 +426,12 @@ pub async fn flush(queue: &SharedQueue, tx: &mut DbTx, catalog: &Catalog, access
             Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped above"),
         };
         match reply {
-            Err(error) if !matches!(error, StoreError::Conversion { .. } | StoreError::NoColumn { .. }) => {
+            Err(error)
+                if !matches!(
+                    error,
+                    StoreError::Conversion { .. } | StoreError::NoColumn { .. }
+                ) =>
+            {
                 return Err(error);
             }
             reply => answer(&slot, reply),
@@ -368,14 +444,20 @@ fn answer(slot: &Slot, reply: Result<Reply, StoreError>) {
     *slot.lock().expect("slot lock") = Some(reply);
 }
 
-fn convert_all(table: &TableName, info: &TableInfo, columns: &[(Ident, Value)]) -> Result<Vec<BindValue>, StoreError> {
+fn convert_all(
+    table: &TableName,
+    info: &TableInfo,
+    columns: &[(Ident, Value)],
+) -> Result<Vec<BindValue>, StoreError> {
     columns
         .iter()
         .map(|(column, value)| {
-            let column_info = info.column(column.as_str()).ok_or_else(|| StoreError::NoColumn {
-                table: table.to_string(),
-                column: column.to_string(),
-            })?;
+            let column_info = info
+                .column(column.as_str())
+                .ok_or_else(|| StoreError::NoColumn {
+                    table: table.to_string(),
+                    column: column.to_string(),
+                })?;
             convert(column_info, value)
         })
         .collect()
@@ -399,18 +481,24 @@ async fn find_many(
         }
     }
     for (nulls, members) in by_nulls {
-        let sql = tx.dialect().find_many(table, info, columns, &nulls, members.len());
+        let sql = tx
+            .dialect()
+            .find_many(table, info, columns, &nulls, members.len());
         let started = std::time::Instant::now();
         let rows: Vec<(i64, Option<String>)> = match tx {
             DbTx::Postgres(tx) => {
                 // Column arrays for UNNEST: the numbers, then each compared
                 // column's values as text.
-                let mut query = sqlx::query_as(AssertSqlSafe(sql)).bind(members.iter().map(|i| *i as i64).collect::<Vec<i64>>());
+                let mut query = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(members.iter().map(|i| *i as i64).collect::<Vec<i64>>());
                 for (column, null) in nulls.iter().enumerate() {
                     if *null {
                         continue;
                     }
-                    let values: Vec<Option<String>> = members.iter().map(|i| lookups[*i].1[column].pg_text()).collect();
+                    let values: Vec<Option<String>> = members
+                        .iter()
+                        .map(|i| lookups[*i].1[column].pg_text())
+                        .collect();
                     query = query.bind(values);
                 }
                 query.fetch_all(&mut **tx).await?
@@ -419,7 +507,13 @@ async fn find_many(
                 let mut params = Vec::new();
                 for &i in &members {
                     params.push(BindValue::Int(i as i64));
-                    params.extend(lookups[i].1.iter().filter(|v| **v != BindValue::Null).cloned());
+                    params.extend(
+                        lookups[i]
+                            .1
+                            .iter()
+                            .filter(|v| **v != BindValue::Null)
+                            .cloned(),
+                    );
                 }
                 bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), &params)
                     .fetch_all(&mut **tx)
@@ -429,9 +523,12 @@ async fn find_many(
         tracing::trace!(%table, rows = members.len(), elapsed = ?started.elapsed(), "find_many");
         for (i, text) in rows {
             let Some(text) = text else { continue };
-            let index = usize::try_from(i).ok().filter(|i| *i < out.len()).ok_or_else(|| {
-                StoreError::Invalid(format!("internal error: lookup returned row number {i}"))
-            })?;
+            let index = usize::try_from(i)
+                .ok()
+                .filter(|i| *i < out.len())
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!("internal error: lookup returned row number {i}"))
+                })?;
             out[index] = Some(super::target::parse_row(&text)?);
         }
     }
@@ -451,25 +548,37 @@ async fn upsert_wave(
     wave: Vec<(usize, Vec<BindValue>, Slot)>,
     accesses: &mut Accesses,
 ) -> Result<(), StoreError> {
-    let sql = tx.dialect().upsert_many(table, info, key, columns, wave.len());
+    let sql = tx
+        .dialect()
+        .upsert_many(table, info, key, columns, wave.len());
     let started = std::time::Instant::now();
     match tx {
         DbTx::Postgres(tx) => {
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for column in 0..columns.len() {
-                let values: Vec<Option<String>> = wave.iter().map(|(_, values, _)| values[column].pg_text()).collect();
+                let values: Vec<Option<String>> = wave
+                    .iter()
+                    .map(|(_, values, _)| values[column].pg_text())
+                    .collect();
                 query = query.bind(values);
             }
             query.execute(&mut **tx).await?;
         }
         DbTx::Sqlite(tx) => {
-            let params: Vec<BindValue> = wave.iter().flat_map(|(_, values, _)| values.iter().cloned()).collect();
+            let params: Vec<BindValue> = wave
+                .iter()
+                .flat_map(|(_, values, _)| values.iter().cloned())
+                .collect();
             super::target::bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &params)
                 .execute(&mut **tx)
                 .await?;
         }
     }
     tracing::trace!(%table, rows = wave.len(), elapsed = ?started.elapsed(), "upsert_many");
+    let elapsed = started.elapsed();
+    for _ in &wave {
+        crate::telemetry::step_finished("upsert", elapsed);
+    }
     let lookups: Vec<(usize, Vec<BindValue>, Slot)> = wave
         .iter()
         .map(|(delivery, values, slot)| {

@@ -40,7 +40,9 @@ impl ColumnType {
             | "citext" | "clob" => ColumnType::Text,
             "int2" | "int4" | "int8" | "smallint" | "integer" | "int" | "bigint" | "tinyint"
             | "mediumint" | "serial" | "bigserial" => ColumnType::Integer,
-            "float4" | "float8" | "real" | "double precision" | "double" | "float" => ColumnType::Float,
+            "float4" | "float8" | "real" | "double precision" | "double" | "float" => {
+                ColumnType::Float
+            }
             "numeric" | "decimal" | "money" => ColumnType::Numeric,
             "bool" | "boolean" => ColumnType::Boolean,
             "date" => ColumnType::Date,
@@ -144,7 +146,11 @@ impl Catalog {
     }
 
     /// The table's information, from the cache or the database.
-    pub async fn table(&self, tx: &mut DbTx, table: &TableName) -> Result<Arc<TableInfo>, StoreError> {
+    pub async fn table(
+        &self,
+        tx: &mut DbTx,
+        table: &TableName,
+    ) -> Result<Arc<TableInfo>, StoreError> {
         if let Some(info) = self.tables.read().expect("catalog lock").get(table) {
             return Ok(info.clone());
         }
@@ -234,7 +240,8 @@ pub async fn read_table(tx: &mut DbTx, table: &TableName) -> Result<TableInfo, S
                 .map(|row| {
                     let declared: String = row.get(1);
                     let is_pk = row.get::<i64, _>(4) > 0;
-                    let integer_pk = is_pk && pk_count == 1 && declared.eq_ignore_ascii_case("integer");
+                    let integer_pk =
+                        is_pk && pk_count == 1 && declared.eq_ignore_ascii_case("integer");
                     ColumnInfo {
                         name: row.get(0),
                         ty: ColumnType::from_name(&declared),
@@ -245,19 +252,22 @@ pub async fn read_table(tx: &mut DbTx, table: &TableName) -> Result<TableInfo, S
                 })
                 .collect();
             let mut unique = Vec::new();
-            let indexes = sqlx::query("SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND partial = 0")
-                .bind(&name)
-                .fetch_all(&mut **tx)
-                .await?;
+            let indexes = sqlx::query(
+                "SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND partial = 0",
+            )
+            .bind(&name)
+            .fetch_all(&mut **tx)
+            .await?;
             for index in indexes {
                 let index_name: String = index.get(0);
-                let mut columns: Vec<String> = sqlx::query("SELECT name FROM pragma_index_info(?1)")
-                    .bind(&index_name)
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .iter()
-                    .filter_map(|r| r.try_get::<String, _>(0).ok())
-                    .collect();
+                let mut columns: Vec<String> =
+                    sqlx::query("SELECT name FROM pragma_index_info(?1)")
+                        .bind(&index_name)
+                        .fetch_all(&mut **tx)
+                        .await?
+                        .iter()
+                        .filter_map(|r| r.try_get::<String, _>(0).ok())
+                        .collect();
                 columns.sort();
                 unique.push(columns);
             }

@@ -160,7 +160,11 @@ fn is_decimal(text: &str) -> bool {
     };
     let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
     let mantissa_ok = match mantissa.split_once('.') {
-        Some((int, frac)) => (digits(int) || int.is_empty()) && (digits(frac) || frac.is_empty()) && !(int.is_empty() && frac.is_empty()),
+        Some((int, frac)) => {
+            (digits(int) || int.is_empty())
+                && (digits(frac) || frac.is_empty())
+                && !(int.is_empty() && frac.is_empty())
+        }
         None => digits(mantissa),
     };
     let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
@@ -211,19 +215,31 @@ mod tests {
     #[test]
     fn values_are_normalised_per_type() {
         assert_eq!(
-            ok(ColumnType::Uuid, json!(" 5B8F2C1E-9A47-4D3B-8E6F-1A2B3C4D5E6F")),
+            ok(
+                ColumnType::Uuid,
+                json!(" 5B8F2C1E-9A47-4D3B-8E6F-1A2B3C4D5E6F")
+            ),
             BindValue::Text("5b8f2c1e-9a47-4d3b-8e6f-1a2b3c4d5e6f".into())
         );
         assert_eq!(ok(ColumnType::Integer, json!("42")), BindValue::Int(42));
         assert_eq!(ok(ColumnType::Integer, json!(42.0)), BindValue::Int(42));
-        assert_eq!(ok(ColumnType::Numeric, json!(72000.5)), BindValue::Text("72000.5".into()));
+        assert_eq!(
+            ok(ColumnType::Numeric, json!(72000.5)),
+            BindValue::Text("72000.5".into())
+        );
         assert_eq!(ok(ColumnType::Boolean, json!("yes")), BindValue::Bool(true));
-        assert_eq!(ok(ColumnType::Date, json!("2026-03-01T23:30:00-05:00")), BindValue::Text("2026-03-02".into()));
+        assert_eq!(
+            ok(ColumnType::Date, json!("2026-03-01T23:30:00-05:00")),
+            BindValue::Text("2026-03-02".into())
+        );
         assert_eq!(
             ok(ColumnType::TimestampTz, json!("2026-03-01T23:30:00-05:00")),
             BindValue::Text("2026-03-02T04:30:00.000000Z".into())
         );
-        assert_eq!(ok(ColumnType::Json, json!({"a": [1]})), BindValue::Text("{\"a\":[1]}".into()));
+        assert_eq!(
+            ok(ColumnType::Json, json!({"a": [1]})),
+            BindValue::Text("{\"a\":[1]}".into())
+        );
         assert_eq!(ok(ColumnType::Text, json!(null)), BindValue::Null);
     }
 

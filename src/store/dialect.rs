@@ -47,9 +47,8 @@ impl Dialect {
                 static PARAM: OnceLock<Regex> = OnceLock::new();
                 static TABLE: OnceLock<Regex> = OnceLock::new();
                 let param = PARAM.get_or_init(|| Regex::new(r"\$(\d+)").expect("valid regex"));
-                let table = TABLE.get_or_init(|| {
-                    Regex::new(r"\bintegrations\.([a-z_]+)").expect("valid regex")
-                });
+                let table = TABLE
+                    .get_or_init(|| Regex::new(r"\bintegrations\.([a-z_]+)").expect("valid regex"));
                 let sql = param.replace_all(postgres, "?$1");
                 table.replace_all(&sql, "\"integrations.$1\"").into_owned()
             }
@@ -104,7 +103,11 @@ impl Dialect {
         conditions
             .iter()
             .map(|(column, param)| match param {
-                Some(n) => format!("{} = {}", quote(column.as_str()), self.value(*n, info, column)),
+                Some(n) => format!(
+                    "{} = {}",
+                    quote(column.as_str()),
+                    self.value(*n, info, column)
+                ),
                 None => format!("{} IS NULL", quote(column.as_str())),
             })
             .collect::<Vec<_>>()
@@ -123,7 +126,13 @@ impl Dialect {
 
     /// `INSERT ... ON CONFLICT (key) DO UPDATE SET ... RETURNING <row>`;
     /// parameters are numbered from 1 in `columns` order.
-    pub fn upsert(self, table: &TableName, info: &TableInfo, key: &[Ident], columns: &[Ident]) -> String {
+    pub fn upsert(
+        self,
+        table: &TableName,
+        info: &TableInfo,
+        key: &[Ident],
+        columns: &[Ident],
+    ) -> String {
         let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
         let values: Vec<String> = columns
             .iter()
@@ -210,7 +219,12 @@ impl Dialect {
         nulls: &[bool],
         rows: usize,
     ) -> String {
-        let bound: Vec<&Ident> = columns.iter().zip(nulls).filter(|(_, n)| !**n).map(|(c, _)| c).collect();
+        let bound: Vec<&Ident> = columns
+            .iter()
+            .zip(nulls)
+            .filter(|(_, n)| !**n)
+            .map(|(c, _)| c)
+            .collect();
         let mut next = 0;
         let conditions: Vec<String> = columns
             .iter()
@@ -256,7 +270,10 @@ impl Dialect {
                 // numbered ones, SQLite looks each name up in a list, which
                 // is quadratic in a statement with thousands of them.
                 let row = format!("({})", vec!["?"; bound.len() + 1].join(", "));
-                format!("SELECT v.column1, {lookup} FROM (VALUES {}) AS v", vec![row; rows].join(", "))
+                format!(
+                    "SELECT v.column1, {lookup} FROM (VALUES {}) AS v",
+                    vec![row; rows].join(", ")
+                )
             }
         }
     }
@@ -273,7 +290,14 @@ impl Dialect {
     /// `RETURNING` (the rows are read back with [`Dialect::find_many`] on the
     /// key). Parameters as for `find_many` without the input numbers: one
     /// `text[]` per column on PostgreSQL, row by row on SQLite.
-    pub fn upsert_many(self, table: &TableName, info: &TableInfo, key: &[Ident], columns: &[Ident], rows: usize) -> String {
+    pub fn upsert_many(
+        self,
+        table: &TableName,
+        info: &TableInfo,
+        key: &[Ident],
+        columns: &[Ident],
+        rows: usize,
+    ) -> String {
         let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
         let source = match self {
             Dialect::Postgres => {
@@ -282,7 +306,9 @@ impl Dialect {
                     .enumerate()
                     .map(|(k, c)| self.cast(&format!("u.c{k}"), info, c))
                     .collect();
-                let arrays: Vec<String> = (0..columns.len()).map(|k| format!("${}::text[]", k + 1)).collect();
+                let arrays: Vec<String> = (0..columns.len())
+                    .map(|k| format!("${}::text[]", k + 1))
+                    .collect();
                 let aliases: Vec<String> = (0..columns.len()).map(|k| format!("c{k}")).collect();
                 format!(
                     "SELECT {} FROM UNNEST({}) AS u({})",
@@ -359,15 +385,26 @@ mod tests {
     #[test]
     fn upserts_cast_on_postgres_and_return_the_row() {
         let table = TableName::parse("hris.employees").unwrap();
-        let sql = Dialect::Postgres.upsert(&table, &info(), &[ident("email")], &[ident("email"), ident("id")]);
+        let sql = Dialect::Postgres.upsert(
+            &table,
+            &info(),
+            &[ident("email")],
+            &[ident("email"), ident("id")],
+        );
         assert_eq!(
             sql,
             "INSERT INTO \"hris\".\"employees\" AS t (\"email\", \"id\") VALUES (CAST($1 AS text), CAST($2 AS uuid)) \
              ON CONFLICT (\"email\") DO UPDATE SET \"id\" = excluded.\"id\" RETURNING to_jsonb(t.*)::text"
         );
         let sql = Dialect::Sqlite.upsert(&table, &info(), &[ident("email")], &[ident("email")]);
-        assert!(sql.contains("DO UPDATE SET \"email\" = excluded.\"email\""), "{sql}");
-        assert!(sql.contains("json_object('id', \"id\", 'email', \"email\", 'meta', json(\"meta\"))"), "{sql}");
+        assert!(
+            sql.contains("DO UPDATE SET \"email\" = excluded.\"email\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("json_object('id', \"id\", 'email', \"email\", 'meta', json(\"meta\"))"),
+            "{sql}"
+        );
     }
 
     #[test]
@@ -401,6 +438,9 @@ mod tests {
         let email = ident("email");
         let id = ident("id");
         let sql = Dialect::Sqlite.find(&table, &info(), &[(&email, Some(1)), (&id, None)]);
-        assert!(sql.ends_with("WHERE \"email\" = ?1 AND \"id\" IS NULL LIMIT 1"), "{sql}");
+        assert!(
+            sql.ends_with("WHERE \"email\" = ?1 AND \"id\" IS NULL LIMIT 1"),
+            "{sql}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::types::{Doc, Id, Time};
-use super::{Dialect, DbTx, StoreError};
+use super::{DbTx, Dialect, StoreError};
 use crate::envelope::Envelope;
 use crate::on_tx;
 
@@ -51,7 +51,12 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [Status::Pending, Status::Delivered, Status::Skipped, Status::Dead];
+    pub const ALL: [Status; 4] = [
+        Status::Pending,
+        Status::Delivered,
+        Status::Skipped,
+        Status::Dead,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -140,11 +145,9 @@ pub async fn insert_events(
         }
         // A duplicate: by id, or by idempotency key with another id.
         let existing = match &event.idempotency_key {
-            Some(key) => {
-                find_by_key(tx, event.envelope.organization_id, key)
-                    .await?
-                    .unwrap_or(id)
-            }
+            Some(key) => find_by_key(tx, event.envelope.organization_id, key)
+                .await?
+                .unwrap_or(id),
             None => id,
         };
         out.push((existing, false));
@@ -153,11 +156,14 @@ pub async fn insert_events(
 }
 
 /// The id of the event stored under an organization's idempotency key.
-pub async fn find_by_key(tx: &mut DbTx, organization: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("SELECT id FROM integrations.events WHERE organization_id = $1 AND idempotency_key = $2"),
-    );
+pub async fn find_by_key(
+    tx: &mut DbTx,
+    organization: Uuid,
+    key: &str,
+) -> Result<Option<Uuid>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT id FROM integrations.events WHERE organization_id = $1 AND idempotency_key = $2",
+    ));
     let row: Option<(Id,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(organization))
         .bind(key)
@@ -167,7 +173,11 @@ pub async fn find_by_key(tx: &mut DbTx, organization: Uuid, key: &str) -> Result
 }
 
 /// Creates deliveries (skipping any that already exist).
-pub async fn insert_deliveries(tx: &mut DbTx, deliveries: &[NewDelivery], now: Time) -> Result<(), StoreError> {
+pub async fn insert_deliveries(
+    tx: &mut DbTx,
+    deliveries: &[NewDelivery],
+    now: Time,
+) -> Result<(), StoreError> {
     for chunk in deliveries.chunks(CHUNK) {
         match &mut *tx {
             DbTx::Postgres(conn) => {
@@ -253,13 +263,35 @@ pub struct StoredEvent {
     pub seq: i64,
 }
 
-type EventTuple = (Id, Id, String, String, Doc, Time, Time, Option<Time>, Option<Id>, i64);
+type EventTuple = (
+    Id,
+    Id,
+    String,
+    String,
+    Doc,
+    Time,
+    Time,
+    Option<Time>,
+    Option<Id>,
+    i64,
+);
 
 const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.source_product, e.event_name, e.event_data, \
      e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq";
 
 fn stored_event(row: EventTuple) -> StoredEvent {
-    let (id, organization_id, source, event, data, occurred_at, created_at, processed_at, parent_id, seq) = row;
+    let (
+        id,
+        organization_id,
+        source,
+        event,
+        data,
+        occurred_at,
+        created_at,
+        processed_at,
+        parent_id,
+        seq,
+    ) = row;
     StoredEvent {
         envelope: Envelope {
             id: id.0,
@@ -278,12 +310,13 @@ fn stored_event(row: EventTuple) -> StoredEvent {
 
 /// One event by id (any organization: the caller scopes).
 pub async fn get_event(tx: &mut DbTx, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql(&format!("SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.id = $1")),
-    );
-    let row: Option<EventTuple> =
-        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(Id(id)).fetch_optional(conn).await)?;
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.id = $1"
+    )));
+    let row: Option<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(id))
+        .fetch_optional(conn)
+        .await)?;
     Ok(row.map(stored_event))
 }
 
@@ -297,7 +330,10 @@ pub async fn claim_unrouted(tx: &mut DbTx, limit: i64) -> Result<Vec<StoredEvent
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
         "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.processed_at IS NULL ORDER BY e.seq LIMIT $1{lock}"
     )));
-    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(limit).fetch_all(conn).await)?;
+    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(limit)
+        .fetch_all(conn)
+        .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
 }
 
@@ -328,7 +364,19 @@ pub async fn claim_due(tx: &mut DbTx, now: Time, limit: i64) -> Result<Vec<Claim
           WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
           ORDER BY d.next_attempt_at, d.id LIMIT $2{lock}"
     )));
-    type Tuple = (Id, String, String, i32, i32, Id, Id, String, String, Doc, Time);
+    type Tuple = (
+        Id,
+        String,
+        String,
+        i32,
+        i32,
+        Id,
+        Id,
+        String,
+        String,
+        Doc,
+        Time,
+    );
     let rows: Vec<Tuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(now)
         .bind(limit)
@@ -337,7 +385,19 @@ pub async fn claim_due(tx: &mut DbTx, now: Time, limit: i64) -> Result<Vec<Claim
     Ok(rows
         .into_iter()
         .map(
-            |(id, integration_id, route_event, ordinal, attempts, event_id, org, source, event, data, occurred)| Claimed {
+            |(
+                id,
+                integration_id,
+                route_event,
+                ordinal,
+                attempts,
+                event_id,
+                org,
+                source,
+                event,
+                data,
+                occurred,
+            )| Claimed {
                 id: id.0,
                 integration_id,
                 route_event,
@@ -369,7 +429,11 @@ pub struct Outcome {
 }
 
 /// Records attempts' outcomes, in one statement per chunk.
-pub async fn record_outcomes(tx: &mut DbTx, outcomes: &[Outcome], now: Time) -> Result<(), StoreError> {
+pub async fn record_outcomes(
+    tx: &mut DbTx,
+    outcomes: &[Outcome],
+    now: Time,
+) -> Result<(), StoreError> {
     const SET: &str = "status = v.status, attempts = v.attempts, next_attempt_at = v.next_attempt_at, \
          last_error = v.last_error, error_step = v.error_step, generation = v.generation, updated_at = $1, \
          completed_at = CASE WHEN v.status = 'pending' THEN NULL ELSE $1 END";
@@ -422,7 +486,12 @@ pub async fn record_outcomes(tx: &mut DbTx, outcomes: &[Outcome], now: Time) -> 
 
 /// Marks every pending delivery of an integration as skipped (the
 /// integration was removed from the configuration).
-pub async fn skip_pending(tx: &mut DbTx, integration_id: &str, reason: &str, now: Time) -> Result<u64, StoreError> {
+pub async fn skip_pending(
+    tx: &mut DbTx,
+    integration_id: &str,
+    reason: &str,
+    now: Time,
+) -> Result<u64, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(
         "UPDATE integrations.deliveries SET status = 'skipped', last_error = $2, updated_at = $3, completed_at = $3 \
          WHERE integration_id = $1 AND status = 'pending'",
@@ -536,12 +605,13 @@ fn delivery_view(row: DeliveryRow) -> DeliveryView {
 
 /// One delivery by id.
 pub async fn get_delivery(tx: &mut DbTx, id: Uuid) -> Result<Option<DeliveryView>, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql(&format!("SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE d.id = $1")),
-    );
-    let row: Option<DeliveryRow> =
-        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(Id(id)).fetch_optional(conn).await)?;
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE d.id = $1"
+    )));
+    let row: Option<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(id))
+        .fetch_optional(conn)
+        .await)?;
     Ok(row.map(delivery_view))
 }
 
@@ -551,13 +621,18 @@ pub async fn deliveries_of(tx: &mut DbTx, event_id: Uuid) -> Result<Vec<Delivery
         "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE d.event_id = $1 \
          ORDER BY d.integration_id, d.route_event, d.route_ordinal"
     )));
-    let rows: Vec<DeliveryRow> =
-        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(Id(event_id)).fetch_all(conn).await)?;
+    let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(event_id))
+        .fetch_all(conn)
+        .await)?;
     Ok(rows.into_iter().map(delivery_view).collect())
 }
 
 /// Deliveries in any state, for tests and tools: `status` filters.
-pub async fn deliveries_with_status(tx: &mut DbTx, status: Option<Status>) -> Result<Vec<DeliveryView>, StoreError> {
+pub async fn deliveries_with_status(
+    tx: &mut DbTx,
+    status: Option<Status>,
+) -> Result<Vec<DeliveryView>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE ($1 IS NULL OR d.status = $1) \
          ORDER BY d.created_at, d.id"
@@ -598,12 +673,18 @@ pub async fn integration_states(tx: &mut DbTx) -> Result<HashMap<String, bool>, 
         tx.dialect()
             .sql("SELECT integration_id, enabled FROM integrations.integration_state"),
     );
-    let rows: Vec<(String, bool)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
+    let rows: Vec<(String, bool)> =
+        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows.into_iter().collect())
 }
 
 /// Persists an integration's enabled state.
-pub async fn set_integration_state(tx: &mut DbTx, id: &str, enabled: bool, now: Time) -> Result<(), StoreError> {
+pub async fn set_integration_state(
+    tx: &mut DbTx,
+    id: &str,
+    enabled: bool,
+    now: Time,
+) -> Result<(), StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(
         "INSERT INTO integrations.integration_state (integration_id, enabled, updated_at) VALUES ($1, $2, $3) \
          ON CONFLICT (integration_id) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at",
@@ -636,7 +717,11 @@ pub struct EventFilter {
 }
 
 /// Events matching `filter`, newest first, at most `limit`.
-pub async fn list_events(tx: &mut DbTx, filter: &EventFilter, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+pub async fn list_events(
+    tx: &mut DbTx,
+    filter: &EventFilter,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
         "SELECT {EVENT_COLUMNS} FROM integrations.events e \
           WHERE ($1 IS NULL OR e.organization_id = $1) \
@@ -706,7 +791,10 @@ pub struct LastError {
 /// For each integration, its most recent failure: a dead delivery, or a
 /// pending one waiting to retry after an error (skip reasons are not
 /// failures). `organization` limits it to one organization's deliveries.
-pub async fn last_errors(tx: &mut DbTx, organization: Option<Uuid>) -> Result<HashMap<String, LastError>, StoreError> {
+pub async fn last_errors(
+    tx: &mut DbTx,
+    organization: Option<Uuid>,
+) -> Result<HashMap<String, LastError>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(
         "SELECT integration_id, id, event_id, last_error, error_step, updated_at FROM ( \
              SELECT d.integration_id, d.id, d.event_id, d.last_error, d.error_step, d.updated_at, \
@@ -753,12 +841,18 @@ pub async fn children_of(tx: &mut DbTx, parent: Uuid) -> Result<Vec<StoredEvent>
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
         "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.parent_id = $1 ORDER BY e.seq"
     )));
-    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).bind(Id(parent)).fetch_all(conn).await)?;
+    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(parent))
+        .fetch_all(conn)
+        .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
 }
 
 /// The organization of each of `ids` that is stored.
-pub async fn organizations_of(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uuid, Uuid>, StoreError> {
+pub async fn organizations_of(
+    tx: &mut DbTx,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Uuid>, StoreError> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -773,7 +867,10 @@ pub async fn organizations_of(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uui
             }
             query.fetch_all(conn).await
         })?;
-        out.extend(rows.into_iter().map(|(id, organization)| (id.0, organization.0)));
+        out.extend(
+            rows.into_iter()
+                .map(|(id, organization)| (id.0, organization.0)),
+        );
     }
     Ok(out)
 }

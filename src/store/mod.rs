@@ -132,7 +132,10 @@ impl DbTx {
 
     /// Runs a statement that takes no parameters (savepoints and the like).
     pub async fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
-        on_tx!(self, |conn| sqlx::query(sql).execute(conn).await.map(|_| ()))?;
+        on_tx!(self, |conn| sqlx::query(sql)
+            .execute(conn)
+            .await
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -151,7 +154,10 @@ pub enum Db {
     /// SQLite allows one writer at a time: writes go through a pool of one
     /// connection (so they queue in busbar, not in busy retries), reads
     /// through a pool of several (WAL lets them run beside the writer).
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
 }
 
 /// The database busbar runs on.
@@ -182,7 +188,10 @@ impl Store {
                 .connect_with(options)
                 .await?;
             Db::Postgres(pool)
-        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             let (path, memory) = match path {
                 ":memory:" | "" => (String::new(), true),
                 path => (path.split('?').next().unwrap_or(path).to_owned(), false),
@@ -202,7 +211,9 @@ impl Store {
                     uuid::Uuid::new_v4()
                 ))?
             } else {
-                SqliteConnectOptions::new().filename(&path).create_if_missing(true)
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
             };
             let options = options
                 .journal_mode(if memory {
@@ -277,7 +288,10 @@ impl Store {
     /// Runs a SQL script (several statements), e.g. the example platform.
     pub async fn execute_script(&self, sql: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        on_tx!(&mut tx, |conn| sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(conn).await.map(|_| ()))?;
+        on_tx!(&mut tx, |conn| sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
+            .await
+            .map(|_| ()))?;
         tx.commit().await
     }
 

@@ -50,14 +50,20 @@ impl<'t> TargetExecutor<'t> {
     }
 
     /// Converts `(column, value)` pairs for `table`, in order.
-    fn values(table: &TableName, info: &TableInfo, columns: &[(Ident, Value)]) -> Result<Vec<BindValue>, StoreError> {
+    fn values(
+        table: &TableName,
+        info: &TableInfo,
+        columns: &[(Ident, Value)],
+    ) -> Result<Vec<BindValue>, StoreError> {
         columns
             .iter()
             .map(|(column, value)| {
-                let info = info.column(column.as_str()).ok_or_else(|| StoreError::NoColumn {
-                    table: table.to_string(),
-                    column: column.to_string(),
-                })?;
+                let info = info
+                    .column(column.as_str())
+                    .ok_or_else(|| StoreError::NoColumn {
+                        table: table.to_string(),
+                        column: column.to_string(),
+                    })?;
                 convert(info, value)
             })
             .collect()
@@ -108,7 +114,9 @@ pub(crate) fn parse_row(text: &str) -> Result<Row, StoreError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(columns)) => Ok(Row::new(columns)),
         Ok(other) => Ok(Row::new(Map::from_iter([("value".to_owned(), other)]))),
-        Err(error) => Err(StoreError::Invalid(format!("cannot read a returned row: {error}"))),
+        Err(error) => Err(StoreError::Invalid(format!(
+            "cannot read a returned row: {error}"
+        ))),
     }
 }
 
@@ -169,24 +177,35 @@ pub(crate) fn bind_sqlite_plain<'q>(
 impl Executor for TargetExecutor<'_> {
     type Error = StoreError;
 
-    async fn find(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<Option<Row>, StoreError> {
+    async fn find(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<Option<Row>, StoreError> {
         let info = self.info(table).await?;
         let (conditions, binds) = Self::conditions(table, &info, filter, 1)?;
         let sql = self.tx.dialect().find(table, &info, &conditions);
-        Ok(self.rows(sql, &binds).await?.into_iter().next())
+        let started = std::time::Instant::now();
+        let row = self.rows(sql, &binds).await?.into_iter().next();
+        crate::telemetry::step_finished("find", started.elapsed());
+        Ok(row)
     }
 
-    async fn upsert(&mut self, table: &TableName, key: &[Ident], values: &[(Ident, Value)]) -> Result<Row, StoreError> {
+    async fn upsert(
+        &mut self,
+        table: &TableName,
+        key: &[Ident],
+        values: &[(Ident, Value)],
+    ) -> Result<Row, StoreError> {
         let info = self.info(table).await?;
         let binds = Self::values(table, &info, values)?;
         let columns: Vec<Ident> = values.iter().map(|(c, _)| c.clone()).collect();
         let sql = self.tx.dialect().upsert(table, &info, key, &columns);
         self.wrote = true;
-        self.rows(sql, &binds)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Invalid(format!("the upsert into {table} returned no row")))
+        let started = std::time::Instant::now();
+        let row = self.rows(sql, &binds).await?.into_iter().next();
+        crate::telemetry::step_finished("upsert", started.elapsed());
+        row.ok_or_else(|| StoreError::Invalid(format!("the upsert into {table} returned no row")))
     }
 
     async fn update(
@@ -200,30 +219,38 @@ impl Executor for TargetExecutor<'_> {
         let (conditions, filter_binds) = Self::conditions(table, &info, filter, binds.len() + 1)?;
         binds.extend(filter_binds);
         let columns: Vec<Ident> = set.iter().map(|(c, _)| c.clone()).collect();
-        let sql = self.tx.dialect().update(table, &info, &columns, &conditions);
+        let sql = self
+            .tx
+            .dialect()
+            .update(table, &info, &columns, &conditions);
         self.wrote = true;
-        self.rows(sql, &binds).await
+        let started = std::time::Instant::now();
+        let rows = self.rows(sql, &binds).await;
+        crate::telemetry::step_finished("update", started.elapsed());
+        rows
     }
 
-    async fn delete(&mut self, table: &TableName, filter: &[(Ident, Value)]) -> Result<u64, StoreError> {
+    async fn delete(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<u64, StoreError> {
         let info = self.info(table).await?;
         let (conditions, binds) = Self::conditions(table, &info, filter, 1)?;
         let sql = self.tx.dialect().delete(table, &info, &conditions);
         self.wrote = true;
+        let started = std::time::Instant::now();
         let affected = match &mut *self.tx {
-            DbTx::Postgres(tx) => {
-                bind_postgres_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
-            }
-            DbTx::Sqlite(tx) => {
-                bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
-            }
+            DbTx::Postgres(tx) => bind_postgres_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            DbTx::Sqlite(tx) => bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
         };
+        crate::telemetry::step_finished("delete", started.elapsed());
         Ok(affected)
     }
 

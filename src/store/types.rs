@@ -83,13 +83,19 @@ impl Type<Postgres> for Doc {
 
 impl Encode<'_, Postgres> for Doc {
     fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        <sqlx::types::Json<&Value> as Encode<Postgres>>::encode_by_ref(&sqlx::types::Json(&self.0), buf)
+        <sqlx::types::Json<&Value> as Encode<Postgres>>::encode_by_ref(
+            &sqlx::types::Json(&self.0),
+            buf,
+        )
     }
 }
 
 impl<'r> Decode<'r, Postgres> for Doc {
     fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Doc(<sqlx::types::Json<Value> as Decode<Postgres>>::decode(value)?.0))
+        Ok(Doc(<sqlx::types::Json<Value> as Decode<Postgres>>::decode(
+            value,
+        )?
+        .0))
     }
 }
 
@@ -129,7 +135,9 @@ impl Encode<'_, Sqlite> for Time {
 impl<'r> Decode<'r, Sqlite> for Time {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         let text = <&str as Decode<Sqlite>>::decode(value)?;
-        Ok(Time(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc)))
+        Ok(Time(
+            DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc),
+        ))
     }
 }
 

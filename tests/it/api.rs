@@ -530,7 +530,8 @@ on_both_databases! {
         // (method, path, body, wrong-scope key, right key, other organization's answer, right answer)
         let event_path = format!("/api/integrations/events/{event_id}");
         let replay_path = format!("/api/integrations/deliveries/{delivery}/replay");
-        let cases: Vec<(&str, &str, Option<&Value>, &str, &str, u16, u16)> = vec![
+        type Case<'a> = (&'a str, &'a str, Option<&'a Value>, &'a str, &'a str, u16, u16);
+        let cases: Vec<Case<'_>> = vec![
             ("POST", "/api/events", Some(&publish_body), &k.reader, &k.publisher, 403, 202),
             ("GET", "/api/integrations/status", None, &k.publisher, &k.reader, 200, 200),
             ("GET", "/api/integrations/events", None, &k.publisher, &k.reader, 200, 200),

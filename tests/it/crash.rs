@@ -59,7 +59,14 @@ fn write_integrations(dir: &Path) {
 fn serve(db: &TestDb, dir: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_busbar"))
         // Port 0: the API on any free port, so parallel runs do not collide.
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url, "--dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--dir",
+        ])
         .arg(dir)
         .arg("--contracts")
         .arg(dir.join("no-contracts"))

@@ -217,7 +217,8 @@ routes:
     dir
 }
 
-const COUNTS_TABLE: &str = "CREATE TABLE test.counts (name VARCHAR(200) PRIMARY KEY, amount INTEGER NOT NULL, note TEXT)";
+const COUNTS_TABLE: &str =
+    "CREATE TABLE test.counts (name VARCHAR(200) PRIMARY KEY, amount INTEGER NOT NULL, note TEXT)";
 
 fn count_event(name: &str, amount: Value, note: &str) -> Value {
     json!({
@@ -359,11 +360,20 @@ on_both_databases! {
 async fn pending_count_delivery(db: &TestDb, due: chrono::DateTime<chrono::Utc>) {
     use busbar::store::events::{NewDelivery, NewEvent, insert_deliveries, insert_events};
     use busbar::store::types::Time;
-    let envelope = busbar::envelope::Envelope::from_json(&count_event("late", json!(1), "")).unwrap();
+    let envelope =
+        busbar::envelope::Envelope::from_json(&count_event("late", json!(1), "")).unwrap();
     let mut tx = db.store.begin().await.unwrap();
-    insert_events(&mut tx, &[NewEvent { envelope: envelope.clone(), idempotency_key: None, parent_id: None }], Time::now())
-        .await
-        .unwrap();
+    insert_events(
+        &mut tx,
+        &[NewEvent {
+            envelope: envelope.clone(),
+            idempotency_key: None,
+            parent_id: None,
+        }],
+        Time::now(),
+    )
+    .await
+    .unwrap();
     insert_deliveries(
         &mut tx,
         &[NewDelivery {

@@ -37,7 +37,8 @@ async fn setup(db: &TestDb, dir: &Path) -> (Engine, Arc<Reloader>, CancellationT
     if db.dialect() == busbar::store::Dialect::Postgres {
         db.execute("CREATE SCHEMA test").await;
     }
-    db.execute("CREATE TABLE test.notes (name VARCHAR(200) PRIMARY KEY, note TEXT)").await;
+    db.execute("CREATE TABLE test.notes (name VARCHAR(200) PRIMARY KEY, note TEXT)")
+        .await;
     let engine = db.engine_on(dir, None).await;
     let config = busbar::config::read_directory(dir, None).unwrap();
     let reloader = Reloader::new(engine.clone(), dir, None, &config);
@@ -53,7 +54,12 @@ async fn live(reloader: &Reloader, number: u64) {
     let mut live = reloader.subscribe();
     tokio::time::timeout(Duration::from_secs(10), live.wait_for(|n| *n >= number))
         .await
-        .unwrap_or_else(|_| panic!("generation {number} never went live; last reload: {:?}", reloader.last()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "generation {number} never went live; last reload: {:?}",
+                reloader.last()
+            )
+        })
         .unwrap();
 }
 

@@ -89,7 +89,9 @@ impl TestDb {
             .expect("can create a test database");
         admin.close().await.ok();
         let url = database_url(&admin_url, &name);
-        let store = Store::connect_with(&url, 12).await.expect("postgres connects");
+        let store = Store::connect_with(&url, 12)
+            .await
+            .expect("postgres connects");
         store.migrate().await.expect("migrations apply");
         TestDb {
             store,
@@ -105,7 +107,9 @@ impl TestDb {
 
     /// Installs the example platform and seeds its organizations.
     pub async fn seed(&self) {
-        busbar::dev::seed(&self.store).await.expect("example platform seeds");
+        busbar::dev::seed(&self.store)
+            .await
+            .expect("example platform seeds");
     }
 
     /// Runs SQL (table names written for PostgreSQL, `hris.employees`, are
@@ -115,7 +119,10 @@ impl TestDb {
             Dialect::Postgres => sql.to_owned(),
             Dialect::Sqlite => sqlite_names(sql),
         };
-        self.store.execute_script(&sql).await.expect("test SQL runs");
+        self.store
+            .execute_script(&sql)
+            .await
+            .expect("test SQL runs");
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -123,7 +130,8 @@ impl TestDb {
     }
 
     pub async fn count_where(&self, table: &str, condition: &str) -> i64 {
-        self.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {condition}")).await
+        self.scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {condition}"))
+            .await
     }
 
     /// Runs a query returning one integer (table names written for
@@ -166,7 +174,9 @@ impl TestDb {
 
     pub async fn deliveries(&self, status: Option<Status>) -> Vec<DeliveryView> {
         let mut tx = self.store.begin_read().await.expect("read transaction");
-        let rows = events::deliveries_with_status(&mut tx, status).await.expect("deliveries");
+        let rows = events::deliveries_with_status(&mut tx, status)
+            .await
+            .expect("deliveries");
         tx.rollback().await.ok();
         rows
     }
@@ -187,8 +197,12 @@ impl TestDb {
             if unfinished == 0 {
                 return;
             }
-            let pending = self.count_where("integrations.deliveries", "status = 'pending'").await;
-            let unrouted = self.count_where("integrations.events", "processed_at IS NULL").await;
+            let pending = self
+                .count_where("integrations.deliveries", "status = 'pending'")
+                .await;
+            let unrouted = self
+                .count_where("integrations.events", "processed_at IS NULL")
+                .await;
             assert!(
                 start.elapsed() < timeout,
                 "{pending} deliveries still pending and {unrouted} events unrouted after {timeout:?}"
@@ -199,8 +213,11 @@ impl TestDb {
 
     /// Starts an engine on the shipped integrations.
     pub async fn engine(&self) -> Engine {
-        self.engine_on(&root().join("integrations.d"), Some(&root().join("schemas/events")))
-            .await
+        self.engine_on(
+            &root().join("integrations.d"),
+            Some(&root().join("schemas/events")),
+        )
+        .await
     }
 
     /// Starts an engine on an integrations directory.
@@ -209,8 +226,14 @@ impl TestDb {
     }
 
     /// Starts an engine on an integrations directory with adjusted tuning.
-    pub async fn engine_with(&self, dir: &Path, contracts: Option<&Path>, tune: impl FnOnce(&mut EngineConfig)) -> Engine {
-        let generation = busbar::serve::load_generation(dir, contracts, 1).expect("integrations compile");
+    pub async fn engine_with(
+        &self,
+        dir: &Path,
+        contracts: Option<&Path>,
+        tune: impl FnOnce(&mut EngineConfig),
+    ) -> Engine {
+        let generation =
+            busbar::serve::load_generation(dir, contracts, 1).expect("integrations compile");
         let mut config = EngineConfig::for_dialect(self.dialect());
         config.poll_interval = Duration::from_millis(50);
         tune(&mut config);
@@ -222,7 +245,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((admin_url, name)) = self.admin.take() else { return };
+        let Some((admin_url, name)) = self.admin.take() else {
+            return;
+        };
         let store = self.store.clone();
         // Dropping the database needs its connections closed first; do it
         // on a thread of its own, as Drop cannot await.
@@ -234,9 +259,11 @@ impl Drop for TestDb {
             runtime.block_on(async move {
                 store.close().await;
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut admin)
-                        .await;
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                 }
             });
         })
@@ -260,7 +287,8 @@ pub fn database_url(admin_url: &str, name: &str) -> String {
 
 /// `hris.employees` → `"hris.employees"` for SQLite test SQL.
 fn sqlite_names(sql: &str) -> String {
-    let pattern = regex::Regex::new(r#"\b(core|hris|payroll|integrations|test)\.([a-z_]+)\b"#).expect("regex");
+    let pattern = regex::Regex::new(r#"\b(core|hris|payroll|integrations|test)\.([a-z_]+)\b"#)
+        .expect("regex");
     pattern.replace_all(sql, "\"$1.$2\"").into_owned()
 }
 
