@@ -123,7 +123,7 @@ enum Command {
         /// Where event contracts live [default: DIR/../schemas/events].
         #[arg(long)]
         contracts: Option<PathBuf>,
-        /// Concurrent delivery workers [default: 6 on PostgreSQL, 1 on SQLite].
+        /// Concurrent delivery workers [default: 4 on PostgreSQL, 1 on SQLite].
         #[arg(long)]
         workers: Option<usize>,
         /// Where the HTTP API listens.

@@ -54,9 +54,11 @@ impl EngineConfig {
     /// writers, SQLite has one.
     pub fn for_dialect(dialect: Dialect) -> EngineConfig {
         match dialect {
+            // Measured on 2 cores (docs/BENCHMARKS.md): four workers of 300
+            // deliveries keep PostgreSQL busy without starving publishers.
             Dialect::Postgres => EngineConfig {
-                workers: 6,
-                batch_size: 100,
+                workers: 4,
+                batch_size: 300,
                 publish_batch: 500,
                 publishers: 2,
                 poll_interval: Duration::from_millis(500),
