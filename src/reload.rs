@@ -286,24 +286,16 @@ impl Reloader {
             return self.finish(outcome, started, None);
         };
         diff(&live, &generation, &mut outcome);
-        match self.engine.swap_generation(generation).await {
-            Ok(_) => {
-                outcome.ok = true;
-                outcome.swapped = true;
-                outcome.generation = number;
-                self.finish(outcome, started, Some(now))
-            }
-            Err(error) => {
-                // The swap itself happened; only skipping the removed
-                // integrations' pending deliveries failed. Workers skip
-                // them anyway when they meet them.
-                tracing::warn!(%error, "generation swapped, but marking removed integrations' deliveries failed");
-                outcome.ok = true;
-                outcome.swapped = true;
-                outcome.generation = number;
-                self.finish(outcome, started, Some(now))
-            }
+        if let Err(error) = self.engine.swap_generation(generation).await {
+            // The swap itself happened; only skipping the removed
+            // integrations' pending deliveries failed. Workers skip them
+            // anyway when they meet them.
+            tracing::warn!(%error, "generation swapped, but marking removed integrations' deliveries failed");
         }
+        outcome.ok = true;
+        outcome.swapped = true;
+        outcome.generation = number;
+        self.finish(outcome, started, Some(now))
     }
 
     fn finish(
