@@ -161,6 +161,10 @@ pub fn reload(ok: bool, generation: u64) {
     let outcome = if ok { "ok" } else { "failed" };
     counter!("busbar_reloads_total", "outcome" => outcome).increment(1);
     gauge!("busbar_generation").set(generation as f64);
+    if ok {
+        gauge!("busbar_last_reload_success_timestamp_seconds")
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1e3);
+    }
 }
 
 /// An HTTP request to `route` (the matched pattern, never the raw path, so

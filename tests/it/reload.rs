@@ -425,6 +425,18 @@ on_both_databases! {
         assert_eq!(status["reload"]["errors"][0]["line"], 11);
         assert_eq!(status["reload"]["errors"][0]["code"], "undefined-name");
 
+        // Metrics count reloads by outcome and show the live generation and
+        // when a reload last succeeded.
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        for name in [
+            "busbar_reloads_total{outcome=\"ok\"}",
+            "busbar_reloads_total{outcome=\"failed\"}",
+            "busbar_generation",
+            "busbar_last_reload_success_timestamp_seconds",
+        ] {
+            assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+        }
+
         let _ = stop_server.send(());
         server.await.unwrap().unwrap();
         engine.shutdown().await;
