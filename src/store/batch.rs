@@ -25,7 +25,7 @@ use serde_json::Value;
 use sqlx::AssertSqlSafe;
 
 use super::catalog::{Catalog, TableInfo};
-use super::convert::{BindValue, convert};
+use super::convert::{BindValue, convert_columns};
 use super::target::{Emitted, TargetExecutor, bind_sqlite};
 use super::{DbTx, StoreError};
 use crate::compile::Step;
@@ -336,7 +336,7 @@ pub async fn flush(
         let info = catalog.table(tx, &table).await?;
         let mut lookups = Vec::with_capacity(group.len());
         for (delivery, filter, slot) in group {
-            match convert_all(&table, &info, &filter) {
+            match convert_columns(&table, &info, &filter) {
                 Ok(values) => lookups.push((delivery, values, slot)),
                 Err(error) => answer(&slot, Err(error)),
             }
@@ -363,7 +363,7 @@ pub async fn flush(
             .collect();
         let mut pending = Vec::with_capacity(group.len());
         for (delivery, values, slot) in group {
-            match convert_all(&table, &info, &values) {
+            match convert_columns(&table, &info, &values) {
                 Ok(values) => pending.push((delivery, values, slot)),
                 Err(error) => answer(&slot, Err(error)),
             }
@@ -442,25 +442,6 @@ pub async fn flush(
 
 fn answer(slot: &Slot, reply: Result<Reply, StoreError>) {
     *slot.lock().expect("slot lock") = Some(reply);
-}
-
-fn convert_all(
-    table: &TableName,
-    info: &TableInfo,
-    columns: &[(Ident, Value)],
-) -> Result<Vec<BindValue>, StoreError> {
-    columns
-        .iter()
-        .map(|(column, value)| {
-            let column_info = info
-                .column(column.as_str())
-                .ok_or_else(|| StoreError::NoColumn {
-                    table: table.to_string(),
-                    column: column.to_string(),
-                })?;
-            convert(column_info, value)
-        })
-        .collect()
 }
 
 /// Looks up one row per lookup, in one statement per null pattern.

@@ -36,6 +36,27 @@ impl BindValue {
     }
 }
 
+/// Converts `(column, value)` pairs for `table`, in order; a column the
+/// table does not have is an error naming it.
+pub fn convert_columns(
+    table: &crate::compile::ident::TableName,
+    info: &super::catalog::TableInfo,
+    columns: &[(crate::compile::ident::Ident, Value)],
+) -> Result<Vec<BindValue>, StoreError> {
+    columns
+        .iter()
+        .map(|(column, value)| {
+            let column_info = info
+                .column(column.as_str())
+                .ok_or_else(|| StoreError::NoColumn {
+                    table: table.to_string(),
+                    column: column.to_string(),
+                })?;
+            convert(column_info, value)
+        })
+        .collect()
+}
+
 /// A short form of a value for messages.
 pub fn show(value: &Value) -> String {
     let text = value.to_string();

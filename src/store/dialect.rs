@@ -55,13 +55,6 @@ impl Dialect {
         }
     }
 
-    fn param(self, n: usize) -> String {
-        match self {
-            Dialect::Postgres => format!("${n}"),
-            Dialect::Sqlite => format!("?{n}"),
-        }
-    }
-
     /// A placeholder for a value of `column`.
     fn value(self, n: usize, info: &TableInfo, column: &Ident) -> String {
         match self {
@@ -73,8 +66,8 @@ impl Dialect {
         }
     }
 
-    /// An expression giving the whole row as JSON text.
-    fn row_json(self, info: &TableInfo) -> String {
+    /// An expression giving the whole row (aliased `t`) as JSON text.
+    pub fn row_json(self, info: &TableInfo) -> String {
         match self {
             Dialect::Postgres => "to_jsonb(t.*)::text".to_owned(),
             Dialect::Sqlite => {
@@ -342,11 +335,6 @@ impl Dialect {
             key_names.join(", "),
             updates.join(", ")
         )
-    }
-
-    /// `$n`/`?n`, for engine queries built at run time.
-    pub fn placeholder(self, n: usize) -> String {
-        self.param(n)
     }
 }
 

@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 
 use super::catalog::{Catalog, TableInfo};
-use super::convert::{BindValue, convert};
+use super::convert::{BindValue, convert_columns};
 use super::dialect::Condition;
 use super::{DbTx, StoreError};
 use crate::compile::Step;
@@ -49,26 +49,6 @@ impl<'t> TargetExecutor<'t> {
         self.catalog.table(self.tx, table).await
     }
 
-    /// Converts `(column, value)` pairs for `table`, in order.
-    fn values(
-        table: &TableName,
-        info: &TableInfo,
-        columns: &[(Ident, Value)],
-    ) -> Result<Vec<BindValue>, StoreError> {
-        columns
-            .iter()
-            .map(|(column, value)| {
-                let info = info
-                    .column(column.as_str())
-                    .ok_or_else(|| StoreError::NoColumn {
-                        table: table.to_string(),
-                        column: column.to_string(),
-                    })?;
-                convert(info, value)
-            })
-            .collect()
-    }
-
     /// Turns a filter into SQL conditions numbered from `first`, and the
     /// values to bind (nulls become `IS NULL` and bind nothing).
     fn conditions<'a>(
@@ -79,7 +59,7 @@ impl<'t> TargetExecutor<'t> {
     ) -> Result<(Vec<Condition<'a>>, Vec<BindValue>), StoreError> {
         let mut conditions = Vec::with_capacity(filter.len());
         let mut binds = Vec::with_capacity(filter.len());
-        let converted = Self::values(table, info, filter)?;
+        let converted = convert_columns(table, info, filter)?;
         for ((column, _), value) in filter.iter().zip(converted) {
             if value == BindValue::Null {
                 conditions.push((column, None));
@@ -198,7 +178,7 @@ impl Executor for TargetExecutor<'_> {
         values: &[(Ident, Value)],
     ) -> Result<Row, StoreError> {
         let info = self.info(table).await?;
-        let binds = Self::values(table, &info, values)?;
+        let binds = convert_columns(table, &info, values)?;
         let columns: Vec<Ident> = values.iter().map(|(c, _)| c.clone()).collect();
         let sql = self.tx.dialect().upsert(table, &info, key, &columns);
         self.wrote = true;
@@ -215,7 +195,7 @@ impl Executor for TargetExecutor<'_> {
         set: &[(Ident, Value)],
     ) -> Result<Vec<Row>, StoreError> {
         let info = self.info(table).await?;
-        let mut binds = Self::values(table, &info, set)?;
+        let mut binds = convert_columns(table, &info, set)?;
         let (conditions, filter_binds) = Self::conditions(table, &info, filter, binds.len() + 1)?;
         binds.extend(filter_binds);
         let columns: Vec<Ident> = set.iter().map(|(c, _)| c.clone()).collect();

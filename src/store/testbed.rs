@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Connection};
 
-use super::catalog::{ColumnType, TableInfo, read_table};
+use super::catalog::{TableInfo, read_table};
 use super::convert::{BindValue, convert};
 use super::{DbTx, Dialect, Store, StoreError};
 use crate::compile::ident::{TableName, quote};
@@ -164,25 +164,7 @@ impl Testbed {
         let mut tx = self.store.begin_read().await?;
         let info = read_table(&mut tx, table).await?;
         let dialect = tx.dialect();
-        let row = match dialect {
-            Dialect::Postgres => "to_jsonb(t.*)::text".to_owned(),
-            Dialect::Sqlite => {
-                let pairs: Vec<String> = info
-                    .columns
-                    .iter()
-                    .map(|c| {
-                        let name = quote(&c.name);
-                        let value = if c.ty == ColumnType::Json {
-                            format!("json({name})")
-                        } else {
-                            name
-                        };
-                        format!("'{}', {value}", c.name.replace('\'', "''"))
-                    })
-                    .collect();
-                format!("json_object({})", pairs.join(", "))
-            }
-        };
+        let row = dialect.row_json(&info);
         let sql = AssertSqlSafe(format!("SELECT {row} FROM {} t", dialect.table(table)));
         let texts: Vec<(String,)> =
             on_tx!(&mut tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
