@@ -23,6 +23,8 @@
 //!   on throwaway databases.
 //! - [`api`]: the HTTP API over the engine (axum), with API keys and
 //!   organization isolation; [`telemetry`] names the metrics it serves.
+//! - [`console`]: the operations console in the browser (`/console`),
+//!   server-rendered on the same port, signed in with an API key.
 //!
 //! `check`, `render` and the server all go through the same compile and
 //! mapping code; the CLI in `main.rs` only parses arguments and prints.
@@ -33,6 +35,7 @@ pub mod api;
 pub mod check;
 pub mod compile;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod diagnostics;
 pub mod engine;

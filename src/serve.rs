@@ -174,6 +174,7 @@ pub fn dev_instructions(address: SocketAddr, key: &CreatedKey) -> String {
     [
         String::new(),
         format!("busbar (dev) is serving on {base}"),
+        format!("The operations console: {base}/console (sign in with the key below)"),
         String::new(),
         "A new admin key for every organization (scopes: publish, read, admin), shown only now:"
             .into(),

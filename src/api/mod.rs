@@ -269,6 +269,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::document))
+        .merge(crate::console::router())
         .route_layer(middleware::from_fn(record_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

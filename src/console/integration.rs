@@ -1,0 +1,346 @@
+//! An integration's page (`GET /console/integrations/{id}`): its YAML as
+//! written (highlighted, with the last reload's errors marked), its dead
+//! letters grouped by cause, its recent deliveries; and its actions:
+//! replaying a group of dead letters or some of them, and enabling,
+//! disabling, pausing and resuming it. Every action asks for a
+//! confirmation that says what it will do, on a page of its own (so it
+//! needs no script).
+
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::causes::{self, CauseGroup};
+use super::data::{self, FlowState, StateChange};
+use super::{ConsoleError, Fields, Viewer, highlight, see_other, view};
+use crate::api::{AppState, ReloadError};
+use crate::store::events::DeliveryView;
+
+/// How many deliveries of a group the page lists with checkboxes.
+const LISTED_PER_GROUP: usize = 50;
+
+/// A message shown after an action (by code, so nothing from the query
+/// string is shown as it came).
+#[derive(Debug, Deserialize)]
+pub struct Notice {
+    notice: Option<String>,
+    count: Option<u64>,
+}
+
+impl Notice {
+    fn text(&self) -> Option<String> {
+        let count = self.count.unwrap_or(0);
+        Some(match self.notice.as_deref()? {
+            "replayed" => format!("{count} dead deliveries were queued again."),
+            "enabled" => "The integration is enabled.".to_owned(),
+            "disabled" => "The integration is disabled.".to_owned(),
+            "paused" => "The integration is paused.".to_owned(),
+            "resumed" => "The integration is running again.".to_owned(),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct GroupView {
+    key: String,
+    step: Option<i32>,
+    cause: String,
+    count: usize,
+    first_seen: chrono::DateTime<chrono::Utc>,
+    last_seen: chrono::DateTime<chrono::Utc>,
+    listed: Vec<DeliveryView>,
+    /// An example of the error as it was, before normalising.
+    example: Option<String>,
+}
+
+impl From<CauseGroup> for GroupView {
+    fn from(group: CauseGroup) -> GroupView {
+        GroupView {
+            example: group.deliveries.first().and_then(|d| d.last_error.clone()),
+            key: group.key,
+            step: group.step,
+            cause: group.cause,
+            count: group.count,
+            first_seen: group.first_seen,
+            last_seen: group.last_seen,
+            listed: group.deliveries.into_iter().take(LISTED_PER_GROUP).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RouteView {
+    on: String,
+    steps: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct IntegrationPage {
+    id: String,
+    description: Option<String>,
+    source: String,
+    target: String,
+    file: String,
+    state: FlowState,
+    disabled_in_yaml: bool,
+    pause_is_disable: bool,
+    routes: Vec<RouteView>,
+    yaml: Option<minijinja::Value>,
+    reload_errors: Vec<ReloadError>,
+    groups: Vec<GroupView>,
+    dead_total: usize,
+    dead_limit: i64,
+    recent: Vec<DeliveryView>,
+    notice: Option<String>,
+}
+
+/// `GET /console/integrations/{id}`.
+pub async fn page(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(notice): Query<Notice>,
+) -> Result<Html<String>, ConsoleError> {
+    let generation = state.engine.generation();
+    let Some(integration) = generation.integration(&id) else {
+        return Err(ConsoleError::not_found(format!(
+            "There is no integration `{id}` in the live generation ({}).",
+            generation.number
+        )));
+    };
+    let store = state.engine.store();
+    let organization = viewer.organization();
+    let dead = data::dead_letters(store, &id, organization).await?;
+    let dead_total = dead.len();
+    let groups: Vec<GroupView> = causes::group(dead).into_iter().map(Into::into).collect();
+    let recent = data::recent_deliveries(store, &id, organization, 25).await?;
+    let source = data::integration_source(&generation, &id).await;
+    let file = integration.file.display().to_string();
+    let reload = state.reload.load();
+    let reload_errors: Vec<ReloadError> = if reload.ok {
+        Vec::new()
+    } else {
+        reload
+            .errors
+            .iter()
+            .filter(|e| same_file(&e.file, &integration.file))
+            .cloned()
+            .collect()
+    };
+    let marked: Vec<usize> = reload_errors.iter().map(|e| e.line).collect();
+    let routes = integration
+        .routes
+        .iter()
+        .map(|route| RouteView {
+            on: route.on.clone(),
+            steps: route
+                .steps
+                .iter()
+                .map(crate::mapping::describe_step)
+                .collect(),
+        })
+        .collect();
+    let content = IntegrationPage {
+        id: id.clone(),
+        description: integration.description.clone(),
+        source: integration.source.clone(),
+        target: integration.target.clone(),
+        file,
+        state: data::flow_state(&state.engine, &id),
+        disabled_in_yaml: !integration.enabled,
+        pause_is_disable: data::PAUSE_IS_DISABLE,
+        routes,
+        yaml: source.map(|s| view::safe(highlight::yaml(&s.text, &marked))),
+        reload_errors,
+        groups,
+        dead_total,
+        dead_limit: data::DEAD_LETTER_LIMIT,
+        recent,
+        notice: notice.text(),
+    };
+    view::page(&viewer, "integration.html", "overview", &id, content)
+}
+
+fn same_file(reported: &str, file: &std::path::Path) -> bool {
+    let reported = std::path::Path::new(reported);
+    reported == file
+        || (reported.file_name() == file.file_name()
+            && (reported.ends_with(file) || file.ends_with(reported)))
+}
+
+/// What the confirmation page shows and re-posts.
+#[derive(Debug, Serialize)]
+pub struct Confirmation {
+    pub question: String,
+    pub details: Vec<String>,
+    pub warning: Option<String>,
+    pub action: String,
+    pub fields: Vec<(String, String)>,
+    pub confirm_label: String,
+    pub cancel: String,
+}
+
+/// Renders the confirmation page for a form.
+pub fn confirm(viewer: &Viewer, confirmation: Confirmation) -> Result<Response, ConsoleError> {
+    Ok(view::page(viewer, "confirm.html", "", "Confirm", confirmation)?.into_response())
+}
+
+/// `POST /console/integrations/{id}/replay`: replay a whole group of dead
+/// letters (`scope=group`) or the ticked ones (`scope=selected`), after a
+/// confirmation that says how many.
+pub async fn replay(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    fields: Fields,
+) -> Result<Response, ConsoleError> {
+    viewer.require_admin()?;
+    viewer.check_csrf(&fields)?;
+    if state.engine.generation().integration(&id).is_none() {
+        return Err(ConsoleError::not_found(format!(
+            "There is no integration `{id}` in the live generation."
+        )));
+    }
+    let key = fields.get("group").unwrap_or("");
+    let organization = viewer.organization();
+    let dead = data::dead_letters(state.engine.store(), &id, organization).await?;
+    let Some(group) = causes::group(dead).into_iter().find(|g| g.key == key) else {
+        return Err(ConsoleError::bad_request(
+            "That group has no dead deliveries any more (already replayed?). Reload the integration's page.",
+        ));
+    };
+    let selected_only = fields.get("scope") == Some("selected");
+    let ids: Vec<Uuid> = if selected_only {
+        let ticked: Vec<Uuid> = fields
+            .all("delivery")
+            .into_iter()
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        group
+            .ids()
+            .into_iter()
+            .filter(|id| ticked.contains(id))
+            .collect()
+    } else {
+        group.ids()
+    };
+    if ids.is_empty() {
+        return Err(ConsoleError::bad_request(
+            "No dead delivery was selected. Tick the ones to replay, or replay the whole group.",
+        ));
+    }
+    if fields.get("confirmed") != Some("yes") {
+        let mut echo: Vec<(String, String)> = vec![
+            ("group".into(), group.key.clone()),
+            (
+                "scope".into(),
+                if selected_only { "selected" } else { "group" }.into(),
+            ),
+            ("confirmed".into(), "yes".into()),
+        ];
+        echo.extend(ids.iter().map(|id| ("delivery".to_owned(), id.to_string())));
+        let n = ids.len();
+        return confirm(
+            &viewer,
+            Confirmation {
+                question: format!(
+                    "Replay {n} dead {} of {id}?",
+                    if n == 1 { "delivery" } else { "deliveries" }
+                ),
+                details: vec![
+                    format!(
+                        "They failed at step {} with: {}",
+                        group
+                            .step
+                            .map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                        group.cause
+                    ),
+                    "They run again on the live generation, with a fresh retry budget. Fix the cause first, or they fail again.".into(),
+                ],
+                warning: None,
+                action: format!("/console/integrations/{id}/replay"),
+                fields: echo,
+                confirm_label: format!("Replay {n}"),
+                cancel: format!("/console/integrations/{id}"),
+            },
+        );
+    }
+    let replayed = data::replay_deliveries(&state.engine, &ids, organization).await?;
+    tracing::info!(integration = %id, replayed, key = %viewer.caller.key_id, "console: dead deliveries replayed");
+    Ok(see_other(&format!(
+        "/console/integrations/{id}?notice=replayed&count={replayed}#dead-letters"
+    )))
+}
+
+/// `POST /console/integrations/{id}/state`: enable, disable, pause or
+/// resume (platform admin keys; disabling and pausing ask first).
+pub async fn change_state(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    fields: Fields,
+) -> Result<Response, ConsoleError> {
+    viewer.require_platform_admin()?;
+    viewer.check_csrf(&fields)?;
+    if state.engine.generation().integration(&id).is_none() {
+        return Err(ConsoleError::not_found(format!(
+            "There is no integration `{id}` in the live generation."
+        )));
+    }
+    let (change, done) = match fields.get("change") {
+        Some("enable") => (StateChange::Enable, "enabled"),
+        Some("disable") => (StateChange::Disable, "disabled"),
+        Some("pause") => (StateChange::Pause, "paused"),
+        Some("resume") => (StateChange::Resume, "resumed"),
+        _ => {
+            return Err(ConsoleError::bad_request(
+                "Choose enable, disable, pause or resume.",
+            ));
+        }
+    };
+    let asks = matches!(change, StateChange::Disable | StateChange::Pause);
+    if asks && fields.get("confirmed") != Some("yes") {
+        let (question, details, warning) = match change {
+            StateChange::Pause => (
+                format!("Pause {id}?"),
+                vec!["Its events wait until it is resumed; nothing is skipped.".to_owned()],
+                data::PAUSE_IS_DISABLE.then(|| {
+                    "This busbar does not pause yet: until the new delivery engine lands, pausing disables the integration, so its pending deliveries are skipped and new events get none until it is resumed.".to_owned()
+                }),
+            ),
+            _ => (
+                format!("Disable {id}?"),
+                vec![
+                    "New events get no delivery for it, and its pending deliveries are skipped.".to_owned(),
+                    "Enabling it again does not bring those back; redeliver them afterwards.".to_owned(),
+                ],
+                None,
+            ),
+        };
+        let label = if change == StateChange::Pause {
+            "Pause"
+        } else {
+            "Disable"
+        };
+        return confirm(
+            &viewer,
+            Confirmation {
+                question,
+                details,
+                warning,
+                action: format!("/console/integrations/{id}/state"),
+                fields: vec![
+                    ("change".into(), fields.get("change").unwrap_or("").into()),
+                    ("confirmed".into(), "yes".into()),
+                ],
+                confirm_label: label.into(),
+                cancel: format!("/console/integrations/{id}"),
+            },
+        );
+    }
+    data::change_state(&state.engine, &id, change).await?;
+    tracing::info!(integration = %id, change = done, key = %viewer.caller.key_id, "console: integration state changed");
+    Ok(see_other(&format!("/console/integrations/{id}?notice={done}")))
+}

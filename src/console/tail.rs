@@ -1,0 +1,162 @@
+//! The live tail: `GET /console/tail` shows the latest activity (readable
+//! without scripts) and `GET /console/tail/stream` streams events and
+//! delivery outcomes as they happen, as Server-Sent Events, filtered by
+//! integration and outcome. The stream ends when the session does (it is
+//! checked again every few seconds) and when busbar shuts down.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use super::data::{self, Activity, ActivityFeed};
+use super::{ConsoleError, Viewer, view};
+use crate::api::AppState;
+
+/// The outcomes the tail can be filtered by.
+const OUTCOMES: [&str; 5] = ["published", "delivered", "skipped", "retrying", "dead"];
+
+/// How often the stream checks that its session is still valid.
+const SESSION_CHECK: Duration = Duration::from_secs(5);
+
+/// The tail's filter.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TailFilter {
+    integration: String,
+    outcome: String,
+}
+
+impl TailFilter {
+    fn keeps(&self, activity: &Activity) -> bool {
+        let integration = self.integration.trim();
+        let outcome = self.outcome.trim();
+        // With an integration chosen, only its deliveries' outcomes show
+        // (a published event is not one integration's).
+        let integration_ok =
+            integration.is_empty() || activity.integration.as_deref() == Some(integration);
+        let outcome_ok = outcome.is_empty() || activity.outcome == outcome;
+        integration_ok && outcome_ok
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TailPage {
+    filter: TailFilter,
+    recent: Vec<Activity>,
+    integrations: Vec<String>,
+    outcomes: [&'static str; 5],
+    stream: String,
+}
+
+/// `GET /console/tail`.
+pub async fn page(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Query(filter): Query<TailFilter>,
+) -> Result<Html<String>, ConsoleError> {
+    let recent = data::recent_activity(state.engine.store(), viewer.organization(), 100)
+        .await?
+        .into_iter()
+        .filter(|a| filter.keeps(a))
+        .take(50)
+        .collect();
+    let query = serde_urlencoded::to_string(&filter).unwrap_or_default();
+    let content = TailPage {
+        recent,
+        integrations: state
+            .engine
+            .generation()
+            .integrations
+            .iter()
+            .map(|i| i.id.clone())
+            .collect(),
+        outcomes: OUTCOMES,
+        stream: format!("/console/tail/stream?{query}"),
+        filter,
+    };
+    view::page(&viewer, "tail.html", "tail", "Live tail", content)
+}
+
+struct Tail {
+    feed: ActivityFeed,
+    state: AppState,
+    filter: TailFilter,
+    headers: HeaderMap,
+    checked: Instant,
+}
+
+/// `GET /console/tail/stream`: one `activity` event per thing that
+/// happened, its data the activity as JSON.
+pub async fn stream(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(filter): Query<TailFilter>,
+) -> Response {
+    let tail = Tail {
+        feed: ActivityFeed::new(viewer.organization()),
+        state,
+        filter,
+        headers,
+        checked: Instant::now(),
+    };
+    Sse::new(activity(tail))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn activity(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(tail, |mut tail| async move {
+        let mut interval = tokio::time::interval(ActivityFeed::INTERVAL);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = tail.state.draining.cancelled() => return None,
+            }
+            if tail.checked.elapsed() >= SESSION_CHECK {
+                tail.checked = Instant::now();
+                if !still_signed_in(&tail).await {
+                    return None;
+                }
+            }
+            match tail.feed.poll(tail.state.engine.store()).await {
+                Ok(found) => {
+                    let events: Vec<Result<Event, Infallible>> = found
+                        .into_iter()
+                        .filter(|a| tail.filter.keeps(a))
+                        .filter_map(|a| Event::default().event("activity").json_data(&a).ok())
+                        .map(Ok)
+                        .collect();
+                    if !events.is_empty() {
+                        return Some((stream::iter(events), tail));
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "console: the live tail could not poll"),
+            }
+        }
+    })
+    .flatten()
+}
+
+/// Whether the stream's session is still valid (not signed out, expired,
+/// or its key revoked).
+async fn still_signed_in(tail: &Tail) -> bool {
+    let mut parts = axum::http::Request::builder()
+        .uri("/console/tail/stream")
+        .body(())
+        .map(|r| r.into_parts().0)
+        .expect("a request without a body builds");
+    parts.headers = tail.headers.clone();
+    <Viewer as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+        &mut parts,
+        &tail.state,
+    )
+    .await
+    .is_ok()
+}
