@@ -32,9 +32,13 @@ impl Notice {
     fn text(&self) -> Option<String> {
         let count = self.count.unwrap_or(0);
         Some(match self.notice.as_deref()? {
+            "replayed" if count == 1 => "1 dead delivery was queued again.".to_owned(),
             "replayed" => format!("{count} dead deliveries were queued again."),
             "enabled" => "The integration is enabled.".to_owned(),
             "disabled" => "The integration is disabled.".to_owned(),
+            "paused" if data::PAUSE_IS_DISABLE => {
+                "The integration is disabled: until the new delivery engine lands, pausing disables.".to_owned()
+            }
             "paused" => "The integration is paused.".to_owned(),
             "resumed" => "The integration is running again.".to_owned(),
             _ => return None,

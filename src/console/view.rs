@@ -55,6 +55,7 @@ fn environment() -> &'static Environment<'static> {
         );
         env.add_filter("when", filter_when);
         env.add_filter("ago", filter_ago);
+        env.add_filter("clip", filter_clip);
         for (name, source) in TEMPLATES {
             env.add_template(name, source)
                 .unwrap_or_else(|error| panic!("console template {name}: {error:#}"));
@@ -88,6 +89,17 @@ fn filter_ago(value: String) -> String {
         s if s < 3600 => format!("{} min ago", s / 60),
         s if s < 86_400 => format!("{} h ago", s / 3600),
         s => format!("{} days ago", s / 86_400),
+    }
+}
+
+/// `{{ text | clip(n) }}`: at most `n` characters, with `…` when cut.
+fn filter_clip(value: String, n: usize) -> String {
+    if value.chars().count() <= n {
+        value
+    } else {
+        let mut cut: String = value.chars().take(n.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
     }
 }
 
