@@ -103,7 +103,11 @@ async fn a_wrong_key_is_refused_without_saying_why(browser: &Browser, busbar: &B
     let real = busbar.key(None, &[Scope::Read]).await;
     let wrong_secret = format!("{}{}", &real[..12], "x".repeat(real.len() - 12));
     let mut answers = Vec::new();
-    for key in [wrong_secret.as_str(), "bb_zzzzzzzz_0123456789012345678901234567890123456789", "hello"] {
+    for key in [
+        wrong_secret.as_str(),
+        "bb_zzzzzzzz_0123456789012345678901234567890123456789",
+        "hello",
+    ] {
         browser.sign_in(busbar, key).await;
         assert_eq!(browser.path().await, "/console/sign-in");
         answers.push(browser.text("#sign-in-error").await);
@@ -142,7 +146,11 @@ async fn a_read_key_sees_the_flows_but_cannot_act(browser: &Browser, busbar: &Bu
         .open(&busbar.url("/console/integrations/recruitiq-to-nexus"))
         .await;
     assert!(
-        browser.client.find(Locator::Css("#state-disable")).await.is_err(),
+        browser
+            .client
+            .find(Locator::Css("#state-disable"))
+            .await
+            .is_err(),
         "a read key sees no state buttons"
     );
     let status = post_from_page(
@@ -175,21 +183,24 @@ async fn post_from_page(browser: &Browser, path: &str, body: &str, with_csrf: bo
         .unwrap_or(0)
 }
 
-async fn the_live_tail_shows_a_published_event_within_a_second(
-    browser: &Browser,
-    busbar: &Busbar,
-) {
+async fn the_live_tail_shows_a_published_event_within_a_second(browser: &Browser, busbar: &Busbar) {
     browser.open(&busbar.url("/console/tail")).await;
     // Connected before the event is published.
     let start = Instant::now();
     while browser
         .client
-        .execute("return document.getElementById('tail').dataset.live", vec![])
+        .execute(
+            "return document.getElementById('tail').dataset.live",
+            vec![],
+        )
         .await
         .unwrap()
         != json!("yes")
     {
-        assert!(start.elapsed() < Duration::from_secs(10), "the tail did not connect");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the tail did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let id = busbar
@@ -226,7 +237,10 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
 
     browser.open(&busbar.url("/console")).await;
     let row = browser.text("#flow-recruitiq-to-directory").await;
-    assert!(row.contains("no row in core.users"), "the last error shows: {row}");
+    assert!(
+        row.contains("no row in core.users"),
+        "the last error shows: {row}"
+    );
     browser.shot("02-overview").await;
 
     browser
@@ -250,11 +264,18 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
 
     browser.click("#dead-letters button[value=group]").await;
     let question = browser.text("#confirm-title").await;
-    assert_eq!(question, "Replay 1 dead delivery of recruitiq-to-directory?");
+    assert_eq!(
+        question,
+        "Replay 1 dead delivery of recruitiq-to-directory?"
+    );
     browser.shot("04-confirm-replay").await;
     browser.click(".confirm button[type=submit]").await;
     browser
-        .wait_for_text(".notice", "1 dead delivery was queued again", Duration::from_secs(5))
+        .wait_for_text(
+            ".notice",
+            "1 dead delivery was queued again",
+            Duration::from_secs(5),
+        )
         .await;
     busbar
         .wait_for_delivery(poison, "recruitiq-to-directory", "delivered", SETTLE)
@@ -277,7 +298,10 @@ async fn an_integration_is_paused_and_resumed(browser: &Browser, busbar: &Busbar
     browser.click("#state-pause").await;
     // NEEDS ENGINE V2: pausing is disabling until the engine pauses, and
     // the confirmation says so.
-    assert_eq!(browser.text("#confirm-title").await, "Pause recruitiq-to-paylinq?");
+    assert_eq!(
+        browser.text("#confirm-title").await,
+        "Pause recruitiq-to-paylinq?"
+    );
     browser.click(".confirm button[type=submit]").await;
     let heading = browser.text("h1").await;
     assert!(
@@ -314,7 +338,12 @@ async fn a_form_without_its_csrf_token_is_refused(browser: &Browser, busbar: &Bu
     let page = browser.page_text().await;
     assert!(page.contains("security token"), "{page}");
     browser.open(&busbar.url("/console")).await;
-    assert!(browser.text("#flow-recruitiq-to-paylinq").await.contains("enabled"));
+    assert!(
+        browser
+            .text("#flow-recruitiq-to-paylinq")
+            .await
+            .contains("enabled")
+    );
     // And with a made-up token.
     let status = post_from_page(
         browser,
@@ -329,9 +358,7 @@ async fn a_form_without_its_csrf_token_is_refused(browser: &Browser, busbar: &Bu
 async fn the_other_pages_answer(browser: &Browser, busbar: &Busbar) {
     // Search by a payload field.
     browser
-        .open(&busbar.url(
-            "/console/events?field=candidate.email&value=poison%40example.com",
-        ))
+        .open(&busbar.url("/console/events?field=candidate.email&value=poison%40example.com"))
         .await;
     let results = browser.text("#main").await;
     assert!(results.contains("recruitiq/candidate.hired"), "{results}");
@@ -418,7 +445,13 @@ async fn an_organization_key_never_sees_another_organizations_events(
     browser.open(&busbar.url("/console/events")).await;
     let link = |id: Uuid| format!("#main a[href=\"/console/events/{id}\"]");
     assert!(browser.client.find(Locator::Css(&link(ours))).await.is_ok());
-    assert!(browser.client.find(Locator::Css(&link(theirs))).await.is_err());
+    assert!(
+        browser
+            .client
+            .find(Locator::Css(&link(theirs)))
+            .await
+            .is_err()
+    );
 
     // By URL: the event page, the id search, and asking for the other
     // organization.
@@ -439,7 +472,9 @@ async fn an_organization_key_never_sees_another_organizations_events(
     assert!(
         browser
             .client
-            .find(Locator::Css(&format!("#tail a[href=\"/console/events/{theirs}\"]")))
+            .find(Locator::Css(&format!(
+                "#tail a[href=\"/console/events/{theirs}\"]"
+            )))
             .await
             .is_err()
     );

@@ -44,7 +44,12 @@ impl CauseGroup {
 pub fn group(dead: Vec<DeliveryView>) -> Vec<CauseGroup> {
     let mut groups: Vec<CauseGroup> = Vec::new();
     for delivery in dead {
-        let cause = normalise(delivery.last_error.as_deref().unwrap_or("no error recorded"));
+        let cause = normalise(
+            delivery
+                .last_error
+                .as_deref()
+                .unwrap_or("no error recorded"),
+        );
         let key = group_key(delivery.error_step, &cause);
         let at = delivery.completed_at.unwrap_or(delivery.updated_at);
         match groups.iter_mut().find(|g| g.key == key) {
@@ -131,8 +136,8 @@ pub fn normalise(message: &str) -> String {
             "RFC ",
             "ISO ",
         ]
-            .iter()
-            .any(|word| before.ends_with(word));
+        .iter()
+        .any(|word| before.ends_with(word));
         if counted {
             c[0].to_owned()
         } else {
@@ -163,7 +168,9 @@ mod tests {
             "step 1 (find core.users): no row in core.users matches id = ‹…›"
         );
         assert_eq!(
-            normalise("column `phone`: cannot store \"+31 20 555 0100 ext 9\" as varchar(50): too long"),
+            normalise(
+                "column `phone`: cannot store \"+31 20 555 0100 ext 9\" as varchar(50): too long"
+            ),
             "column `phone`: cannot store ‹…› as varchar(50): too long"
         );
     }
@@ -171,7 +178,8 @@ mod tests {
     #[test]
     fn two_events_that_failed_alike_share_a_group() {
         let a = normalise("`salary`: cannot store 72000.5 as integer: not a whole number in range");
-        let b = normalise("`salary`: cannot store 81000.25 as integer: not a whole number in range");
+        let b =
+            normalise("`salary`: cannot store 81000.25 as integer: not a whole number in range");
         assert_eq!(a, b);
         assert_eq!(
             a,

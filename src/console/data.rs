@@ -133,8 +133,8 @@ pub async fn find_session(
         .fetch_optional(conn)
         .await)?;
     tx.rollback().await?;
-    Ok(
-        row.map(|(id, prefix, name, organization, scopes, expires)| SessionRecord {
+    Ok(row.map(
+        |(id, prefix, name, organization, scopes, expires)| SessionRecord {
             caller: Caller {
                 key_id: id.0,
                 organization: organization.map(|o| o.0),
@@ -146,8 +146,8 @@ pub async fn find_session(
             key_prefix: prefix,
             key_name: name,
             expires_at: expires.0,
-        }),
-    )
+        },
+    ))
 }
 
 /// Ends a session (signing out).
@@ -367,7 +367,11 @@ pub fn emit_links(generation: &Generation) -> Vec<(String, String, String)> {
                 .collect();
             consumers.dedup();
             for consumer in consumers {
-                links.push((integration.id.clone(), event.to_owned(), consumer.to_owned()));
+                links.push((
+                    integration.id.clone(),
+                    event.to_owned(),
+                    consumer.to_owned(),
+                ));
             }
         }
     }
@@ -536,8 +540,8 @@ pub fn delivery_timeline(delivery: &DeliveryView) -> Vec<TimelineEntry> {
             delivery.route_event
         ),
     }];
-    let failed = delivery.last_error.is_some()
-        && matches!(delivery.status, Status::Pending | Status::Dead);
+    let failed =
+        delivery.last_error.is_some() && matches!(delivery.status, Status::Pending | Status::Dead);
     if failed {
         let step = delivery
             .error_step
@@ -575,7 +579,10 @@ pub fn delivery_timeline(delivery: &DeliveryView) -> Vec<TimelineEntry> {
             kind: "skipped",
             text: format!(
                 "skipped: {}",
-                delivery.last_error.as_deref().unwrap_or("no reason recorded")
+                delivery
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
             ),
         }),
         Status::Dead => entries.push(TimelineEntry {
@@ -769,9 +776,9 @@ pub async fn search_events(
             Dialect::Sqlite => {
                 let p = built.arg(Arg::Text(format!("$.{}", path.join("."))));
                 let q = built.arg(Arg::Text(value.clone()));
-                built
-                    .conditions
-                    .push(format!("CAST(json_extract(e.event_data, {p}) AS TEXT) = {q}"));
+                built.conditions.push(format!(
+                    "CAST(json_extract(e.event_data, {p}) AS TEXT) = {q}"
+                ));
             }
         }
     }
@@ -786,12 +793,10 @@ pub async fn search_events(
           ORDER BY e.seq DESC LIMIT {limit_param}"
     )));
     let mut tx = store.begin_read().await?;
-    let rows: Vec<EventTuple> = on_tx!(&mut tx, |conn| bind_args!(
-        sqlx::query_as(sql),
-        &built.args
-    )
-    .fetch_all(conn)
-    .await)?;
+    let rows: Vec<EventTuple> =
+        on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
+            .fetch_all(conn)
+            .await)?;
     let found: Vec<StoredEvent> = rows.into_iter().map(stored_event).collect();
     let ids: Vec<Uuid> = found.iter().map(|e| e.envelope.id).collect();
     let mut counts = events::delivery_counts_of(&mut tx, &ids).await?;
@@ -1027,8 +1032,11 @@ impl ActivityFeed {
                     continue;
                 }
                 self.reported.insert(delivery.id, state);
-                let (source, event, organization) =
-                    self.names.get(&delivery.event_id).cloned().unwrap_or_else(|| {
+                let (source, event, organization) = self
+                    .names
+                    .get(&delivery.event_id)
+                    .cloned()
+                    .unwrap_or_else(|| {
                         (
                             delivery.source.clone(),
                             delivery.route_event.clone(),
@@ -1114,7 +1122,7 @@ pub async fn recent_activity(
         });
     }
     tx.rollback().await?;
-    out.sort_by(|a, b| b.at.cmp(&a.at));
+    out.sort_by_key(|a| std::cmp::Reverse(a.at));
     out.truncate(limit);
     Ok(out)
 }
@@ -1190,12 +1198,9 @@ pub async fn redeliver_preview(
         built.conditions.join(" AND ")
     )));
     let mut tx = store.begin_read().await?;
-    let (count,): (i64,) = on_tx!(&mut tx, |conn| bind_args!(
-        sqlx::query_as(sql),
-        &built.args
-    )
-    .fetch_one(conn)
-    .await)?;
+    let (count,): (i64,) = on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
+        .fetch_one(conn)
+        .await)?;
     tx.rollback().await?;
     Ok(count)
 }
@@ -1221,13 +1226,14 @@ pub async fn redeliver(
           WHERE {}",
         built.conditions.join(" AND ")
     )));
-    let mut tx = engine.store().begin_read().await.map_err(RedeliverError::Store)?;
-    let ids: Vec<(Id,)> = on_tx!(&mut tx, |conn| bind_args!(
-        sqlx::query_as(sql),
-        &built.args
-    )
-    .fetch_all(conn)
-    .await)
+    let mut tx = engine
+        .store()
+        .begin_read()
+        .await
+        .map_err(RedeliverError::Store)?;
+    let ids: Vec<(Id,)> = on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
+        .fetch_all(conn)
+        .await)
     .map_err(StoreError::from)?;
     tx.rollback().await?;
     let ids: Vec<Uuid> = ids.into_iter().map(|(id,)| id.0).collect();
@@ -1264,7 +1270,8 @@ pub fn dry_run(engine: &Engine, text: &str) -> DryRun {
     let json: Value = match serde_json::from_str(text) {
         Ok(json) => json,
         Err(error) => {
-            run.invalid.push((String::new(), format!("not JSON: {error}")));
+            run.invalid
+                .push((String::new(), format!("not JSON: {error}")));
             return run;
         }
     };

@@ -246,13 +246,17 @@ pub async fn detail(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ConsoleError> {
-    let missing = || ConsoleError::not_found(format!("There is no event {id} that this key can see."));
+    let missing =
+        || ConsoleError::not_found(format!("There is no event {id} that this key can see."));
     let id: Uuid = id.parse().map_err(|_| missing())?;
     let Some(tree) = data::event_tree(state.engine.store(), id, viewer.organization()).await?
     else {
         return Err(missing());
     };
-    let title = format!("{}/{}", tree.event.envelope.source, tree.event.envelope.event);
+    let title = format!(
+        "{}/{}",
+        tree.event.envelope.source, tree.event.envelope.event
+    );
     let content = DetailPage {
         parent: tree.event.parent_id,
         root: node(tree),

@@ -37,6 +37,8 @@ const NODE_H: f64 = 46.0;
 const COLUMN: f64 = 330.0;
 const ROW: f64 = 130.0;
 const MARGIN: f64 = 30.0;
+/// Room above the first row for arrows that jump over a column.
+const TOP: f64 = 90.0;
 
 /// The graph as an `<svg>` element, with a title and a description that
 /// lists every flow in words for screen readers.
@@ -67,12 +69,12 @@ pub fn svg(edges: &[Edge], chains: &[Chain]) -> String {
     for (product, column) in &depth {
         let row = rows.entry(*column).or_insert(0);
         let x = MARGIN + *column as f64 * COLUMN;
-        let y = MARGIN + 20.0 + *row as f64 * ROW;
+        let y = TOP + *row as f64 * ROW;
         place.insert(product, (x, y));
         *row += 1;
     }
     let width = MARGIN * 2.0 + (rows.len().max(1) - 1) as f64 * COLUMN + NODE_W;
-    let height = MARGIN * 2.0 + 40.0 + (rows.values().copied().max().unwrap_or(1)) as f64 * ROW;
+    let height = TOP + (rows.values().copied().max().unwrap_or(1) - 1) as f64 * ROW + NODE_H + 70.0;
 
     let mut description = Vec::new();
     for edge in edges {
@@ -114,7 +116,12 @@ pub fn svg(edges: &[Edge], chains: &[Chain]) -> String {
         let (x1, y1) = (sx + NODE_W, sy + NODE_H / 2.0);
         let (x2, y2) = (tx, ty + NODE_H / 2.0);
         let bend = ((x2 - x1).abs() / 2.0).max(60.0);
-        let (c1, c2) = ((x1 + bend, y1 + spread), (x2 - bend, y2 + spread));
+        // An arrow that jumps over a column arcs above the boxes between.
+        let lift = if x2 - x1 > COLUMN { 110.0 } else { 0.0 };
+        let (c1, c2) = (
+            (x1 + bend, y1 + spread - lift),
+            (x2 - bend, y2 + spread - lift),
+        );
         let mx = (x1 + 3.0 * c1.0 + 3.0 * c2.0 + x2) / 8.0;
         let my = (y1 + 3.0 * c1.1 + 3.0 * c2.1 + y2) / 8.0;
         labels.insert(edge.id.as_str(), (mx, my));

@@ -230,10 +230,22 @@ mod tests {
             "# a <comment>\nid: x\n  email: \"{{ data.email | lower }}\"\n  where: { organization_id: $.organization_id, status: active }\n",
             &[2],
         );
-        assert!(html.contains("<span class=\"c\"># a &lt;comment&gt;</span>"), "{html}");
-        assert!(html.contains("<span class=\"line marked\" id=\"L2\"><span class=\"k\">id</span>"), "{html}");
-        assert!(html.contains("<span class=\"t\">{{ data.email | lower }}</span>"), "{html}");
-        assert!(html.contains("<span class=\"p\">$.organization_id</span>"), "{html}");
+        assert!(
+            html.contains("<span class=\"c\"># a &lt;comment&gt;</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span class=\"line marked\" id=\"L2\"><span class=\"k\">id</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span class=\"t\">{{ data.email | lower }}</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span class=\"p\">$.organization_id</span>"),
+            "{html}"
+        );
         assert!(html.contains("<span class=\"k\">status</span>"), "{html}");
         assert!(!html.contains("<comment>"));
     }
@@ -241,8 +253,14 @@ mod tests {
     #[test]
     fn json_keys_strings_and_numbers_are_marked() {
         let html = json(&serde_json::json!({"a": "<b>", "n": 1.5, "t": true}));
-        assert!(html.contains("<span class=\"k\">&quot;a&quot;</span>"), "{html}");
-        assert!(html.contains("<span class=\"s\">&quot;&lt;b&gt;&quot;</span>"), "{html}");
+        assert!(
+            html.contains("<span class=\"k\">&quot;a&quot;</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<span class=\"s\">&quot;&lt;b&gt;&quot;</span>"),
+            "{html}"
+        );
         assert!(html.contains("<span class=\"n\">1.5</span>"), "{html}");
         assert!(html.contains("<span class=\"b\">true</span>"), "{html}");
     }

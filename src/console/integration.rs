@@ -69,7 +69,11 @@ impl From<CauseGroup> for GroupView {
             count: group.count,
             first_seen: group.first_seen,
             last_seen: group.last_seen,
-            listed: group.deliveries.into_iter().take(LISTED_PER_GROUP).collect(),
+            listed: group
+                .deliveries
+                .into_iter()
+                .take(LISTED_PER_GROUP)
+                .collect(),
         }
     }
 }
@@ -346,5 +350,7 @@ pub async fn change_state(
     }
     data::change_state(&state.engine, &id, change).await?;
     tracing::info!(integration = %id, change = done, key = %viewer.caller.key_id, "console: integration state changed");
-    Ok(see_other(&format!("/console/integrations/{id}?notice={done}")))
+    Ok(see_other(&format!(
+        "/console/integrations/{id}?notice={done}"
+    )))
 }

@@ -68,7 +68,10 @@ pub fn router() -> Router<AppState> {
             "/console/integrations/{id}/state",
             post(integration::change_state),
         )
-        .route("/console/integrations/{id}/replay", post(integration::replay))
+        .route(
+            "/console/integrations/{id}/replay",
+            post(integration::replay),
+        )
         .route("/console/events", get(events::search))
         .route("/console/events/{id}", get(events::detail))
         .route("/console/tail", get(tail::page))

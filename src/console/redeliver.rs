@@ -61,7 +61,11 @@ struct RedeliverPage {
     pause_is_disable: bool,
 }
 
-fn parse_time(text: &str, name: &str, problems: &mut Vec<String>) -> Option<chrono::DateTime<chrono::Utc>> {
+fn parse_time(
+    text: &str,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
     let text = text.trim();
     if text.is_empty() {
         return None;
@@ -75,7 +79,9 @@ fn parse_time(text: &str, name: &str, problems: &mut Vec<String>) -> Option<chro
                 .map(|t| t.and_utc())
         });
     if parsed.is_none() {
-        problems.push(format!("The `{name}` time `{text}` is not a time (2026-11-28T09:30)."));
+        problems.push(format!(
+            "The `{name}` time `{text}` is not a time (2026-11-28T09:30)."
+        ));
     }
     parsed
 }
@@ -196,7 +202,9 @@ pub async fn submit(
                 .map(|t| format!(", until {}", t.format("%Y-%m-%d %H:%M UTC")))
                 .unwrap_or_default(),
         )];
-        details.push("They run on the live generation; rows they already wrote are upserted again.".into());
+        details.push(
+            "They run on the live generation; rows they already wrote are upserted again.".into(),
+        );
         return confirm(
             &viewer,
             Confirmation {

@@ -249,7 +249,10 @@ fn sign_in_page(
     )?;
     Ok((
         status,
-        [(header::SET_COOKIE, set_cookie(SIGN_IN_COOKIE, &token, 600, https))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(SIGN_IN_COOKIE, &token, 600, https),
+        )],
         Html(body),
     )
         .into_response())
@@ -300,7 +303,9 @@ pub async fn sign_in(
         return sign_in_page(
             StatusCode::FORBIDDEN,
             &next,
-            Some("That key has no read scope; the console needs one (create it with --scope read)."),
+            Some(
+                "That key has no read scope; the console needs one (create it with --scope read).",
+            ),
             https,
         );
     }
@@ -342,7 +347,10 @@ mod tests {
 
     #[test]
     fn only_console_paths_are_followed_after_signing_in() {
-        assert_eq!(safe_next(Some("/console/events?x=1")), "/console/events?x=1");
+        assert_eq!(
+            safe_next(Some("/console/events?x=1")),
+            "/console/events?x=1"
+        );
         assert_eq!(safe_next(Some("https://evil.example/")), "/console");
         assert_eq!(safe_next(Some("//evil.example/console")), "/console");
         assert_eq!(safe_next(Some("/console//evil.example")), "/console");

@@ -18,8 +18,14 @@ use super::{ConsoleError, Viewer};
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout.html", include_str!("assets/templates/layout.html")),
     ("macros.html", include_str!("assets/templates/macros.html")),
-    ("sign_in.html", include_str!("assets/templates/sign_in.html")),
-    ("overview.html", include_str!("assets/templates/overview.html")),
+    (
+        "sign_in.html",
+        include_str!("assets/templates/sign_in.html"),
+    ),
+    (
+        "overview.html",
+        include_str!("assets/templates/overview.html"),
+    ),
     (
         "integration.html",
         include_str!("assets/templates/integration.html"),
@@ -27,9 +33,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("events.html", include_str!("assets/templates/events.html")),
     ("event.html", include_str!("assets/templates/event.html")),
     ("tail.html", include_str!("assets/templates/tail.html")),
-    ("redeliver.html", include_str!("assets/templates/redeliver.html")),
+    (
+        "redeliver.html",
+        include_str!("assets/templates/redeliver.html"),
+    ),
     ("try.html", include_str!("assets/templates/try.html")),
-    ("confirm.html", include_str!("assets/templates/confirm.html")),
+    (
+        "confirm.html",
+        include_str!("assets/templates/confirm.html"),
+    ),
     ("error.html", include_str!("assets/templates/error.html")),
 ];
 
@@ -129,7 +141,11 @@ pub fn render(template: &str, ctx: Value) -> Result<Html<String>, ConsoleError> 
         .and_then(|t| t.render(ctx))
         .map(Html)
         .map_err(|error| {
-            tracing::error!(template, error = format!("{error:#}"), "console template failed");
+            tracing::error!(
+                template,
+                error = format!("{error:#}"),
+                "console template failed"
+            );
             ConsoleError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",

@@ -125,7 +125,14 @@ impl Busbar {
         store.execute_script(table).await.expect("test table");
 
         let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--database-url", &url])
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &url,
+            ])
             .arg("--dir")
             .arg(&dir)
             .arg("--contracts")
@@ -155,7 +162,10 @@ impl Busbar {
                 key = Some(rest.trim().to_owned());
             }
             if line.contains("/console") {
-                assert!(line.contains("http://"), "the console URL is printed: {line}");
+                assert!(
+                    line.contains("http://"),
+                    "the console URL is printed: {line}"
+                );
             }
         }
         Busbar {
@@ -301,7 +311,11 @@ fn program(env: &str, candidates: &[&str]) -> Option<PathBuf> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     for candidate in candidates {
-        for dir in path_dirs.iter().map(PathBuf::as_path).chain([Path::new("/usr/bin")]) {
+        for dir in path_dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([Path::new("/usr/bin")])
+        {
             let path = dir.join(candidate);
             if path.exists() {
                 return Some(path);
@@ -329,8 +343,10 @@ impl Browser {
             );
             return None;
         };
-        let Some(chrome) = program("CHROME_BIN", &["chromium", "chromium-browser", "google-chrome"])
-        else {
+        let Some(chrome) = program(
+            "CHROME_BIN",
+            &["chromium", "chromium-browser", "google-chrome"],
+        ) else {
             eprintln!(
                 "SKIPPED {test}: Chromium is not installed (apt-get install chromium, or set CHROME_BIN)"
             );
