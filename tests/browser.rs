@@ -262,14 +262,14 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
         ))
         .await;
 
-    browser.click("#dead-letters button[value=group]").await;
+    browser.submit("#dead-letters button[value=group]").await;
     let question = browser.text("#confirm-title").await;
     assert_eq!(
         question,
         "Replay 1 dead delivery of recruitiq-to-directory?"
     );
     browser.shot("04-confirm-replay").await;
-    browser.click(".confirm button[type=submit]").await;
+    browser.submit(".confirm button[type=submit]").await;
     browser
         .wait_for_text(
             ".notice",
@@ -295,14 +295,14 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
 async fn an_integration_is_paused_and_resumed(browser: &Browser, busbar: &Busbar) {
     let page = busbar.url("/console/integrations/recruitiq-to-paylinq");
     browser.open(&page).await;
-    browser.click("#state-pause").await;
+    browser.submit("#state-pause").await;
     // NEEDS ENGINE V2: pausing is disabling until the engine pauses, and
     // the confirmation says so.
     assert_eq!(
         browser.text("#confirm-title").await,
         "Pause recruitiq-to-paylinq?"
     );
-    browser.click(".confirm button[type=submit]").await;
+    browser.submit(".confirm button[type=submit]").await;
     let heading = browser.text("h1").await;
     assert!(
         heading.contains("paused") || heading.contains("disabled"),
@@ -314,7 +314,7 @@ async fn an_integration_is_paused_and_resumed(browser: &Browser, busbar: &Busbar
     assert!(!row.contains("enabled"), "{row}");
 
     browser.open(&page).await;
-    browser.click("#state-resume").await;
+    browser.submit("#state-resume").await;
     browser
         .wait_for_text(".notice", "running again", Duration::from_secs(5))
         .await;
@@ -334,7 +334,7 @@ async fn a_form_without_its_csrf_token_is_refused(browser: &Browser, busbar: &Bu
         )
         .await
         .unwrap();
-    browser.click("#state-disable").await;
+    browser.submit("#state-disable").await;
     let page = browser.page_text().await;
     assert!(page.contains("security token"), "{page}");
     browser.open(&busbar.url("/console")).await;
@@ -375,7 +375,7 @@ async fn the_other_pages_answer(browser: &Browser, busbar: &Busbar) {
 
     // Try an event: the shipped example, rendered without writing.
     browser.open(&busbar.url("/console/try")).await;
-    browser.click("form button.primary").await;
+    browser.submit("form button.primary").await;
     let result = browser.text("#result").await;
     assert!(result.contains("recruitiq-to-nexus"), "{result}");
     assert!(result.contains("upsert hris.employees"), "{result}");
@@ -392,7 +392,7 @@ async fn the_other_pages_answer(browser: &Browser, busbar: &Busbar) {
         .select_by_value("recruitiq-to-nexus")
         .await
         .unwrap();
-    browser.click("form button.primary").await;
+    browser.submit("form button.primary").await;
     let question = browser.text("#confirm-title").await;
     assert!(
         question.starts_with("Redeliver ") && question.ends_with("through recruitiq-to-nexus?"),

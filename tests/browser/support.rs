@@ -452,6 +452,35 @@ impl Browser {
             .unwrap();
     }
 
+    /// Clicks what submits a form or follows a link, and waits for the new
+    /// page to load.
+    pub async fn submit(&self, css: &str) {
+        self.client
+            .execute("window.__busbarOldPage = true", vec![])
+            .await
+            .unwrap();
+        self.click(css).await;
+        let start = Instant::now();
+        loop {
+            let loaded = self
+                .client
+                .execute(
+                    "return window.__busbarOldPage === undefined && document.readyState === 'complete'",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Bool(false));
+            if loaded == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "clicking {css} loaded no new page"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn fill(&self, css: &str, text: &str) {
         let input = self
             .client
@@ -476,12 +505,12 @@ impl Browser {
     pub async fn sign_in(&self, busbar: &Busbar, key: &str) {
         self.open(&busbar.url("/console/sign-in")).await;
         self.fill("#key", key).await;
-        self.click("form button[type=submit]").await;
+        self.submit("form button[type=submit]").await;
     }
 
     /// Signs out with the frame's button.
     pub async fn sign_out(&self) {
-        self.click(".who form button").await;
+        self.submit(".who form button").await;
         self.wait_for_text("h1", "busbar", Duration::from_secs(5))
             .await;
     }
