@@ -44,7 +44,12 @@ pub async fn page(
     State(state): State<AppState>,
 ) -> Result<Html<String>, ConsoleError> {
     let generation = state.engine.generation();
-    let mut numbers = data::flow_numbers(state.engine.store(), viewer.organization()).await?;
+    let ids: Vec<String> = generation
+        .integrations
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    let mut numbers = data::flow_numbers(state.engine.store(), &ids, viewer.organization()).await?;
     let links = data::emit_links(&generation);
     let flows: Vec<FlowLine> = generation
         .integrations
