@@ -42,7 +42,6 @@ struct SearchPage {
     next: Option<String>,
     integrations: Vec<String>,
     statuses: Vec<&'static str>,
-    searched: bool,
 }
 
 fn blank(text: &str) -> Option<&str> {
@@ -187,7 +186,6 @@ pub async fn search(
         });
     let generation = state.engine.generation();
     let content = SearchPage {
-        searched: !rows.is_empty() || !problems.is_empty(),
         problems,
         rows,
         next,

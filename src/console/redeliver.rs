@@ -58,7 +58,6 @@ struct RedeliverPage {
     statuses: Vec<&'static str>,
     problems: Vec<String>,
     done: Option<u64>,
-    pause_is_disable: bool,
 }
 
 fn parse_time(
@@ -136,7 +135,6 @@ fn page(
         statuses: Status::ALL.iter().map(|s| s.as_str()).collect(),
         problems,
         done,
-        pause_is_disable: data::PAUSE_IS_DISABLE,
     };
     Ok(view::page(viewer, "redeliver.html", "redeliver", "Redeliver", content)?.into_response())
 }

@@ -2,6 +2,8 @@
 //!
 //! - `api`: the HTTP API over a real socket, on SQLite and PostgreSQL.
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
+//! - `console`: the operations console over HTTP (sessions, CSRF,
+//!   organization scoping); `tests/browser.rs` drives it in Chromium.
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
 //! - `robustness`: the loader and compiler never panic, whatever the input.
@@ -10,6 +12,7 @@
 
 mod api;
 mod config_tests;
+mod console;
 mod crash;
 mod engine;
 mod language;
