@@ -524,6 +524,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // After a failed test the session was not closed: end the browser
+        // chromedriver started (its children, by parent id), then the
+        // driver, so no Chromium outlives the test.
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-P", &self.driver.id().to_string()])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
