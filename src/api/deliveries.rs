@@ -23,6 +23,10 @@ use crate::store::events::{self, DeliveryView, Status};
 pub enum DeliveryStatus {
     /// Waiting to run (new, or a retry is scheduled).
     Pending,
+    /// Failed for a reason that may pass (a lost connection, a lock
+    /// timeout); tried again at `next_attempt_at`. The later events of its
+    /// order key wait behind it.
+    Retrying,
     /// Applied to the target tables.
     Delivered,
     /// Not applied, on purpose: a guard was false, a `missing: skip` found
@@ -36,6 +40,7 @@ impl From<Status> for DeliveryStatus {
     fn from(status: Status) -> DeliveryStatus {
         match status {
             Status::Pending => DeliveryStatus::Pending,
+            Status::Retrying => DeliveryStatus::Retrying,
             Status::Delivered => DeliveryStatus::Delivered,
             Status::Skipped => DeliveryStatus::Skipped,
             Status::Dead => DeliveryStatus::Dead,
@@ -47,6 +52,7 @@ impl From<DeliveryStatus> for Status {
     fn from(status: DeliveryStatus) -> Status {
         match status {
             DeliveryStatus::Pending => Status::Pending,
+            DeliveryStatus::Retrying => Status::Retrying,
             DeliveryStatus::Delivered => Status::Delivered,
             DeliveryStatus::Skipped => Status::Skipped,
             DeliveryStatus::Dead => Status::Dead,
@@ -156,9 +162,9 @@ pub async fn replay(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     let mut tx = state.engine.store().begin_read().await?;
-    let delivery = events::get_delivery(&mut tx, id).await?;
+    let delivery = events::get_delivery(&mut tx, caller.organization, id).await?;
     tx.rollback().await?;
-    let Some(delivery) = delivery.filter(|d| caller.may_act_for(d.organization_id)) else {
+    let Some(delivery) = delivery else {
         return Err(ApiError::not_found(
             "delivery-not-found",
             format!("there is no delivery {id} in this key's organization"),

@@ -22,6 +22,7 @@ use crate::engine::{PublishError, PublishRequest, Published};
 use crate::envelope::{Envelope, is_event_name, is_product_name};
 use crate::store::events::{self, EventFilter, Status, StoredEvent};
 use crate::store::types::Time;
+use crate::store::views;
 
 /// The header a producer may send to make a publish idempotent without
 /// choosing event ids.
@@ -162,7 +163,11 @@ impl From<StoredEvent> for EventView {
 /// state.
 #[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
 pub struct DeliveryCounts {
+    /// Not run yet: events its lanes have not reached, and deliveries
+    /// waiting behind a blocked key.
     pub pending: i64,
+    /// Failed for a reason that may pass; will be tried again.
+    pub retrying: i64,
     pub delivered: i64,
     pub skipped: i64,
     pub dead: i64,
@@ -173,6 +178,7 @@ impl DeliveryCounts {
         let get = |status| counts.and_then(|c| c.get(&status)).copied().unwrap_or(0);
         DeliveryCounts {
             pending: get(Status::Pending),
+            retrying: get(Status::Retrying),
             delivered: get(Status::Delivered),
             skipped: get(Status::Skipped),
             dead: get(Status::Dead),
@@ -298,7 +304,7 @@ pub async fn publish(
                 idempotency_key: key,
             })
             .await
-            .map_err(publish_error)?;
+            .map_err(|e| publish_error(e, false))?;
         return single_answer(&state, published, organization).await;
     };
 
@@ -330,43 +336,9 @@ pub async fn publish(
         Err(PublishError::Invalid(found)) if single => {
             return Err(invalid_event(fields(found, "/events/0")));
         }
-        result => result.map_err(publish_error)?,
+        result => result.map_err(|e| publish_error(e, true))?,
     };
-    // A duplicate id must be this organization's event; otherwise this
-    // event was not stored, and saying "already stored" would lose it.
-    let duplicates: Vec<Uuid> = published
-        .iter()
-        .filter(|p| !p.created)
-        .map(|p| p.id)
-        .collect();
-    let stored = if duplicates.is_empty() {
-        Default::default()
-    } else {
-        let mut tx = state.engine.store().begin_read().await?;
-        let stored = events::organizations_of(&mut tx, &duplicates).await?;
-        tx.rollback().await?;
-        stored
-    };
-    let conflicts: Vec<FieldError> = published
-        .iter()
-        .zip(&organizations)
-        .enumerate()
-        .filter(|(_, (result, organization))| {
-            !result.created && stored.get(&result.id) != Some(*organization)
-        })
-        .map(|(i, _)| FieldError {
-            pointer: format!("/events/{i}/id"),
-            message: "this id belongs to another event; this event was not stored".into(),
-        })
-        .collect();
-    if !conflicts.is_empty() {
-        return Err(ApiError::conflict(
-            "id-conflict",
-            "some event ids are already taken, so those events were not stored; the others were \
-             (publishing the batch again, with new ids for the listed events, is safe)",
-        )
-        .with_errors(conflicts));
-    }
+    let _ = &organizations;
     let any_created = published.iter().any(|p| p.created);
     let body = PublishedBatch {
         events: published
@@ -404,32 +376,26 @@ async fn single_answer(
         )
             .into_response());
     }
-    let stored = load_event(state, published.id).await?;
-    match stored {
-        Some(stored) if stored.envelope.organization_id == organization => {
-            let body = PublishedEvent {
-                id: published.id,
-                created: false,
-                event: Some(stored.into()),
-            };
-            Ok((StatusCode::OK, Json(PublishAnswer::Event(Box::new(body)))).into_response())
-        }
-        _ => Err(ApiError::conflict(
-            "id-conflict",
-            "an event with this id already exists, so this one was not stored; publish it with another id",
-        )
-        .with_errors(vec![FieldError {
-            pointer: "/id".into(),
-            message: "this id belongs to another event".into(),
-        }])),
-    }
+    // Ids are unique per organization, so the stored event is this
+    // organization's.
+    let stored = load_event(state, organization, published.id).await?;
+    let body = PublishedEvent {
+        id: published.id,
+        created: false,
+        event: stored.map(Into::into),
+    };
+    Ok((StatusCode::OK, Json(PublishAnswer::Event(Box::new(body)))).into_response())
 }
 
-async fn load_event(state: &AppState, id: Uuid) -> Result<Option<StoredEvent>, ApiError> {
+async fn load_event(
+    state: &AppState,
+    organization: Uuid,
+    id: Uuid,
+) -> Result<Option<StoredEvent>, ApiError> {
     let mut tx = state.engine.store().begin_read().await?;
-    let event = events::get_event(&mut tx, id).await?;
+    let event = events::get_event(&mut tx, Some(organization), id).await?;
     tx.rollback().await?;
-    Ok(event)
+    Ok(event.into_iter().next())
 }
 
 /// The `events` of a batch body, checked for shape and size.
@@ -484,9 +450,28 @@ fn fields(violations: Vec<Violation>, prefix: &str) -> Vec<FieldError> {
         .collect()
 }
 
-fn publish_error(error: PublishError) -> ApiError {
+fn publish_error(error: PublishError, batch: bool) -> ApiError {
     match error {
         PublishError::Invalid(violations) => invalid_event(fields(violations, "")),
+        PublishError::Reused { index, id, differs } => {
+            let pointer = if batch {
+                format!("/events/{index}/id")
+            } else {
+                "/id".to_owned()
+            };
+            ApiError::conflict(
+                "id-reused",
+                format!(
+                    "event {id} was already published with a different {}; nothing of this request was stored. \
+                     Publishing the same event again is safe; a different event needs a new id (or Idempotency-Key)",
+                    differs.join(" and ")
+                ),
+            )
+            .with_errors(vec![FieldError {
+                pointer,
+                message: format!("this id is already used by an event whose {} differ", differs.join(", ")),
+            }])
+        }
         PublishError::Unavailable(error) => {
             tracing::warn!(%error, "publish failed: nothing was stored");
             ApiError::unavailable(
@@ -602,15 +587,27 @@ pub async fn list(
         since: query.since.map(Time),
         until: query.until.map(Time),
         before_seq,
+        id: None,
     };
     let mut tx = state.engine.store().begin_read().await?;
     // One more than asked tells whether there is a next page.
     let mut found = events::list_events(&mut tx, &filter, i64::from(limit) + 1).await?;
     let more = found.len() > limit as usize;
     found.truncate(limit as usize);
-    let ids: Vec<Uuid> = found.iter().map(|e| e.envelope.id).collect();
-    let counts = events::delivery_counts_of(&mut tx, &ids).await?;
+    let generation = state.engine.generation();
+    let deliveries = views::deliveries(&mut tx, &generation, state.engine.lanes(), &found).await?;
     tx.rollback().await?;
+    let mut counts: std::collections::HashMap<
+        (Uuid, Uuid),
+        std::collections::HashMap<Status, i64>,
+    > = Default::default();
+    for delivery in &deliveries {
+        *counts
+            .entry((delivery.organization_id, delivery.event_id))
+            .or_default()
+            .entry(delivery.status)
+            .or_default() += 1;
+    }
     let next_cursor = if more {
         found.last().map(|e| encode_cursor(e.seq))
     } else {
@@ -619,7 +616,9 @@ pub async fn list(
     let events = found
         .into_iter()
         .map(|stored| {
-            let delivery_counts = DeliveryCounts::from_map(counts.get(&stored.envelope.id));
+            let delivery_counts = DeliveryCounts::from_map(
+                counts.get(&(stored.envelope.organization_id, stored.envelope.id)),
+            );
             EventSummary {
                 event: stored.into(),
                 delivery_counts,
@@ -637,9 +636,13 @@ pub async fn list(
     get,
     path = "/api/integrations/events/{id}",
     tag = "events",
-    params(("id" = Uuid, Path, description = "The event id.")),
+    params(
+        ("id" = Uuid, Path, description = "The event id."),
+        DetailQuery,
+    ),
     responses(
         (status = 200, description = "The event and its deliveries.", body = EventDetail),
+        (status = 409, description = "A platform key asked for an id that two organizations use: add `organization_id`.", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks the `read` scope.", body = Problem, content_type = "application/problem+json"),
@@ -652,20 +655,46 @@ pub async fn get(
     Reader(caller): Reader,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
+    Query(query): Query<DetailQuery>,
 ) -> Result<Json<EventDetail>, ApiError> {
+    // Ids are unique per organization: an organization key reads its own
+    // organization's event; another organization's is "not found", so an
+    // id does not tell whether it exists elsewhere.
+    let organization = match (caller.organization, query.organization_id) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Err(ApiError::not_found(
+                "event-not-found",
+                format!("there is no event {id} in this key's organization"),
+            ));
+        }
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
     let mut tx = state.engine.store().begin_read().await?;
-    let event = events::get_event(&mut tx, id).await?;
-    // Another organization's event is "not found", so that an id does not
-    // tell whether it exists.
-    let Some(event) = event.filter(|e| caller.may_act_for(e.envelope.organization_id)) else {
+    let mut found = events::get_event(&mut tx, organization, id).await?;
+    if found.len() > 1 {
+        tx.rollback().await?;
+        return Err(ApiError::conflict(
+            "ambiguous-id",
+            format!("event id {id} is used by several organizations; add `?organization_id=`"),
+        ));
+    }
+    let Some(event) = found.pop() else {
         tx.rollback().await?;
         return Err(ApiError::not_found(
             "event-not-found",
             format!("there is no event {id} in this key's organization"),
         ));
     };
-    let deliveries = events::deliveries_of(&mut tx, id).await?;
-    let children = events::children_of(&mut tx, id).await?;
+    let generation = state.engine.generation();
+    let deliveries = views::deliveries(
+        &mut tx,
+        &generation,
+        state.engine.lanes(),
+        std::slice::from_ref(&event),
+    )
+    .await?;
+    let children = events::children_of(&mut tx, event.envelope.organization_id, id).await?;
     tx.rollback().await?;
     Ok(Json(EventDetail {
         event: event.into(),
@@ -681,6 +710,16 @@ pub async fn get(
             })
             .collect(),
     }))
+}
+
+/// Which organization's event, for a platform key (ids are unique per
+/// organization).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DetailQuery {
+    /// The event's organization (platform keys; an organization key always
+    /// reads its own).
+    organization_id: Option<Uuid>,
 }
 
 const CURSOR_VERSION: &str = "v1:";

@@ -258,6 +258,14 @@ pub fn router(state: AppState) -> Router {
             post(integrations::disable),
         )
         .route(
+            "/api/integrations/{source}/{target}/pause",
+            post(integrations::pause),
+        )
+        .route(
+            "/api/integrations/{source}/{target}/resume",
+            post(integrations::resume),
+        )
+        .route(
             "/api/integrations/deliveries/{id}/replay",
             post(deliveries::replay),
         )

@@ -178,19 +178,6 @@ impl Testbed {
             .collect::<Result<_, _>>()?;
         Ok((info, rows))
     }
-
-    /// Deliveries still pending plus events not yet routed, counted in one
-    /// snapshot: zero means the engine has nothing left to do.
-    pub async fn unfinished(&self) -> Result<i64, StoreError> {
-        let mut tx = self.store.begin_read().await?;
-        let sql = AssertSqlSafe(tx.dialect().sql(
-            "SELECT (SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending') \
-                  + (SELECT COUNT(*) FROM integrations.events WHERE processed_at IS NULL)",
-        ));
-        let (count,): (i64,) = on_tx!(&mut tx, |conn| sqlx::query_as(sql).fetch_one(conn).await)?;
-        tx.rollback().await?;
-        Ok(count)
-    }
 }
 
 async fn execute(tx: &mut DbTx, sql: String, values: &[BindValue]) -> Result<(), StoreError> {
