@@ -455,3 +455,21 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
     }
 }
+
+impl Engine {
+    /// How many integrations of the live generation route `envelope` and
+    /// are enabled: how many would get deliveries if it were published
+    /// now. The API answers it to producers, so that an event nobody
+    /// listens to (a misspelt name) is accepted but not silently.
+    pub fn routed(&self, envelope: &Envelope) -> usize {
+        let generation = self.generation();
+        let mut integrations: Vec<&str> = generation
+            .routes(&envelope.source, &envelope.event)
+            .filter(|(integration, _)| self.shared.enabled(&generation, &integration.id))
+            .map(|(integration, _)| integration.id.as_str())
+            .collect();
+        integrations.sort_unstable();
+        integrations.dedup();
+        integrations.len()
+    }
+}
