@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::auth::{Publisher, Reader};
 use super::deliveries::{Delivery, DeliveryStatus};
 use super::error::{ApiError, FieldError, Problem};
-use super::{AppState, Json, MAX_BATCH, Path, Query};
+use super::{AppState, ContractPolicy, Json, MAX_BATCH, Path, Query};
 use crate::compile::contract::Violation;
 use crate::engine::{PublishError, PublishRequest, Published};
 use crate::envelope::{Envelope, is_event_name, is_product_name};
@@ -89,6 +89,10 @@ pub struct PublishedEvent {
     pub id: Uuid,
     /// False when the event was already stored: nothing new was created.
     pub created: bool,
+    /// How many enabled integrations of the live generation route this
+    /// event. 0: it is stored, but nothing listens to it (yet); a typo in
+    /// the event name shows here.
+    pub routed: usize,
     /// For a duplicate: the event as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<EventView>,
@@ -115,6 +119,9 @@ pub struct PublishedItem {
     pub id: Uuid,
     /// False when the event was already stored.
     pub created: bool,
+    /// How many enabled integrations of the live generation route this
+    /// event (0: nothing listens to it).
+    pub routed: usize,
 }
 
 /// A stored event.
@@ -256,9 +263,13 @@ pub struct EventsQuery {
 /// Publish one event or a batch.
 ///
 /// Answers once the event (or the whole batch) and its deliveries are
-/// committed. Publishing again an event whose `id` (or `Idempotency-Key`)
+/// committed, saying for each event how many integrations route it
+/// (`routed`). Publishing again an event whose `id` (or `Idempotency-Key`)
 /// is already stored creates nothing and answers 200 with the stored event.
-/// In a batch, the header's key applies to each event as `<key>#<index>`.
+/// In a batch, the header's key applies to each event as `<key>#<index>`,
+/// and no two events may have the same `id`. A body that repeats a key in
+/// an object is refused. A server run with `--contract-policy strict`
+/// accepts only events that have a contract.
 #[utoipa::path(
     post,
     path = "/api/events",
@@ -270,13 +281,15 @@ pub struct EventsQuery {
     responses(
         (status = 202, description = "Stored (a batch: at least one event was new).", body = PublishAnswer),
         (status = 200, description = "Already stored: nothing was created. A single event comes back as stored.", body = PublishAnswer),
-        (status = 400, description = "Malformed JSON or a bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON (`malformed-json`), a key repeated within an object (`duplicate-key`), or a bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `publish` scope or belongs to another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event id belongs to an event stored for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The envelope or the data breaks its contract: every violation is listed.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Nothing was stored: the envelope or the data breaks its contract (`invalid-event`, every violation listed), two events of a batch have the same id (`duplicate-id`), or, with `--contract-policy strict`, an event has no contract (`no-contract`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database cannot take the event now: nothing was stored; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
@@ -295,8 +308,10 @@ pub async fn publish(
     };
     let Some(items) = batch else {
         let envelope = Envelope::from_json(&body).map_err(|v| invalid_event(fields(v, "")))?;
-        check_organization(&caller, &[&envelope])?;
+        check_organization(&caller, &[&envelope], false)?;
+        check_contracts(&state, &[&envelope], false)?;
         let organization = envelope.organization_id;
+        let routed = state.engine.routed(&envelope);
         let published = state
             .engine
             .publish(PublishRequest {
@@ -305,7 +320,7 @@ pub async fn publish(
             })
             .await
             .map_err(|e| publish_error(e, false))?;
-        return single_answer(&state, published, organization).await;
+        return single_answer(&state, published, organization, routed).await;
     };
 
     let mut violations = Vec::new();
@@ -319,8 +334,12 @@ pub async fn publish(
     if !violations.is_empty() {
         return Err(invalid_event(violations));
     }
-    check_organization(&caller, &envelopes.iter().collect::<Vec<_>>())?;
+    let all: Vec<&Envelope> = envelopes.iter().collect();
+    check_organization(&caller, &all, true)?;
+    check_unique_ids(&all)?;
+    check_contracts(&state, &all, true)?;
     let organizations: Vec<Uuid> = envelopes.iter().map(|e| e.organization_id).collect();
+    let routed: Vec<usize> = envelopes.iter().map(|e| state.engine.routed(e)).collect();
     let requests: Vec<PublishRequest> = envelopes
         .into_iter()
         .enumerate()
@@ -343,9 +362,11 @@ pub async fn publish(
     let body = PublishedBatch {
         events: published
             .into_iter()
-            .map(|p| PublishedItem {
+            .zip(routed)
+            .map(|(p, routed)| PublishedItem {
                 id: p.id,
                 created: p.created,
+                routed,
             })
             .collect(),
     };
@@ -363,11 +384,13 @@ async fn single_answer(
     state: &AppState,
     published: Published,
     organization: Uuid,
+    routed: usize,
 ) -> Result<Response, ApiError> {
     if published.created {
         let body = PublishedEvent {
             id: published.id,
             created: true,
+            routed,
             event: None,
         };
         return Ok((
@@ -382,6 +405,7 @@ async fn single_answer(
     let body = PublishedEvent {
         id: published.id,
         created: false,
+        routed,
         event: stored.map(Into::into),
     };
     Ok((StatusCode::OK, Json(PublishAnswer::Event(Box::new(body)))).into_response())
@@ -487,14 +511,18 @@ fn publish_error(error: PublishError, batch: bool) -> ApiError {
 }
 
 /// An organization key may publish only its own organization's events.
-fn check_organization(caller: &super::Caller, envelopes: &[&Envelope]) -> Result<(), ApiError> {
-    let several = envelopes.len() > 1;
+/// `batch`: the events came as `{"events": [...]}` (pointers say which).
+fn check_organization(
+    caller: &super::Caller,
+    envelopes: &[&Envelope],
+    batch: bool,
+) -> Result<(), ApiError> {
     let errors: Vec<FieldError> = envelopes
         .iter()
         .enumerate()
         .filter(|(_, e)| !caller.may_act_for(e.organization_id))
         .map(|(i, _)| FieldError {
-            pointer: if several {
+            pointer: if batch {
                 format!("/events/{i}/organization_id")
             } else {
                 "/organization_id".into()
@@ -510,6 +538,87 @@ fn check_organization(caller: &super::Caller, envelopes: &[&Envelope]) -> Result
             "this key belongs to another organization; nothing was stored",
         )
         .with_errors(errors))
+    }
+}
+
+/// No two events of a batch may share an id: storing the first and
+/// calling the second "already stored" would silently drop it. Every
+/// position of every repeated id is named.
+fn check_unique_ids(envelopes: &[&Envelope]) -> Result<(), ApiError> {
+    let mut positions: std::collections::HashMap<Uuid, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, envelope) in envelopes.iter().enumerate() {
+        positions.entry(envelope.id).or_default().push(i);
+    }
+    let mut errors: Vec<(usize, FieldError)> = positions
+        .into_values()
+        .filter(|at| at.len() > 1)
+        .flat_map(|at| {
+            at.iter()
+                .map(|&i| {
+                    let others: Vec<String> = at
+                        .iter()
+                        .filter(|&&j| j != i)
+                        .map(|j| format!("/events/{j}"))
+                        .collect();
+                    let message = format!(
+                        "{} has this id too; every event of a batch needs its own id",
+                        others.join(", ")
+                    );
+                    (
+                        i,
+                        FieldError {
+                            pointer: format!("/events/{i}/id"),
+                            message,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    errors.sort_by_key(|(i, _)| *i);
+    Err(ApiError::invalid(
+        "duplicate-id",
+        "some events of the batch have the same id; nothing was stored",
+        errors.into_iter().map(|(_, e)| e).collect(),
+    ))
+}
+
+/// With `--contract-policy strict`, every event must have a contract.
+fn check_contracts(state: &AppState, envelopes: &[&Envelope], batch: bool) -> Result<(), ApiError> {
+    if state.config.contract_policy != ContractPolicy::Strict {
+        return Ok(());
+    }
+    let generation = state.engine.generation();
+    let errors: Vec<FieldError> = envelopes
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| generation.contracts.get(&e.source, &e.event).is_none())
+        .map(|(i, e)| FieldError {
+            pointer: if batch {
+                format!("/events/{i}/event")
+            } else {
+                "/event".into()
+            },
+            message: format!(
+                "there is no contract for `{source}/{event}` (`{source}/{event}.json` in the contracts directory), \
+                 and this server accepts only events with a contract",
+                source = e.source,
+                event = e.event
+            ),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "no-contract",
+            "this server accepts only events with a contract (--contract-policy strict); nothing was stored",
+            errors,
+        ))
     }
 }
 
@@ -544,6 +653,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 200, description = "A page of events.", body = EventPage),
         (status = 400, description = "A bad filter, cursor or limit.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
     ),
@@ -645,6 +756,8 @@ pub async fn list(
         (status = 409, description = "A platform key asked for an id that two organizations use: add `organization_id`.", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such event in the caller's organization.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),

@@ -703,6 +703,26 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// How many integrations of the live generation route `envelope` and
+    /// are not disabled (a paused one counts: its events wait): how many would get deliveries if it were published
+    /// now. The API answers it to producers, so that an event nobody
+    /// listens to (a misspelt name) is accepted but not silently.
+    pub fn routed(&self, envelope: &Envelope) -> usize {
+        let generation = self.generation();
+        let mut integrations: Vec<&str> = generation
+            .routes(&envelope.source, &envelope.event)
+            .filter(|(integration, _)| {
+                self.shared.state_of(&generation, integration).state != State::Disabled
+            })
+            .map(|(integration, _)| integration.id.as_str())
+            .collect();
+        integrations.sort_unstable();
+        integrations.dedup();
+        integrations.len()
+    }
+}
+
 /// Every lane of a generation.
 fn lane_ids(generation: &Generation, lanes: i32) -> Vec<LaneId> {
     generation
@@ -730,8 +750,8 @@ async fn register(
 ) -> Result<(), StoreError> {
     let mut tx = shared.store.begin().await?;
     let now = Time::now();
-    let horizon = log::horizon(&mut tx).await?;
-    let start = Position::below(horizon);
+    // New lanes start above every event published until now.
+    let start = Position::below(log::head(&mut tx).await?);
     let existing = lanes::existing(&mut tx).await?;
     for integration in &generation.integrations {
         states::define(

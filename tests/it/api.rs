@@ -228,7 +228,7 @@ on_both_databases! {
         assert_eq!(event["id"], json!(busbar::dev::EXAMPLE_EVENT_ID), "serve --dev prints this id");
         let published = app.publish(&event).await;
         assert_eq!(published.status, 202, "{published:?}");
-        assert_eq!(published.body, json!({"id": busbar::dev::EXAMPLE_EVENT_ID, "created": true}));
+        assert_eq!(published.body, json!({"id": busbar::dev::EXAMPLE_EVENT_ID, "created": true, "routed": 2}));
         app.db.settle(SETTLE).await;
 
         let detail = app.get(&format!("/api/integrations/events/{}", event["id"].as_str().unwrap()), Some(&app.keys.reader)).await;

@@ -1,6 +1,9 @@
 //! busbar's integration tests: one test binary, one module per feature.
 //!
 //! - `api`: the HTTP API over a real socket, on SQLite and PostgreSQL.
+//! - `api_hardening`: what the API tells producers instead of ignoring
+//!   (repeated ids and keys, `routed`, strict contracts) and its defences
+//!   around request ids and keys (failed-authentication limit, dev key).
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
@@ -9,6 +12,7 @@
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
 
 mod api;
+mod api_hardening;
 mod config_tests;
 mod crash;
 mod engine;
