@@ -194,9 +194,13 @@ impl Decimal {
     /// As [`Decimal::to_f64_exactly`], for a 32-bit float (`real`).
     pub fn to_f32_exactly(&self) -> Result<f32, FloatMisfit> {
         let float: f32 = self.scientific().parse().unwrap_or(f32::NAN);
-        Self::check_float(self, f64::from(float), float.is_finite(), float == 0.0, || {
-            format!("{float:e}")
-        })
+        Self::check_float(
+            self,
+            f64::from(float),
+            float.is_finite(),
+            float == 0.0,
+            || format!("{float:e}"),
+        )
         .map(|_| float)
     }
 
@@ -352,22 +356,49 @@ mod tests {
     #[test]
     fn digits_before_and_after_the_point() {
         let n = d("123.4500");
-        assert_eq!((n.integer_digits(), n.fraction_digits(), n.written_scale), (3, 2, 4));
+        assert_eq!(
+            (n.integer_digits(), n.fraction_digits(), n.written_scale),
+            (3, 2, 4)
+        );
         let n = d("0.00120");
-        assert_eq!((n.integer_digits(), n.fraction_digits(), n.significant_digits()), (0, 4, 2));
+        assert_eq!(
+            (
+                n.integer_digits(),
+                n.fraction_digits(),
+                n.significant_digits()
+            ),
+            (0, 4, 2)
+        );
         let n = d("1e400");
-        assert_eq!((n.integer_digits(), n.fraction_digits(), n.written_scale), (401, 0, 0));
+        assert_eq!(
+            (n.integer_digits(), n.fraction_digits(), n.written_scale),
+            (401, 0, 0)
+        );
         let n = d("1e-400");
-        assert_eq!((n.integer_digits(), n.fraction_digits(), n.written_scale), (0, 400, 400));
+        assert_eq!(
+            (n.integer_digits(), n.fraction_digits(), n.written_scale),
+            (0, 400, 400)
+        );
         assert!(d("4.0").is_integer() && d("1e2").is_integer() && !d("1.5").is_integer());
     }
 
     #[test]
     fn malformed_numbers_do_not_parse() {
-        for bad in ["", ".", "-", "1,5", "1e", "1e+", "abc", "--1", "1.2.3", "NaN", "inf", " 1", "0x10", "1_000"] {
+        for bad in [
+            "", ".", "-", "1,5", "1e", "1e+", "abc", "--1", "1.2.3", "NaN", "inf", " 1", "0x10",
+            "1_000",
+        ] {
             assert!(Decimal::parse(bad).is_none(), "{bad}");
         }
-        for good in ["1", "-1.5", "+.5", "1.", "1e10", "1.5E-3", "0e99999999999999999999999"] {
+        for good in [
+            "1",
+            "-1.5",
+            "+.5",
+            "1.",
+            "1e10",
+            "1.5E-3",
+            "0e99999999999999999999999",
+        ] {
             assert!(Decimal::parse(good).is_some(), "{good}");
         }
     }
@@ -376,7 +407,10 @@ mod tests {
     fn whole_numbers_convert_exactly() {
         assert_eq!(d("1e2").to_i128(), Some(100));
         assert_eq!(d("-9223372036854775808").to_i128(), Some(i64::MIN as i128));
-        assert_eq!(d("18446744073709551617").to_i128(), Some(18446744073709551617));
+        assert_eq!(
+            d("18446744073709551617").to_i128(),
+            Some(18446744073709551617)
+        );
         assert_eq!(d("1.5").to_i128(), None);
         assert_eq!(d("1e400").to_i128(), None);
     }
@@ -384,7 +418,10 @@ mod tests {
     #[test]
     fn floats_are_exact_only_when_reading_them_back_gives_the_number() {
         assert_eq!(d("0.1").to_f64_exactly(), Ok(0.1));
-        assert_eq!(d("0.30000000000000004").to_f64_exactly(), Ok(0.30000000000000004));
+        assert_eq!(
+            d("0.30000000000000004").to_f64_exactly(),
+            Ok(0.30000000000000004)
+        );
         assert_eq!(d("1e-310").to_f64_exactly(), Ok(1e-310));
         assert_eq!(d("1e400").to_f64_exactly(), Err(FloatMisfit::OutOfRange));
         assert_eq!(d("1e-400").to_f64_exactly(), Err(FloatMisfit::Underflow));
@@ -404,13 +441,20 @@ mod tests {
         assert_eq!(d("0e131073").numeric_misfit(), None);
         assert!(d("1e131072").numeric_misfit().is_some());
         assert!(d("1.5e-16383").numeric_misfit().is_some());
-        assert!(d(&format!("1.{}", "0".repeat(16384))).numeric_misfit().is_some());
+        assert!(
+            d(&format!("1.{}", "0".repeat(16384)))
+                .numeric_misfit()
+                .is_some()
+        );
         assert!(d("0e2147483648").numeric_misfit().is_some());
     }
 
     #[test]
     fn display_is_scientific() {
-        assert_eq!(d("18446744073709551617").to_string(), "1.8446744073709551617e19");
+        assert_eq!(
+            d("18446744073709551617").to_string(),
+            "1.8446744073709551617e19"
+        );
         assert_eq!(d("-0.00120").to_string(), "-1.2e-3");
         assert_eq!(d("0.0").to_string(), "0");
     }

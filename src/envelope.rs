@@ -218,7 +218,10 @@ fn find_unstorable(value: &Value, pointer: &str, out: &mut Vec<(String, String)>
         Value::String(s) if s.contains('\0') => out.push((pointer.to_owned(), NUL.into())),
         Value::Number(n) => {
             if let Some(reason) = Decimal::of(n).numeric_misfit() {
-                out.push((pointer.to_owned(), format!("this number cannot be stored: {reason}")));
+                out.push((
+                    pointer.to_owned(),
+                    format!("this number cannot be stored: {reason}"),
+                ));
             }
         }
         Value::Array(items) => {
@@ -334,7 +337,9 @@ mod tests {
         let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
         assert_eq!(pointers, ["/data/huge/n", "/data/tiny/0"]);
         assert!(
-            violations[0].message.starts_with("this number cannot be stored: 131073 digits before the decimal point"),
+            violations[0].message.starts_with(
+                "this number cannot be stored: 131073 digits before the decimal point"
+            ),
             "{violations:?}"
         );
     }

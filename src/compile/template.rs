@@ -539,9 +539,19 @@ mod tests {
                 LookupStep::Key("amount".into()),
             ]
         );
-        assert_eq!(Lookup::of("employee.0").unwrap().steps, [LookupStep::Index(0)]);
+        assert_eq!(
+            Lookup::of("employee.0").unwrap().steps,
+            [LookupStep::Index(0)]
+        );
         assert_eq!(Lookup::of("data").unwrap().steps, []);
-        for computed in ["data.x + 1", "data.x | round", "data[data.k]", "data.x[-1]", "f(x)", "1"] {
+        for computed in [
+            "data.x + 1",
+            "data.x | round",
+            "data[data.k]",
+            "data.x[-1]",
+            "f(x)",
+            "1",
+        ] {
             assert_eq!(Lookup::of(computed), None, "{computed}");
         }
     }

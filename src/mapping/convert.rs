@@ -118,9 +118,10 @@ mod tests {
 
     #[test]
     fn whole_numbers_up_to_128_bits_are_exact_in_templates() {
-        let value: Value =
-            serde_json::from_str("[18446744073709551617, -170141183460469231731687303715884105728]")
-                .unwrap();
+        let value: Value = serde_json::from_str(
+            "[18446744073709551617, -170141183460469231731687303715884105728]",
+        )
+        .unwrap();
         let template = from_json(&value);
         assert_eq!(to_json(&template).unwrap(), value);
         let env = minijinja::Environment::new();
@@ -136,12 +137,18 @@ mod tests {
     fn other_numbers_are_the_nearest_float_in_templates() {
         let value: Value = serde_json::from_str("[0.1, 1e400, 1e-400]").unwrap();
         let template = from_json(&value);
-        assert_eq!(template.get_item_by_index(0).unwrap(), JinjaValue::from(0.1));
+        assert_eq!(
+            template.get_item_by_index(0).unwrap(),
+            JinjaValue::from(0.1)
+        );
         assert_eq!(
             template.get_item_by_index(1).unwrap(),
             JinjaValue::from(f64::INFINITY)
         );
-        assert_eq!(template.get_item_by_index(2).unwrap(), JinjaValue::from(0.0));
+        assert_eq!(
+            template.get_item_by_index(2).unwrap(),
+            JinjaValue::from(0.0)
+        );
     }
 
     #[test]

@@ -227,11 +227,17 @@ impl Affinity {
         let declared = declared.to_ascii_uppercase();
         if declared.contains("INT") {
             Affinity::Integer
-        } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| declared.contains(t)) {
+        } else if ["CHAR", "CLOB", "TEXT"]
+            .iter()
+            .any(|t| declared.contains(t))
+        {
             Affinity::Text
         } else if declared.contains("BLOB") || declared.trim().is_empty() {
             Affinity::Blob
-        } else if ["REAL", "FLOA", "DOUB"].iter().any(|t| declared.contains(t)) {
+        } else if ["REAL", "FLOA", "DOUB"]
+            .iter()
+            .any(|t| declared.contains(t))
+        {
             Affinity::Real
         } else {
             Affinity::Numeric

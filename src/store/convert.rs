@@ -195,7 +195,9 @@ pub fn convert(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreErr
                 Ok(BindValue::Text(n.to_string()))
             }
             Value::Bool(b) => Ok(BindValue::Text(b.to_string())),
-            _ => Err(fail("an object or list has no text form for this column type".into())),
+            _ => Err(fail(
+                "an object or list has no text form for this column type".into(),
+            )),
         },
     }
 }
@@ -365,7 +367,9 @@ fn fit_date(text: &str) -> Result<NaiveDate, String> {
         })
         .ok_or_else(|| "not a date (YYYY-MM-DD) or RFC 3339 timestamp".to_owned())?;
     if written.time() != NaiveTime::MIN {
-        let time = text.split_once(['T', 't', ' ']).map_or(text, |(_, time)| time);
+        let time = text
+            .split_once(['T', 't', ' '])
+            .map_or(text, |(_, time)| time);
         return Err(format!(
             "has a time of day ({time}), which a date column would drop; take the date explicitly with `{{{{ value | date }}}}`"
         ));
@@ -477,7 +481,10 @@ mod tests {
             BindValue::Text("72000.5".into())
         );
         assert_eq!(ok(ColumnType::Boolean, json!("yes")), BindValue::Bool(true));
-        assert_eq!(ok(ColumnType::Boolean, number("1.0")), BindValue::Bool(true));
+        assert_eq!(
+            ok(ColumnType::Boolean, number("1.0")),
+            BindValue::Bool(true)
+        );
         assert_eq!(
             ok(ColumnType::Date, json!("2026-03-01T00:00:00-05:00")),
             BindValue::Text("2026-03-01".into())
@@ -646,7 +653,13 @@ mod tests {
         // A JSON column there has NUMERIC affinity too: a bare number in it
         // becomes a number.
         assert!(convert(&sqlite("JSONB"), &number("18446744073709551617")).is_err());
-        assert!(convert(&sqlite("JSONB"), &json!({"n": number("18446744073709551617")})).is_ok());
+        assert!(
+            convert(
+                &sqlite("JSONB"),
+                &json!({"n": number("18446744073709551617")})
+            )
+            .is_ok()
+        );
         assert!(convert(&sqlite("TEXT"), &number("18446744073709551617")).is_ok());
     }
 
@@ -662,8 +675,11 @@ mod tests {
             "4 fractional digits of seconds, at most 3 fit (the rest would be rounded)"
         );
         assert!(
-            reason(&typed("timestamptz"), json!("2026-03-01T10:00:00.123456789Z"))
-                .starts_with("9 fractional digits")
+            reason(
+                &typed("timestamptz"),
+                json!("2026-03-01T10:00:00.123456789Z")
+            )
+            .starts_with("9 fractional digits")
         );
         assert!(reason(&typed("date"), json!("2026-03-01T23:30:00-05:00")).contains("time of day"));
     }

@@ -240,10 +240,19 @@ const AMOUNTS: &[Case] = &[
         "too-precise-double",
         "ratio",
         "18446744073709551617",
-        Expect::Dead(&["column `ratio`", "significant digits", "18446744073709552000"]),
+        Expect::Dead(&[
+            "column `ratio`",
+            "significant digits",
+            "18446744073709552000",
+        ]),
     ),
     case("plain-double", "ratio", "0.1", Expect::Stored("0.1")),
-    case("exact-decimal", "exact", "12345.678901234", Expect::Stored("12345.678901234")),
+    case(
+        "exact-decimal",
+        "exact",
+        "12345.678901234",
+        Expect::Stored("12345.678901234"),
+    ),
     // Through a template, the number is the one sent, not a double.
     case(
         "templated-huge-integer",
@@ -259,19 +268,37 @@ const AMOUNTS: &[Case] = &[
     ),
     // numeric(12, 2): ten digits before the point, two after.
     case("money", "money", "72000.5", Expect::Stored("72000.50")),
-    case("money-trailing-zeros", "money", "19.500", Expect::Stored("19.50")),
-    case("money-widest", "money", "9999999999.99", Expect::Stored("9999999999.99")),
+    case(
+        "money-trailing-zeros",
+        "money",
+        "19.500",
+        Expect::Stored("19.50"),
+    ),
+    case(
+        "money-widest",
+        "money",
+        "9999999999.99",
+        Expect::Stored("9999999999.99"),
+    ),
     case(
         "money-fraction-rounded",
         "money",
         "0.125",
-        Expect::Dead(&["column `money`", "3 digits after the decimal point", "scale of 2"]),
+        Expect::Dead(&[
+            "column `money`",
+            "3 digits after the decimal point",
+            "scale of 2",
+        ]),
     ),
     case(
         "money-too-big",
         "money",
         "12345678901.5",
-        Expect::Dead(&["column `money`", "11 digits before the decimal point", "at most 10"]),
+        Expect::Dead(&[
+            "column `money`",
+            "11 digits before the decimal point",
+            "at most 10",
+        ]),
     ),
     // Integer ranges.
     case("small-max", "small", "32767", Expect::Stored("32767")),
@@ -281,7 +308,11 @@ const AMOUNTS: &[Case] = &[
         "small-over",
         "small",
         "32768",
-        Expect::Dead(&["column `small`", "out of range for smallint", "-32768 to 32767"]),
+        Expect::Dead(&[
+            "column `small`",
+            "out of range for smallint",
+            "-32768 to 32767",
+        ]),
     ),
     case(
         "small-fraction",
@@ -289,14 +320,24 @@ const AMOUNTS: &[Case] = &[
         "1.5",
         Expect::Dead(&["column `small`", "not a whole number"]),
     ),
-    case("medium-max", "medium", "2147483647", Expect::Stored("2147483647")),
+    case(
+        "medium-max",
+        "medium",
+        "2147483647",
+        Expect::Stored("2147483647"),
+    ),
     case(
         "medium-over",
         "medium",
         "2147483648",
         Expect::Dead(&["column `medium`", "out of range for integer"]),
     ),
-    case("big-max", "big", "9223372036854775807", Expect::Stored("9223372036854775807")),
+    case(
+        "big-max",
+        "big",
+        "9223372036854775807",
+        Expect::Stored("9223372036854775807"),
+    ),
     case(
         "big-over",
         "big",
@@ -334,7 +375,12 @@ const AMOUNTS: &[Case] = &[
         "\"2026-03-01T23:30:00-05:00\"",
         Expect::Stored("2026-03-02T04:30:00Z"),
     ),
-    case("date", "day", "\"2026-03-01\"", Expect::Stored("2026-03-01")),
+    case(
+        "date",
+        "day",
+        "\"2026-03-01\"",
+        Expect::Stored("2026-03-01"),
+    ),
     case(
         "midnight-into-date",
         "day",
