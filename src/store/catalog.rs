@@ -187,6 +187,8 @@ impl Limits {
                 limits.max_chars = max_chars.and_then(|n| u32::try_from(n).ok());
                 limits.padded = typname == "bpchar" && limits.max_chars.is_some();
             }
+            // PostgreSQL's internal one-byte `"char"`: a cast cuts the rest.
+            "char" => limits.max_chars = Some(1),
             "int2" => limits.integer_bits = 16,
             "int4" => limits.integer_bits = 32,
             "float4" => limits.single_precision = true,

@@ -280,8 +280,11 @@ fn fit_float(column: &ColumnInfo, number: &Decimal) -> Result<BindValue, String>
     } else {
         ("double precision", "1.7976931348623157e308")
     };
+    // A `real` that holds the number is bound as the double nearest to it
+    // (not the single widened, 0.10000000149011612): PostgreSQL rounds
+    // that to the same single, and SQLite stores doubles.
     let exact = if column.limits.single_precision {
-        number.to_f32_exactly().map(f64::from)
+        number.to_f32_exactly().map(|_| number.to_f64())
     } else {
         number.to_f64_exactly()
     };
@@ -631,6 +634,10 @@ mod tests {
             "20 significant digits, more than double precision keeps: it would be stored as 18446744073709552000"
         );
         assert!(reason(&typed("real"), number("16777217")).contains("real keeps"));
+        assert_eq!(
+            convert(&typed("real"), &number("0.1")).unwrap(),
+            BindValue::Float(0.1)
+        );
         let sqlite_double = sqlite("DOUBLE PRECISION");
         assert!(convert(&sqlite_double, &number("0.30000000000000004")).is_err());
         assert!(convert(&double, &number("0.30000000000000004")).is_ok());
