@@ -791,3 +791,64 @@ on_both_databases! {
         engine.shutdown().await;
     }
 }
+
+on_both_databases! {
+    async fn the_catalog_reads_each_columns_limits(db: TestDb) {
+        use busbar::compile::ident::TableName;
+        use busbar::store::catalog::{self, ColumnType, Limits};
+
+        let postgres = db.dialect() == Dialect::Postgres;
+        if postgres {
+            db.execute("CREATE SCHEMA test").await;
+            db.execute("CREATE DOMAIN test.short_code AS VARCHAR(5)").await;
+        }
+        db.execute(&format!(
+            "CREATE TABLE test.shapes (
+                id INTEGER PRIMARY KEY,
+                name VARCHAR(100), code CHAR(3), note TEXT,
+                money NUMERIC(12, 2), hundreds NUMERIC(3, {}), any_number NUMERIC,
+                small SMALLINT, medium INTEGER, big BIGINT, single REAL, double DOUBLE PRECISION,
+                at TIMESTAMP(3), at_tz TIMESTAMPTZ(0), plain_at TIMESTAMP,
+                short {}
+            )",
+            if postgres { "-2" } else { "0" },
+            if postgres { "test.short_code" } else { "VARCHAR(5)" }
+        ))
+        .await;
+        let mut tx = db.store.begin_read().await.unwrap();
+        let info = catalog::read_table(&mut tx, &TableName::parse("test.shapes").unwrap())
+            .await
+            .unwrap();
+        tx.rollback().await.ok();
+        let limits = |name: &str| info.column(name).unwrap().limits;
+        let none = Limits::NONE;
+        assert_eq!(limits("name"), Limits { max_chars: Some(100), ..none });
+        assert_eq!(limits("code"), Limits { max_chars: Some(3), padded: true, ..none });
+        assert_eq!(limits("note"), none);
+        assert_eq!(limits("money"), Limits { numeric: Some((12, 2)), ..none });
+        assert_eq!(
+            limits("hundreds"),
+            Limits { numeric: Some((3, if postgres { -2 } else { 0 })), ..none }
+        );
+        assert_eq!(limits("any_number"), none);
+        assert_eq!(limits("small"), Limits { integer_bits: 16, ..none });
+        assert_eq!(limits("medium"), Limits { integer_bits: 32, ..none });
+        assert_eq!(limits("big"), none);
+        // On SQLite, INTEGER PRIMARY KEY is the 64-bit rowid.
+        assert_eq!(limits("id").integer_bits, if postgres { 32 } else { 64 });
+        assert_eq!(limits("single"), Limits { single_precision: true, ..none });
+        assert_eq!(limits("double"), none);
+        assert_eq!(limits("at"), Limits { second_digits: 3, ..none });
+        assert_eq!(limits("at_tz"), Limits { second_digits: 0, ..none });
+        assert_eq!(info.column("at_tz").unwrap().ty, ColumnType::TimestampTz);
+        assert_eq!(limits("plain_at"), none);
+        let short = info.column("short").unwrap();
+        assert_eq!(short.ty, ColumnType::Text, "a domain is read as its base type");
+        assert_eq!(short.limits, Limits { max_chars: Some(5), ..none });
+        if postgres {
+            assert_eq!(short.cast_type, "varchar", "casts never carry a truncating modifier");
+            assert_eq!(info.column("code").unwrap().cast_type, "bpchar");
+            assert_eq!(info.column("name").unwrap().sql_type, "character varying(100)");
+        }
+    }
+}
