@@ -24,6 +24,9 @@
 //! - [`api`]: the HTTP API over the engine (axum), with API keys and
 //!   organization isolation; [`telemetry`] names the metrics it serves.
 //!
+//! [`decimal`] reads numbers exactly: busbar keeps every number as the
+//! digits it arrived with, from the request body to the target column.
+//!
 //! `check`, `render` and the server all go through the same compile and
 //! mapping code; the CLI in `main.rs` only parses arguments and prints.
 
@@ -33,6 +36,7 @@ pub mod api;
 pub mod check;
 pub mod compile;
 pub mod config;
+pub mod decimal;
 pub mod dev;
 pub mod diagnostics;
 pub mod engine;

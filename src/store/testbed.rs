@@ -135,7 +135,7 @@ impl Testbed {
                 let n = values.len();
                 columns.push(quote(&column.name));
                 placeholders.push(match dialect {
-                    Dialect::Postgres => format!("CAST(${n} AS {})", column.sql_type),
+                    Dialect::Postgres => format!("CAST(${n} AS {})", column.cast_type),
                     Dialect::Sqlite => format!("?{n}"),
                 });
             }

@@ -10,6 +10,8 @@
 //! - `robustness`: the loader and compiler never panic, whatever the input.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
+//! - `values`: values that do not fit their column are refused, never
+//!   truncated or rounded; numbers keep every digit.
 
 mod api;
 mod api_hardening;
@@ -20,3 +22,4 @@ mod language;
 mod reload;
 mod robustness;
 mod support;
+mod values;
