@@ -58,10 +58,30 @@ fn differences(new: &Envelope, old: &Existing) -> Vec<&'static str> {
     if new.event != old.event {
         differs.push("event");
     }
-    if new.data != old.data {
+    if !same_json(&new.data, &old.data) {
         differs.push("data");
     }
     differs
+}
+
+/// JSON equality with numbers compared by value: the database may give a
+/// number back written differently (JSONB turns `1e2` into `100`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            crate::decimal::Decimal::of(x) == crate::decimal::Decimal::of(y)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(key, value)| y.get(key).is_some_and(|other| same_json(value, other)))
+        }
+        _ => a == b,
+    }
 }
 
 /// Appends events, leaving out those whose id (per organization) or

@@ -623,12 +623,12 @@ on_both_databases! {
         db.settle(SETTLE).await;
         let mut tx = db.store.begin_read().await.unwrap();
         for (id, number) in ids.iter().zip(numbers) {
-            let stored = events::get_event(&mut tx, *id).await.unwrap().expect("stored");
+            let stored = events::get_event(&mut tx, None, *id).await.unwrap().pop().expect("stored");
             assert_same_number(&stored.envelope.data["exact"], number);
             assert_same_number(&stored.envelope.data["nested"]["list"][0], number);
             // The delivery's emitted event carries the number as sent, by
             // path and through a template.
-            let children = events::children_of(&mut tx, *id).await.unwrap();
+            let children = events::children_of(&mut tx, stored.envelope.organization_id, *id).await.unwrap();
             if db.dialect() == Dialect::Postgres || number == "1.50" {
                 assert_eq!(children.len(), 1, "{number}: {children:?}");
                 assert_same_number(&children[0].envelope.data["by_path"], number);
