@@ -360,7 +360,9 @@ pub(crate) async fn visit(
     tx.run("RELEASE SAVEPOINT batch").await?;
 
     // 4. Record: rows for the exceptions, emitted events, the cursor.
+    // Rows of deliveries that had one (updated) and of new events (made).
     let mut rows = Vec::new();
+    let mut new_rows = Vec::new();
     let mut emitted = Vec::new();
     let mut delivered_first_pass = 0i64;
     let mut delivered_by_org: HashMap<Uuid, i64> = HashMap::new();
@@ -441,7 +443,13 @@ pub(crate) async fn visit(
         let stored = log::append(&mut tx, &emitted, now).await?;
         let _ = stored;
     }
-    lanes::write_rows(&mut tx, &rows, now).await?;
+    let first_new_ids: HashSet<Uuid> = items[first_new..].iter().map(|i| i.id).collect();
+    let (made, updated): (Vec<DeliveryRow>, Vec<DeliveryRow>) = rows
+        .into_iter()
+        .partition(|r| first_new_ids.contains(&r.id));
+    new_rows.extend(made);
+    lanes::write_rows(&mut tx, &updated, false, now).await?;
+    lanes::write_rows(&mut tx, &new_rows, true, now).await?;
     let delivered: Vec<(Uuid, i64)> = delivered_by_org.into_iter().collect();
     lanes::count_delivered(&mut tx, &integration.id, &delivered, now).await?;
     let cursor = new_cursor.max(row.cursor);

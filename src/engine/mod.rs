@@ -50,7 +50,8 @@ pub use lane::delivery_id;
 /// Tuning knobs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Concurrent delivery workers (each works one lane at a time).
+    /// Concurrent delivery workers (each works one lane at a time); 0 for
+    /// a process that only publishes.
     pub workers: usize,
     /// Deliveries per lane transaction, at most.
     pub batch_size: usize,
@@ -376,7 +377,8 @@ impl Engine {
         for _ in 0..config.publishers.max(1) {
             tasks.spawn(publish::run(shared.clone(), receiver.clone()));
         }
-        for index in 0..config.workers.max(1) {
+        // No workers: a process that only publishes (the others deliver).
+        for index in 0..config.workers {
             tasks.spawn(scheduler::worker(shared.clone(), index));
         }
         tasks.spawn(scheduler::ticker(shared.clone()));
@@ -419,7 +421,7 @@ impl Engine {
     pub fn workers_alive(&self) -> (usize, usize) {
         (
             self.shared.workers_alive.load(Ordering::Relaxed),
-            self.shared.config.workers.max(1),
+            self.shared.config.workers,
         )
     }
 
@@ -740,9 +742,10 @@ fn lane_ids(generation: &Generation, lanes: i32) -> Vec<LaneId> {
 
 /// Records `generation` as the cluster's definition of its integrations
 /// (and `removed` as removed: their lanes go and their open rows are
-/// skipped), and makes lanes for integrations that have none, starting at
-/// the horizon: a new integration gets the events published after it went
-/// live.
+/// skipped), and makes lanes for integrations that have none: an
+/// integration added to a running busbar gets the events published after
+/// it went live; the integrations of busbar's first start on a database get
+/// every event already in its log.
 async fn register(
     shared: &Shared,
     generation: &Generation,
@@ -750,8 +753,15 @@ async fn register(
 ) -> Result<(), StoreError> {
     let mut tx = shared.store.begin().await?;
     let now = Time::now();
-    // New lanes start above every event published until now.
-    let start = Position::below(log::head(&mut tx).await?);
+    // New lanes start above every event published until now, except on
+    // the first start of busbar on this database: its integrations then
+    // take the whole log (outbox rows written before busbar first ran).
+    let first_start = states::definitions(&mut tx).await?.is_empty();
+    let start = if first_start {
+        Position::ZERO
+    } else {
+        Position::below(log::head(&mut tx).await?)
+    };
     let existing = lanes::existing(&mut tx).await?;
     for integration in &generation.integrations {
         states::define(

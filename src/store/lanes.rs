@@ -316,13 +316,25 @@ pub async fn blocked_keys(
     Ok(rows.into_iter().map(|(k,)| k).collect())
 }
 
-/// Writes rows: inserts new ones, updates existing ones (by id).
-pub async fn write_rows(tx: &mut DbTx, rows: &[DeliveryRow], now: Time) -> Result<(), StoreError> {
+/// Writes rows: inserts new ones, and updates existing ones (by id)
+/// unless `insert_only` (rows for events a lane reads for the first time:
+/// a row that exists already was made by someone else, and stays).
+pub async fn write_rows(
+    tx: &mut DbTx,
+    rows: &[DeliveryRow],
+    insert_only: bool,
+    now: Time,
+) -> Result<(), StoreError> {
     const UPDATE: &str = "status = excluded.status, attempts = excluded.attempts, \
          next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error, \
          error_step = excluded.error_step, generation = excluded.generation, lane = excluded.lane, \
          order_key = excluded.order_key, epoch = excluded.epoch, updated_at = excluded.updated_at, \
          completed_at = excluded.completed_at";
+    let conflict = if insert_only {
+        "ON CONFLICT (id) DO NOTHING".to_owned()
+    } else {
+        format!("ON CONFLICT (id) DO UPDATE SET {UPDATE}")
+    };
     for chunk in rows.chunks(CHUNK) {
         let completed = |r: &DeliveryRow| match r.status {
             Status::Pending | Status::Retrying => None,
@@ -345,7 +357,7 @@ pub async fn write_rows(tx: &mut DbTx, rows: &[DeliveryRow], now: Time) -> Resul
                           AS u(id, event_id, org, integration, route_event, ordinal, source, target, status, attempts, \
                                next_attempt_at, last_error, error_step, generation, lane, order_key, xid, seq, epoch, \
                                completed_at) \
-                     ON CONFLICT (id) DO UPDATE SET {UPDATE}"
+                     {conflict}"
                 )))
                 .bind(now)
                 .bind(chunk.iter().map(|r| r.id).collect::<Vec<Uuid>>())
@@ -377,8 +389,7 @@ pub async fn write_rows(tx: &mut DbTx, rows: &[DeliveryRow], now: Time) -> Resul
                     "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, route_event, \
                        route_ordinal, source_product, target_product, status, attempts, next_attempt_at, last_error, \
                        error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, updated_at, \
-                       completed_at) VALUES {} \
-                     ON CONFLICT (id) DO UPDATE SET {UPDATE}",
+                       completed_at) VALUES {} {conflict}",
                     vec![row; chunk.len()].join(", ")
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql));

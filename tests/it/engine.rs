@@ -330,6 +330,7 @@ on_both_databases! {
 on_both_databases! {
     async fn disabling_skips_retrying_deliveries_and_new_events_and_enabling_resurrects_nothing(db: TestDb) {
         db.seed().await;
+        let engine = db.engine().await;
         // A delivery that failed and waits an hour for its retry.
         let parked = db
             .park_delivery(
@@ -339,7 +340,6 @@ on_both_databases! {
                 chrono::Utc::now() + chrono::Duration::hours(1),
             )
             .await;
-        let engine = db.engine().await;
         let changed = engine.set_enabled_pair("recruitiq", "paylinq", false).await.unwrap();
         assert_eq!(changed, ["recruitiq-to-paylinq"]);
         assert!(!engine.is_enabled("recruitiq-to-paylinq"));

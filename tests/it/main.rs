@@ -10,6 +10,9 @@
 //! - `robustness`: the loader and compiler never panic, whatever the input.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
+//! - `ordering`: delivery v2's order per key under publishers, workers,
+//!   random transient failures and killed processes; parked keys; the
+//!   outbox's late commits; pause and resume.
 //! - `values`: values that do not fit their column are refused, never
 //!   truncated or rounded; numbers keep every digit.
 
@@ -19,6 +22,7 @@ mod config_tests;
 mod crash;
 mod engine;
 mod language;
+mod ordering;
 mod reload;
 mod robustness;
 mod support;

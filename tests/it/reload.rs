@@ -117,7 +117,7 @@ on_both_databases! {
 
         assert_eq!(db.find("test.notes", &[("name", json!("a"))]).await.unwrap()["note"], "before");
         assert_eq!(db.find("test.notes", &[("name", json!("b"))]).await.unwrap()["note"], "after");
-        assert_eq!(db.count_where("integrations.deliveries", "status = 'delivered'").await, 2);
+        assert_eq!(db.deliveries(Some(Status::Delivered)).await.len(), 2);
         shutdown.cancel();
         engine.shutdown().await;
     }

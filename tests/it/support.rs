@@ -277,6 +277,59 @@ impl TestDb {
             &envelope.event,
             0,
         );
+        // The lanes have passed the event (as they had when the delivery
+        // failed): only its row runs it.
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "SELECT xid, seq FROM integrations.events WHERE organization_id = $1 AND id = $2"
+            }
+            Dialect::Sqlite => {
+                "SELECT xid, seq FROM \"integrations.events\" WHERE organization_id = ?1 AND id = ?2"
+            }
+        };
+        let (xid, seq): (i64, i64) = match &mut tx {
+            busbar::store::DbTx::Postgres(conn) => sqlx::query_as(sql)
+                .bind(envelope.organization_id)
+                .bind(envelope.id)
+                .fetch_one(&mut **conn)
+                .await
+                .expect("position"),
+            busbar::store::DbTx::Sqlite(conn) => sqlx::query_as(sql)
+                .bind(envelope.organization_id.to_string())
+                .bind(envelope.id.to_string())
+                .fetch_one(&mut **conn)
+                .await
+                .expect("position"),
+        };
+        let position = Position::new(xid, seq);
+        let advance = match self.dialect() {
+            Dialect::Postgres => {
+                "UPDATE integrations.lanes SET cursor_xid = $2, cursor_seq = $3 \
+                WHERE integration_id = $1 AND (cursor_xid, cursor_seq) < ($2, $3)"
+            }
+            Dialect::Sqlite => {
+                "UPDATE \"integrations.lanes\" SET cursor_xid = ?2, cursor_seq = ?3 \
+                WHERE integration_id = ?1 AND (cursor_xid, cursor_seq) < (?2, ?3)"
+            }
+        };
+        match &mut tx {
+            busbar::store::DbTx::Postgres(conn) => sqlx::query(advance)
+                .bind(integration)
+                .bind(xid)
+                .bind(seq)
+                .execute(&mut **conn)
+                .await
+                .map(|_| ())
+                .expect("lanes advanced"),
+            busbar::store::DbTx::Sqlite(conn) => sqlx::query(advance)
+                .bind(integration)
+                .bind(xid)
+                .bind(seq)
+                .execute(&mut **conn)
+                .await
+                .map(|_| ())
+                .expect("lanes advanced"),
+        };
         lanes::write_rows(
             &mut tx,
             &[DeliveryRow {
@@ -296,15 +349,64 @@ impl TestDb {
                 generation: Some(1),
                 lane: 0,
                 order_key: Some(envelope.organization_id.to_string()),
-                position: Position::ZERO,
+                position,
                 epoch: 0,
             }],
+            false,
             Time::now(),
         )
         .await
         .expect("delivery stored");
         tx.commit().await.expect("commit");
         id
+    }
+
+    /// Makes the example platform refuse every employee and new hire whose
+    /// email starts with `dead` (a trigger raising `boom`): a poison the
+    /// engine dead-letters at step 2 of the shipped integrations, as a
+    /// permanent failure. [`TestDb::cure`] takes it away.
+    pub async fn poison(&self) {
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "CREATE FUNCTION public.test_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.email LIKE 'dead%' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$; \
+                 CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON hris.employees \
+                   FOR EACH ROW EXECUTE FUNCTION public.test_boom(); \
+                 CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON payroll.new_hires \
+                   FOR EACH ROW EXECUTE FUNCTION public.test_boom();"
+            }
+            Dialect::Sqlite => {
+                "CREATE TRIGGER boom_employees BEFORE INSERT ON \"hris.employees\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END; \
+                 CREATE TRIGGER boom_employees_update BEFORE UPDATE ON \"hris.employees\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END; \
+                 CREATE TRIGGER boom_new_hires BEFORE INSERT ON \"payroll.new_hires\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END; \
+                 CREATE TRIGGER boom_new_hires_update BEFORE UPDATE ON \"payroll.new_hires\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END;"
+            }
+        };
+        self.store
+            .execute_script(sql)
+            .await
+            .expect("poison installed");
+    }
+
+    /// Takes away [`TestDb::poison`].
+    pub async fn cure(&self) {
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "DROP TRIGGER boom ON hris.employees; DROP TRIGGER boom ON payroll.new_hires;"
+            }
+            Dialect::Sqlite => {
+                "DROP TRIGGER boom_employees; DROP TRIGGER boom_employees_update; \
+                 DROP TRIGGER boom_new_hires; DROP TRIGGER boom_new_hires_update;"
+            }
+        };
+        self.store
+            .execute_script(sql)
+            .await
+            .expect("poison removed");
     }
 
     /// Starts an engine on the shipped integrations.
