@@ -1,11 +1,14 @@
 //! The example platform for `serve --dev` and the tests: its tables and a
 //! seeded organization with active Nexus and Paylinq subscriptions, so the
-//! shipped integrations run end to end.
+//! shipped integrations run end to end; and the dev API key, kept in a file
+//! beside the database so that it survives restarts.
+
+use std::path::{Path, PathBuf};
 
 use uuid::{Uuid, uuid};
 
 use crate::compile::ident::TableName;
-use crate::store::keys::{self, CreatedKey, Scope};
+use crate::store::keys::{self, Scope};
 use crate::store::types::Time;
 use crate::store::{Store, StoreError, example_platform_sql};
 
@@ -47,13 +50,144 @@ pub async fn seed(store: &Store) -> Result<(), StoreError> {
     store.execute_script(&script).await
 }
 
-/// A new platform key with every scope, for `serve --dev`. The keys earlier
-/// dev runs created are revoked, so they do not pile up.
-pub async fn create_dev_key(store: &Store) -> Result<CreatedKey, StoreError> {
+/// The API key `serve --dev` prints: a platform key with every scope,
+/// kept across restarts on the same database.
+#[derive(Debug, Clone)]
+pub struct DevKey {
+    /// The whole key, to print.
+    pub key: String,
+    /// True when it is the key of an earlier run, read from `file`.
+    pub reused: bool,
+    /// Where the key is kept between runs (`None`: it could not be saved,
+    /// or the database lives in memory).
+    pub file: Option<PathBuf>,
+}
+
+/// Where `serve --dev` keeps its key for `database_url`: beside a SQLite
+/// file (`data/busbar.db` → `data/busbar.dev-key`); for PostgreSQL under
+/// `./data/`, named by a hash of the URL without its password
+/// (`data/dev-key-<hash>`). `None` for an in-memory database, which
+/// starts empty anyway.
+pub fn dev_key_file(database_url: &str) -> Option<PathBuf> {
+    if let Some(path) = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+    {
+        // As `Store::connect` reads it: the path before any `?options`.
+        let path = path.split('?').next().unwrap_or(path);
+        return match path {
+            "" | ":memory:" => None,
+            path => Some(Path::new(path).with_extension("dev-key")),
+        };
+    }
+    let hash = keys::hash(&crate::serve::redact(database_url));
+    Some(Path::new("data").join(format!("dev-key-{}", &hash[..16])))
+}
+
+/// The dev key: the one kept in `file` when it is still a valid dev key
+/// on this database; otherwise (or with `new_key`) a new one, saved to
+/// `file` (mode 0600) for the next run. With `new_key`, every earlier dev
+/// key is revoked. Without it, keys are never revoked: another checkout
+/// may share the database and use its own.
+///
+/// The secret is kept in a file because the database holds only its hash;
+/// the file is the developer's, like the database beside it. Failing to
+/// read or write it is logged and costs only the reuse.
+pub async fn dev_key(
+    store: &Store,
+    file: Option<&Path>,
+    new_key: bool,
+    database: &str,
+) -> Result<DevKey, StoreError> {
+    if !new_key
+        && let Some(file) = file
+        && let Some(key) = read_key_file(file)
+        && is_dev_key(store, &key).await?
+    {
+        return Ok(DevKey {
+            key,
+            reused: true,
+            file: Some(file.to_owned()),
+        });
+    }
     let mut tx = store.begin().await?;
     let now = Time::now();
-    keys::revoke_named(&mut tx, DEV_KEY_NAME, now).await?;
-    let key = keys::create(&mut tx, None, &Scope::ALL, Some(DEV_KEY_NAME), now).await?;
+    if new_key {
+        keys::revoke_named(&mut tx, DEV_KEY_NAME, now).await?;
+    }
+    let created = keys::create(&mut tx, None, &Scope::ALL, Some(DEV_KEY_NAME), now).await?;
     tx.commit().await?;
-    Ok(key)
+    let saved = file.filter(|file| match write_key_file(file, &created.key, database) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(file = %file.display(), %error, "cannot save the dev key; the next run makes another");
+            false
+        }
+    });
+    Ok(DevKey {
+        key: created.key,
+        reused: false,
+        file: saved.map(Path::to_owned),
+    })
+}
+
+/// Whether `key` is an unrevoked dev key of this database.
+async fn is_dev_key(store: &Store, key: &str) -> Result<bool, StoreError> {
+    let Some(prefix) = keys::prefix_of(key) else {
+        return Ok(false);
+    };
+    let mut tx = store.begin_read().await?;
+    let found = keys::find_by_prefix(&mut tx, prefix).await?;
+    tx.rollback().await?;
+    Ok(found.is_some_and(|record| {
+        record.verify(key)
+            && record.name.as_deref() == Some(DEV_KEY_NAME)
+            && record.organization_id.is_none()
+            && Scope::ALL.iter().all(|scope| record.has(*scope))
+    }))
+}
+
+/// The key in a dev key file: its first line that looks like a key.
+fn read_key_file(file: &Path) -> Option<String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(file = %file.display(), %error, "cannot read the dev key; making a new one");
+            return None;
+        }
+    };
+    text.lines()
+        .map(str::trim)
+        .find(|line| line.starts_with(keys::KEY_MARK))
+        .map(str::to_owned)
+}
+
+/// Writes the key, readable by its owner only.
+fn write_key_file(file: &Path, key: &str, database: &str) -> std::io::Result<()> {
+    if let Some(parent) = file.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        // A file that already exists keeps its mode on open: narrow it
+        // before the key is written into it.
+        if file.exists() {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let mut out = options.open(file)?;
+    let text = format!(
+        "# The API key `busbar serve --dev` prints for {}.\n\
+         # Kept so that it survives restarts; delete this file, or run `serve --dev --new-key`, for a new one.\n\
+         {key}\n",
+        crate::serve::redact(database)
+    );
+    std::io::Write::write_all(&mut out, text.as_bytes())
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::compile::contract::Violation;
+use crate::decimal::Decimal;
 
 /// The fields of an envelope, as templates and paths see them.
 pub const ENVELOPE_FIELDS: [&str; 6] = [
@@ -170,15 +171,15 @@ impl Envelope {
         let data = match object.get("data") {
             None | Some(Value::Null) => Some(Value::Object(Map::new())),
             Some(data @ Value::Object(_)) => {
-                // PostgreSQL cannot store U+0000 in text or JSON; refuse it
-                // on every database, so an event means the same everywhere.
-                let mut nul = Vec::new();
-                find_nul(data, "/data", &mut nul);
-                for pointer in nul {
-                    bad(
-                        &pointer,
-                        "strings may not contain the NUL character (\\u0000)".into(),
-                    );
+                // What no database can store is refused here, on every
+                // database, so an event means the same everywhere and a
+                // publish never fails at commit: PostgreSQL cannot store
+                // U+0000 in text or JSON, nor a number beyond `numeric`'s
+                // range in `jsonb`.
+                let mut unstorable = Vec::new();
+                find_unstorable(data, "/data", &mut unstorable);
+                for (pointer, message) in unstorable {
+                    bad(&pointer, message);
                 }
                 Some(data.clone())
             }
@@ -208,22 +209,33 @@ impl Envelope {
     }
 }
 
-/// Collects pointers to strings (and keys) that contain U+0000.
-fn find_nul(value: &Value, pointer: &str, out: &mut Vec<String>) {
+/// Collects pointers to strings (and keys) that contain U+0000, and to
+/// numbers no database can store (more than 131072 digits before the
+/// decimal point or 16383 after), each with the reason.
+fn find_unstorable(value: &Value, pointer: &str, out: &mut Vec<(String, String)>) {
+    const NUL: &str = "strings may not contain the NUL character (\\u0000)";
     match value {
-        Value::String(s) if s.contains('\0') => out.push(pointer.to_owned()),
+        Value::String(s) if s.contains('\0') => out.push((pointer.to_owned(), NUL.into())),
+        Value::Number(n) => {
+            if let Some(reason) = Decimal::of(n).numeric_misfit() {
+                out.push((
+                    pointer.to_owned(),
+                    format!("this number cannot be stored: {reason}"),
+                ));
+            }
+        }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                find_nul(item, &format!("{pointer}/{i}"), out);
+                find_unstorable(item, &format!("{pointer}/{i}"), out);
             }
         }
         Value::Object(map) => {
             for (key, item) in map {
                 let child = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
                 if key.contains('\0') {
-                    out.push(child.clone());
+                    out.push((child.clone(), NUL.into()));
                 }
-                find_nul(item, &child, out);
+                find_unstorable(item, &child, out);
             }
         }
         _ => {}
@@ -310,5 +322,25 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(envelope.data, json!({}));
+    }
+
+    #[test]
+    fn numbers_no_database_can_store_are_violations_with_their_pointer() {
+        let event: Value = serde_json::from_str(
+            r#"{"source": "recruitiq", "event": "candidate.hired",
+                "organization_id": "00000000-0000-0000-0000-00000000000a",
+                "data": {"fine": [1e131071, 1e-16383, 18446744073709551617],
+                         "huge": {"n": 1e131072}, "tiny": [1.5e-16383]}}"#,
+        )
+        .unwrap();
+        let violations = Envelope::from_json(&event).unwrap_err();
+        let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/data/huge/n", "/data/tiny/0"]);
+        assert!(
+            violations[0].message.starts_with(
+                "this number cannot be stored: 131073 digits before the decimal point"
+            ),
+            "{violations:?}"
+        );
     }
 }

@@ -26,6 +26,9 @@
 //! - [`console`]: the operations console in the browser (`/console`),
 //!   server-rendered on the same port, signed in with an API key.
 //!
+//! [`decimal`] reads numbers exactly: busbar keeps every number as the
+//! digits it arrived with, from the request body to the target column.
+//!
 //! `check`, `render` and the server all go through the same compile and
 //! mapping code; the CLI in `main.rs` only parses arguments and prints.
 
@@ -36,6 +39,7 @@ pub mod check;
 pub mod compile;
 pub mod config;
 pub mod console;
+pub mod decimal;
 pub mod dev;
 pub mod diagnostics;
 pub mod engine;

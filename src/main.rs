@@ -111,10 +111,15 @@ enum Command {
     /// (and, with --dev, the example platform seeded and a key printed).
     Serve {
         /// Install the example platform's tables, seed an organization
-        /// subscribed to Nexus and Paylinq, and print a new admin API key
-        /// with curl commands to try.
+        /// subscribed to Nexus and Paylinq, and print an admin API key with
+        /// curl commands to try. The key is kept (beside a SQLite database,
+        /// or under ./data/ for PostgreSQL) and printed again by the next
+        /// runs on the same database.
         #[arg(long)]
         dev: bool,
+        /// With --dev: revoke the earlier dev keys and print a new one.
+        #[arg(long, requires = "dev")]
+        new_key: bool,
         #[command(flatten)]
         database: DatabaseArgs,
         /// The integrations directory.
@@ -123,6 +128,11 @@ enum Command {
         /// Where event contracts live [default: DIR/../schemas/events].
         #[arg(long)]
         contracts: Option<PathBuf>,
+        /// Which events publishing accepts: every well-formed one (open),
+        /// or only those with a contract (strict). Events with a contract
+        /// must fit it either way.
+        #[arg(long, value_enum, env = "BUSBAR_CONTRACT_POLICY", default_value_t = busbar::api::ContractPolicy::Open)]
+        contract_policy: busbar::api::ContractPolicy,
         /// Concurrent delivery workers [default: 4 on PostgreSQL, 1 on SQLite].
         #[arg(long)]
         workers: Option<usize>,
@@ -143,6 +153,15 @@ enum Command {
         /// How often `--watch poll` reads the directory.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         poll_interval: Duration,
+        /// After this many failed authentications from one client address
+        /// within --auth-failure-window, answer 429 to that address for
+        /// keys never seen valid (0: no limit; keys in use are never
+        /// refused).
+        #[arg(long, default_value_t = 20)]
+        auth_failure_limit: u32,
+        /// The window of --auth-failure-limit.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        auth_failure_window: Duration,
     },
     /// Manage API keys: keys are shown once and stored only as a hash.
     Keys {
@@ -272,15 +291,19 @@ fn main() -> ExitCode {
         }
         Command::Serve {
             dev,
+            new_key,
             database,
             dir,
             contracts,
+            contract_policy,
             workers,
             listen,
             log_format,
             request_timeout,
             watch,
             poll_interval,
+            auth_failure_limit,
+            auth_failure_window,
         } => run_async(
             log_format,
             busbar::serve::serve(busbar::serve::ServeOptions {
@@ -288,12 +311,16 @@ fn main() -> ExitCode {
                 dir,
                 contracts,
                 dev,
+                new_key,
                 workers,
                 listen,
                 watch,
                 poll_interval,
                 api: busbar::api::ApiConfig {
                     request_timeout,
+                    contract_policy,
+                    auth_failure_limit,
+                    auth_failure_window,
                     ..Default::default()
                 },
             }),

@@ -13,9 +13,9 @@ use arc_swap::ArcSwap;
 use crate::api::{self, ApiConfig, AppState, ReloadOutcome};
 use crate::compile;
 use crate::config;
+use crate::dev::DevKey;
 use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
-use crate::store::keys::CreatedKey;
 use crate::telemetry;
 
 /// How to run.
@@ -24,8 +24,11 @@ pub struct ServeOptions {
     pub database_url: String,
     pub dir: PathBuf,
     pub contracts: Option<PathBuf>,
-    /// Install and seed the example platform.
+    /// Install and seed the example platform, and print the dev key.
     pub dev: bool,
+    /// With `dev`: revoke the earlier dev keys and make a new one, rather
+    /// than print the kept one again.
+    pub new_key: bool,
     /// Delivery workers (default: per database).
     pub workers: Option<usize>,
     /// Where the HTTP API listens.
@@ -83,6 +86,7 @@ pub fn compile_or_fail(config: &config::ConfigDir, number: u64) -> Result<compil
 
 /// Runs busbar until a shutdown signal.
 pub async fn serve(options: ServeOptions) -> Result<()> {
+    check_contracts_option(options.contracts.as_deref())?;
     // Before anything that counts.
     telemetry::install();
     let store = connect(&options.database_url).await?;
@@ -135,9 +139,15 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let watchers = reloader.spawn(options.watch, options.poll_interval, stop_watching.clone());
     let state = AppState::new(engine.clone(), reload, options.api).with_reloader(reloader);
     if options.dev {
-        let key = crate::dev::create_dev_key(&store)
-            .await
-            .context("cannot create the dev API key")?;
+        let file = crate::dev::dev_key_file(&options.database_url);
+        let key = crate::dev::dev_key(
+            &store,
+            file.as_deref(),
+            options.new_key,
+            &options.database_url,
+        )
+        .await
+        .context("cannot make the dev API key")?;
         println!("{}", dev_instructions(address, &key));
     }
     tracing::info!(database = %redact(&options.database_url), %address, "busbar is running");
@@ -160,8 +170,24 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     Ok(())
 }
 
+/// `--contracts` names a directory, and a missing one just holds no
+/// contracts; but `--contracts strict` (or `open`) naming no directory is
+/// surely `--contract-policy` mistyped, so it is refused with a hint.
+pub fn check_contracts_option(contracts: Option<&std::path::Path>) -> Result<()> {
+    if let Some(dir) = contracts
+        && let Some(name @ ("strict" | "open")) = dir.to_str()
+        && !dir.exists()
+    {
+        bail!(
+            "--contracts names the directory of event contracts, and there is no directory `{name}`; \
+             to choose which events publishing accepts, use --contract-policy {name}"
+        );
+    }
+    Ok(())
+}
+
 /// What `serve --dev` prints: the dev key and curl commands to paste.
-pub fn dev_instructions(address: SocketAddr, key: &CreatedKey) -> String {
+pub fn dev_instructions(address: SocketAddr, key: &DevKey) -> String {
     let host = if address.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
     } else {
@@ -171,15 +197,28 @@ pub fn dev_instructions(address: SocketAddr, key: &CreatedKey) -> String {
     let auth = r#"-H "Authorization: Bearer $BUSBAR_KEY""#;
     let event = crate::dev::EXAMPLE_EVENT_ID;
     let organization = crate::dev::ORGANIZATION;
+    let which = if key.reused {
+        "The dev admin key for every organization (scopes: publish, read, admin), the same as last run:"
+    } else {
+        "A new dev admin key for every organization (scopes: publish, read, admin):"
+    };
+    let kept = match &key.file {
+        Some(file) => format!(
+            "(Kept in {} for the next runs on this database; `serve --dev --new-key` replaces it.)",
+            file.display()
+        ),
+        None => "(Not kept: the next run makes another.)".to_owned(),
+    };
     [
         String::new(),
         format!("busbar (dev) is serving on {base}"),
         format!("The operations console: {base}/console (sign in with the key below)"),
         String::new(),
-        "A new admin key for every organization (scopes: publish, read, admin), shown only now:"
-            .into(),
+        which.into(),
         String::new(),
         format!("  export BUSBAR_KEY={}", key.key),
+        String::new(),
+        kept,
         String::new(),
         "Publish the example event (from the repository root):".into(),
         String::new(),

@@ -119,6 +119,29 @@ fn describe() {
     }
     counter!("busbar_events_published_total").absolute(0);
     counter!("busbar_events_duplicate_total").absolute(0);
+    describe_auth();
+}
+
+fn describe_auth() {
+    describe_counter!(
+        "busbar_auth_lookups_total",
+        "API keys read from the database (a key not trusted from the cache)."
+    );
+    describe_counter!(
+        "busbar_auth_failures_total",
+        "Requests refused with 401 invalid-key (unknown, mistyped or revoked keys)."
+    );
+    describe_counter!(
+        "busbar_auth_throttled_total",
+        "Requests refused with 429: their address failed to authenticate too often."
+    );
+    for name in [
+        "busbar_auth_lookups_total",
+        "busbar_auth_failures_total",
+        "busbar_auth_throttled_total",
+    ] {
+        counter!(name).absolute(0);
+    }
 }
 
 /// `count` new events were stored by a publish.
@@ -183,4 +206,19 @@ pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) 
         "route" => route.to_owned()
     )
     .record(duration.as_secs_f64());
+}
+
+/// The API read an API key from the database.
+pub fn auth_lookup() {
+    counter!("busbar_auth_lookups_total").increment(1);
+}
+
+/// The API refused a request with 401 `invalid-key`.
+pub fn auth_failed() {
+    counter!("busbar_auth_failures_total").increment(1);
+}
+
+/// The API refused a request with 429: its address failed too often.
+pub fn auth_throttled() {
+    counter!("busbar_auth_throttled_total").increment(1);
 }

@@ -4,24 +4,39 @@
 //! must be scoped by.
 //!
 //! Keys are `Authorization: Bearer bb_<prefix>_<secret>`; see
-//! [`crate::store::keys`] for how they are made and stored. Verified keys
-//! are cached for a few seconds ([`KeyCache`]), so a busy publisher does not
-//! cost a database read per request; a revoked key is refused once its
-//! cache entry expires.
+//! [`crate::store::keys`] for how they are made and stored. [`KeyCache`]
+//! keeps the database out of most requests:
+//!
+//! - a verified key is trusted for a few seconds, so a busy publisher does
+//!   not cost a database read per request (a revoked key is refused once
+//!   its entry expires); a wrong secret for a cached key is refused
+//!   without a read too;
+//! - a prefix the database did not know is remembered as long (a bounded
+//!   negative cache), so a client retrying a mistyped key costs nothing;
+//! - a client address that failed [`FailureLimit`] times in a window gets
+//!   429 with `Retry-After` for keys busbar has never seen valid, without a
+//!   read, and lookups of such keys from every address together hold at
+//!   most [`MAX_STRANGER_LOOKUPS`] connections. A prefix that belonged to a
+//!   real key is never refused by the limit, so a flood of random keys does
+//!   not lock out or slow down the keys in use.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
 use crate::store::Store;
 use crate::store::keys::{self, KeyRecord, Scope};
+use crate::telemetry;
 
 /// Who is calling: the key that authenticated the request.
 #[derive(Debug, Clone)]
@@ -122,9 +137,15 @@ async fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Call
                 "the Authorization header must read `Bearer <key>`",
             )
         })?;
+    // Present when served by `api::serve`; without it (a router served
+    // some other way) there is no per-address limit.
+    let client = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
     let record = state
         .keys
-        .authenticate(state.engine.store(), presented)
+        .authenticate(state.engine.store(), presented, client)
         .await?;
     if !record.has(scope) {
         let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
@@ -143,64 +164,290 @@ async fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Call
     })
 }
 
-/// Verified keys, by prefix, for a short time.
+/// The most prefixes the negative cache remembers; past it, unknown
+/// prefixes are not remembered (the failure limit still bounds them).
+const MAX_UNKNOWN_PREFIXES: usize = 10_000;
+/// The most lookups at once, from all addresses together, of keys whose
+/// prefix never belonged to a real key: a flood from many addresses holds
+/// at most this many database connections.
+pub const MAX_STRANGER_LOOKUPS: usize = 4;
+
+/// What busbar remembers about API keys, and the failure limit.
 #[derive(Debug)]
 pub struct KeyCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (KeyRecord, Instant)>>,
+    /// Records of real keys by prefix, with when they were read. Entries
+    /// stay after they expire (only their trust ends), so a prefix that
+    /// belonged to a real key is recognised; there are only ever as many
+    /// as there are keys.
+    known: Mutex<HashMap<String, (KeyRecord, Instant)>>,
+    /// Prefixes the database did not know, and when it said so.
+    unknown: Mutex<HashMap<String, Instant>>,
+    limit: FailureLimit,
+    strangers: Semaphore,
+    lookups: AtomicU64,
 }
 
 impl KeyCache {
-    /// A cache whose entries live `ttl` (zero: always ask the database).
+    /// A cache whose answers are trusted for `ttl` (zero: always ask the
+    /// database), without a failure limit.
     pub fn new(ttl: Duration) -> KeyCache {
         KeyCache {
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
+            limit: FailureLimit::new(0, Duration::ZERO),
+            strangers: Semaphore::new(MAX_STRANGER_LOOKUPS),
+            lookups: AtomicU64::new(0),
         }
     }
 
+    /// Refuses (429) an address's keys after `failures` failed
+    /// authentications within `window` (zero failures: no limit).
+    pub fn with_failure_limit(mut self, failures: u32, window: Duration) -> KeyCache {
+        self.limit = FailureLimit::new(failures, window);
+        self
+    }
+
+    /// How many times this cache has read a key from the database.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
     /// The key record for `presented`, if it is a valid, unrevoked key.
+    /// `client` is the caller's address, for the failure limit.
     pub async fn authenticate(
         &self,
         store: &Store,
         presented: &str,
+        client: Option<IpAddr>,
     ) -> Result<KeyRecord, ApiError> {
-        let invalid = || {
-            ApiError::unauthorized(
-                "invalid-key",
-                "the API key is not valid (unknown, mistyped or revoked)",
-            )
-        };
-        let prefix = keys::prefix_of(presented).ok_or_else(invalid)?;
-        let cached = {
-            let entries = self.entries.lock().expect("key cache lock");
-            entries
+        let prefix = keys::prefix_of(presented);
+        let known = prefix.and_then(|prefix| {
+            let known = self.known.lock().expect("key cache lock");
+            known
                 .get(prefix)
-                .filter(|(_, at)| at.elapsed() < self.ttl)
-                .map(|(record, _)| record.clone())
-        };
-        let record = match cached {
-            Some(record) => record,
+                .map(|(record, at)| (prefix, record.clone(), at.elapsed() < self.ttl))
+        });
+        let record = match known {
+            // Trusted: verified locally, whatever the secret.
+            Some((_, record, true)) => Some(record),
+            // A real key's prefix whose entry expired: read it again. The
+            // limit never applies, so keys in use keep working.
+            Some((prefix, _, false)) => self.lookup(store, prefix).await?,
+            // Never seen valid: subject to the limit.
             None => {
-                let mut tx = store.begin_read().await?;
-                let found = keys::find_by_prefix(&mut tx, prefix).await?;
-                tx.rollback().await?;
-                let record = found.ok_or_else(invalid)?;
-                if !self.ttl.is_zero() {
-                    let mut entries = self.entries.lock().expect("key cache lock");
-                    // Entries are only ever for real keys, so the map stays
-                    // as small as the key table; expired ones are dropped
-                    // here rather than by a task.
-                    entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
-                    entries.insert(prefix.to_owned(), (record.clone(), Instant::now()));
+                let client = client.map(Client::of);
+                if let Err(retry_after) = self.limit.admit(client) {
+                    telemetry::auth_throttled();
+                    return Err(ApiError::too_many_requests(
+                        "too-many-auth-failures",
+                        "too many failed authentications from this address; retry after `Retry-After` seconds with a valid key",
+                        retry_after,
+                    ));
                 }
-                record
+                let found = match prefix {
+                    Some(prefix) if !self.is_unknown(prefix) => {
+                        let _permit = self.strangers.acquire().await.expect("never closed");
+                        match self.lookup(store, prefix).await {
+                            Ok(found) => found,
+                            // Not an authentication failure: the database
+                            // could not answer.
+                            Err(error) => {
+                                self.limit.release(client);
+                                return Err(error);
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                if found.as_ref().is_some_and(|r| r.verify(presented)) {
+                    self.limit.release(client);
+                }
+                found
             }
         };
-        if record.verify(presented) {
-            Ok(record)
-        } else {
-            Err(invalid())
+        match record {
+            Some(record) if record.verify(presented) => Ok(record),
+            _ => {
+                telemetry::auth_failed();
+                Err(ApiError::unauthorized(
+                    "invalid-key",
+                    "the API key is not valid (unknown, mistyped or revoked)",
+                ))
+            }
         }
+    }
+
+    /// Reads the key with `prefix`, remembering the answer.
+    async fn lookup(&self, store: &Store, prefix: &str) -> Result<Option<KeyRecord>, ApiError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        telemetry::auth_lookup();
+        let mut tx = store.begin_read().await?;
+        let found = keys::find_by_prefix(&mut tx, prefix).await?;
+        tx.rollback().await?;
+        match &found {
+            Some(record) => {
+                self.known
+                    .lock()
+                    .expect("key cache lock")
+                    .insert(prefix.to_owned(), (record.clone(), Instant::now()));
+            }
+            None if !self.ttl.is_zero() => {
+                self.forget(prefix);
+                let mut unknown = self.unknown.lock().expect("key cache lock");
+                if unknown.len() >= MAX_UNKNOWN_PREFIXES {
+                    unknown.retain(|_, at| at.elapsed() < self.ttl);
+                }
+                if unknown.len() < MAX_UNKNOWN_PREFIXES {
+                    unknown.insert(prefix.to_owned(), Instant::now());
+                }
+            }
+            None => self.forget(prefix),
+        }
+        Ok(found)
+    }
+
+    /// Forgets a key the database no longer has (deleted, not revoked).
+    fn forget(&self, prefix: &str) {
+        self.known.lock().expect("key cache lock").remove(prefix);
+    }
+
+    /// Whether the database said recently that no key has `prefix`.
+    fn is_unknown(&self, prefix: &str) -> bool {
+        let unknown = self.unknown.lock().expect("key cache lock");
+        unknown
+            .get(prefix)
+            .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+}
+
+/// Where failures are counted: an IPv4 address, or an IPv6 /64 (one
+/// host's usual allocation, so rotating addresses within it gains nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Client(IpAddr);
+
+impl Client {
+    fn of(address: IpAddr) -> Client {
+        match address {
+            IpAddr::V4(v4) => Client(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Client(IpAddr::V4(v4)),
+                None => Client(IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())),
+            },
+        }
+    }
+}
+
+/// The most addresses tracked at once; past it, the one whose window is
+/// oldest is forgotten.
+const MAX_CLIENTS: usize = 65_536;
+
+/// Failed authentications per client address, in fixed windows.
+///
+/// Each attempt with a key never seen valid reserves a failure before the
+/// database is asked, and gives it back if the key turns out valid; so
+/// however many such requests arrive at once, an address costs at most
+/// `failures` lookups per window.
+#[derive(Debug)]
+struct FailureLimit {
+    failures: u32,
+    window: Duration,
+    clients: Mutex<HashMap<Client, (Instant, u32)>>,
+}
+
+impl FailureLimit {
+    fn new(failures: u32, window: Duration) -> FailureLimit {
+        FailureLimit {
+            failures,
+            window,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more failure for `client` unless it is over the limit;
+    /// then returns the seconds until its window ends.
+    fn admit(&self, client: Option<Client>) -> Result<(), u32> {
+        let Some(client) = client.filter(|_| self.failures > 0) else {
+            return Ok(());
+        };
+        let mut clients = self.clients.lock().expect("failure limit lock");
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&client) {
+            clients.retain(|_, (started, _)| started.elapsed() < self.window);
+            if clients.len() >= MAX_CLIENTS
+                && let Some(oldest) = clients
+                    .iter()
+                    .min_by_key(|(_, (started, _))| *started)
+                    .map(|(c, _)| *c)
+            {
+                clients.remove(&oldest);
+            }
+        }
+        let (started, count) = clients.entry(client).or_insert((Instant::now(), 0));
+        if started.elapsed() >= self.window {
+            *started = Instant::now();
+            *count = 0;
+        }
+        if *count >= self.failures {
+            let left = self.window.saturating_sub(started.elapsed());
+            return Err(left.as_secs_f64().ceil() as u32);
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// Gives back the failure [`FailureLimit::admit`] counted: the key was
+    /// valid.
+    fn release(&self, client: Option<Client>) {
+        let Some(client) = client.filter(|_| self.failures > 0) else {
+            return;
+        };
+        let mut clients = self.clients.lock().expect("failure limit lock");
+        if let Some((_, count)) = clients.get_mut(&client) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_refused_after_its_failures_until_the_window_ends() {
+        let limit = FailureLimit::new(3, Duration::from_millis(200));
+        let a = Some(Client::of("10.0.0.1".parse().unwrap()));
+        let b_address = Client::of("10.0.0.2".parse().unwrap());
+        let b = Some(b_address);
+        for _ in 0..3 {
+            assert!(limit.admit(a).is_ok());
+        }
+        assert_eq!(limit.admit(a), Err(1), "Retry-After is at least one second");
+        assert!(limit.admit(b).is_ok(), "another address is not affected");
+        assert!(limit.admit(None).is_ok(), "no address, no limit");
+        // A valid key gives its reservation back.
+        limit.release(b);
+        assert_eq!(limit.clients.lock().unwrap()[&b_address].1, 0);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(limit.admit(a).is_ok(), "a new window starts afresh");
+        assert!(
+            FailureLimit::new(0, Duration::from_secs(60))
+                .admit(a)
+                .is_ok(),
+            "zero: no limit"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let one = Client::of("2001:db8::1".parse().unwrap());
+        let other = Client::of("2001:db8::ffff:1234".parse().unwrap());
+        let elsewhere = Client::of("2001:db8:0:1::1".parse().unwrap());
+        assert_eq!(one, other);
+        assert_ne!(one, elsewhere);
+        assert_eq!(
+            Client::of("::ffff:10.0.0.1".parse().unwrap()),
+            Client::of("10.0.0.1".parse().unwrap())
+        );
     }
 }

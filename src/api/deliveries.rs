@@ -23,6 +23,10 @@ use crate::store::events::{self, DeliveryView, Status};
 pub enum DeliveryStatus {
     /// Waiting to run (new, or a retry is scheduled).
     Pending,
+    /// Failed for a reason that may pass (a lost connection, a lock
+    /// timeout); tried again at `next_attempt_at`. The later events of its
+    /// order key wait behind it.
+    Retrying,
     /// Applied to the target tables.
     Delivered,
     /// Not applied, on purpose: a guard was false, a `missing: skip` found
@@ -36,6 +40,7 @@ impl From<Status> for DeliveryStatus {
     fn from(status: Status) -> DeliveryStatus {
         match status {
             Status::Pending => DeliveryStatus::Pending,
+            Status::Retrying => DeliveryStatus::Retrying,
             Status::Delivered => DeliveryStatus::Delivered,
             Status::Skipped => DeliveryStatus::Skipped,
             Status::Dead => DeliveryStatus::Dead,
@@ -47,6 +52,7 @@ impl From<DeliveryStatus> for Status {
     fn from(status: DeliveryStatus) -> Status {
         match status {
             DeliveryStatus::Pending => Status::Pending,
+            DeliveryStatus::Retrying => Status::Retrying,
             DeliveryStatus::Delivered => Status::Delivered,
             DeliveryStatus::Skipped => Status::Skipped,
             DeliveryStatus::Dead => Status::Dead,
@@ -143,6 +149,8 @@ pub struct ReplayQuery {
         (status = 202, description = "Queued again.", body = Replayed),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such delivery in the caller's organization.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The delivery is not dead: only dead deliveries are replayed.", body = Problem, content_type = "application/problem+json"),
@@ -156,9 +164,9 @@ pub async fn replay(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     let mut tx = state.engine.store().begin_read().await?;
-    let delivery = events::get_delivery(&mut tx, id).await?;
+    let delivery = events::get_delivery(&mut tx, caller.organization, id).await?;
     tx.rollback().await?;
-    let Some(delivery) = delivery.filter(|d| caller.may_act_for(d.organization_id)) else {
+    let Some(delivery) = delivery else {
         return Err(ApiError::not_found(
             "delivery-not-found",
             format!("there is no delivery {id} in this key's organization"),
@@ -204,6 +212,8 @@ pub async fn replay(
         (status = 202, description = "The dead deliveries are queued again (possibly none).", body = ReplayedIntegration),
         (status = 400, description = "A bad query parameter.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in the live generation.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),

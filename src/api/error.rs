@@ -6,7 +6,7 @@
 //! 5xx answers other than 503 are opaque: the cause is logged (with the
 //! request id) and the client gets only a code.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -128,6 +128,19 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After`: this client failed too often; the same
+    /// request may succeed after `retry_after` seconds.
+    pub fn too_many_requests(
+        code: &'static str,
+        detail: impl Into<String>,
+        retry_after: u32,
+    ) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, detail)
+        }
+    }
+
     /// An unexpected failure: logged here with its cause; the client sees
     /// only that something went wrong.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
@@ -191,6 +204,20 @@ impl From<JsonRejection> for ApiError {
                 "the request body is larger than the server's limit (see docs/API.md, \"Limits\")",
             ),
             _ => ApiError::bad_request("unreadable-body", rejection.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "the request body is larger than the server's limit (see docs/API.md, \"Limits\")",
+            )
+        } else {
+            ApiError::bad_request("unreadable-body", rejection.body_text())
         }
     }
 }

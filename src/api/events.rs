@@ -16,12 +16,13 @@ use uuid::Uuid;
 use super::auth::{Publisher, Reader};
 use super::deliveries::{Delivery, DeliveryStatus};
 use super::error::{ApiError, FieldError, Problem};
-use super::{AppState, Json, MAX_BATCH, Path, Query};
+use super::{AppState, ContractPolicy, Json, MAX_BATCH, Path, Query};
 use crate::compile::contract::Violation;
 use crate::engine::{PublishError, PublishRequest, Published};
 use crate::envelope::{Envelope, is_event_name, is_product_name};
 use crate::store::events::{self, EventFilter, Status, StoredEvent};
 use crate::store::types::Time;
+use crate::store::views;
 
 /// The header a producer may send to make a publish idempotent without
 /// choosing event ids.
@@ -88,6 +89,10 @@ pub struct PublishedEvent {
     pub id: Uuid,
     /// False when the event was already stored: nothing new was created.
     pub created: bool,
+    /// How many enabled integrations of the live generation route this
+    /// event. 0: it is stored, but nothing listens to it (yet); a typo in
+    /// the event name shows here.
+    pub routed: usize,
     /// For a duplicate: the event as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<EventView>,
@@ -114,6 +119,9 @@ pub struct PublishedItem {
     pub id: Uuid,
     /// False when the event was already stored.
     pub created: bool,
+    /// How many enabled integrations of the live generation route this
+    /// event (0: nothing listens to it).
+    pub routed: usize,
 }
 
 /// A stored event.
@@ -162,7 +170,11 @@ impl From<StoredEvent> for EventView {
 /// state.
 #[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
 pub struct DeliveryCounts {
+    /// Not run yet: events its lanes have not reached, and deliveries
+    /// waiting behind a blocked key.
     pub pending: i64,
+    /// Failed for a reason that may pass; will be tried again.
+    pub retrying: i64,
     pub delivered: i64,
     pub skipped: i64,
     pub dead: i64,
@@ -173,6 +185,7 @@ impl DeliveryCounts {
         let get = |status| counts.and_then(|c| c.get(&status)).copied().unwrap_or(0);
         DeliveryCounts {
             pending: get(Status::Pending),
+            retrying: get(Status::Retrying),
             delivered: get(Status::Delivered),
             skipped: get(Status::Skipped),
             dead: get(Status::Dead),
@@ -250,9 +263,13 @@ pub struct EventsQuery {
 /// Publish one event or a batch.
 ///
 /// Answers once the event (or the whole batch) and its deliveries are
-/// committed. Publishing again an event whose `id` (or `Idempotency-Key`)
+/// committed, saying for each event how many integrations route it
+/// (`routed`). Publishing again an event whose `id` (or `Idempotency-Key`)
 /// is already stored creates nothing and answers 200 with the stored event.
-/// In a batch, the header's key applies to each event as `<key>#<index>`.
+/// In a batch, the header's key applies to each event as `<key>#<index>`,
+/// and no two events may have the same `id`. A body that repeats a key in
+/// an object is refused. A server run with `--contract-policy strict`
+/// accepts only events that have a contract.
 #[utoipa::path(
     post,
     path = "/api/events",
@@ -264,13 +281,15 @@ pub struct EventsQuery {
     responses(
         (status = 202, description = "Stored (a batch: at least one event was new).", body = PublishAnswer),
         (status = 200, description = "Already stored: nothing was created. A single event comes back as stored.", body = PublishAnswer),
-        (status = 400, description = "Malformed JSON or a bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON (`malformed-json`), a key repeated within an object (`duplicate-key`), or a bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `publish` scope or belongs to another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The event id belongs to an event stored for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The envelope or the data breaks its contract: every violation is listed.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Nothing was stored: the envelope or the data breaks its contract (`invalid-event`, every violation listed), two events of a batch have the same id (`duplicate-id`), or, with `--contract-policy strict`, an event has no contract (`no-contract`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database cannot take the event now: nothing was stored; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     ),
@@ -289,8 +308,10 @@ pub async fn publish(
     };
     let Some(items) = batch else {
         let envelope = Envelope::from_json(&body).map_err(|v| invalid_event(fields(v, "")))?;
-        check_organization(&caller, &[&envelope])?;
+        check_organization(&caller, &[&envelope], false)?;
+        check_contracts(&state, &[&envelope], false)?;
         let organization = envelope.organization_id;
+        let routed = state.engine.routed(&envelope);
         let published = state
             .engine
             .publish(PublishRequest {
@@ -298,8 +319,8 @@ pub async fn publish(
                 idempotency_key: key,
             })
             .await
-            .map_err(publish_error)?;
-        return single_answer(&state, published, organization).await;
+            .map_err(|e| publish_error(e, false))?;
+        return single_answer(&state, published, organization, routed).await;
     };
 
     let mut violations = Vec::new();
@@ -313,8 +334,12 @@ pub async fn publish(
     if !violations.is_empty() {
         return Err(invalid_event(violations));
     }
-    check_organization(&caller, &envelopes.iter().collect::<Vec<_>>())?;
+    let all: Vec<&Envelope> = envelopes.iter().collect();
+    check_organization(&caller, &all, true)?;
+    check_unique_ids(&all)?;
+    check_contracts(&state, &all, true)?;
     let organizations: Vec<Uuid> = envelopes.iter().map(|e| e.organization_id).collect();
+    let routed: Vec<usize> = envelopes.iter().map(|e| state.engine.routed(e)).collect();
     let requests: Vec<PublishRequest> = envelopes
         .into_iter()
         .enumerate()
@@ -330,50 +355,18 @@ pub async fn publish(
         Err(PublishError::Invalid(found)) if single => {
             return Err(invalid_event(fields(found, "/events/0")));
         }
-        result => result.map_err(publish_error)?,
+        result => result.map_err(|e| publish_error(e, true))?,
     };
-    // A duplicate id must be this organization's event; otherwise this
-    // event was not stored, and saying "already stored" would lose it.
-    let duplicates: Vec<Uuid> = published
-        .iter()
-        .filter(|p| !p.created)
-        .map(|p| p.id)
-        .collect();
-    let stored = if duplicates.is_empty() {
-        Default::default()
-    } else {
-        let mut tx = state.engine.store().begin_read().await?;
-        let stored = events::organizations_of(&mut tx, &duplicates).await?;
-        tx.rollback().await?;
-        stored
-    };
-    let conflicts: Vec<FieldError> = published
-        .iter()
-        .zip(&organizations)
-        .enumerate()
-        .filter(|(_, (result, organization))| {
-            !result.created && stored.get(&result.id) != Some(*organization)
-        })
-        .map(|(i, _)| FieldError {
-            pointer: format!("/events/{i}/id"),
-            message: "this id belongs to another event; this event was not stored".into(),
-        })
-        .collect();
-    if !conflicts.is_empty() {
-        return Err(ApiError::conflict(
-            "id-conflict",
-            "some event ids are already taken, so those events were not stored; the others were \
-             (publishing the batch again, with new ids for the listed events, is safe)",
-        )
-        .with_errors(conflicts));
-    }
+    let _ = &organizations;
     let any_created = published.iter().any(|p| p.created);
     let body = PublishedBatch {
         events: published
             .into_iter()
-            .map(|p| PublishedItem {
+            .zip(routed)
+            .map(|(p, routed)| PublishedItem {
                 id: p.id,
                 created: p.created,
+                routed,
             })
             .collect(),
     };
@@ -391,11 +384,13 @@ async fn single_answer(
     state: &AppState,
     published: Published,
     organization: Uuid,
+    routed: usize,
 ) -> Result<Response, ApiError> {
     if published.created {
         let body = PublishedEvent {
             id: published.id,
             created: true,
+            routed,
             event: None,
         };
         return Ok((
@@ -404,32 +399,27 @@ async fn single_answer(
         )
             .into_response());
     }
-    let stored = load_event(state, published.id).await?;
-    match stored {
-        Some(stored) if stored.envelope.organization_id == organization => {
-            let body = PublishedEvent {
-                id: published.id,
-                created: false,
-                event: Some(stored.into()),
-            };
-            Ok((StatusCode::OK, Json(PublishAnswer::Event(Box::new(body)))).into_response())
-        }
-        _ => Err(ApiError::conflict(
-            "id-conflict",
-            "an event with this id already exists, so this one was not stored; publish it with another id",
-        )
-        .with_errors(vec![FieldError {
-            pointer: "/id".into(),
-            message: "this id belongs to another event".into(),
-        }])),
-    }
+    // Ids are unique per organization, so the stored event is this
+    // organization's.
+    let stored = load_event(state, organization, published.id).await?;
+    let body = PublishedEvent {
+        id: published.id,
+        created: false,
+        routed,
+        event: stored.map(Into::into),
+    };
+    Ok((StatusCode::OK, Json(PublishAnswer::Event(Box::new(body)))).into_response())
 }
 
-async fn load_event(state: &AppState, id: Uuid) -> Result<Option<StoredEvent>, ApiError> {
+async fn load_event(
+    state: &AppState,
+    organization: Uuid,
+    id: Uuid,
+) -> Result<Option<StoredEvent>, ApiError> {
     let mut tx = state.engine.store().begin_read().await?;
-    let event = events::get_event(&mut tx, id).await?;
+    let event = events::get_event(&mut tx, Some(organization), id).await?;
     tx.rollback().await?;
-    Ok(event)
+    Ok(event.into_iter().next())
 }
 
 /// The `events` of a batch body, checked for shape and size.
@@ -484,9 +474,28 @@ fn fields(violations: Vec<Violation>, prefix: &str) -> Vec<FieldError> {
         .collect()
 }
 
-fn publish_error(error: PublishError) -> ApiError {
+fn publish_error(error: PublishError, batch: bool) -> ApiError {
     match error {
         PublishError::Invalid(violations) => invalid_event(fields(violations, "")),
+        PublishError::Reused { index, id, differs } => {
+            let pointer = if batch {
+                format!("/events/{index}/id")
+            } else {
+                "/id".to_owned()
+            };
+            ApiError::conflict(
+                "id-reused",
+                format!(
+                    "event {id} was already published with a different {}; nothing of this request was stored. \
+                     Publishing the same event again is safe; a different event needs a new id (or Idempotency-Key)",
+                    differs.join(" and ")
+                ),
+            )
+            .with_errors(vec![FieldError {
+                pointer,
+                message: format!("this id is already used by an event whose {} differ", differs.join(", ")),
+            }])
+        }
         PublishError::Unavailable(error) => {
             tracing::warn!(%error, "publish failed: nothing was stored");
             ApiError::unavailable(
@@ -502,14 +511,18 @@ fn publish_error(error: PublishError) -> ApiError {
 }
 
 /// An organization key may publish only its own organization's events.
-fn check_organization(caller: &super::Caller, envelopes: &[&Envelope]) -> Result<(), ApiError> {
-    let several = envelopes.len() > 1;
+/// `batch`: the events came as `{"events": [...]}` (pointers say which).
+fn check_organization(
+    caller: &super::Caller,
+    envelopes: &[&Envelope],
+    batch: bool,
+) -> Result<(), ApiError> {
     let errors: Vec<FieldError> = envelopes
         .iter()
         .enumerate()
         .filter(|(_, e)| !caller.may_act_for(e.organization_id))
         .map(|(i, _)| FieldError {
-            pointer: if several {
+            pointer: if batch {
                 format!("/events/{i}/organization_id")
             } else {
                 "/organization_id".into()
@@ -525,6 +538,87 @@ fn check_organization(caller: &super::Caller, envelopes: &[&Envelope]) -> Result
             "this key belongs to another organization; nothing was stored",
         )
         .with_errors(errors))
+    }
+}
+
+/// No two events of a batch may share an id: storing the first and
+/// calling the second "already stored" would silently drop it. Every
+/// position of every repeated id is named.
+fn check_unique_ids(envelopes: &[&Envelope]) -> Result<(), ApiError> {
+    let mut positions: std::collections::HashMap<Uuid, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (i, envelope) in envelopes.iter().enumerate() {
+        positions.entry(envelope.id).or_default().push(i);
+    }
+    let mut errors: Vec<(usize, FieldError)> = positions
+        .into_values()
+        .filter(|at| at.len() > 1)
+        .flat_map(|at| {
+            at.iter()
+                .map(|&i| {
+                    let others: Vec<String> = at
+                        .iter()
+                        .filter(|&&j| j != i)
+                        .map(|j| format!("/events/{j}"))
+                        .collect();
+                    let message = format!(
+                        "{} has this id too; every event of a batch needs its own id",
+                        others.join(", ")
+                    );
+                    (
+                        i,
+                        FieldError {
+                            pointer: format!("/events/{i}/id"),
+                            message,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    errors.sort_by_key(|(i, _)| *i);
+    Err(ApiError::invalid(
+        "duplicate-id",
+        "some events of the batch have the same id; nothing was stored",
+        errors.into_iter().map(|(_, e)| e).collect(),
+    ))
+}
+
+/// With `--contract-policy strict`, every event must have a contract.
+fn check_contracts(state: &AppState, envelopes: &[&Envelope], batch: bool) -> Result<(), ApiError> {
+    if state.config.contract_policy != ContractPolicy::Strict {
+        return Ok(());
+    }
+    let generation = state.engine.generation();
+    let errors: Vec<FieldError> = envelopes
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| generation.contracts.get(&e.source, &e.event).is_none())
+        .map(|(i, e)| FieldError {
+            pointer: if batch {
+                format!("/events/{i}/event")
+            } else {
+                "/event".into()
+            },
+            message: format!(
+                "there is no contract for `{source}/{event}` (`{source}/{event}.json` in the contracts directory), \
+                 and this server accepts only events with a contract",
+                source = e.source,
+                event = e.event
+            ),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "no-contract",
+            "this server accepts only events with a contract (--contract-policy strict); nothing was stored",
+            errors,
+        ))
     }
 }
 
@@ -559,6 +653,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 200, description = "A page of events.", body = EventPage),
         (status = 400, description = "A bad filter, cursor or limit.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
     ),
@@ -602,15 +698,27 @@ pub async fn list(
         since: query.since.map(Time),
         until: query.until.map(Time),
         before_seq,
+        id: None,
     };
     let mut tx = state.engine.store().begin_read().await?;
     // One more than asked tells whether there is a next page.
     let mut found = events::list_events(&mut tx, &filter, i64::from(limit) + 1).await?;
     let more = found.len() > limit as usize;
     found.truncate(limit as usize);
-    let ids: Vec<Uuid> = found.iter().map(|e| e.envelope.id).collect();
-    let counts = events::delivery_counts_of(&mut tx, &ids).await?;
+    let generation = state.engine.generation();
+    let deliveries = views::deliveries(&mut tx, &generation, state.engine.lanes(), &found).await?;
     tx.rollback().await?;
+    let mut counts: std::collections::HashMap<
+        (Uuid, Uuid),
+        std::collections::HashMap<Status, i64>,
+    > = Default::default();
+    for delivery in &deliveries {
+        *counts
+            .entry((delivery.organization_id, delivery.event_id))
+            .or_default()
+            .entry(delivery.status)
+            .or_default() += 1;
+    }
     let next_cursor = if more {
         found.last().map(|e| encode_cursor(e.seq))
     } else {
@@ -619,7 +727,9 @@ pub async fn list(
     let events = found
         .into_iter()
         .map(|stored| {
-            let delivery_counts = DeliveryCounts::from_map(counts.get(&stored.envelope.id));
+            let delivery_counts = DeliveryCounts::from_map(
+                counts.get(&(stored.envelope.organization_id, stored.envelope.id)),
+            );
             EventSummary {
                 event: stored.into(),
                 delivery_counts,
@@ -637,11 +747,17 @@ pub async fn list(
     get,
     path = "/api/integrations/events/{id}",
     tag = "events",
-    params(("id" = Uuid, Path, description = "The event id.")),
+    params(
+        ("id" = Uuid, Path, description = "The event id."),
+        DetailQuery,
+    ),
     responses(
         (status = 200, description = "The event and its deliveries.", body = EventDetail),
+        (status = 409, description = "A platform key asked for an id that two organizations use: add `organization_id`.", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such event in the caller's organization.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
@@ -652,20 +768,46 @@ pub async fn get(
     Reader(caller): Reader,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
+    Query(query): Query<DetailQuery>,
 ) -> Result<Json<EventDetail>, ApiError> {
+    // Ids are unique per organization: an organization key reads its own
+    // organization's event; another organization's is "not found", so an
+    // id does not tell whether it exists elsewhere.
+    let organization = match (caller.organization, query.organization_id) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Err(ApiError::not_found(
+                "event-not-found",
+                format!("there is no event {id} in this key's organization"),
+            ));
+        }
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
     let mut tx = state.engine.store().begin_read().await?;
-    let event = events::get_event(&mut tx, id).await?;
-    // Another organization's event is "not found", so that an id does not
-    // tell whether it exists.
-    let Some(event) = event.filter(|e| caller.may_act_for(e.envelope.organization_id)) else {
+    let mut found = events::get_event(&mut tx, organization, id).await?;
+    if found.len() > 1 {
+        tx.rollback().await?;
+        return Err(ApiError::conflict(
+            "ambiguous-id",
+            format!("event id {id} is used by several organizations; add `?organization_id=`"),
+        ));
+    }
+    let Some(event) = found.pop() else {
         tx.rollback().await?;
         return Err(ApiError::not_found(
             "event-not-found",
             format!("there is no event {id} in this key's organization"),
         ));
     };
-    let deliveries = events::deliveries_of(&mut tx, id).await?;
-    let children = events::children_of(&mut tx, id).await?;
+    let generation = state.engine.generation();
+    let deliveries = views::deliveries(
+        &mut tx,
+        &generation,
+        state.engine.lanes(),
+        std::slice::from_ref(&event),
+    )
+    .await?;
+    let children = events::children_of(&mut tx, event.envelope.organization_id, id).await?;
     tx.rollback().await?;
     Ok(Json(EventDetail {
         event: event.into(),
@@ -681,6 +823,16 @@ pub async fn get(
             })
             .collect(),
     }))
+}
+
+/// Which organization's event, for a platform key (ids are unique per
+/// organization).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DetailQuery {
+    /// The event's organization (platform keys; an organization key always
+    /// reads its own).
+    organization_id: Option<Uuid>,
 }
 
 const CURSOR_VERSION: &str = "v1:";

@@ -1,10 +1,10 @@
-//! Integrations: their status (`GET /api/integrations/status`) and
-//! switching them on and off (`POST /api/integrations/{source}/{target}/enable`
-//! and `/disable`).
+//! Integrations: their status (`GET /api/integrations/status`) and their
+//! state (`POST /api/integrations/{source}/{target}/enable`, `/disable`,
+//! `/pause` and `/resume`).
 //!
-//! Enabling and disabling change busbar for every organization, so they
-//! need a platform key with the `admin` scope. The state is persisted: it
-//! survives restarts and reloads.
+//! States change busbar for every organization, so they need a platform
+//! key with the `admin` scope. The state is persisted: it survives
+//! restarts and reloads, and every process sharing the database follows it.
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -16,7 +16,16 @@ use super::auth::{Admin, Reader};
 use super::error::{ApiError, Problem};
 use super::events::DeliveryCounts;
 use super::{AppState, Json, Path, Query, ReloadOutcome};
-use crate::store::events;
+use crate::compile::OnDead;
+use crate::engine::State as IntegrationState;
+use crate::store::events::{self, BlockedKey};
+use crate::store::lanes;
+use crate::store::states::Node;
+use crate::store::types::Time;
+
+/// The most unread events counted per lane for the status (a larger
+/// backlog shows as at least this many).
+const BACKLOG_CAP: i64 = 10_000;
 
 /// Every integration of the live generation, and the last reload.
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,6 +38,10 @@ pub struct StatusReport {
     pub integrations: Vec<IntegrationStatus>,
     /// The last configuration load.
     pub reload: ReloadOutcome,
+    /// The busbar processes sharing the database (heartbeat in the last
+    /// 15 s).
+    #[schema(value_type = Vec<Object>)]
+    pub nodes: Vec<Node>,
 }
 
 /// One integration.
@@ -38,13 +51,30 @@ pub struct IntegrationStatus {
     pub source: String,
     pub target: String,
     pub description: Option<String>,
-    /// Whether it takes new events now: its YAML enables it and the API
-    /// has not disabled it.
+    /// `enabled` (delivering), `paused` (holding its events) or `disabled`
+    /// (recording its deliveries as skipped): its YAML and the API's
+    /// state together.
+    pub state: String,
+    /// Whether it delivers now (`state` is `enabled`).
     pub enabled: bool,
     /// `enabled:` in its YAML file.
     pub enabled_in_yaml: bool,
     /// The state set through the API (null: never set, which means enabled).
-    pub persisted_state: Option<bool>,
+    pub persisted_state: Option<String>,
+    /// Its ordering key (`order_by:`).
+    pub order_by: String,
+    /// `continue` or `block` (`on_dead:`).
+    pub on_dead: String,
+    /// Events its lanes have not reached yet (counted up to 10,000 per
+    /// lane).
+    pub backlog: i64,
+    /// Deliveries in the last 5 minutes and the last hour.
+    pub delivered_last_5m: i64,
+    pub delivered_last_hour: i64,
+    /// Keys held back by a retrying delivery (or a dead one, with
+    /// `on_dead: block`): what they wait on and how many wait behind it.
+    #[schema(value_type = Vec<Object>)]
+    pub blocked_keys: Vec<BlockedKey>,
     /// The generation it belongs to.
     pub generation: u64,
     /// The event names it has routes for.
@@ -76,14 +106,16 @@ pub struct Switched {
     pub integrations: Vec<SwitchedIntegration>,
 }
 
-/// One integration after an enable or disable.
+/// One integration after a state change.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SwitchedIntegration {
     pub id: String,
     /// The state persisted by this request.
-    pub persisted_state: bool,
-    /// Whether it takes new events now (false despite an enable when its
-    /// YAML says `enabled: false`).
+    pub persisted_state: String,
+    /// The state in effect (`disabled` despite an enable when its YAML
+    /// says `enabled: false`).
+    pub state: String,
+    /// Whether it delivers now.
     pub enabled: bool,
     pub enabled_in_yaml: bool,
 }
@@ -109,6 +141,8 @@ pub struct StatusQuery {
         (status = 200, description = "The status of every integration.", body = StatusReport),
         (status = 400, description = "A bad query parameter.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
     ),
@@ -121,9 +155,52 @@ pub async fn status(
 ) -> Result<Json<StatusReport>, ApiError> {
     let organization = caller.organization_scope(query.organization_id)?;
     let generation = state.engine.generation();
+    let backlog = state.engine.backlog(BACKLOG_CAP).await?;
+    let now = chrono::Utc::now();
     let mut tx = state.engine.store().begin_read().await?;
     let counts = events::counts(&mut tx, organization).await?;
     let mut last_errors = events::last_errors(&mut tx, organization).await?;
+    let last_5m = lanes::delivered_since(
+        &mut tx,
+        organization,
+        Time(now - chrono::Duration::minutes(5)),
+    )
+    .await?;
+    let last_hour = lanes::delivered_since(
+        &mut tx,
+        organization,
+        Time(now - chrono::Duration::hours(1)),
+    )
+    .await?;
+    // Deliveries without a row: the lanes count them (every organization),
+    // the per-minute counters per organization (the last week).
+    let first_pass: std::collections::HashMap<String, i64> = match organization {
+        None => {
+            let mut totals = std::collections::HashMap::new();
+            for lane in lanes::all(&mut tx).await? {
+                *totals.entry(lane.integration).or_default() += lane.delivered;
+            }
+            totals
+        }
+        Some(_) => {
+            lanes::delivered_since(&mut tx, organization, Time(now - chrono::Duration::days(7)))
+                .await?
+        }
+    };
+    let mut blocked = std::collections::HashMap::new();
+    for integration in &generation.integrations {
+        let keys = events::blocked_keys(
+            &mut tx,
+            organization,
+            &integration.id,
+            integration.on_dead == OnDead::Block,
+            20,
+        )
+        .await?;
+        blocked.insert(integration.id.clone(), keys);
+    }
+    let nodes =
+        crate::store::states::nodes(&mut tx, Time(now - chrono::Duration::seconds(15))).await?;
     tx.rollback().await?;
     let integrations = generation
         .integrations
@@ -135,17 +212,39 @@ pub async fn status(
                     events.push(route.on.clone());
                 }
             }
+            let effective = state.engine.status(&integration.id).unwrap_or_default();
+            let unread = backlog.unread.get(&integration.id).copied().unwrap_or(0);
+            let mut deliveries = DeliveryCounts::from_map(counts.get(&integration.id));
+            // For an organization key the unread backlog is not split by
+            // organization: it counts only its own rows then.
+            if organization.is_none() {
+                deliveries.pending += unread;
+            }
+            deliveries.delivered += first_pass.get(&integration.id).copied().unwrap_or(0);
             IntegrationStatus {
                 id: integration.id.clone(),
                 source: integration.source.clone(),
                 target: integration.target.clone(),
                 description: integration.description.clone(),
-                enabled: state.engine.is_enabled(&integration.id),
+                state: effective.state.as_str().to_owned(),
+                enabled: effective.state == IntegrationState::Enabled,
                 enabled_in_yaml: integration.enabled,
-                persisted_state: state.engine.persisted_state(&integration.id),
+                persisted_state: state
+                    .engine
+                    .persisted_state(&integration.id)
+                    .map(|s| s.as_str().to_owned()),
+                order_by: integration.order_by.describe(),
+                on_dead: match integration.on_dead {
+                    OnDead::Continue => "continue".into(),
+                    OnDead::Block => "block".into(),
+                },
+                backlog: if organization.is_none() { unread } else { 0 },
+                delivered_last_5m: last_5m.get(&integration.id).copied().unwrap_or(0),
+                delivered_last_hour: last_hour.get(&integration.id).copied().unwrap_or(0),
+                blocked_keys: blocked.remove(&integration.id).unwrap_or_default(),
                 generation: generation.number,
                 events,
-                deliveries: DeliveryCounts::from_map(counts.get(&integration.id)),
+                deliveries,
                 last_error: last_errors.remove(&integration.id).map(|e| LastError {
                     message: e.message,
                     at: e.at,
@@ -161,6 +260,7 @@ pub async fn status(
         organization_id: organization,
         integrations,
         reload: (**state.reload.load()).clone(),
+        nodes,
     }))
 }
 
@@ -176,6 +276,8 @@ pub async fn status(
     responses(
         (status = 200, description = "Enabled (persisted).", body = Switched),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
@@ -187,7 +289,7 @@ pub async fn enable(
     State(state): State<AppState>,
     Path((source, target)): Path<(String, String)>,
 ) -> Result<Json<Switched>, ApiError> {
-    switch(caller, state, source, target, true).await
+    switch(caller, state, source, target, IntegrationState::Enabled).await
 }
 
 /// Disable every integration from `source` to `target`: new events get no
@@ -203,6 +305,8 @@ pub async fn enable(
     responses(
         (status = 200, description = "Disabled (persisted).", body = Switched),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
@@ -214,7 +318,61 @@ pub async fn disable(
     State(state): State<AppState>,
     Path((source, target)): Path<(String, String)>,
 ) -> Result<Json<Switched>, ApiError> {
-    switch(caller, state, source, target, false).await
+    switch(caller, state, source, target, IntegrationState::Disabled).await
+}
+
+/// Pause every integration from `source` to `target`: its events wait
+/// (nothing is skipped) until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/api/integrations/{source}/{target}/pause",
+    tag = "integrations",
+    params(
+        ("source" = String, Path, description = "The source product."),
+        ("target" = String, Path, description = "The target product."),
+    ),
+    responses(
+        (status = 200, description = "Paused (persisted).", body = Switched),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn pause(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    Path((source, target)): Path<(String, String)>,
+) -> Result<Json<Switched>, ApiError> {
+    switch(caller, state, source, target, IntegrationState::Paused).await
+}
+
+/// Resume every integration from `source` to `target`: it continues from
+/// where it was paused (the same as enable).
+#[utoipa::path(
+    post,
+    path = "/api/integrations/{source}/{target}/resume",
+    tag = "integrations",
+    params(
+        ("source" = String, Path, description = "The source product."),
+        ("target" = String, Path, description = "The target product."),
+    ),
+    responses(
+        (status = 200, description = "Resumed (persisted).", body = Switched),
+        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn resume(
+    Admin(caller): Admin,
+    State(state): State<AppState>,
+    Path((source, target)): Path<(String, String)>,
+) -> Result<Json<Switched>, ApiError> {
+    switch(caller, state, source, target, IntegrationState::Enabled).await
 }
 
 async fn switch(
@@ -222,12 +380,12 @@ async fn switch(
     state: AppState,
     source: String,
     target: String,
-    enabled: bool,
+    wanted: IntegrationState,
 ) -> Result<Json<Switched>, ApiError> {
     caller.require_platform()?;
     let ids = state
         .engine
-        .set_enabled_pair(&source, &target, enabled)
+        .set_state_pair(&source, &target, wanted)
         .await?;
     if ids.is_empty() {
         return Err(ApiError::not_found(
@@ -238,14 +396,18 @@ async fn switch(
     let generation = state.engine.generation();
     let integrations = ids
         .into_iter()
-        .map(|id| SwitchedIntegration {
-            persisted_state: enabled,
-            enabled: state.engine.is_enabled(&id),
-            enabled_in_yaml: generation.integration(&id).is_some_and(|i| i.enabled),
-            id,
+        .map(|id| {
+            let effective = state.engine.status(&id).unwrap_or_default();
+            SwitchedIntegration {
+                persisted_state: wanted.as_str().to_owned(),
+                state: effective.state.as_str().to_owned(),
+                enabled: effective.state == IntegrationState::Enabled,
+                enabled_in_yaml: generation.integration(&id).is_some_and(|i| i.enabled),
+                id,
+            }
         })
         .collect();
-    tracing::info!(%source, %target, enabled, key = %caller.key_id, "integrations switched");
+    tracing::info!(%source, %target, state = wanted.as_str(), key = %caller.key_id, "integration state changed");
     Ok(Json(Switched {
         source,
         target,
@@ -262,6 +424,8 @@ async fn switch(
     responses(
         (status = 200, description = "The directory compiled; the new generation is live.", body = ReloadOutcome),
         (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The directory does not compile; the live generation stays. `errors` lists every problem as `file:line:col [code]`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "This server does not reload (no directory is watched).", body = Problem, content_type = "application/problem+json"),
@@ -279,7 +443,10 @@ pub async fn reload(
             "this server was started without an integrations directory to reload",
         ));
     };
-    let outcome = reloader.reload(crate::reload::Trigger::Api).await;
+    // Not cancellable: a reload finishes even if this request times out.
+    let outcome = tokio::spawn(async move { reloader.reload(crate::reload::Trigger::Api).await })
+        .await
+        .map_err(ApiError::internal)?;
     if outcome.ok {
         return Ok(Json(ReloadOutcome::from(&outcome)));
     }

@@ -26,7 +26,7 @@ const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let count = async {
         let mut tx = state.engine.store().begin_read().await?;
-        let pending = events::pending_count(&mut tx).await?;
+        let pending = events::open_count(&mut tx).await?;
         tx.rollback().await?;
         Ok::<_, crate::store::StoreError>(pending)
     };

@@ -5,7 +5,9 @@
 //! - `deliveries.rs`: replay, one delivery or an integration's dead ones
 //! - `health.rs`, `metrics.rs`, `openapi.rs`: operations
 //! - `auth.rs`: API keys as extractors ([`auth::Publisher`], [`auth::Reader`],
-//!   [`auth::Admin`]), so no handler can forget to check them
+//!   [`auth::Admin`]), so no handler can forget to check them; the key
+//!   cache and the limit on failed authentications per address
+//! - `json.rs`: [`Json`], bodies read with repeated keys refused
 //! - `error.rs`: [`ApiError`], the one `application/problem+json` answer
 //!
 //! Only this module knows HTTP. Handlers translate requests into engine and
@@ -18,16 +20,18 @@ mod error;
 mod events;
 mod health;
 mod integrations;
+mod json;
 mod metrics;
 mod openapi;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request};
 use axum::http::{HeaderName, Response};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
@@ -49,13 +53,43 @@ use crate::diagnostics::Diagnostic;
 use crate::engine::Engine;
 use crate::telemetry;
 
-pub use auth::{Caller, KeyCache};
+pub use auth::{Caller, KeyCache, MAX_STRANGER_LOOKUPS};
 pub use error::{ApiError, FieldError, Problem};
+pub use json::{Json, duplicate_keys};
 pub use openapi::openapi_json;
 
-/// The request id header, set on every request that lacks one and copied
-/// to every response.
+/// The request id header: a caller's own id is kept when it is safe to log
+/// ([`is_safe_request_id`]); otherwise, and when there is none, busbar
+/// makes one. Copied to every response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id a caller may choose.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Whether a caller's request id may be kept: 1 to [`MAX_REQUEST_ID`]
+/// characters from `A-Z a-z 0-9 . _ : -`. Ids are written verbatim into
+/// logs and answers, so nothing else is taken: no spaces or `=` that would
+/// forge fields in text logs, no control characters, nothing unbounded.
+pub fn is_safe_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Which events `POST /api/events` accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContractPolicy {
+    /// Every well-formed event; those with a contract must fit it. A bus
+    /// takes events nobody routes yet (the answer's `routed` says so).
+    #[default]
+    Open,
+    /// Only events with a contract (`<contracts>/<source>/<event>.json`):
+    /// others are refused with 422 `no-contract`. Events emitted by
+    /// integrations, and rows products insert into the outbox, are not
+    /// affected.
+    Strict,
+}
 
 /// Limits and timings of the API.
 #[derive(Debug, Clone, Copy)]
@@ -65,8 +99,16 @@ pub struct ApiConfig {
     /// A request still running after this is answered 503 and abandoned.
     pub request_timeout: Duration,
     /// How long a verified API key is trusted without asking the database
-    /// again (a revoked key keeps working at most this long).
+    /// again (a revoked key keeps working at most this long); also how long
+    /// an unknown key's prefix is remembered as unknown.
     pub key_cache_ttl: Duration,
+    /// Which events publishing accepts.
+    pub contract_policy: ContractPolicy,
+    /// After this many failed authentications from one address within
+    /// `auth_failure_window`, keys never seen valid get 429 from that
+    /// address until the window ends (0: no limit).
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: Duration,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +117,9 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             key_cache_ttl: Duration::from_secs(5),
+            contract_policy: ContractPolicy::Open,
+            auth_failure_limit: 20,
+            auth_failure_window: Duration::from_secs(60),
         }
     }
 }
@@ -221,7 +266,10 @@ impl AppState {
         AppState {
             engine,
             reload,
-            keys: Arc::new(KeyCache::new(config.key_cache_ttl)),
+            keys: Arc::new(
+                KeyCache::new(config.key_cache_ttl)
+                    .with_failure_limit(config.auth_failure_limit, config.auth_failure_window),
+            ),
             metrics: telemetry::install(),
             config,
             draining: CancellationToken::new(),
@@ -258,6 +306,14 @@ pub fn router(state: AppState) -> Router {
             post(integrations::disable),
         )
         .route(
+            "/api/integrations/{source}/{target}/pause",
+            post(integrations::pause),
+        )
+        .route(
+            "/api/integrations/{source}/{target}/resume",
+            post(integrations::resume),
+        )
+        .route(
             "/api/integrations/deliveries/{id}/replay",
             post(deliveries::replay),
         )
@@ -277,6 +333,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(
             ServiceBuilder::new()
+                .map_request(drop_unsafe_request_id)
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -297,15 +354,36 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops
-/// accepting connections and waits for the requests in flight.
+/// accepting connections and waits for the requests in flight. Each
+/// request knows its peer's address (for the limit on failed
+/// authentications).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Removes a caller's `x-request-id` unless it is one safe id, so that
+/// [`SetRequestIdLayer`] makes a fresh one.
+fn drop_unsafe_request_id<B>(mut request: axum::http::Request<B>) -> axum::http::Request<B> {
+    let headers = request.headers_mut();
+    let mut ids = headers.get_all(&REQUEST_ID).iter();
+    let keep = match (ids.next(), ids.next()) {
+        (Some(id), None) => is_safe_request_id(id.as_bytes()),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
+        headers.remove(&REQUEST_ID);
+    }
+    request
 }
 
 fn request_span(request: &Request) -> Span {
@@ -359,17 +437,6 @@ async fn method_not_allowed() -> ApiError {
         "method-not-allowed",
         "this endpoint does not take that method; see /openapi.json",
     )
-}
-
-/// `axum::Json` with its rejections as problem+json.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
-
-impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> axum::response::Response {
-        axum::Json(self.0).into_response()
-    }
 }
 
 /// `axum::extract::Path` with its rejections as problem+json.

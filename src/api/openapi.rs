@@ -27,6 +27,8 @@ use super::{deliveries, events, health, integrations, metrics};
         events::get,
         integrations::enable,
         integrations::disable,
+        integrations::pause,
+        integrations::resume,
         integrations::reload,
         deliveries::replay,
         deliveries::replay_integration,

@@ -15,7 +15,8 @@
 //!   refuses `ON CONFLICT` otherwise, and SQLite too;
 //! - literals, `default:`s, mappings and lists, and paths whose type the
 //!   event contract (or the envelope) states, fit their column's type
-//!   (`type-mismatch`, at the value). Only what can *never* fit is
+//!   (`type-mismatch`, at the value); literals also its limits (length,
+//!   range, precision: the engine's own conversion decides). Only what can *never* fit is
 //!   reported: a `string` field into an `integer` column may hold `"42"`,
 //!   so it passes; a `boolean` field, or a string of `format: email` into
 //!   a `uuid` column, does not. Templates are not typed before they run;
@@ -478,5 +479,17 @@ mod tests {
             misfit(ColumnType::Numeric, json!({"enum": ["1", "x"]})),
             None
         );
+        // Limits count as much as types.
+        let short = ColumnInfo::new("c", ColumnType::Text, "character varying(3)");
+        assert_eq!(
+            schema_misfit(&short, &json!({"enum": ["monthly", "weekly"]})).as_deref(),
+            Some("one of \"monthly\", \"weekly\"")
+        );
+        assert_eq!(
+            schema_misfit(&short, &json!({"enum": ["abc", "weekly"]})),
+            None
+        );
+        let small = ColumnInfo::new("c", ColumnType::Integer, "smallint");
+        assert!(schema_misfit(&small, &json!({"const": 40000})).is_some());
     }
 }

@@ -1,8 +1,6 @@
 //! Compiles one loaded integration file: identifiers, value expressions,
 //! templates, guards, names and contracts, collecting every diagnostic.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use saphyr_parser::ScalarStyle;
@@ -11,8 +9,8 @@ use serde_json::{Map, Value};
 use super::contract::{Contract, Contracts, Lookup, Segment};
 use super::ident::{Ident, TableName};
 use super::route::{
-    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans,
-    ValueExpr,
+    ColumnSpan, Columns, Guard, Integration, OnDead, OrderKey, RetryPolicy, Route, Step, StepKind,
+    StepSpans, ValueExpr,
 };
 use super::template::{
     Analyser, TemplateForm, TemplateProblemKind, TemplateSources, classify, is_template,
@@ -179,6 +177,11 @@ impl<'a> FileCompiler<'a> {
             }
         };
         let retry = self.retry();
+        let order_by = self.order_by();
+        let on_dead = match model.on_dead.as_deref() {
+            Some("block") => OnDead::Block,
+            _ => OnDead::Continue,
+        };
         let mut routes = Vec::new();
         for route in &model.routes {
             if let Some(route) = self.route(route.index, route) {
@@ -186,8 +189,14 @@ impl<'a> FileCompiler<'a> {
             }
         }
         self.duplicate_routes(&routes);
-        let mut hasher = DefaultHasher::new();
-        self.file.document.source.text.hash(&mut hasher);
+        let fingerprint = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(self.file.document.source.text.as_bytes());
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         let ok = !self.schema_errors && !self.diagnostics.iter().any(Diagnostic::is_error);
         let id_position = if model.id.is_some() {
             self.at("/id")
@@ -202,11 +211,114 @@ impl<'a> FileCompiler<'a> {
             source: model.source.clone(),
             target: model.target.clone(),
             retry,
+            order_by,
+            on_dead,
             routes,
             file: self.file.path.clone(),
-            fingerprint: hasher.finish(),
+            fingerprint,
         };
         (integration, ok, self.diagnostics)
+    }
+
+    /// `order_by:`: a plain JSONPath to an envelope field or into `data`.
+    fn order_by(&mut self) -> OrderKey {
+        let Some(raw) = self.file.model.order_by.clone() else {
+            return OrderKey::default();
+        };
+        let position = self.at("/order_by");
+        let Some(text) = raw.as_str() else {
+            // The schema has reported the type.
+            return OrderKey::default();
+        };
+        let help = "write a path such as `$.data.candidate.id`, `$.organization_id` or `$.id`";
+        let path = match JsonPath::parse(text) {
+            Ok(path) => path,
+            Err(error) => {
+                self.error(
+                    position,
+                    Code::InvalidJsonpath,
+                    format!("`{text}` is not a JSONPath: {}", error.message),
+                )
+                .help = Some(help.into());
+                return OrderKey::default();
+            }
+        };
+        let mut segments = Vec::new();
+        for segment in path.segments() {
+            match segment {
+                Segment::Key(key) => segments.push(key),
+                Segment::Index(index) if index >= 0 => segments.push(index.to_string()),
+                _ => {
+                    self.error(
+                        position,
+                        Code::InvalidValue,
+                        format!(
+                            "`order_by: {text}` must name one value: plain names and indexes, no wildcards, filters or negative indexes"
+                        ),
+                    )
+                    .help = Some(help.into());
+                    return OrderKey::default();
+                }
+            }
+        }
+        let mut segments = segments.into_iter();
+        let key = match (segments.next().as_deref(), segments.len()) {
+            (Some("organization_id"), 0) => OrderKey::Organization,
+            (Some("id"), 0) => OrderKey::Id,
+            (Some("source"), 0) => OrderKey::Source,
+            (Some("event"), 0) => OrderKey::Event,
+            (Some("data"), n) if n > 0 => OrderKey::Data(segments.collect()),
+            _ => {
+                self.error(
+                    position,
+                    Code::InvalidValue,
+                    format!(
+                        "`order_by: {text}` must be `$.organization_id`, `$.id`, `$.source`, `$.event` or a path into `$.data`"
+                    ),
+                )
+                .help = Some(help.into());
+                return OrderKey::default();
+            }
+        };
+        // A path into data is checked against every routed event's contract:
+        // a typo would otherwise order everything by the organization.
+        if let OrderKey::Data(path) = &key {
+            let wanted: Vec<Segment> = path
+                .iter()
+                .map(|s| match s.parse::<i64>() {
+                    Ok(i) => Segment::Index(i),
+                    Err(_) => Segment::Key(s.clone()),
+                })
+                .collect();
+            let source = self.file.model.source.clone();
+            let events: Vec<String> = self
+                .file
+                .model
+                .routes
+                .iter()
+                .map(|r| r.on.clone())
+                .collect();
+            for event in events {
+                let Some(contract) = self.contracts.get(&source, &event).cloned() else {
+                    continue;
+                };
+                if let Lookup::Missing { at, known } = contract.lookup(&wanted) {
+                    let field = path[..=at.min(path.len() - 1)].join(".");
+                    let message = format!(
+                        "`order_by: {text}`: `data.{field}` is not in the contract for {source}/{event} ({})",
+                        contract.file.display()
+                    );
+                    let suggestion = did_you_mean(
+                        &path[at.min(path.len() - 1)],
+                        known.iter().map(String::as_str),
+                    );
+                    let diagnostic = self.error(position, Code::NotInContract, message);
+                    diagnostic.help = suggestion;
+                    break;
+                }
+            }
+        }
+        key
     }
 
     fn retry(&mut self) -> RetryPolicy {

@@ -19,8 +19,8 @@ use crate::config::{self, ConfigDir};
 use crate::diagnostics::{self, Code, Diagnostic, Position};
 use contract::Contracts;
 pub use route::{
-    ColumnSpan, Columns, Guard, Integration, RetryPolicy, Route, Step, StepKind, StepSpans,
-    ValueExpr,
+    ColumnSpan, Columns, Guard, Integration, OnDead, OrderKey, RetryPolicy, Route, Step, StepKind,
+    StepSpans, ValueExpr,
 };
 use template::{Analyser, TemplateSet, TemplateSources};
 

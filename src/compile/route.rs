@@ -25,11 +25,17 @@ pub struct Integration {
     pub source: String,
     pub target: String,
     pub retry: RetryPolicy,
+    /// What its deliveries are ordered by (`order_by:`).
+    pub order_by: OrderKey,
+    /// What a dead delivery does to the later events of its key.
+    pub on_dead: OnDead,
     pub routes: Vec<Route>,
     /// The file it came from.
     pub file: PathBuf,
-    /// A hash of the file's text, so a reload can tell changed integrations.
-    pub fingerprint: u64,
+    /// The SHA-256 of the file's text (hex): a reload tells changed
+    /// integrations by it, and busbar processes sharing a database agree on
+    /// an integration's definition by it.
+    pub fingerprint: String,
 }
 
 impl Integration {
@@ -37,6 +43,91 @@ impl Integration {
     pub fn routes_for<'a>(&'a self, event: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
         self.routes.iter().filter(move |r| r.on == event)
     }
+}
+
+/// What an integration orders its deliveries by: deliveries whose events
+/// have the same key apply one at a time, in publish order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OrderKey {
+    /// The event's organization (the default).
+    #[default]
+    Organization,
+    /// The event's id: every event is its own key (no ordering).
+    Id,
+    /// The source product.
+    Source,
+    /// The event name.
+    Event,
+    /// A path into `data`: object keys, and array indexes written as
+    /// decimal text.
+    Data(Vec<String>),
+}
+
+impl OrderKey {
+    /// The key of one event, as text. A path that finds nothing, or null,
+    /// gives the organization: such events are ordered with their
+    /// organization's.
+    pub fn key_of(&self, envelope: &crate::envelope::Envelope) -> String {
+        match self {
+            OrderKey::Organization => envelope.organization_id.to_string(),
+            OrderKey::Id => envelope.id.to_string(),
+            OrderKey::Source => envelope.source.clone(),
+            OrderKey::Event => envelope.event.clone(),
+            OrderKey::Data(path) => {
+                let mut node = &envelope.data;
+                for segment in path {
+                    let next = match node {
+                        Value::Object(map) => map.get(segment),
+                        Value::Array(items) => {
+                            segment.parse::<usize>().ok().and_then(|i| items.get(i))
+                        }
+                        _ => None,
+                    };
+                    match next {
+                        Some(next) => node = next,
+                        None => return envelope.organization_id.to_string(),
+                    }
+                }
+                match node {
+                    Value::Null => envelope.organization_id.to_string(),
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                }
+            }
+        }
+    }
+
+    /// The key as written in YAML.
+    pub fn describe(&self) -> String {
+        match self {
+            OrderKey::Organization => "$.organization_id".into(),
+            OrderKey::Id => "$.id".into(),
+            OrderKey::Source => "$.source".into(),
+            OrderKey::Event => "$.event".into(),
+            OrderKey::Data(path) => {
+                let mut text = String::from("$.data");
+                for segment in path {
+                    if segment.chars().all(|c| c.is_ascii_digit()) {
+                        text.push_str(&format!("[{segment}]"));
+                    } else {
+                        text.push('.');
+                        text.push_str(segment);
+                    }
+                }
+                text
+            }
+        }
+    }
+}
+
+/// What a dead delivery does to the later events of its key (`on_dead:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDead {
+    /// The key's later events run (the default).
+    #[default]
+    Continue,
+    /// The key's later events wait until the dead delivery is replayed.
+    Block,
 }
 
 /// How transient failures are retried.

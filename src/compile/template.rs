@@ -391,6 +391,69 @@ self_cell::self_cell!(
 /// The compiled templates of one generation, owning their environment.
 pub struct TemplateSet {
     cell: TemplateCell,
+    /// Per expression: the lookup it is, when it only looks a value up.
+    lookups: Vec<Option<Lookup>>,
+}
+
+/// An expression that only looks a value up: `data.offer.salary`,
+/// `employee["id"]`, `data.items[0]`. Its value is a node of the JSON the
+/// context was built from, which the mapping takes as it is, so that a
+/// number passes through exactly (minijinja computes with 64-bit floats;
+/// see [`crate::mapping::convert::from_json`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The context name it starts from (`data`, `event`, an `as` name).
+    pub root: String,
+    pub steps: Vec<LookupStep>,
+}
+
+/// One step of a [`Lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupStep {
+    Key(String),
+    Index(usize),
+}
+
+impl Lookup {
+    /// The lookup `expr` is, if it is nothing else: a name followed by
+    /// `.name`, `.0`, `["key"]` or `[0]`.
+    pub fn of(expr: &str) -> Option<Lookup> {
+        let tokens: Vec<Token<'_>> = tokenize(expr, true, SyntaxConfig::default())
+            .map(|token| token.map(|(token, _)| token))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let mut tokens = tokens.into_iter();
+        let Some(Token::Ident(root)) = tokens.next() else {
+            return None;
+        };
+        let mut steps = Vec::new();
+        while let Some(token) = tokens.next() {
+            let step = match (token, tokens.next()) {
+                (Token::Dot, Some(Token::Ident(name))) => LookupStep::Key(name.to_owned()),
+                (Token::Dot, Some(Token::Int(index))) => {
+                    LookupStep::Index(usize::try_from(index).ok()?)
+                }
+                (Token::BracketOpen, Some(key)) => {
+                    let step = match key {
+                        Token::Str(key) => LookupStep::Key(key.to_owned()),
+                        Token::String(key) => LookupStep::Key(key.into()),
+                        Token::Int(index) => LookupStep::Index(usize::try_from(index).ok()?),
+                        _ => return None,
+                    };
+                    match tokens.next() {
+                        Some(Token::BracketClose) => step,
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            };
+            steps.push(step);
+        }
+        Some(Lookup {
+            root: root.to_owned(),
+            steps,
+        })
+    }
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -407,6 +470,7 @@ impl TemplateSet {
     /// Compiles every source. They were analysed before, so a failure here
     /// is a bug; it is reported rather than hidden.
     pub fn build(sources: TemplateSources) -> Result<TemplateSet, Error> {
+        let lookups = sources.expressions.iter().map(|e| Lookup::of(e)).collect();
         let mut env = environment();
         for (i, text) in sources.texts.iter().enumerate() {
             env.add_template_owned(format!("t{i}"), text.clone())?;
@@ -422,7 +486,15 @@ impl TemplateSet {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok::<_, Error>(Compiled { expressions, texts })
         })?;
-        Ok(TemplateSet { cell })
+        Ok(TemplateSet { cell, lookups })
+    }
+
+    /// The lookup template `id` is, when it is only one.
+    pub fn lookup(&self, id: TemplateId) -> Option<&Lookup> {
+        match id {
+            TemplateId::Expression(i) => self.lookups.get(i).and_then(Option::as_ref),
+            TemplateId::Text(_) => None,
+        }
     }
 
     /// Evaluates a template against a context: an expression yields its
@@ -452,6 +524,36 @@ mod tests {
         );
         assert!(matches!(classify("a {{ x }}"), TemplateForm::Text(_)));
         assert!(matches!(classify("{{ a }}{{ b }}"), TemplateForm::Text(_)));
+    }
+
+    #[test]
+    fn expressions_that_only_look_a_value_up_are_recognised() {
+        let lookup = Lookup::of("data.items[0]['unit price'].amount").unwrap();
+        assert_eq!(lookup.root, "data");
+        assert_eq!(
+            lookup.steps,
+            [
+                LookupStep::Key("items".into()),
+                LookupStep::Index(0),
+                LookupStep::Key("unit price".into()),
+                LookupStep::Key("amount".into()),
+            ]
+        );
+        assert_eq!(
+            Lookup::of("employee.0").unwrap().steps,
+            [LookupStep::Index(0)]
+        );
+        assert_eq!(Lookup::of("data").unwrap().steps, []);
+        for computed in [
+            "data.x + 1",
+            "data.x | round",
+            "data[data.k]",
+            "data.x[-1]",
+            "f(x)",
+            "1",
+        ] {
+            assert_eq!(Lookup::of(computed), None, "{computed}");
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct IntegrationModel {
     pub source: String,
     pub target: String,
     pub retry: Option<RetryModel>,
+    /// `order_by:` as written (a JSONPath string when valid).
+    pub order_by: Option<Value>,
+    /// `on_dead:` as written.
+    pub on_dead: Option<String>,
     pub routes: Vec<RouteModel>,
 }
 
@@ -154,6 +158,8 @@ impl IntegrationModel {
             retry: object
                 .get("retry")
                 .and_then(|r| serde_json::from_value(r.clone()).ok()),
+            order_by: object.get("order_by").cloned(),
+            on_dead: string(object.get("on_dead")),
             routes,
         })
     }

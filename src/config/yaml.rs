@@ -443,6 +443,13 @@ impl<'f> Builder<'f> {
         Ok(match scalar {
             Scalar::Null => Value::Null,
             Scalar::Boolean(b) => Value::Bool(b),
+            // A number written as JSON writes it keeps its digits
+            // (`18446744073709551617`, `0.10`), like a number in an event.
+            Scalar::Integer(_) | Scalar::FloatingPoint(_)
+                if let Ok(number) = serde_json::from_str::<Number>(text.trim()) =>
+            {
+                Value::Number(number)
+            }
             Scalar::Integer(i) => Value::Number(i.into()),
             Scalar::FloatingPoint(f) => match Number::from_f64(f.into_inner()) {
                 Some(n) => Value::Number(n),
@@ -552,6 +559,18 @@ mod tests {
             doc.spans.position("/routes/0/missing"),
             doc.spans.position("/routes/0")
         );
+    }
+
+    #[test]
+    fn numbers_keep_their_digits() {
+        let (doc, diags) =
+            load("big: 18446744073709551617\ntiny: 1e-400\nscale: 1.50\nhex: 0x10\n");
+        assert!(diags.is_empty(), "{diags:?}");
+        let doc = doc.unwrap();
+        assert_eq!(doc.value["big"].to_string(), "18446744073709551617");
+        assert_eq!(doc.value["tiny"].to_string(), "1e-400");
+        assert_eq!(doc.value["scale"].to_string(), "1.50");
+        assert_eq!(doc.value["hex"], json!(16));
     }
 
     #[test]

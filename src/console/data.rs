@@ -468,6 +468,9 @@ fn delivery_view(row: DeliveryTuple) -> DeliveryView {
         created_at: row.created_at.0,
         updated_at: row.updated_at.0,
         completed_at: row.completed_at.map(|t| t.0),
+        order_key: None,
+        recorded: true,
+        waiting_on: None,
     }
 }
 
@@ -536,15 +539,13 @@ pub async fn replay_deliveries(
     ids: &[Uuid],
     organization: Option<Uuid>,
 ) -> Result<u64, StoreError> {
-    let mut tx = engine.store().begin().await?;
-    let now = Time::now();
-    let mut replayed = 0;
-    for id in ids {
-        replayed += events::replay(&mut tx, Some(*id), None, organization, now).await?;
-    }
-    tx.commit().await?;
-    engine.wake();
-    Ok(replayed)
+    engine
+        .replay(crate::store::lanes::ReplayFilter {
+            deliveries: Some(ids.to_vec()),
+            organization,
+            ..Default::default()
+        })
+        .await
 }
 
 /// One point in a delivery's history.
@@ -574,8 +575,8 @@ pub fn delivery_timeline(delivery: &DeliveryView) -> Vec<TimelineEntry> {
             delivery.route_event
         ),
     }];
-    let failed =
-        delivery.last_error.is_some() && matches!(delivery.status, Status::Pending | Status::Dead);
+    let failed = delivery.last_error.is_some()
+        && matches!(delivery.status, Status::Retrying | Status::Dead);
     if failed {
         let step = delivery
             .error_step
@@ -592,7 +593,7 @@ pub fn delivery_timeline(delivery: &DeliveryView) -> Vec<TimelineEntry> {
         });
     }
     match delivery.status {
-        Status::Pending => entries.push(TimelineEntry {
+        Status::Pending | Status::Retrying => entries.push(TimelineEntry {
             at: delivery.next_attempt_at,
             kind: "waiting",
             text: format!("attempt {} is due", delivery.attempts + 1),
@@ -692,7 +693,7 @@ macro_rules! bind_args {
 }
 
 const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.source_product, e.event_name, e.event_data, \
-     e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq";
+     e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq, e.xid";
 
 type EventTuple = (
     Id,
@@ -705,10 +706,12 @@ type EventTuple = (
     Option<Time>,
     Option<Id>,
     i64,
+    i64,
 );
 
 fn stored_event(row: EventTuple) -> StoredEvent {
-    let (id, organization, source, event, data, occurred, created, processed, parent, seq) = row;
+    let (id, organization, source, event, data, occurred, created, processed, parent, seq, xid) =
+        row;
     StoredEvent {
         envelope: Envelope {
             id: id.0,
@@ -722,6 +725,7 @@ fn stored_event(row: EventTuple) -> StoredEvent {
         processed_at: processed.map(|t| t.0),
         parent_id: parent.map(|p| p.0),
         seq,
+        position: crate::store::types::Position::new(xid, seq),
     }
 }
 
@@ -859,14 +863,17 @@ pub async fn search_events(
             .fetch_all(conn)
             .await)?;
     let found: Vec<StoredEvent> = rows.into_iter().map(stored_event).collect();
-    let ids: Vec<Uuid> = found.iter().map(|e| e.envelope.id).collect();
+    let ids: Vec<(Uuid, Uuid)> = found
+        .iter()
+        .map(|e| (e.envelope.organization_id, e.envelope.id))
+        .collect();
     let mut counts = events::delivery_counts_of(&mut tx, &ids).await?;
     tx.rollback().await?;
     Ok(found
         .into_iter()
         .map(|event| {
             let counts = counts
-                .remove(&event.envelope.id)
+                .remove(&(event.envelope.organization_id, event.envelope.id))
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(status, count)| (status.as_str(), count))
@@ -906,14 +913,14 @@ pub async fn event_tree(
     organization: Option<Uuid>,
 ) -> Result<Option<EventTree>, StoreError> {
     let mut tx = store.begin_read().await?;
-    let Some(event) = events::get_event(&mut tx, id).await? else {
+    let Some(event) = events::get_event(&mut tx, organization, id)
+        .await?
+        .into_iter()
+        .next()
+    else {
         tx.rollback().await?;
         return Ok(None);
     };
-    if organization.is_some_and(|own| own != event.envelope.organization_id) {
-        tx.rollback().await?;
-        return Ok(None);
-    }
     let mut budget = TREE_EVENTS;
     let tree = grow(&mut tx, event, 0, &mut budget).await?;
     tx.rollback().await?;
@@ -927,10 +934,13 @@ fn grow<'a>(
     budget: &'a mut usize,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<EventTree, StoreError>> + Send + 'a>> {
     Box::pin(async move {
-        let deliveries = events::deliveries_of(tx, event.envelope.id).await?;
+        let deliveries =
+            events::deliveries_of(tx, event.envelope.organization_id, event.envelope.id).await?;
         let mut children = Vec::new();
         if depth < TREE_DEPTH {
-            for child in events::children_of(tx, event.envelope.id).await? {
+            for child in
+                events::children_of(tx, event.envelope.organization_id, event.envelope.id).await?
+            {
                 if *budget == 0 {
                     break;
                 }
@@ -1092,7 +1102,7 @@ impl ActivityFeed {
                     Status::Delivered => "delivered",
                     Status::Skipped => "skipped",
                     Status::Dead => "dead",
-                    Status::Pending if delivery.attempts > 0 => "retrying",
+                    Status::Retrying => "retrying",
                     Status::Pending => continue,
                 };
                 let state = (delivery.event_id, delivery.status, delivery.attempts);
@@ -1162,12 +1172,15 @@ pub async fn recent_activity(
     let mut out = Vec::new();
     for row in latest {
         let event = row.event;
-        for delivery in events::deliveries_of(&mut tx, event.envelope.id).await? {
+        for delivery in
+            events::deliveries_of(&mut tx, event.envelope.organization_id, event.envelope.id)
+                .await?
+        {
             let outcome = match delivery.status {
                 Status::Delivered => "delivered",
                 Status::Skipped => "skipped",
                 Status::Dead => "dead",
-                Status::Pending if delivery.attempts > 0 => "retrying",
+                Status::Retrying => "retrying",
                 Status::Pending => continue,
             };
             out.push(Activity {

@@ -1,77 +1,104 @@
-//! The running engine: publishing with group commit, routing events to
-//! deliveries, workers that apply deliveries exactly once, retries, dead
-//! letters and replay, and the live generation.
+//! The running engine: publishing with group commit, lanes that apply each
+//! integration's events in order per key, retries, dead letters and
+//! replay, integration states, and the live generation. The design is in
+//! ARCHITECTURE.md, "Delivery (v2)".
 //!
 //! Invariants:
 //! - An event is acknowledged only after the transaction that stores it
-//!   (and creates its deliveries) has committed.
-//! - A delivery's step writes, the events it emits and its new status
-//!   commit in one transaction; a crash before the commit leaves the
-//!   delivery pending, with nothing applied.
+//!   has committed.
+//! - A delivery's step writes, its row (if it needs one), the events it
+//!   emits and the cursor that passes it commit in one transaction.
+//! - Deliveries of one integration with the same order key run one at a
+//!   time, in position order, across workers and processes.
 //! - A delivery runs on the generation that was live when its batch
 //!   started; a reload never changes a route mid-delivery.
 
+mod cluster;
+mod health;
+pub(crate) mod lane;
 mod publish;
 pub mod retry;
-mod router;
-mod worker;
+mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::compile::Generation;
 use crate::compile::contract::Violation;
+use crate::compile::{Generation, Integration};
 use crate::envelope::Envelope;
-use crate::store::events::{self, NewDelivery, NewEvent};
-use crate::store::types::Time;
-use crate::store::{Dialect, Store, StoreError};
+use crate::store::events::{NewEvent, Status};
+use crate::store::lanes::{self, ReplayFilter};
+use crate::store::log::{self, LaneFilter};
+use crate::store::types::{Position, Time};
+use crate::store::{Dialect, Store, StoreError, states};
+
+pub use crate::store::views::Backlog;
+pub use health::Health;
+pub(crate) use lane::LaneId;
+pub use lane::delivery_id;
 
 /// Tuning knobs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Concurrent delivery workers.
+    /// Concurrent delivery workers (each works one lane at a time); 0 for
+    /// a process that only publishes.
     pub workers: usize,
-    /// Deliveries claimed per worker transaction.
+    /// Deliveries per lane transaction, at most.
     pub batch_size: usize,
     /// Most events committed in one publish transaction.
     pub publish_batch: usize,
     /// Concurrent publish transactions.
     pub publishers: usize,
-    /// How often workers and the router look for work without a wake-up.
+    /// How often workers look for work without a wake-up.
     pub poll_interval: Duration,
+    /// The name this process shows in the status API.
+    pub node_name: String,
 }
 
 impl EngineConfig {
     /// Defaults that suit the database: PostgreSQL takes concurrent
     /// writers, SQLite has one.
     pub fn for_dialect(dialect: Dialect) -> EngineConfig {
+        let node_name = default_node_name();
         match dialect {
-            // Measured on 2 cores (docs/BENCHMARKS.md): four workers of 300
-            // deliveries keep PostgreSQL busy without starving publishers.
             Dialect::Postgres => EngineConfig {
                 workers: 4,
-                batch_size: 300,
-                publish_batch: 500,
+                batch_size: 500,
+                publish_batch: 1000,
                 publishers: 2,
                 poll_interval: Duration::from_millis(500),
+                node_name,
             },
             Dialect::Sqlite => EngineConfig {
                 workers: 1,
-                batch_size: 200,
+                batch_size: 500,
                 publish_batch: 1000,
                 publishers: 1,
                 poll_interval: Duration::from_millis(500),
+                node_name,
             },
         }
     }
+}
+
+fn default_node_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "busbar".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Why a publish was refused.
@@ -80,6 +107,15 @@ pub enum PublishError {
     /// The envelope or its data is invalid: nothing was stored.
     #[error("the event is invalid")]
     Invalid(Vec<Violation>),
+    /// An event's id (or idempotency key) is already used by an event with
+    /// other content: nothing of the request was stored.
+    #[error("event {id} was already published with a different {}", differs.join(", "))]
+    Reused {
+        /// The event's place in the request (0 for a single event).
+        index: usize,
+        id: Uuid,
+        differs: Vec<&'static str>,
+    },
     /// The database could not take the event: nothing was stored; the
     /// producer should retry.
     #[error("the event could not be stored: {0}")]
@@ -106,99 +142,186 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// A wake-up that is never lost: every waiter that has not seen the latest
-/// raise returns at once (unlike `Notify::notify_waiters`, which misses a
-/// task that is busy when it is called).
-pub(crate) struct Signal {
-    sender: watch::Sender<u64>,
+/// An integration's state, as persisted through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Delivering.
+    #[default]
+    Enabled,
+    /// Holding its events: nothing runs, nothing is skipped; `resume`
+    /// continues from where it stopped.
+    Paused,
+    /// Not delivering: its deliveries are recorded as skipped.
+    Disabled,
 }
 
-impl Default for Signal {
-    fn default() -> Self {
-        Signal {
-            sender: watch::channel(0).0,
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Enabled => "enabled",
+            State::Paused => "paused",
+            State::Disabled => "disabled",
         }
     }
+
+    pub fn parse(text: &str) -> Option<State> {
+        [State::Enabled, State::Paused, State::Disabled]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
-impl Signal {
-    pub fn raise(&self) {
-        self.sender.send_modify(|n| *n = n.wrapping_add(1));
-    }
+/// An integration's effective state: its YAML (`enabled: false` is
+/// disabled) and its persisted state together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IntegrationStatus {
+    pub state: State,
+    /// Events below this position were published while the integration
+    /// was disabled: they are skipped.
+    pub skip_before: Option<Position>,
+}
 
-    pub fn waiter(&self) -> watch::Receiver<u64> {
-        self.sender.subscribe()
-    }
+/// Something that happened, for live views (the console's tail).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Activity {
+    Published {
+        id: Uuid,
+        organization_id: Uuid,
+        source: String,
+        event: String,
+    },
+    Delivery {
+        id: Uuid,
+        event_id: Uuid,
+        integration: String,
+        status: Status,
+    },
 }
 
 pub(crate) struct Shared {
     pub store: Store,
     pub generation: ArcSwap<Generation>,
-    /// Enabled states persisted through the API (absent: enabled).
-    pub states: ArcSwap<HashMap<String, bool>>,
+    /// Persisted states (absent: enabled). Replaced whole, under
+    /// `states_lock`, so a refresh never overwrites a newer change.
+    pub states: ArcSwap<HashMap<String, states::Persisted>>,
+    states_lock: tokio::sync::Mutex<u64>,
+    /// The current definition of each integration (fingerprint; `None`:
+    /// removed), as the last process to load recorded it.
+    pub definitions: ArcSwap<HashMap<String, Option<String>>>,
     pub config: EngineConfig,
-    /// Raised when deliveries may be due.
-    pub work: Signal,
-    /// Raised when unrouted events may exist.
-    pub outbox: Signal,
+    /// Lanes per integration on this database.
+    pub lanes: i32,
+    pub scheduler: scheduler::Scheduler,
+    pub health: Health,
+    pub activity: broadcast::Sender<Activity>,
     pub shutdown: CancellationToken,
+    pub node: Uuid,
+    /// Workers running (a dead pool makes `/readyz` fail).
+    pub workers_alive: AtomicUsize,
+    /// Integrations this process has warned about disagreeing on.
+    warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
-    /// Whether an integration takes new deliveries: its YAML says so and
-    /// the API has not disabled it.
-    pub fn enabled(&self, generation: &Generation, integration: &str) -> bool {
-        let yaml = generation
-            .integration(integration)
-            .map(|i| i.enabled)
-            .unwrap_or(false);
-        yaml && self.states.load().get(integration).copied().unwrap_or(true)
-    }
-
-    /// The deliveries a new event gets: one per route of every enabled
-    /// integration that handles it.
-    pub fn deliveries_for(&self, generation: &Generation, envelope: &Envelope) -> Vec<NewDelivery> {
-        generation
-            .routes(&envelope.source, &envelope.event)
-            .filter(|(integration, _)| self.enabled(generation, &integration.id))
-            .map(|(integration, route)| NewDelivery {
-                id: Uuid::now_v7(),
-                event_id: envelope.id,
-                organization_id: envelope.organization_id,
-                integration_id: integration.id.clone(),
-                route_event: route.on.clone(),
-                route_ordinal: route.ordinal as i32,
-                source_product: integration.source.clone(),
-                target_product: integration.target.clone(),
-            })
-            .collect()
-    }
-
-    /// Stores events and their deliveries in `tx`; returns, per event,
-    /// its stored id and whether it is new.
-    pub async fn store_events(
+    /// An integration's effective state in `generation`.
+    pub fn state_of(
         &self,
-        tx: &mut crate::store::DbTx,
-        generation: &Generation,
-        events: &[NewEvent],
-        now: Time,
-    ) -> Result<Vec<(Uuid, bool)>, StoreError> {
-        let mut stored = events::insert_events(tx, events, now).await?;
-        // The same id twice in one batch: only the first is new.
-        let mut seen = std::collections::HashSet::new();
-        for (id, created) in stored.iter_mut() {
-            if *created && !seen.insert(*id) {
-                *created = false;
+        _generation: &Generation,
+        integration: &Integration,
+    ) -> IntegrationStatus {
+        if !integration.enabled {
+            return IntegrationStatus {
+                state: State::Disabled,
+                skip_before: None,
+            };
+        }
+        match self.states.load().get(&integration.id) {
+            Some(persisted) => IntegrationStatus {
+                state: persisted.state,
+                skip_before: persisted.skip_before,
+            },
+            None => IntegrationStatus::default(),
+        }
+    }
+
+    /// Whether this process defines `integration` as the cluster does (the
+    /// last process to load recorded its fingerprint): only then does it
+    /// work the integration's lanes.
+    pub fn defines(&self, integration: &Integration) -> bool {
+        match self.definitions.load().get(&integration.id) {
+            None => true,
+            Some(Some(fingerprint)) if *fingerprint == integration.fingerprint => true,
+            Some(current) => {
+                let mut warned = self.warned.lock().expect("warned lock");
+                if warned.insert(format!("{}/{:?}", integration.id, current)) {
+                    tracing::warn!(
+                        integration = %integration.id,
+                        "another busbar process loaded a different definition of this integration last; \
+                         this process leaves its deliveries to the processes that agree"
+                    );
+                }
+                false
             }
         }
-        let deliveries: Vec<NewDelivery> = events
-            .iter()
-            .zip(&stored)
-            .filter(|(_, (_, created))| *created)
-            .flat_map(|(event, _)| self.deliveries_for(generation, &event.envelope))
-            .collect();
-        events::insert_deliveries(tx, &deliveries, now).await?;
-        Ok(stored)
+    }
+
+    /// The log grew (events published or emitted): every lane may have
+    /// work.
+    pub fn log_grew(&self) {
+        self.scheduler.wake_all();
+    }
+
+    /// Tells live views what a lane's batch did.
+    pub fn report(&self, outcomes: &[(Uuid, Uuid, String, Status)]) {
+        if self.activity.receiver_count() == 0 {
+            return;
+        }
+        for (id, event_id, integration, status) in outcomes {
+            let _ = self.activity.send(Activity::Delivery {
+                id: *id,
+                event_id: *event_id,
+                integration: integration.clone(),
+                status: *status,
+            });
+        }
+    }
+
+    /// The lane filter of an integration.
+    pub fn lane_filter<'i>(&self, integration: &'i Integration, lane: i32) -> LaneFilter<'i> {
+        let mut events: Vec<String> = integration.routes.iter().map(|r| r.on.clone()).collect();
+        events.sort();
+        events.dedup();
+        LaneFilter {
+            source: &integration.source,
+            events,
+            order_by: &integration.order_by,
+            lane,
+            lanes: self.lanes,
+        }
+    }
+
+    /// Re-reads persisted states; `seen` is the change counter when the
+    /// read started, so a change made meanwhile is not overwritten.
+    async fn refresh_states(&self) -> Result<(), StoreError> {
+        let seen = *self.states_lock.lock().await;
+        let mut tx = self.store.begin_read().await?;
+        let persisted = states::load(&mut tx).await?;
+        tx.rollback().await?;
+        let counter = self.states_lock.lock().await;
+        if *counter == seen {
+            self.states.store(Arc::new(persisted));
+        }
+        Ok(())
+    }
+
+    async fn refresh_definitions(&self) -> Result<(), StoreError> {
+        let mut tx = self.store.begin_read().await?;
+        let definitions = states::definitions(&mut tx).await?;
+        tx.rollback().await?;
+        self.definitions.store(Arc::new(definitions));
+        Ok(())
     }
 }
 
@@ -211,40 +334,57 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts publishers, workers and the outbox router on `generation`.
+    /// Registers `generation` as this cluster's definition, makes lanes for
+    /// its integrations, and starts publishers, workers and the cluster
+    /// tasks.
     pub async fn start(
         store: Store,
         generation: Generation,
         config: EngineConfig,
     ) -> Result<Engine, StoreError> {
-        let states = {
+        let lanes = log::lanes_for(store.dialect());
+        let persisted = {
             let mut tx = store.begin_read().await?;
-            let states = events::integration_states(&mut tx).await?;
+            let persisted = states::load(&mut tx).await?;
             tx.rollback().await?;
-            states
+            persisted
         };
+        let node = Uuid::now_v7();
+        let (activity, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             store,
             generation: ArcSwap::from_pointee(generation),
-            states: ArcSwap::from_pointee(states),
+            states: ArcSwap::from_pointee(persisted),
+            states_lock: tokio::sync::Mutex::new(0),
+            definitions: ArcSwap::from_pointee(HashMap::new()),
             config: config.clone(),
-            work: Signal::default(),
-            outbox: Signal::default(),
+            lanes,
+            scheduler: scheduler::Scheduler::default(),
+            health: Health::default(),
+            activity,
             shutdown: CancellationToken::new(),
+            node,
+            workers_alive: AtomicUsize::new(0),
+            warned: Default::default(),
         });
+        let generation = shared.generation.load_full();
+        register(&shared, &generation, &[]).await?;
+        shared.refresh_definitions().await?;
+        shared.scheduler.set_lanes(lane_ids(&generation, lanes));
         let (sender, receiver) = mpsc::channel(config.publish_batch * 4);
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let mut tasks = JoinSet::new();
         for _ in 0..config.publishers.max(1) {
             tasks.spawn(publish::run(shared.clone(), receiver.clone()));
         }
-        for index in 0..config.workers.max(1) {
-            tasks.spawn(worker::run(shared.clone(), index));
+        // No workers: a process that only publishes (the others deliver).
+        for index in 0..config.workers {
+            tasks.spawn(scheduler::worker(shared.clone(), index));
         }
-        tasks.spawn(router::run(shared.clone()));
-        tasks.spawn(router::refresh_states(shared.clone()));
+        tasks.spawn(scheduler::ticker(shared.clone()));
+        tasks.spawn(cluster::refresh(shared.clone()));
         if let crate::store::Db::Postgres(pool) = shared.store.db() {
-            tasks.spawn(router::listen(shared.clone(), pool.clone()));
+            tasks.spawn(cluster::listen(shared.clone(), pool.clone()));
         }
         Ok(Engine {
             shared,
@@ -262,6 +402,34 @@ impl Engine {
         self.shared.generation.load_full()
     }
 
+    /// How many lanes each integration has on this database.
+    pub fn lanes(&self) -> i32 {
+        self.shared.lanes
+    }
+
+    /// This process's id in `integrations.nodes`.
+    pub fn node(&self) -> Uuid {
+        self.shared.node
+    }
+
+    /// The database's health as the publish path sees it.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// How many workers are running (all of them, unless one died).
+    pub fn workers_alive(&self) -> (usize, usize) {
+        (
+            self.shared.workers_alive.load(Ordering::Relaxed),
+            self.shared.config.workers,
+        )
+    }
+
+    /// A live feed of published events and delivery outcomes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Activity> {
+        self.shared.activity.subscribe()
+    }
+
     /// Validates an event envelope sent as JSON and publishes it.
     pub async fn publish_json(
         &self,
@@ -276,8 +444,8 @@ impl Engine {
         .await
     }
 
-    /// Publishes one event: checks its contract, stores it with its
-    /// deliveries, and returns once that is committed.
+    /// Publishes one event: checks its contract, stores it, and returns
+    /// once that is committed.
     pub async fn publish(&self, request: PublishRequest) -> Result<Published, PublishError> {
         let mut results = self.publish_batch(vec![request]).await?;
         Ok(results.remove(0))
@@ -307,6 +475,9 @@ impl Engine {
         if self.shared.shutdown.is_cancelled() {
             return Err(PublishError::ShuttingDown);
         }
+        if let Some(error) = self.shared.health.refuse() {
+            return Err(PublishError::Unavailable(error));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = publish::Job {
             events: requests
@@ -323,56 +494,48 @@ impl Engine {
             .send(job)
             .await
             .map_err(|_| PublishError::ShuttingDown)?;
-        let stored = answer
-            .await
-            .map_err(|_| PublishError::ShuttingDown)?
-            .map_err(PublishError::Unavailable)?;
-        self.shared.work.raise();
-        let created = stored.iter().filter(|(_, created)| *created).count() as u64;
+        let stored = answer.await.map_err(|_| PublishError::ShuttingDown)??;
+        let created = stored.iter().filter(|p| p.created).count() as u64;
         crate::telemetry::event_published(created);
         crate::telemetry::event_duplicate(stored.len() as u64 - created);
-        Ok(stored
-            .into_iter()
-            .map(|(id, created)| Published { id, created })
-            .collect())
+        Ok(stored)
     }
 
     /// Makes `generation` live. Deliveries already running finish on the
-    /// generation they started with. Pending deliveries of integrations
-    /// that no longer exist are skipped with the reason. Returns the ids of
-    /// the removed integrations.
+    /// generation they started with. Integrations this process had and the
+    /// new generation lacks are removed: their lanes go and their open
+    /// rows are skipped with the reason. Returns the ids removed.
     pub async fn swap_generation(&self, generation: Generation) -> Result<Vec<String>, StoreError> {
-        let old = self.shared.generation.swap(Arc::new(generation));
-        let new = self.generation();
-        self.shared.store.catalog.clear();
-        let removed: Vec<String> = old
-            .integrations
-            .iter()
-            .filter(|i| new.integration(&i.id).is_none())
-            .map(|i| i.id.clone())
-            .collect();
-        if !removed.is_empty() {
-            let mut tx = self.shared.store.begin().await?;
-            for id in &removed {
-                let reason = format!(
-                    "integration `{id}` was removed from the configuration (generation {})",
-                    new.number
-                );
-                events::skip_pending(&mut tx, id, &reason, Time::now()).await?;
-            }
-            tx.commit().await?;
-        }
-        self.shared.work.raise();
-        Ok(removed)
+        let shared = self.shared.clone();
+        // Not cancellable: a reload started by a request that times out
+        // still finishes.
+        tokio::spawn(async move {
+            let old = shared.generation.swap(Arc::new(generation));
+            let new = shared.generation.load_full();
+            shared.store.catalog.clear();
+            let removed: Vec<String> = old
+                .integrations
+                .iter()
+                .filter(|i| new.integration(&i.id).is_none())
+                .map(|i| i.id.clone())
+                .collect();
+            register(&shared, &new, &removed).await?;
+            shared.refresh_definitions().await?;
+            shared.scheduler.set_lanes(lane_ids(&new, shared.lanes));
+            shared.scheduler.wake_all();
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("internal error: reload task failed: {e}")))?
     }
 
-    /// Enables or disables every integration from `source` to `target`;
+    /// Sets the state of every integration from `source` to `target`;
     /// persisted. Returns the ids changed (empty: no such integration).
-    pub async fn set_enabled_pair(
+    pub async fn set_state_pair(
         &self,
         source: &str,
         target: &str,
-        enabled: bool,
+        state: State,
     ) -> Result<Vec<String>, StoreError> {
         let ids: Vec<String> = self
             .generation()
@@ -382,31 +545,95 @@ impl Engine {
             .map(|i| i.id.clone())
             .collect();
         for id in &ids {
-            self.set_enabled(id, enabled).await?;
+            self.set_state(id, state).await?;
         }
         Ok(ids)
     }
 
-    /// Enables or disables one integration; persisted across restarts and
-    /// reloads.
-    pub async fn set_enabled(&self, integration: &str, enabled: bool) -> Result<(), StoreError> {
-        let mut tx = self.shared.store.begin().await?;
-        events::set_integration_state(&mut tx, integration, enabled, Time::now()).await?;
-        tx.commit().await?;
-        let mut states = (**self.shared.states.load()).clone();
-        states.insert(integration.to_owned(), enabled);
-        self.shared.states.store(Arc::new(states));
-        Ok(())
+    /// Enables or disables every integration from `source` to `target`.
+    pub async fn set_enabled_pair(
+        &self,
+        source: &str,
+        target: &str,
+        enabled: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let state = if enabled {
+            State::Enabled
+        } else {
+            State::Disabled
+        };
+        self.set_state_pair(source, target, state).await
     }
 
-    /// Whether an integration takes new deliveries now.
+    /// Enables or disables one integration.
+    pub async fn set_enabled(&self, integration: &str, enabled: bool) -> Result<(), StoreError> {
+        let state = if enabled {
+            State::Enabled
+        } else {
+            State::Disabled
+        };
+        self.set_state(integration, state).await
+    }
+
+    /// Sets one integration's state; persisted across restarts and
+    /// reloads, and seen by every process sharing the database within a
+    /// second. Disabling skips its pending and retrying deliveries at once;
+    /// enabling after a disable skips the events published meanwhile.
+    pub async fn set_state(&self, integration: &str, state: State) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        let integration = integration.to_owned();
+        tokio::spawn(async move {
+            let mut counter = shared.states_lock.lock().await;
+            let mut tx = shared.store.begin().await?;
+            let now = Time::now();
+            let previous = states::load_one(&mut tx, &integration).await?;
+            let skip_before = match (previous.map(|p| p.state), state) {
+                // Everything published until now, committed or not, was
+                // published while disabled.
+                (Some(State::Disabled), State::Enabled | State::Paused) => {
+                    Some(log::head(&mut tx).await?)
+                }
+                (_, State::Disabled) => None,
+                _ => previous.and_then(|p| p.skip_before),
+            };
+            states::save(&mut tx, &integration, state, skip_before, now).await?;
+            if state == State::Disabled {
+                let reason = format!("integration `{integration}` was disabled");
+                lanes::skip_open(&mut tx, &integration, &reason, now).await?;
+            }
+            tx.commit().await?;
+            let mut map = (**shared.states.load()).clone();
+            map.insert(
+                integration.clone(),
+                states::Persisted { state, skip_before },
+            );
+            shared.states.store(Arc::new(map));
+            *counter += 1;
+            drop(counter);
+            shared.scheduler.wake_integration(&integration);
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("internal error: state task failed: {e}")))?
+    }
+
+    /// Whether an integration takes new deliveries now (enabled, not
+    /// paused or disabled).
     pub fn is_enabled(&self, integration: &str) -> bool {
-        self.shared.enabled(&self.generation(), integration)
+        self.status(integration)
+            .is_some_and(|s| s.state == State::Enabled)
+    }
+
+    /// An integration's effective state.
+    pub fn status(&self, integration: &str) -> Option<IntegrationStatus> {
+        let generation = self.generation();
+        let integration = generation.integration(integration)?;
+        Some(self.shared.state_of(&generation, integration))
     }
 
     /// The API-persisted state of an integration, if any.
-    pub fn persisted_state(&self, integration: &str) -> Option<bool> {
-        self.shared.states.load().get(integration).copied()
+    pub fn persisted_state(&self, integration: &str) -> Option<State> {
+        self.shared.states.load().get(integration).map(|p| p.state)
     }
 
     /// Requeues one dead delivery (of `organization`, when given). Returns
@@ -416,11 +643,12 @@ impl Engine {
         id: Uuid,
         organization: Option<Uuid>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.shared.store.begin().await?;
-        let count = events::replay(&mut tx, Some(id), None, organization, Time::now()).await?;
-        tx.commit().await?;
-        self.shared.work.raise();
-        Ok(count > 0)
+        let filter = ReplayFilter {
+            delivery: Some(id),
+            organization,
+            ..ReplayFilter::default()
+        };
+        Ok(self.replay(filter).await? > 0)
     }
 
     /// Requeues every dead delivery of an integration (of `organization`,
@@ -430,28 +658,132 @@ impl Engine {
         integration: &str,
         organization: Option<Uuid>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.shared.store.begin().await?;
-        let count =
-            events::replay(&mut tx, None, Some(integration), organization, Time::now()).await?;
-        tx.commit().await?;
-        self.shared.work.raise();
-        Ok(count)
+        self.replay(ReplayFilter {
+            integration: Some(integration.to_owned()),
+            organization,
+            ..ReplayFilter::default()
+        })
+        .await
     }
 
-    /// Wakes workers and the router (e.g. after writing to the database
-    /// from outside the engine).
+    /// Requeues the dead deliveries `filter` selects. Returns how many.
+    pub async fn replay(&self, filter: ReplayFilter) -> Result<u64, StoreError> {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut tx = shared.store.begin().await?;
+            let touched = lanes::replay(&mut tx, &filter, Time::now()).await?;
+            tx.commit().await?;
+            for (integration, _) in &touched {
+                shared.scheduler.wake_integration(integration);
+            }
+            Ok(touched.len() as u64)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("internal error: replay task failed: {e}")))?
+    }
+
+    /// Work not done yet: events the lanes have not passed (counting at
+    /// most `cap` per lane) and deliveries pending or retrying.
+    pub async fn backlog(&self, cap: i64) -> Result<Backlog, StoreError> {
+        crate::store::views::backlog(&self.shared.store, &self.generation(), cap).await
+    }
+
+    /// Wakes the workers (e.g. after writing to the database from outside
+    /// the engine).
     pub fn wake(&self) {
-        self.shared.work.raise();
-        self.shared.outbox.raise();
+        self.shared.scheduler.wake_all();
     }
 
     /// Stops taking events, lets running batches finish, and waits for
     /// every task to end.
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        self.shared.work.raise();
-        self.shared.outbox.raise();
+        self.shared.scheduler.wake_all();
         let mut tasks = self.tasks.lock().await;
         while tasks.join_next().await.is_some() {}
+        cluster::leave(&self.shared).await;
     }
+}
+
+impl Engine {
+    /// How many integrations of the live generation route `envelope` and
+    /// are not disabled (a paused one counts: its events wait): how many would get deliveries if it were published
+    /// now. The API answers it to producers, so that an event nobody
+    /// listens to (a misspelt name) is accepted but not silently.
+    pub fn routed(&self, envelope: &Envelope) -> usize {
+        let generation = self.generation();
+        let mut integrations: Vec<&str> = generation
+            .routes(&envelope.source, &envelope.event)
+            .filter(|(integration, _)| {
+                self.shared.state_of(&generation, integration).state != State::Disabled
+            })
+            .map(|(integration, _)| integration.id.as_str())
+            .collect();
+        integrations.sort_unstable();
+        integrations.dedup();
+        integrations.len()
+    }
+}
+
+/// Every lane of a generation.
+fn lane_ids(generation: &Generation, lanes: i32) -> Vec<LaneId> {
+    generation
+        .integrations
+        .iter()
+        .flat_map(|integration| {
+            let id: Arc<str> = Arc::from(integration.id.as_str());
+            (0..lanes).map(move |lane| LaneId {
+                integration: id.clone(),
+                lane,
+            })
+        })
+        .collect()
+}
+
+/// Records `generation` as the cluster's definition of its integrations
+/// (and `removed` as removed: their lanes go and their open rows are
+/// skipped), and makes lanes for integrations that have none: an
+/// integration added to a running busbar gets the events published after
+/// it went live; the integrations of busbar's first start on a database get
+/// every event already in its log.
+async fn register(
+    shared: &Shared,
+    generation: &Generation,
+    removed: &[String],
+) -> Result<(), StoreError> {
+    let mut tx = shared.store.begin().await?;
+    let now = Time::now();
+    // New lanes start above every event published until now, except on
+    // the first start of busbar on this database: its integrations then
+    // take the whole log (outbox rows written before busbar first ran).
+    let first_start = states::definitions(&mut tx).await?.is_empty();
+    let start = if first_start {
+        Position::ZERO
+    } else {
+        Position::below(log::head(&mut tx).await?)
+    };
+    let existing = lanes::existing(&mut tx).await?;
+    for integration in &generation.integrations {
+        states::define(
+            &mut tx,
+            &integration.id,
+            Some(&integration.fingerprint),
+            &shared.config.node_name,
+            now,
+        )
+        .await?;
+        if existing.get(&integration.id).copied().unwrap_or(0) < shared.lanes {
+            lanes::ensure(&mut tx, &integration.id, shared.lanes, start).await?;
+        }
+    }
+    for id in removed {
+        states::define(&mut tx, id, None, &shared.config.node_name, now).await?;
+        let reason = format!(
+            "integration `{id}` was removed from the configuration (generation {})",
+            generation.number
+        );
+        lanes::skip_open(&mut tx, id, &reason, now).await?;
+        lanes::remove(&mut tx, id).await?;
+    }
+    tx.commit().await
 }

@@ -1,21 +1,28 @@
 //! Publishing with group commit: concurrent publishes are gathered into one
 //! transaction, so a commit's cost is shared by every event in it, and each
 //! caller is answered only after the commit.
+//!
+//! The transaction runs in the publisher's own task, so a caller that goes
+//! away (a client hanging up, a request timeout) never leaves a transaction
+//! half done. While the database is unreachable ([`super::Health`]), jobs
+//! are answered at once with "retry".
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
-use uuid::Uuid;
 
-use super::Shared;
+use super::health::ACQUIRE_TIMEOUT;
+use super::{Activity, PublishError, Published, Shared};
 use crate::store::StoreError;
 use crate::store::events::NewEvent;
+use crate::store::log::{self, Appended};
 use crate::store::types::Time;
 
 /// Events from one caller, committed together, and where to answer.
 pub(crate) struct Job {
     pub events: Vec<NewEvent>,
-    pub reply: oneshot::Sender<Result<Vec<(Uuid, bool)>, StoreError>>,
+    pub reply: oneshot::Sender<Result<Vec<Published>, PublishError>>,
 }
 
 /// One publisher: takes every job waiting (up to the batch size), commits
@@ -47,38 +54,128 @@ pub(crate) async fn run(shared: Arc<Shared>, receiver: Arc<Mutex<mpsc::Receiver<
     }
 }
 
-async fn commit(shared: &Shared, jobs: Vec<Job>) {
-    let events: Vec<NewEvent> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
-    let generation = shared.generation.load_full();
-    let started = std::time::Instant::now();
-    let result = async {
-        let mut tx = shared.store.begin().await?;
-        let stored = shared
-            .store_events(&mut tx, &generation, &events, Time::now())
-            .await?;
-        tx.commit().await?;
-        Ok::<_, StoreError>(stored)
+async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
+    // Jobs queued while the database went away are answered at once.
+    if let Some(error) = shared.health.refuse() {
+        let message = error.to_string();
+        for job in jobs {
+            let _ = job
+                .reply
+                .send(Err(PublishError::Unavailable(StoreError::Unreachable(
+                    message.clone(),
+                ))));
+        }
+        return;
     }
-    .await;
-    match result {
-        Ok(stored) => {
-            tracing::debug!(events = events.len(), elapsed = ?started.elapsed(), "publish batch committed");
-            crate::telemetry::publish_committed(events.len(), started.elapsed());
-            shared.work.raise();
-            let mut stored = stored.into_iter();
-            for job in jobs {
-                let answer: Vec<(Uuid, bool)> = stored.by_ref().take(job.events.len()).collect();
-                let _ = job.reply.send(Ok(answer));
+    loop {
+        let events: Vec<NewEvent> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut tx = match tokio::time::timeout(ACQUIRE_TIMEOUT, shared.store.begin()).await {
+                Ok(tx) => tx?,
+                Err(_) => return Err(StoreError::Sqlx(sqlx::Error::PoolTimedOut)),
+            };
+            let appended = log::append(&mut tx, &events, Time::now()).await?;
+            Ok::<_, StoreError>((tx, appended))
+        }
+        .await;
+        let (tx, appended) = match result {
+            Ok(ok) => ok,
+            Err(error) => return fail(shared, jobs, error),
+        };
+        // A job with a reused id or key is refused whole: start again
+        // without it (rare; a batch is all or none).
+        let mut offset = 0;
+        let mut refused = HashSet::new();
+        for (index, job) in jobs.iter().enumerate() {
+            let mine = &appended[offset..offset + job.events.len()];
+            if mine.iter().any(|a| matches!(a, Appended::Reused { .. })) {
+                refused.insert(index);
+            }
+            offset += job.events.len();
+        }
+        if !refused.is_empty() {
+            if let Err(error) = tx.rollback().await {
+                return fail(shared, jobs, error);
+            }
+            let mut offset = 0;
+            let mut kept = Vec::new();
+            for (index, job) in jobs.into_iter().enumerate() {
+                let mine = &appended[offset..offset + job.events.len()];
+                offset += job.events.len();
+                if !refused.contains(&index) {
+                    kept.push(job);
+                    continue;
+                }
+                let (position, (id, differs)) = mine
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, a)| match a {
+                        Appended::Reused { id, differs } => Some((i, (*id, differs.clone()))),
+                        _ => None,
+                    })
+                    .expect("a refused job has a reused event");
+                let _ = job.reply.send(Err(PublishError::Reused {
+                    index: position,
+                    id,
+                    differs,
+                }));
+            }
+            jobs = kept;
+            if jobs.is_empty() {
+                return;
+            }
+            continue;
+        }
+        if let Err(error) = tx.commit().await {
+            return fail(shared, jobs, error);
+        }
+        shared.health.succeeded();
+        tracing::debug!(events = events.len(), elapsed = ?started.elapsed(), "publish batch committed");
+        crate::telemetry::publish_committed(events.len(), started.elapsed());
+        shared.log_grew();
+        if shared.activity.receiver_count() > 0 {
+            for (event, appended) in events.iter().zip(&appended) {
+                if let Appended::Created(id) = appended {
+                    let _ = shared.activity.send(Activity::Published {
+                        id: *id,
+                        organization_id: event.envelope.organization_id,
+                        source: event.envelope.source.clone(),
+                        event: event.envelope.event.clone(),
+                    });
+                }
             }
         }
-        Err(error) => {
-            tracing::warn!(%error, events = events.len(), "publish transaction failed; nothing was stored");
-            let message = error.to_string();
-            for job in jobs {
-                // Every caller gets the failure; the error is re-created
-                // per caller as it cannot be cloned.
-                let _ = job.reply.send(Err(StoreError::Invalid(message.clone())));
-            }
+        let mut appended = appended.into_iter();
+        for job in jobs {
+            let answer: Vec<Published> = appended
+                .by_ref()
+                .take(job.events.len())
+                .map(|a| Published {
+                    id: a.id(),
+                    created: matches!(a, Appended::Created(_)),
+                })
+                .collect();
+            let _ = job.reply.send(Ok(answer));
         }
+        return;
+    }
+}
+
+fn fail(shared: &Shared, jobs: Vec<Job>, error: StoreError) {
+    let count: usize = jobs.iter().map(|j| j.events.len()).sum();
+    tracing::warn!(%error, events = count, "publish transaction failed; nothing was stored");
+    shared.health.failed(&error);
+    let message = error.to_string();
+    let unreachable = error.is_unreachable();
+    for job in jobs {
+        // Every caller gets the failure; the error is re-created per
+        // caller as it cannot be cloned.
+        let error = if unreachable {
+            StoreError::Unreachable(message.clone())
+        } else {
+            StoreError::Invalid(message.clone())
+        };
+        let _ = job.reply.send(Err(PublishError::Unavailable(error)));
     }
 }

@@ -1,10 +1,20 @@
 //! Conversions between JSON values (events, rows) and minijinja values
 //! (template context and results).
+//!
+//! Numbers: JSON numbers keep the digits they were sent with; minijinja
+//! computes with integers up to 128 bits and 64-bit floats. So whole
+//! numbers enter templates exactly (up to 128 bits), and other numbers as
+//! the nearest float, which is what arithmetic and comparisons in a
+//! template work with. A template that only looks a number up
+//! (`{{ data.amount }}`, a [`crate::compile::template::Lookup`]) gives the
+//! JSON number itself, every digit kept ([`crate::mapping::Scope::eval`]).
 
 use std::collections::BTreeMap;
 
 use minijinja::value::{Value as JinjaValue, ValueKind};
 use serde_json::{Map, Number, Value};
+
+use crate::decimal::Decimal;
 
 /// A JSON value as a template sees it.
 pub fn from_json(value: &Value) -> JinjaValue {
@@ -16,8 +26,13 @@ pub fn from_json(value: &Value) -> JinjaValue {
                 JinjaValue::from(i)
             } else if let Some(u) = n.as_u64() {
                 JinjaValue::from(u)
+            } else if let Some(i) = n.as_i128() {
+                JinjaValue::from(i)
+            } else if let Some(u) = n.as_u128() {
+                JinjaValue::from(u)
             } else {
-                JinjaValue::from(n.as_f64().unwrap_or(f64::NAN))
+                // The nearest float: infinite or 0 beyond a double's range.
+                JinjaValue::from(Decimal::of(n).to_f64())
             }
         }
         Value::String(s) => JinjaValue::from(s.as_str()),
@@ -42,6 +57,16 @@ pub fn to_json(value: &JinjaValue) -> Result<Value, String> {
                 Value::Number(i.into())
             } else if let Ok(u) = u64::try_from(value.clone()) {
                 Value::Number(u.into())
+            } else if let Some(n) = i128::try_from(value.clone())
+                .ok()
+                .and_then(Number::from_i128)
+            {
+                Value::Number(n)
+            } else if let Some(n) = u128::try_from(value.clone())
+                .ok()
+                .and_then(Number::from_u128)
+            {
+                Value::Number(n)
             } else {
                 let f = f64::try_from(value.clone()).map_err(|e| e.to_string())?;
                 Value::Number(
@@ -92,6 +117,41 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_up_to_128_bits_are_exact_in_templates() {
+        let value: Value = serde_json::from_str(
+            "[18446744073709551617, -170141183460469231731687303715884105728]",
+        )
+        .unwrap();
+        let template = from_json(&value);
+        assert_eq!(to_json(&template).unwrap(), value);
+        let env = minijinja::Environment::new();
+        let sum = env
+            .compile_expression("n + 1")
+            .unwrap()
+            .eval(minijinja::context! { n => from_json(&value[0]) })
+            .unwrap();
+        assert_eq!(to_json(&sum).unwrap().to_string(), "18446744073709551618");
+    }
+
+    #[test]
+    fn other_numbers_are_the_nearest_float_in_templates() {
+        let value: Value = serde_json::from_str("[0.1, 1e400, 1e-400]").unwrap();
+        let template = from_json(&value);
+        assert_eq!(
+            template.get_item_by_index(0).unwrap(),
+            JinjaValue::from(0.1)
+        );
+        assert_eq!(
+            template.get_item_by_index(1).unwrap(),
+            JinjaValue::from(f64::INFINITY)
+        );
+        assert_eq!(
+            template.get_item_by_index(2).unwrap(),
+            JinjaValue::from(0.0)
+        );
+    }
+
+    #[test]
     fn undefined_is_refused() {
         assert!(to_json(&JinjaValue::UNDEFINED).is_err());
     }
@@ -112,7 +172,8 @@ enum PathSeg {
 }
 
 impl JsonView {
-    fn node(&self) -> &Value {
+    /// The JSON node this view shows.
+    pub fn node(&self) -> &Value {
         let mut node = &*self.root;
         for seg in &self.path {
             node = match (seg, node) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, Value as JinjaValue};
 use serde_json::{Map, Value};
 
-use crate::compile::template::{TemplateSet, describe_error};
+use crate::compile::template::{Lookup, LookupStep, TemplateSet, describe_error};
 use crate::compile::{Guard, ValueExpr};
 use crate::envelope::Envelope;
 pub use jsonpath::MultipleMatches;
@@ -154,6 +154,15 @@ impl<'a> Scope<'a> {
                         message: describe_error(&error),
                     }
                 })?;
+                // A number a template only looked up is taken from the JSON
+                // it came from, with every digit: in the template it was the
+                // nearest float.
+                if value.is_number()
+                    && let Some(lookup) = self.templates.lookup(*id)
+                    && let Some(number @ Value::Number(_)) = self.look_up(lookup)
+                {
+                    return Ok(number.clone());
+                }
                 convert::to_json(&value).map_err(|reason| MappingError::NotJson {
                     template: source.clone(),
                     reason,
@@ -172,6 +181,32 @@ impl<'a> Scope<'a> {
                 .collect::<Result<_, _>>()
                 .map(Value::Array),
         }
+    }
+
+    /// The JSON node a lookup reads, when its root is JSON (the event, or
+    /// a row bound by `as`).
+    fn look_up(&self, lookup: &Lookup) -> Option<&Value> {
+        let root = match lookup.root.as_str() {
+            "event" => &self.event.event,
+            "data" => &self.event.data,
+            name => {
+                &self
+                    .bindings
+                    .iter()
+                    .rev()
+                    .find(|(bound, _)| bound == name)?
+                    .1
+            }
+        };
+        let mut node = root.downcast_object_ref::<convert::JsonView>()?.node();
+        for step in &lookup.steps {
+            node = match (step, node) {
+                (LookupStep::Key(key), Value::Object(map)) => map.get(key)?,
+                (LookupStep::Index(index), Value::Array(items)) => items.get(*index)?,
+                _ => return None,
+            };
+        }
+        Some(node)
     }
 
     /// Tests a guard for truth.

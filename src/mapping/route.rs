@@ -36,7 +36,9 @@ impl Row {
 
     fn to_template_value(&self) -> JinjaValue {
         match &self.simulated {
-            None => convert::from_json(&Value::Object(self.columns.clone())),
+            // A view over the row's JSON, so that a template that only looks
+            // a number up gives it with every digit (`Scope::eval`).
+            None => convert::view(Arc::new(Value::Object(self.columns.clone()))),
             Some(label) => JinjaValue::from_object(SimulatedRow {
                 label: label.clone(),
                 known: self

@@ -59,7 +59,7 @@ impl Dialect {
     fn value(self, n: usize, info: &TableInfo, column: &Ident) -> String {
         match self {
             Dialect::Postgres => match info.column(column.as_str()) {
-                Some(column) => format!("CAST(${n} AS {})", column.sql_type),
+                Some(column) => format!("CAST(${n} AS {})", column.cast_type),
                 None => format!("${n}"),
             },
             Dialect::Sqlite => format!("?{n}"),
@@ -274,7 +274,7 @@ impl Dialect {
     /// `CAST(expr AS <column type>)` on PostgreSQL.
     fn cast(self, expression: &str, info: &TableInfo, column: &Ident) -> String {
         match info.column(column.as_str()) {
-            Some(column) => format!("CAST({expression} AS {})", column.sql_type),
+            Some(column) => format!("CAST({expression} AS {})", column.cast_type),
             None => expression.to_owned(),
         }
     }

@@ -1,8 +1,15 @@
-//! The engine's own tables: events, deliveries and integration state.
+//! Read models over the engine's own tables: events and the delivery rows
+//! (the exceptions), as the API, the console and the tests see them. The
+//! write paths are in [`super::log`] (the event log) and [`super::lanes`]
+//! (cursors and delivery rows); deliveries without a row are inferred by
+//! [`super::views`].
+//!
+//! Every read that the API serves takes the caller's organization
+//! (`None`: a platform caller, every organization).
 //!
 //! Queries are written once, for PostgreSQL, and rewritten for SQLite by
-//! [`Dialect::sql`]; the values that differ in representation go through
-//! [`Id`], [`Time`] and [`Doc`].
+//! [`super::Dialect::sql`]; the values that differ in representation go
+//! through [`Id`], [`Time`] and [`Doc`].
 
 use std::collections::HashMap;
 
@@ -10,8 +17,8 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::types::{Doc, Id, Time};
-use super::{DbTx, Dialect, StoreError};
+use super::types::{Doc, Id, Position, Time};
+use super::{DbTx, StoreError};
 use crate::envelope::Envelope;
 use crate::on_tx;
 
@@ -27,32 +34,23 @@ pub struct NewEvent {
     pub parent_id: Option<Uuid>,
 }
 
-/// A delivery about to be created.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    pub id: Uuid,
-    pub event_id: Uuid,
-    pub organization_id: Uuid,
-    pub integration_id: String,
-    pub route_event: String,
-    pub route_ordinal: i32,
-    pub source_product: String,
-    pub target_product: String,
-}
-
 /// Delivery states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Waiting for its turn: behind a blocked key, or replayed.
     Pending,
+    /// Failed transiently; tried again at `next_attempt_at`. Blocks its key.
+    Retrying,
     Delivered,
     Skipped,
     Dead,
 }
 
 impl Status {
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Pending,
+        Status::Retrying,
         Status::Delivered,
         Status::Skipped,
         Status::Dead,
@@ -61,6 +59,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
+            Status::Retrying => "retrying",
             Status::Delivered => "delivered",
             Status::Skipped => "skipped",
             Status::Dead => "dead",
@@ -72,195 +71,18 @@ impl Status {
     }
 }
 
-/// Inserts events, skipping those whose id (or organization and
-/// idempotency key) is already stored. Returns, for each input in order,
-/// the stored event's id and whether this call inserted it.
-pub async fn insert_events(
-    tx: &mut DbTx,
-    events: &[NewEvent],
-    now: Time,
-) -> Result<Vec<(Uuid, bool)>, StoreError> {
-    let mut inserted = std::collections::HashSet::new();
-    for chunk in events.chunks(CHUNK) {
-        let ids: Vec<(Id,)> = match &mut *tx {
-            // PostgreSQL: one array per column, so the statement text is
-            // the same for every batch size and stays prepared.
-            DbTx::Postgres(conn) => {
-                sqlx::query_as(
-                    "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data, \
-                     occurred_at, created_at, processed_at, idempotency_key, parent_id) \
-                     SELECT u.id, u.org, u.source, u.event, u.data::jsonb, u.occurred, $1, $1, u.key, u.parent \
-                     FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
-                                 $8::text[], $9::uuid[]) AS u(id, org, source, event, data, occurred, key, parent) \
-                     ON CONFLICT DO NOTHING RETURNING id",
-                )
-                .bind(now)
-                .bind(chunk.iter().map(|e| e.envelope.id).collect::<Vec<Uuid>>())
-                .bind(chunk.iter().map(|e| e.envelope.organization_id).collect::<Vec<Uuid>>())
-                .bind(chunk.iter().map(|e| e.envelope.source.clone()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|e| e.envelope.event.clone()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|e| e.envelope.data.to_string()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|e| e.envelope.occurred_at).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|e| e.idempotency_key.clone()).collect::<Vec<Option<String>>>())
-                .bind(chunk.iter().map(|e| e.parent_id).collect::<Vec<Option<Uuid>>>())
-                .fetch_all(&mut **conn)
-                .await?
-            }
-            DbTx::Sqlite(conn) => {
-                // Anonymous placeholders, bound in text order (see
-                // `Dialect::find_many` on why not `?NNN`).
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-                let sql = format!(
-                    "INSERT INTO \"integrations.events\" (id, organization_id, source_product, event_name, event_data, \
-                     occurred_at, created_at, processed_at, idempotency_key, parent_id) VALUES {} \
-                     ON CONFLICT DO NOTHING RETURNING id",
-                    vec![row; chunk.len()].join(", ")
-                );
-                let mut query = sqlx::query_as(AssertSqlSafe(sql));
-                for event in chunk {
-                    let e = &event.envelope;
-                    query = query
-                        .bind(Id(e.id))
-                        .bind(Id(e.organization_id))
-                        .bind(e.source.as_str())
-                        .bind(e.event.as_str())
-                        .bind(Doc(e.data.clone()))
-                        .bind(Time(e.occurred_at))
-                        .bind(now)
-                        .bind(now)
-                        .bind(event.idempotency_key.as_deref())
-                        .bind(event.parent_id.map(Id));
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-        };
-        inserted.extend(ids.into_iter().map(|(id,)| id.0));
-    }
-    let mut out = Vec::with_capacity(events.len());
-    for event in events {
-        let id = event.envelope.id;
-        if inserted.contains(&id) {
-            out.push((id, true));
-            continue;
-        }
-        // A duplicate: by id, or by idempotency key with another id.
-        let existing = match &event.idempotency_key {
-            Some(key) => find_by_key(tx, event.envelope.organization_id, key)
-                .await?
-                .unwrap_or(id),
-            None => id,
-        };
-        out.push((existing, false));
-    }
-    Ok(out)
-}
-
-/// The id of the event stored under an organization's idempotency key.
-pub async fn find_by_key(
-    tx: &mut DbTx,
-    organization: Uuid,
-    key: &str,
-) -> Result<Option<Uuid>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT id FROM integrations.events WHERE organization_id = $1 AND idempotency_key = $2",
-    ));
-    let row: Option<(Id,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(Id(organization))
-        .bind(key)
-        .fetch_optional(conn)
-        .await)?;
-    Ok(row.map(|(id,)| id.0))
-}
-
-/// Creates deliveries (skipping any that already exist).
-pub async fn insert_deliveries(
-    tx: &mut DbTx,
-    deliveries: &[NewDelivery],
-    now: Time,
-) -> Result<(), StoreError> {
-    for chunk in deliveries.chunks(CHUNK) {
-        match &mut *tx {
-            DbTx::Postgres(conn) => {
-                sqlx::query(
-                    "INSERT INTO integrations.deliveries (id, event_id, organization_id, integration_id, route_event, \
-                     route_ordinal, source_product, target_product, status, attempts, next_attempt_at, created_at, updated_at) \
-                     SELECT u.id, u.event_id, u.org, u.integration, u.route_event, u.ordinal, u.source, u.target, \
-                            'pending', 0, $1, $1, $1 \
-                     FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::text[], \
-                                 $9::text[]) AS u(id, event_id, org, integration, route_event, ordinal, source, target) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(now)
-                .bind(chunk.iter().map(|d| d.id).collect::<Vec<Uuid>>())
-                .bind(chunk.iter().map(|d| d.event_id).collect::<Vec<Uuid>>())
-                .bind(chunk.iter().map(|d| d.organization_id).collect::<Vec<Uuid>>())
-                .bind(chunk.iter().map(|d| d.integration_id.clone()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|d| d.route_event.clone()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|d| d.route_ordinal).collect::<Vec<i32>>())
-                .bind(chunk.iter().map(|d| d.source_product.clone()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|d| d.target_product.clone()).collect::<Vec<String>>())
-                .execute(&mut **conn)
-                .await?;
-            }
-            DbTx::Sqlite(conn) => {
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)";
-                let sql = format!(
-                    "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, route_event, \
-                     route_ordinal, source_product, target_product, status, attempts, next_attempt_at, created_at, updated_at) \
-                     VALUES {} ON CONFLICT DO NOTHING",
-                    vec![row; chunk.len()].join(", ")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for d in chunk {
-                    query = query
-                        .bind(Id(d.id))
-                        .bind(Id(d.event_id))
-                        .bind(Id(d.organization_id))
-                        .bind(d.integration_id.as_str())
-                        .bind(d.route_event.as_str())
-                        .bind(d.route_ordinal)
-                        .bind(d.source_product.as_str())
-                        .bind(d.target_product.as_str())
-                        .bind(now)
-                        .bind(now)
-                        .bind(now);
-                }
-                query.execute(&mut **conn).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Marks events as routed.
-pub async fn mark_routed(tx: &mut DbTx, ids: &[Uuid], now: Time) -> Result<(), StoreError> {
-    let dialect = tx.dialect();
-    for chunk in ids.chunks(CHUNK) {
-        let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = AssertSqlSafe(dialect.sql(&format!(
-            "UPDATE integrations.events SET processed_at = $1 WHERE id IN ({})",
-            params.join(", ")
-        )));
-        on_tx!(&mut *tx, |conn| {
-            let mut query = sqlx::query(sql).bind(now);
-            for id in chunk {
-                query = query.bind(Id(*id));
-            }
-            query.execute(conn).await.map(|r| r.rows_affected())
-        })?;
-    }
-    Ok(())
-}
-
 /// A stored event, as read back.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
     #[serde(flatten)]
     pub envelope: Envelope,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Set only on events routed by busbar before delivery v2.
     pub processed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub parent_id: Option<Uuid>,
     pub seq: i64,
+    /// Its place in the log.
+    pub position: Position,
 }
 
 type EventTuple = (
@@ -274,10 +96,11 @@ type EventTuple = (
     Option<Time>,
     Option<Id>,
     i64,
+    i64,
 );
 
 const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.source_product, e.event_name, e.event_data, \
-     e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq";
+     e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq, e.xid";
 
 fn stored_event(row: EventTuple) -> StoredEvent {
     let (
@@ -291,6 +114,7 @@ fn stored_event(row: EventTuple) -> StoredEvent {
         processed_at,
         parent_id,
         seq,
+        xid,
     ) = row;
     StoredEvent {
         envelope: Envelope {
@@ -305,233 +129,28 @@ fn stored_event(row: EventTuple) -> StoredEvent {
         processed_at: processed_at.map(|t| t.0),
         parent_id: parent_id.map(|p| p.0),
         seq,
+        position: Position::new(xid, seq),
     }
 }
 
-/// One event by id (any organization: the caller scopes).
-pub async fn get_event(tx: &mut DbTx, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+/// The events with id `id` of `organization` (`None`: of every
+/// organization; ids are unique per organization, so a platform caller may
+/// get several).
+pub async fn get_event(
+    tx: &mut DbTx,
+    organization: Option<Uuid>,
+    id: Uuid,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.id = $1"
-    )));
-    let row: Option<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(Id(id))
-        .fetch_optional(conn)
-        .await)?;
-    Ok(row.map(stored_event))
-}
-
-/// Events no busbar process has routed yet (inserted by a product in its
-/// own transaction), oldest first, locked against other routers.
-pub async fn claim_unrouted(tx: &mut DbTx, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
-    let lock = match tx.dialect() {
-        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-        Dialect::Sqlite => "",
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.processed_at IS NULL ORDER BY e.seq LIMIT $1{lock}"
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e \
+          WHERE e.id = $1 AND ($2 IS NULL OR e.organization_id = $2) ORDER BY e.seq"
     )));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(limit)
+        .bind(Id(id))
+        .bind(organization.map(Id))
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
-}
-
-/// A delivery claimed for processing, with its event.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub id: Uuid,
-    pub integration_id: String,
-    pub route_event: String,
-    pub route_ordinal: usize,
-    pub attempts: i32,
-    pub event: Envelope,
-}
-
-/// Claims up to `limit` due deliveries, oldest first. On PostgreSQL the
-/// rows stay locked (`FOR UPDATE SKIP LOCKED`) until the transaction ends,
-/// so concurrent workers and processes never run the same delivery; on
-/// SQLite the transaction holds the database's write lock.
-pub async fn claim_due(tx: &mut DbTx, now: Time, limit: i64) -> Result<Vec<Claimed>, StoreError> {
-    let lock = match tx.dialect() {
-        Dialect::Postgres => " FOR UPDATE OF d SKIP LOCKED",
-        Dialect::Sqlite => "",
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT d.id, d.integration_id, d.route_event, d.route_ordinal, d.attempts, \
-                e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
-           FROM integrations.deliveries d JOIN integrations.events e ON e.id = d.event_id \
-          WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-          ORDER BY d.next_attempt_at, d.id LIMIT $2{lock}"
-    )));
-    type Tuple = (
-        Id,
-        String,
-        String,
-        i32,
-        i32,
-        Id,
-        Id,
-        String,
-        String,
-        Doc,
-        Time,
-    );
-    let rows: Vec<Tuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(conn)
-        .await)?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                integration_id,
-                route_event,
-                ordinal,
-                attempts,
-                event_id,
-                org,
-                source,
-                event,
-                data,
-                occurred,
-            )| Claimed {
-                id: id.0,
-                integration_id,
-                route_event,
-                route_ordinal: ordinal.max(0) as usize,
-                attempts,
-                event: Envelope {
-                    id: event_id.0,
-                    source,
-                    event,
-                    organization_id: org.0,
-                    occurred_at: occurred.0,
-                    data: data.0,
-                },
-            },
-        )
-        .collect())
-}
-
-/// A delivery's new state after an attempt.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub id: Uuid,
-    pub status: Status,
-    pub attempts: i32,
-    pub next_attempt_at: Time,
-    pub error: Option<String>,
-    pub error_step: Option<i32>,
-    pub generation: i64,
-}
-
-/// Records attempts' outcomes, in one statement per chunk.
-pub async fn record_outcomes(
-    tx: &mut DbTx,
-    outcomes: &[Outcome],
-    now: Time,
-) -> Result<(), StoreError> {
-    const SET: &str = "status = v.status, attempts = v.attempts, next_attempt_at = v.next_attempt_at, \
-         last_error = v.last_error, error_step = v.error_step, generation = v.generation, updated_at = $1, \
-         completed_at = CASE WHEN v.status = 'pending' THEN NULL ELSE $1 END";
-    for chunk in outcomes.chunks(CHUNK) {
-        match &mut *tx {
-            DbTx::Postgres(conn) => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE integrations.deliveries AS d SET {SET} \
-                     FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::timestamptz[], $6::text[], $7::int[], $8::bigint[]) \
-                          AS v(id, status, attempts, next_attempt_at, last_error, error_step, generation) \
-                     WHERE d.id = v.id"
-                )))
-                .bind(now)
-                .bind(chunk.iter().map(|o| o.id).collect::<Vec<Uuid>>())
-                .bind(chunk.iter().map(|o| o.status.as_str().to_owned()).collect::<Vec<String>>())
-                .bind(chunk.iter().map(|o| o.attempts).collect::<Vec<i32>>())
-                .bind(chunk.iter().map(|o| o.next_attempt_at.0).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|o| o.error.clone()).collect::<Vec<Option<String>>>())
-                .bind(chunk.iter().map(|o| o.error_step).collect::<Vec<Option<i32>>>())
-                .bind(chunk.iter().map(|o| o.generation).collect::<Vec<i64>>())
-                .execute(&mut **conn)
-                .await?;
-            }
-            DbTx::Sqlite(conn) => {
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?)";
-                let sql = format!(
-                    "WITH v (id, status, attempts, next_attempt_at, last_error, error_step, generation, now) AS (VALUES {}) \
-                     UPDATE \"integrations.deliveries\" AS d SET {} FROM v WHERE d.id = v.id",
-                    vec![row; chunk.len()].join(", "),
-                    SET.replace("$1", "v.now")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for outcome in chunk {
-                    query = query
-                        .bind(Id(outcome.id))
-                        .bind(outcome.status.as_str())
-                        .bind(outcome.attempts)
-                        .bind(outcome.next_attempt_at)
-                        .bind(outcome.error.as_deref())
-                        .bind(outcome.error_step)
-                        .bind(outcome.generation)
-                        .bind(now);
-                }
-                query.execute(&mut **conn).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Marks every pending delivery of an integration as skipped (the
-/// integration was removed from the configuration).
-pub async fn skip_pending(
-    tx: &mut DbTx,
-    integration_id: &str,
-    reason: &str,
-    now: Time,
-) -> Result<u64, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.deliveries SET status = 'skipped', last_error = $2, updated_at = $3, completed_at = $3 \
-         WHERE integration_id = $1 AND status = 'pending'",
-    ));
-    let result = on_tx!(&mut *tx, |conn| sqlx::query(sql)
-        .bind(integration_id)
-        .bind(reason)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(result)
-}
-
-/// Puts dead deliveries back in the queue with a fresh retry budget: one by
-/// id, or all of an integration's. Only dead deliveries are replayed (a
-/// delivered one has had its effect). `organization` limits the change to
-/// one organization's deliveries. Returns how many were requeued.
-pub async fn replay(
-    tx: &mut DbTx,
-    delivery: Option<Uuid>,
-    integration_id: Option<&str>,
-    organization: Option<Uuid>,
-    now: Time,
-) -> Result<u64, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1, \
-         completed_at = NULL \
-         WHERE status = 'dead' AND ($2 IS NULL OR id = $2) AND ($3 IS NULL OR integration_id = $3) \
-           AND ($4 IS NULL OR organization_id = $4)",
-    ));
-    let result = on_tx!(&mut *tx, |conn| sqlx::query(sql)
-        .bind(now)
-        .bind(delivery.map(Id))
-        .bind(integration_id)
-        .bind(organization.map(Id))
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(result)
 }
 
 /// A delivery as the API and tests show it.
@@ -554,6 +173,13 @@ pub struct DeliveryView {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The integration's order key of the event.
+    pub order_key: Option<String>,
+    /// Whether the delivery has a row (false: it succeeded on its first
+    /// pass, or has not run yet, and its state is inferred from its lane).
+    pub recorded: bool,
+    /// For a delivery waiting behind its key: the delivery it waits on.
+    pub waiting_on: Option<Uuid>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -575,11 +201,12 @@ struct DeliveryRow {
     created_at: Time,
     updated_at: Time,
     completed_at: Option<Time>,
+    order_key: Option<String>,
 }
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
      d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
-     d.generation, d.created_at, d.updated_at, d.completed_at";
+     d.generation, d.created_at, d.updated_at, d.completed_at, d.order_key";
 
 fn delivery_view(row: DeliveryRow) -> DeliveryView {
     DeliveryView {
@@ -600,35 +227,50 @@ fn delivery_view(row: DeliveryRow) -> DeliveryView {
         created_at: row.created_at.0,
         updated_at: row.updated_at.0,
         completed_at: row.completed_at.map(|t| t.0),
+        order_key: row.order_key,
+        recorded: true,
+        waiting_on: None,
     }
 }
 
-/// One delivery by id.
-pub async fn get_delivery(tx: &mut DbTx, id: Uuid) -> Result<Option<DeliveryView>, StoreError> {
+/// One delivery's row by id, of `organization` (`None`: any).
+pub async fn get_delivery(
+    tx: &mut DbTx,
+    organization: Option<Uuid>,
+    id: Uuid,
+) -> Result<Option<DeliveryView>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE d.id = $1"
+        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
+          WHERE d.id = $1 AND ($2 IS NULL OR d.organization_id = $2)"
     )));
     let row: Option<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(id))
+        .bind(organization.map(Id))
         .fetch_optional(conn)
         .await)?;
     Ok(row.map(delivery_view))
 }
 
-/// An event's deliveries, oldest first.
-pub async fn deliveries_of(tx: &mut DbTx, event_id: Uuid) -> Result<Vec<DeliveryView>, StoreError> {
+/// The delivery rows of one event (of its organization).
+pub async fn deliveries_of(
+    tx: &mut DbTx,
+    organization: Uuid,
+    event_id: Uuid,
+) -> Result<Vec<DeliveryView>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE d.event_id = $1 \
-         ORDER BY d.integration_id, d.route_event, d.route_ordinal"
+        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
+          WHERE d.organization_id = $1 AND d.event_id = $2 \
+          ORDER BY d.integration_id, d.route_event, d.route_ordinal"
     )));
     let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(organization))
         .bind(Id(event_id))
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(delivery_view).collect())
 }
 
-/// Deliveries in any state, for tests and tools: `status` filters.
+/// Delivery rows in any state, for tests and tools: `status` filters.
 pub async fn deliveries_with_status(
     tx: &mut DbTx,
     status: Option<Status>,
@@ -644,8 +286,9 @@ pub async fn deliveries_with_status(
     Ok(rows.into_iter().map(delivery_view).collect())
 }
 
-/// Counts of deliveries by integration and status (optionally for one
-/// organization).
+/// Counts of delivery rows by integration and status (optionally for one
+/// organization). Deliveries that succeeded on their first pass have no
+/// row: the lanes count them.
 pub async fn counts(
     tx: &mut DbTx,
     organization: Option<Uuid>,
@@ -667,38 +310,6 @@ pub async fn counts(
     Ok(out)
 }
 
-/// Persisted enabled/disabled states set through the API.
-pub async fn integration_states(tx: &mut DbTx) -> Result<HashMap<String, bool>, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("SELECT integration_id, enabled FROM integrations.integration_state"),
-    );
-    let rows: Vec<(String, bool)> =
-        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Persists an integration's enabled state.
-pub async fn set_integration_state(
-    tx: &mut DbTx,
-    id: &str,
-    enabled: bool,
-    now: Time,
-) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.integration_state (integration_id, enabled, updated_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (integration_id) DO UPDATE SET enabled = excluded.enabled, updated_at = excluded.updated_at",
-    ));
-    on_tx!(&mut *tx, |conn| sqlx::query(sql)
-        .bind(id)
-        .bind(enabled)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|r| r.rows_affected()))?;
-    Ok(())
-}
-
 /// Which events [`list_events`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -714,6 +325,8 @@ pub struct EventFilter {
     pub until: Option<Time>,
     /// Only events published before this one (`seq` below it): the cursor.
     pub before_seq: Option<i64>,
+    /// Only this event id.
+    pub id: Option<Uuid>,
 }
 
 /// Events matching `filter`, newest first, at most `limit`.
@@ -731,7 +344,9 @@ pub async fn list_events(
             AND ($5 IS NULL OR e.created_at < $5) \
             AND ($6 IS NULL OR e.seq < $6) \
             AND ($7 IS NULL OR EXISTS (SELECT 1 FROM integrations.deliveries d \
-                                        WHERE d.event_id = e.id AND d.status = $7)) \
+                                        WHERE d.organization_id = e.organization_id AND d.event_id = e.id \
+                                          AND d.status = $7)) \
+            AND ($9 IS NULL OR e.id = $9) \
           ORDER BY e.seq DESC LIMIT $8"
     )));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
@@ -743,34 +358,46 @@ pub async fn list_events(
         .bind(filter.before_seq)
         .bind(filter.status.map(Status::as_str))
         .bind(limit)
+        .bind(filter.id.map(Id))
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
 }
 
-/// Counts of deliveries by status for each of `events`.
+/// Counts of delivery rows by status for each of `events` (organization,
+/// id).
 pub async fn delivery_counts_of(
     tx: &mut DbTx,
-    events: &[Uuid],
-) -> Result<HashMap<Uuid, HashMap<Status, i64>>, StoreError> {
-    let mut out: HashMap<Uuid, HashMap<Status, i64>> = HashMap::new();
-    for chunk in events.chunks(CHUNK) {
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+    events: &[(Uuid, Uuid)],
+) -> Result<HashMap<(Uuid, Uuid), HashMap<Status, i64>>, StoreError> {
+    let mut out: HashMap<(Uuid, Uuid), HashMap<Status, i64>> = HashMap::new();
+    for chunk in events.chunks(CHUNK / 2) {
+        let params: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(organization_id = ${} AND event_id = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect();
         let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-            "SELECT event_id, status, COUNT(*) FROM integrations.deliveries WHERE event_id IN ({}) \
-             GROUP BY event_id, status",
-            params.join(", ")
+            "SELECT organization_id, event_id, status, COUNT(*) FROM integrations.deliveries WHERE {} \
+             GROUP BY organization_id, event_id, status",
+            params.join(" OR ")
         )));
-        let rows: Vec<(Id, String, i64)> = on_tx!(&mut *tx, |conn| {
+        let rows: Vec<(Id, Id, String, i64)> = on_tx!(&mut *tx, |conn| {
             let mut query = sqlx::query_as(sql);
-            for id in chunk {
-                query = query.bind(Id(*id));
+            for (organization, id) in chunk {
+                query = query.bind(Id(*organization)).bind(Id(*id));
             }
             query.fetch_all(conn).await
         })?;
-        for (event, status, count) in rows {
+        for (organization, event, status, count) in rows {
             if let Some(status) = Status::parse(&status) {
-                out.entry(event.0).or_default().insert(status, count);
+                out.entry((organization.0, event.0))
+                    .or_default()
+                    .insert(status, count);
             }
         }
     }
@@ -788,9 +415,8 @@ pub struct LastError {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// For each integration, its most recent failure: a dead delivery, or a
-/// pending one waiting to retry after an error (skip reasons are not
-/// failures). `organization` limits it to one organization's deliveries.
+/// For each integration, its most recent failure: a dead delivery, or one
+/// waiting to retry (skip reasons are not failures). `organization` limits it to one organization's deliveries.
 pub async fn last_errors(
     tx: &mut DbTx,
     organization: Option<Uuid>,
@@ -800,7 +426,7 @@ pub async fn last_errors(
              SELECT d.integration_id, d.id, d.event_id, d.last_error, d.error_step, d.updated_at, \
                     ROW_NUMBER() OVER (PARTITION BY d.integration_id ORDER BY d.updated_at DESC, d.id DESC) AS n \
                FROM integrations.deliveries d \
-              WHERE d.status IN ('dead', 'pending') AND d.last_error IS NOT NULL \
+              WHERE d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
                 AND ($1 IS NULL OR d.organization_id = $1)) latest \
           WHERE n = 1",
     ));
@@ -826,51 +452,126 @@ pub async fn last_errors(
         .collect())
 }
 
-/// How many deliveries wait to run (the queue depth).
-pub async fn pending_count(tx: &mut DbTx) -> Result<i64, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending'"),
-    );
-    let (count,): (i64,) = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_one(conn).await)?;
-    Ok(count)
+/// How many delivery rows are open (pending or retrying).
+pub async fn open_count(tx: &mut DbTx) -> Result<i64, StoreError> {
+    Ok(open_counts(tx).await?.values().sum())
 }
 
-/// The events emitted by the deliveries of `parent`, oldest first.
-pub async fn children_of(tx: &mut DbTx, parent: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+/// How many delivery rows are open (pending or retrying), by integration.
+pub async fn open_counts(tx: &mut DbTx) -> Result<HashMap<String, i64>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT integration_id, COUNT(*) FROM integrations.deliveries \
+          WHERE status IN ('pending', 'retrying') GROUP BY integration_id",
+    ));
+    let rows: Vec<(String, i64)> =
+        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The events emitted by the deliveries of `parent` (an event of
+/// `organization`), oldest first.
+pub async fn children_of(
+    tx: &mut DbTx,
+    organization: Uuid,
+    parent: Uuid,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE e.parent_id = $1 ORDER BY e.seq"
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e \
+          WHERE e.parent_id = $1 AND e.organization_id = $2 ORDER BY e.seq"
     )));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(parent))
+        .bind(Id(organization))
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
 }
 
-/// The organization of each of `ids` that is stored.
-pub async fn organizations_of(
+/// For a pending delivery row: the delivery its key waits on (the first
+/// open or, when it blocks, dead row of the same integration and key at an
+/// earlier position).
+pub async fn waiting_on(tx: &mut DbTx, view: &DeliveryView) -> Result<Option<Uuid>, StoreError> {
+    let Some(key) = &view.order_key else {
+        return Ok(None);
+    };
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT d.id FROM integrations.deliveries d \
+          WHERE d.integration_id = $1 AND d.order_key = $2 AND d.status IN ('retrying', 'dead', 'pending') \
+            AND d.id <> $3 \
+            AND (d.event_xid, d.event_seq) <= (SELECT x.event_xid, x.event_seq FROM integrations.deliveries x WHERE x.id = $3) \
+          ORDER BY d.event_xid, d.event_seq LIMIT 1",
+    ));
+    let row: Option<(Id,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(view.integration.as_str())
+        .bind(key.as_str())
+        .bind(Id(view.id))
+        .fetch_optional(conn)
+        .await)?;
+    Ok(row.map(|(id,)| id.0))
+}
+
+/// A key held back by one of its deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedKey {
+    pub key: String,
+    /// The delivery it waits on, and that delivery's state.
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub status: Status,
+    pub attempts: i32,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub last_error: Option<String>,
+    /// Deliveries of the key queued behind it.
+    pub waiting: i64,
+}
+
+/// The keys of an integration held back by a retrying delivery (or a dead
+/// one, when `dead_blocks`), most recent first, at most `limit`.
+pub async fn blocked_keys(
     tx: &mut DbTx,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, Uuid>, StoreError> {
-    let mut out = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-            "SELECT id, organization_id FROM integrations.events WHERE id IN ({})",
-            params.join(", ")
-        )));
-        let rows: Vec<(Id, Id)> = on_tx!(&mut *tx, |conn| {
-            let mut query = sqlx::query_as(sql);
-            for id in chunk {
-                query = query.bind(Id(*id));
-            }
-            query.fetch_all(conn).await
-        })?;
-        out.extend(
-            rows.into_iter()
-                .map(|(id, organization)| (id.0, organization.0)),
-        );
-    }
-    Ok(out)
+    organization: Option<Uuid>,
+    integration: &str,
+    dead_blocks: bool,
+    limit: i64,
+) -> Result<Vec<BlockedKey>, StoreError> {
+    let statuses = if dead_blocks {
+        "('retrying', 'dead')"
+    } else {
+        "('retrying')"
+    };
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT h.order_key, h.id, h.event_id, h.status, h.attempts, h.next_attempt_at, h.last_error, \
+                (SELECT COUNT(*) FROM integrations.deliveries p \
+                  WHERE p.integration_id = h.integration_id AND p.lane = h.lane AND p.order_key = h.order_key \
+                    AND p.status = 'pending') AS waiting \
+           FROM integrations.deliveries h \
+          WHERE h.integration_id = $1 AND h.status IN {statuses} AND h.order_key IS NOT NULL \
+            AND ($2 IS NULL OR h.organization_id = $2) \
+            AND (h.status = 'retrying' OR EXISTS (SELECT 1 FROM integrations.deliveries q \
+                  WHERE q.integration_id = h.integration_id AND q.lane = h.lane AND q.order_key = h.order_key \
+                    AND q.status = 'pending')) \
+          ORDER BY h.updated_at DESC LIMIT $3"
+    )));
+    type Row = (String, Id, Id, String, i32, Time, Option<String>, i64);
+    let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .bind(organization.map(Id))
+        .bind(limit)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(key, id, event, status, attempts, next, error, waiting)| BlockedKey {
+                key,
+                delivery_id: id.0,
+                event_id: event.0,
+                status: Status::parse(&status).unwrap_or(Status::Retrying),
+                attempts,
+                next_attempt_at: next.0,
+                last_error: error,
+                waiting,
+            },
+        )
+        .collect())
 }

@@ -15,9 +15,13 @@ pub mod dialect;
 pub mod events;
 pub mod inspect;
 pub mod keys;
+pub mod lanes;
+pub mod log;
+pub mod states;
 pub mod target;
 pub mod testbed;
 pub mod types;
+pub mod views;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -69,16 +73,46 @@ pub enum StoreError {
     NoTable(String),
     #[error("table {table} has no column `{column}`")]
     NoColumn { table: String, column: String },
+    /// The database cannot be reached now (the publish breaker is open).
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
     #[error("{0}")]
     Invalid(String),
 }
 
 impl StoreError {
+    /// Whether the database itself is out of reach (a lost or refused
+    /// connection, a pool timeout, the server shutting down): the publish
+    /// breaker opens on these, not on deadlocks or busy errors.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unreachable(_) => true,
+            StoreError::Sqlx(error) => match error {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                    matches!(code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+                        || code.starts_with("08")
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether trying again later can succeed: a lost connection, a pool
     /// timeout, a deadlock, a serialization failure, a busy database. Every
     /// other error (constraints, conversions, missing tables) would fail the
     /// same way again, so the delivery goes to dead letter at once.
     pub fn is_transient(&self) -> bool {
+        if let StoreError::Unreachable(_) = self {
+            return true;
+        }
         let StoreError::Sqlx(error) = self else {
             return false;
         };

@@ -135,7 +135,7 @@ impl Testbed {
                 let n = values.len();
                 columns.push(quote(&column.name));
                 placeholders.push(match dialect {
-                    Dialect::Postgres => format!("CAST(${n} AS {})", column.sql_type),
+                    Dialect::Postgres => format!("CAST(${n} AS {})", column.cast_type),
                     Dialect::Sqlite => format!("?{n}"),
                 });
             }
@@ -177,19 +177,6 @@ impl Testbed {
             })
             .collect::<Result<_, _>>()?;
         Ok((info, rows))
-    }
-
-    /// Deliveries still pending plus events not yet routed, counted in one
-    /// snapshot: zero means the engine has nothing left to do.
-    pub async fn unfinished(&self) -> Result<i64, StoreError> {
-        let mut tx = self.store.begin_read().await?;
-        let sql = AssertSqlSafe(tx.dialect().sql(
-            "SELECT (SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending') \
-                  + (SELECT COUNT(*) FROM integrations.events WHERE processed_at IS NULL)",
-        ));
-        let (count,): (i64,) = on_tx!(&mut tx, |conn| sqlx::query_as(sql).fetch_one(conn).await)?;
-        tx.rollback().await?;
-        Ok(count)
     }
 }
 

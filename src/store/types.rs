@@ -159,3 +159,38 @@ impl<'r> Decode<'r, Sqlite> for Doc {
         Ok(Doc(serde_json::from_str(text)?))
     }
 }
+
+/// An event's place in the log: `(xid, seq)`, compared in that order.
+///
+/// On PostgreSQL `xid` is the id of the transaction that inserted the event
+/// and `seq` a sequence; on SQLite `xid` is always 0 (writers are
+/// serialised, so `seq` order is commit order). See ARCHITECTURE.md,
+/// "Delivery (v2)".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+pub struct Position {
+    pub xid: i64,
+    pub seq: i64,
+}
+
+impl Position {
+    pub const ZERO: Position = Position { xid: 0, seq: 0 };
+
+    pub fn new(xid: i64, seq: i64) -> Position {
+        Position { xid, seq }
+    }
+
+    /// The last position strictly below `horizon` (a horizon is exclusive).
+    pub fn below(horizon: Position) -> Position {
+        if horizon.seq > 0 {
+            Position::new(horizon.xid, horizon.seq - 1)
+        } else {
+            Position::new(horizon.xid - 1, i64::MAX)
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.xid, self.seq)
+    }
+}

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::file::{ExpectedDelivery, ExpectedEvent, ListExpectation, Match, TableExpectation};
+use crate::decimal::Decimal;
 use crate::diagnostics::{Position, did_you_mean};
 use crate::store::catalog::{ColumnInfo, ColumnType, TableInfo};
 use crate::store::convert::{self, parse_date, parse_timestamp};
@@ -67,14 +68,19 @@ pub fn same_value(column: Option<&ColumnInfo>, expected: &Value, actual: &Value)
         _ => None,
     };
     match column.ty {
-        ColumnType::Integer | ColumnType::Float | ColumnType::Numeric => {
-            match (number(expected), number(actual)) {
-                (Some(a), Some(b)) => {
-                    a == b || (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs())
-                }
-                _ => false,
+        // Exact values compare exactly: `1.50` is `1.5`, and
+        // 18446744073709551617 is not 18446744073709551616.
+        ColumnType::Integer | ColumnType::Numeric => match (decimal(expected), decimal(actual)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+        ColumnType::Float => match (decimal(expected), decimal(actual)) {
+            (Some(a), Some(b)) => {
+                let (a, b) = (a.to_f64(), b.to_f64());
+                a == b || (a - b).abs() <= f64::EPSILON * a.abs().max(b.abs())
             }
-        }
+            _ => false,
+        },
         ColumnType::Timestamp | ColumnType::TimestampTz => {
             match (
                 text(expected).and_then(|t| parse_timestamp(&t)),
@@ -109,18 +115,19 @@ pub fn same_value(column: Option<&ColumnInfo>, expected: &Value, actual: &Value)
     }
 }
 
-fn number(value: &Value) -> Option<f64> {
+/// A number, or a string holding one.
+fn decimal(value: &Value) -> Option<Decimal> {
     match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => Some(Decimal::of(n)),
+        Value::String(s) => Decimal::parse(s.trim()),
         _ => None,
     }
 }
 
-/// JSON equality where `1` equals `1.0`.
+/// JSON equality where numbers compare by value: `1` equals `1.0`.
 fn same_json(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Number(a), Value::Number(b)) => Decimal::of(a) == Decimal::of(b),
         (Value::Array(a), Value::Array(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_json(a, b))
         }
@@ -606,6 +613,18 @@ mod tests {
             &json!("72000.5"),
             &json!(72000.5)
         ));
+        let exact = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        assert!(!same_value(
+            Some(&column(ColumnType::Numeric)),
+            &exact("18446744073709551617"),
+            &exact("18446744073709551616")
+        ));
+        assert!(same_value(
+            Some(&column(ColumnType::Numeric)),
+            &exact("1e-400"),
+            &exact(&format!("0.{}1", "0".repeat(399)))
+        ));
+        assert!(!contains(&exact("[1e400]"), &exact("[1e401]")));
         assert!(same_value(
             Some(&column(ColumnType::Boolean)),
             &json!(true),

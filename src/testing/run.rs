@@ -17,6 +17,7 @@ use crate::diagnostics::{self, Diagnostic, Position};
 use crate::engine::{Engine, EngineConfig, PublishError};
 use crate::store::events::{self, EventFilter, Status};
 use crate::store::testbed::Testbed;
+use crate::store::views;
 use crate::store::{StoreError, example_platform_sql};
 
 /// The organization an event belongs to when neither it nor the file's
@@ -334,7 +335,9 @@ async fn run_on(
     let engine = Engine::start(store.clone(), generation, engine_config)
         .await
         .map_err(setup(case.position, "cannot start the engine".into()))?;
-    let published = publish_all(&engine, testbed, file, case, options.timeout).await;
+    let published = publish_all(&engine, file, case, options.timeout).await;
+    let lanes = engine.lanes();
+    let generation = engine.generation();
     engine.shutdown().await;
     published?;
 
@@ -342,17 +345,15 @@ async fn run_on(
         Failure::new(case.position, format!("cannot read the results: {error}"))
     };
     let mut tx = store.begin_read().await.map_err(read)?;
-    let deliveries = events::deliveries_with_status(&mut tx, None)
+    let mut all = events::list_events(&mut tx, &EventFilter::default(), i64::MAX)
         .await
         .map_err(read)?;
-    let mut emitted: Vec<_> = events::list_events(&mut tx, &EventFilter::default(), i64::MAX)
+    all.reverse();
+    let deliveries = views::deliveries(&mut tx, &generation, lanes, &all)
         .await
-        .map_err(read)?
-        .into_iter()
-        .filter(|e| e.parent_id.is_some())
-        .collect();
+        .map_err(read)?;
+    let emitted: Vec<_> = all.into_iter().filter(|e| e.parent_id.is_some()).collect();
     tx.rollback().await.map_err(read)?;
-    emitted.reverse();
 
     let mut failures = Vec::new();
     for expectation in &case.rows {
@@ -397,7 +398,6 @@ async fn run_sql_file(testbed: &Testbed, path: &Path, position: Position) -> Res
 /// Publishes the case's events one by one, each settled before the next.
 async fn publish_all(
     engine: &Engine,
-    testbed: &Testbed,
     file: &TestFile,
     case: &TestCase,
     timeout: Duration,
@@ -423,37 +423,47 @@ async fn publish_all(
                 ));
             }
         }
-        settle(testbed, timeout, *position).await?;
+        settle(engine, timeout, *position).await?;
     }
     Ok(())
 }
 
-/// Waits until no delivery is pending and every event is routed.
-async fn settle(testbed: &Testbed, timeout: Duration, position: Position) -> Result<(), Failure> {
+/// Waits until the lanes have read every event and no delivery is pending
+/// or retrying.
+async fn settle(engine: &Engine, timeout: Duration, position: Position) -> Result<(), Failure> {
     let started = Instant::now();
     loop {
-        match testbed.unfinished().await {
-            Ok(0) => return Ok(()),
+        match engine.backlog(1000).await {
+            Ok(backlog) if backlog.is_empty() => return Ok(()),
             Ok(_) if started.elapsed() < timeout => {
                 tokio::time::sleep(Duration::from_millis(10)).await
             }
-            Ok(_) => {
+            Ok(backlog) => {
                 let mut failure = Failure::new(
                     position,
                     format!("this event's deliveries had not finished after {timeout:?}"),
                 );
-                if let Ok(mut tx) = testbed.store.begin_read().await
-                    && let Ok(pending) =
-                        events::deliveries_with_status(&mut tx, Some(Status::Pending)).await
-                {
-                    for d in pending {
-                        failure.lines.push(Line::Actual(format!(
-                            "{} ({}): pending, attempt {}{}",
-                            d.integration,
-                            d.route_event,
-                            d.attempts,
-                            d.last_error.map(|e| format!(" — {e}")).unwrap_or_default()
-                        )));
+                for (integration, unread) in &backlog.unread {
+                    failure.lines.push(Line::Actual(format!(
+                        "{integration}: {unread} event(s) not reached yet"
+                    )));
+                }
+                if let Ok(mut tx) = engine.store().begin_read().await {
+                    for status in [Status::Pending, Status::Retrying] {
+                        if let Ok(open) =
+                            events::deliveries_with_status(&mut tx, Some(status)).await
+                        {
+                            for d in open {
+                                failure.lines.push(Line::Actual(format!(
+                                    "{} ({}): {}, attempt {}{}",
+                                    d.integration,
+                                    d.route_event,
+                                    d.status.as_str(),
+                                    d.attempts,
+                                    d.last_error.map(|e| format!(" — {e}")).unwrap_or_default()
+                                )));
+                            }
+                        }
                     }
                 }
                 return Err(failure);

@@ -154,7 +154,7 @@ on_both_databases! {
         db.settle(SETTLE).await;
         assert_eq!(db.count_where("integrations.events", "event_name = 'candidate.hired'").await, 1);
         assert_eq!(db.count("hris.employees").await, 1);
-        assert_eq!(db.count("integrations.deliveries").await, 3);
+        assert_eq!(db.deliveries(None).await.len(), 3);
 
         // An idempotency key names the event as well as an id does.
         let keyed = candidate_hired(ORGANIZATION, "keyed@acme.example");
@@ -322,26 +322,55 @@ on_both_databases! {
         engine.wake();
         db.settle(SETTLE).await;
         assert!(db.find("hris.employees", &[("email", json!("outbox@acme.example"))]).await.is_some());
-        assert_eq!(db.count_where("integrations.deliveries", "status = 'delivered'").await, 3);
+        assert_eq!(db.deliveries(Some(Status::Delivered)).await.len(), 3);
         engine.shutdown().await;
     }
 }
 
 on_both_databases! {
-    async fn disabled_integration_gets_no_deliveries_and_enabling_does_not_resurrect_them(db: TestDb) {
+    async fn disabling_skips_retrying_deliveries_and_new_events_and_enabling_resurrects_nothing(db: TestDb) {
         db.seed().await;
         let engine = db.engine().await;
+        // A delivery that failed and waits an hour for its retry.
+        let parked = db
+            .park_delivery(
+                &candidate_hired(ORGANIZATION, "retrying@acme.example"),
+                "recruitiq-to-paylinq",
+                "paylinq",
+                chrono::Utc::now() + chrono::Duration::hours(1),
+            )
+            .await;
         let changed = engine.set_enabled_pair("recruitiq", "paylinq", false).await.unwrap();
         assert_eq!(changed, ["recruitiq-to-paylinq"]);
         assert!(!engine.is_enabled("recruitiq-to-paylinq"));
+        // Disabling skips the retrying delivery at once, with the reason.
+        let skipped = db.deliveries(Some(Status::Skipped)).await;
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].id, parked);
+        assert!(skipped[0].last_error.as_deref().unwrap().contains("was disabled"), "{skipped:?}");
+
+        // An event published while disabled is skipped too.
         engine.publish_json(&candidate_hired(ORGANIZATION, "paused@acme.example"), None).await.unwrap();
         db.settle(SETTLE).await;
-        assert_eq!(db.count_where("integrations.deliveries", "integration_id = 'recruitiq-to-paylinq'").await, 0);
+        let paylinq: Vec<_> = db
+            .deliveries(None)
+            .await
+            .into_iter()
+            .filter(|d| d.integration == "recruitiq-to-paylinq")
+            .collect();
+        assert_eq!(paylinq.len(), 2, "{paylinq:?}");
+        assert!(paylinq.iter().all(|d| d.status == Status::Skipped), "{paylinq:?}");
         assert_eq!(db.count("payroll.new_hires").await, 0);
 
+        // Published while disabled and enabled at once, before any worker
+        // saw it: still skipped.
+        engine.set_enabled("recruitiq-to-paylinq", false).await.unwrap();
+        engine.publish_json(&candidate_hired(ORGANIZATION, "racing@acme.example"), None).await.unwrap();
         engine.set_enabled("recruitiq-to-paylinq", true).await.unwrap();
         db.settle(SETTLE).await;
         assert_eq!(db.count("payroll.new_hires").await, 0, "nothing is resurrected");
+        assert_eq!(db.deliveries(Some(Status::Skipped)).await.len(), 3);
+
         engine.publish_json(&candidate_hired(ORGANIZATION, "later@acme.example"), None).await.unwrap();
         db.settle(SETTLE).await;
         assert_eq!(db.count("payroll.new_hires").await, 1);
@@ -355,42 +384,11 @@ on_both_databases! {
     }
 }
 
-/// Stores a `count.recorded` event with a pending delivery for `counts`,
-/// due at `due`, without any engine running.
+/// Stores a `count.recorded` event with a delivery for `counts` retrying
+/// at `due`, without any engine running.
 async fn pending_count_delivery(db: &TestDb, due: chrono::DateTime<chrono::Utc>) {
-    use busbar::store::events::{NewDelivery, NewEvent, insert_deliveries, insert_events};
-    use busbar::store::types::Time;
-    let envelope =
-        busbar::envelope::Envelope::from_json(&count_event("late", json!(1), "")).unwrap();
-    let mut tx = db.store.begin().await.unwrap();
-    insert_events(
-        &mut tx,
-        &[NewEvent {
-            envelope: envelope.clone(),
-            idempotency_key: None,
-            parent_id: None,
-        }],
-        Time::now(),
-    )
-    .await
-    .unwrap();
-    insert_deliveries(
-        &mut tx,
-        &[NewDelivery {
-            id: Uuid::now_v7(),
-            event_id: envelope.id,
-            organization_id: ORGANIZATION,
-            integration_id: "counts".into(),
-            route_event: "count.recorded".into(),
-            route_ordinal: 0,
-            source_product: "tally".into(),
-            target_product: "test".into(),
-        }],
-        Time(due),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    db.park_delivery(&count_event("late", json!(1), ""), "counts", "test", due)
+        .await;
 }
 
 fn other_integration() -> tempfile::TempDir {
@@ -427,14 +425,14 @@ on_both_databases! {
         assert!(reason.contains("integration `counts` was removed from the configuration (generation 2)"), "{reason}");
         engine.shutdown().await;
 
-        // A worker that meets a delivery for an integration it does not know
-        // skips it too.
+        // A process that does not define an integration (say, one still on
+        // an older configuration during a rolling restart) leaves its
+        // deliveries alone: it neither runs nor skips them.
         pending_count_delivery(&db, chrono::Utc::now()).await;
         let engine = db.engine_on(other.path(), None).await;
         db.settle(SETTLE).await;
-        let skipped = db.deliveries(Some(Status::Skipped)).await;
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
-        assert!(skipped.iter().all(|d| d.last_error.as_deref().unwrap().contains("integration `counts`")));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(db.count_where("integrations.deliveries", "status = 'retrying'").await, 1);
         assert_eq!(db.count("test.counts").await, 0);
         engine.shutdown().await;
     }

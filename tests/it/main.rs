@@ -1,6 +1,9 @@
 //! busbar's integration tests: one test binary, one module per feature.
 //!
 //! - `api`: the HTTP API over a real socket, on SQLite and PostgreSQL.
+//! - `api_hardening`: what the API tells producers instead of ignoring
+//!   (repeated ids and keys, `routed`, strict contracts) and its defences
+//!   around request ids and keys (failed-authentication limit, dev key).
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `console`: the operations console over HTTP (sessions, CSRF,
 //!   organization scoping); `tests/browser.rs` drives it in Chromium.
@@ -9,13 +12,21 @@
 //! - `robustness`: the loader and compiler never panic, whatever the input.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
+//! - `ordering`: delivery v2's order per key under publishers, workers,
+//!   random transient failures and killed processes; parked keys; the
+//!   outbox's late commits; pause and resume.
+//! - `values`: values that do not fit their column are refused, never
+//!   truncated or rounded; numbers keep every digit.
 
 mod api;
+mod api_hardening;
 mod config_tests;
 mod console;
 mod crash;
 mod engine;
 mod language;
+mod ordering;
 mod reload;
 mod robustness;
 mod support;
+mod values;

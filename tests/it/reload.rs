@@ -117,7 +117,7 @@ on_both_databases! {
 
         assert_eq!(db.find("test.notes", &[("name", json!("a"))]).await.unwrap()["note"], "before");
         assert_eq!(db.find("test.notes", &[("name", json!("b"))]).await.unwrap()["note"], "after");
-        assert_eq!(db.count_where("integrations.deliveries", "status = 'delivered'").await, 2);
+        assert_eq!(db.deliveries(Some(Status::Delivered)).await.len(), 2);
         shutdown.cancel();
         engine.shutdown().await;
     }
@@ -173,33 +173,8 @@ on_both_databases! {
         std::fs::write(&doomed, integration("doomed", "note.added", "doomed")).unwrap();
         let (engine, reloader, shutdown) = setup(&db, dir.path()).await;
         // A delivery for `doomed` waiting for a retry far in the future.
-        {
-            use busbar::store::events::{NewDelivery, NewEvent, insert_deliveries, insert_events};
-            use busbar::store::types::Time;
-            let envelope = busbar::envelope::Envelope::from_json(&note_event("note.added", "parked")).unwrap();
-            let mut tx = db.store.begin().await.unwrap();
-            insert_events(&mut tx, &[NewEvent { envelope: envelope.clone(), idempotency_key: None, parent_id: None }], Time::now())
-                .await
-                .unwrap();
-            let far = chrono::Utc::now() + chrono::Duration::days(365);
-            insert_deliveries(
-                &mut tx,
-                &[NewDelivery {
-                    id: uuid::Uuid::now_v7(),
-                    event_id: envelope.id,
-                    organization_id: envelope.organization_id,
-                    integration_id: "doomed".into(),
-                    route_event: "note.added".into(),
-                    route_ordinal: 0,
-                    source_product: "tally".into(),
-                    target_product: "test".into(),
-                }],
-                Time(far),
-            )
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
-        }
+        let far = chrono::Utc::now() + chrono::Duration::days(365);
+        db.park_delivery(&note_event("note.added", "parked"), "doomed", "test", far).await;
 
         std::fs::remove_file(&doomed).unwrap();
         live(&reloader, 2).await;

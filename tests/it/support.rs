@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use sqlx::{AssertSqlSafe, Connection};
 
+use busbar::compile::Generation;
 use busbar::compile::ident::{Ident, TableName};
 use busbar::engine::{Engine, EngineConfig};
 use busbar::mapping::Executor;
 use busbar::store::events::{self, DeliveryView, Status};
 use busbar::store::target::TargetExecutor;
+use busbar::store::views;
 use busbar::store::{Dialect, Store};
 
 /// Runs a test body against SQLite and against PostgreSQL, as two tests
@@ -60,6 +62,9 @@ pub struct TestDb {
     /// For PostgreSQL: the server URL to administer from, and the database name.
     admin: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
+    /// The last engine started on this database: `settle` and
+    /// `deliveries` see the integrations through it.
+    engine: std::sync::Mutex<Option<Engine>>,
 }
 
 impl TestDb {
@@ -73,6 +78,7 @@ impl TestDb {
             url,
             admin: None,
             _dir: Some(dir),
+            engine: Default::default(),
         }
     }
 
@@ -98,6 +104,7 @@ impl TestDb {
             url,
             admin: Some((admin_url, name)),
             _dir: None,
+            engine: Default::default(),
         }
     }
 
@@ -172,43 +179,234 @@ impl TestDb {
         row.map(|r| r.columns)
     }
 
+    /// Every delivery (rows, and those inferred from the lanes) of the last
+    /// engine's integrations, oldest event first; `status` filters.
     pub async fn deliveries(&self, status: Option<Status>) -> Vec<DeliveryView> {
+        let generation = self.current().generation();
+        self.deliveries_for(&generation, status).await
+    }
+
+    /// Every delivery of `generation`'s integrations; `status` filters.
+    pub async fn deliveries_for(
+        &self,
+        generation: &Generation,
+        status: Option<Status>,
+    ) -> Vec<DeliveryView> {
         let mut tx = self.store.begin_read().await.expect("read transaction");
-        let rows = events::deliveries_with_status(&mut tx, status)
+        let mut all = events::list_events(&mut tx, &events::EventFilter::default(), i64::MAX)
+            .await
+            .expect("events");
+        all.reverse();
+        let lanes = busbar::store::log::lanes_for(self.dialect());
+        let rows = views::deliveries(&mut tx, generation, lanes, &all)
             .await
             .expect("deliveries");
         tx.rollback().await.ok();
-        rows
+        rows.into_iter()
+            .filter(|d| status.is_none_or(|s| d.status == s))
+            .collect()
     }
 
-    /// Waits until no delivery is pending (and the outbox is routed), or
-    /// fails after `timeout`.
+    fn current(&self) -> Engine {
+        self.engine
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("an engine was started on this database")
+    }
+
+    /// Waits until the last engine's lanes have read every event and no
+    /// delivery is pending or retrying, or fails after `timeout`.
     pub async fn settle(&self, timeout: Duration) {
+        let generation = self.current().generation();
+        self.settle_for(&generation, timeout).await;
+    }
+
+    /// Waits until `generation`'s lanes have read every event and no
+    /// delivery is pending or retrying (for a `busbar serve` started as a
+    /// process), or fails after `timeout`.
+    pub async fn settle_for(&self, generation: &Generation, timeout: Duration) {
         let start = Instant::now();
         loop {
-            // One statement, so both counts come from the same snapshot: two
-            // queries could see the outbox empty and no deliveries yet.
-            let unfinished = self
-                .scalar(
-                    "SELECT (SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending') \
-                          + (SELECT COUNT(*) FROM integrations.events WHERE processed_at IS NULL)",
-                )
-                .await;
-            if unfinished == 0 {
+            let backlog = views::backlog(&self.store, generation, 10_000)
+                .await
+                .expect("backlog");
+            if backlog.is_empty() {
                 return;
             }
-            let pending = self
-                .count_where("integrations.deliveries", "status = 'pending'")
-                .await;
-            let unrouted = self
-                .count_where("integrations.events", "processed_at IS NULL")
-                .await;
             assert!(
                 start.elapsed() < timeout,
-                "{pending} deliveries still pending and {unrouted} events unrouted after {timeout:?}"
+                "not finished after {timeout:?}: {backlog:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stores `event` and a delivery of it through `integration`'s route
+    /// for its event name, retrying at `due` after a failure, without any
+    /// engine running (as a delivery that failed before a restart would
+    /// be). The event goes past the lane's cursor, so only the row runs it.
+    pub async fn park_delivery(
+        &self,
+        event: &Value,
+        integration: &str,
+        target: &str,
+        due: chrono::DateTime<chrono::Utc>,
+    ) -> uuid::Uuid {
+        use busbar::store::events::NewEvent;
+        use busbar::store::lanes::{self, DeliveryRow};
+        use busbar::store::log;
+        use busbar::store::types::{Position, Time};
+        let envelope = busbar::envelope::Envelope::from_json(event).expect("a valid event");
+        let mut tx = self.store.begin().await.expect("transaction");
+        log::append(
+            &mut tx,
+            &[NewEvent {
+                envelope: envelope.clone(),
+                idempotency_key: None,
+                parent_id: None,
+            }],
+            Time::now(),
+        )
+        .await
+        .expect("event stored");
+        let id = busbar::engine::delivery_id(
+            envelope.organization_id,
+            envelope.id,
+            integration,
+            &envelope.event,
+            0,
+        );
+        // The lanes have passed the event (as they had when the delivery
+        // failed): only its row runs it.
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "SELECT xid, seq FROM integrations.events WHERE organization_id = $1 AND id = $2"
+            }
+            Dialect::Sqlite => {
+                "SELECT xid, seq FROM \"integrations.events\" WHERE organization_id = ?1 AND id = ?2"
+            }
+        };
+        let (xid, seq): (i64, i64) = match &mut tx {
+            busbar::store::DbTx::Postgres(conn) => sqlx::query_as(sql)
+                .bind(envelope.organization_id)
+                .bind(envelope.id)
+                .fetch_one(&mut **conn)
+                .await
+                .expect("position"),
+            busbar::store::DbTx::Sqlite(conn) => sqlx::query_as(sql)
+                .bind(envelope.organization_id.to_string())
+                .bind(envelope.id.to_string())
+                .fetch_one(&mut **conn)
+                .await
+                .expect("position"),
+        };
+        let position = Position::new(xid, seq);
+        let advance = match self.dialect() {
+            Dialect::Postgres => {
+                "UPDATE integrations.lanes SET cursor_xid = $2, cursor_seq = $3 \
+                WHERE integration_id = $1 AND (cursor_xid, cursor_seq) < ($2, $3)"
+            }
+            Dialect::Sqlite => {
+                "UPDATE \"integrations.lanes\" SET cursor_xid = ?2, cursor_seq = ?3 \
+                WHERE integration_id = ?1 AND (cursor_xid, cursor_seq) < (?2, ?3)"
+            }
+        };
+        match &mut tx {
+            busbar::store::DbTx::Postgres(conn) => sqlx::query(advance)
+                .bind(integration)
+                .bind(xid)
+                .bind(seq)
+                .execute(&mut **conn)
+                .await
+                .map(|_| ())
+                .expect("lanes advanced"),
+            busbar::store::DbTx::Sqlite(conn) => sqlx::query(advance)
+                .bind(integration)
+                .bind(xid)
+                .bind(seq)
+                .execute(&mut **conn)
+                .await
+                .map(|_| ())
+                .expect("lanes advanced"),
+        };
+        lanes::write_rows(
+            &mut tx,
+            &[DeliveryRow {
+                id,
+                event_id: envelope.id,
+                organization_id: envelope.organization_id,
+                integration_id: integration.into(),
+                route_event: envelope.event.clone(),
+                route_ordinal: 0,
+                source_product: envelope.source.clone(),
+                target_product: target.into(),
+                status: Status::Retrying,
+                attempts: 1,
+                next_attempt_at: Time(due),
+                last_error: Some("connection lost (made by the test)".into()),
+                error_step: Some(1),
+                generation: Some(1),
+                lane: 0,
+                order_key: Some(envelope.organization_id.to_string()),
+                position,
+                epoch: 0,
+            }],
+            false,
+            Time::now(),
+        )
+        .await
+        .expect("delivery stored");
+        tx.commit().await.expect("commit");
+        id
+    }
+
+    /// Makes the example platform refuse every employee and new hire whose
+    /// email starts with `dead` (a trigger raising `boom`): a poison the
+    /// engine dead-letters at step 2 of the shipped integrations, as a
+    /// permanent failure. [`TestDb::cure`] takes it away.
+    pub async fn poison(&self) {
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "CREATE FUNCTION public.test_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.email LIKE 'dead%' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$; \
+                 CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON hris.employees \
+                   FOR EACH ROW EXECUTE FUNCTION public.test_boom(); \
+                 CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON payroll.new_hires \
+                   FOR EACH ROW EXECUTE FUNCTION public.test_boom();"
+            }
+            Dialect::Sqlite => {
+                "CREATE TRIGGER boom_employees BEFORE INSERT ON \"hris.employees\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END; \
+                 CREATE TRIGGER boom_employees_update BEFORE UPDATE ON \"hris.employees\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END; \
+                 CREATE TRIGGER boom_new_hires BEFORE INSERT ON \"payroll.new_hires\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END; \
+                 CREATE TRIGGER boom_new_hires_update BEFORE UPDATE ON \"payroll.new_hires\" \
+                   WHEN NEW.email LIKE 'dead%' BEGIN SELECT RAISE(ABORT, 'boom'); END;"
+            }
+        };
+        self.store
+            .execute_script(sql)
+            .await
+            .expect("poison installed");
+    }
+
+    /// Takes away [`TestDb::poison`].
+    pub async fn cure(&self) {
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "DROP TRIGGER boom ON hris.employees; DROP TRIGGER boom ON payroll.new_hires;"
+            }
+            Dialect::Sqlite => {
+                "DROP TRIGGER boom_employees; DROP TRIGGER boom_employees_update; \
+                 DROP TRIGGER boom_new_hires; DROP TRIGGER boom_new_hires_update;"
+            }
+        };
+        self.store
+            .execute_script(sql)
+            .await
+            .expect("poison removed");
     }
 
     /// Starts an engine on the shipped integrations.
@@ -237,9 +435,11 @@ impl TestDb {
         let mut config = EngineConfig::for_dialect(self.dialect());
         config.poll_interval = Duration::from_millis(50);
         tune(&mut config);
-        Engine::start(self.store.clone(), generation, config)
+        let engine = Engine::start(self.store.clone(), generation, config)
             .await
-            .expect("engine starts")
+            .expect("engine starts");
+        *self.engine.lock().unwrap() = Some(engine.clone());
+        engine
     }
 }
 

@@ -1,0 +1,866 @@
+//! One lane's transaction: lock the lane, take its due rows and its new
+//! events, run their routes, and commit the writes, the exception rows, the
+//! emitted events and the cursor together (ARCHITECTURE.md, "Delivery
+//! (v2)").
+//!
+//! The deliveries of a batch are run in up to three ways, inside one
+//! transaction that holds the lane's lock throughout:
+//!
+//! 1. **Lockstep** (the fast path): every route at once; their database
+//!    calls are gathered and executed as a few set-based statements
+//!    ([`crate::store::batch`]).
+//! 2. **Sequential**: one delivery after another, when lockstep found two
+//!    deliveries touching the same row.
+//! 3. **Safe**: one delivery after another, each in a savepoint, when a
+//!    delivery failed, skipped after writing, or panicked. Only here does a
+//!    failure block its key for the rest of the batch.
+//!
+//! Each way runs inside the savepoint `batch`, rolled back before the next
+//! way is tried.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::{Shared, State, retry};
+use crate::compile::{Generation, Integration, OnDead, Route};
+use crate::envelope::Envelope;
+use crate::mapping::{EventInput, RouteError, RouteOutcome, run_route};
+use crate::store::batch::{self, Accesses, BatchedExecutor, SharedQueue};
+use crate::store::events::{NewEvent, Status};
+use crate::store::lanes::{self, DeliveryRow};
+use crate::store::log;
+use crate::store::target::{Emitted, TargetExecutor};
+use crate::store::types::{Position, Time};
+use crate::store::{DbTx, Dialect, StoreError};
+
+/// Namespace for delivery ids: `uuid5(organization/event/integration/route)`.
+const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d64_656c_6976_6572_7921);
+
+/// Namespace for the ids of emitted events: `uuid5(delivery id + step)`,
+/// so the same delivery step always emits the same event id.
+const EMIT_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d65_6d69_742d_6576_656e);
+
+/// A lane: an integration and one of its lanes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct LaneId {
+    pub integration: std::sync::Arc<str>,
+    pub lane: i32,
+}
+
+impl std::fmt::Display for LaneId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.integration, self.lane)
+    }
+}
+
+/// What a lane's visit found.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Visit {
+    /// There is more to do at once.
+    pub more: bool,
+    /// The earliest retry that is waiting.
+    pub due: Option<Time>,
+}
+
+/// What a lane remembers between visits without writing it: how far it has
+/// read past its stored cursor when nothing matched.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Memory {
+    /// The stored cursor when `scanned` was reached.
+    pub stored: Position,
+    pub scanned: Position,
+    /// When the stored cursor was last written.
+    pub written: Option<Instant>,
+}
+
+/// The id of a delivery: the same whether or not it has a row.
+pub fn delivery_id(
+    organization: Uuid,
+    event: Uuid,
+    integration: &str,
+    route_event: &str,
+    ordinal: usize,
+) -> Uuid {
+    Uuid::new_v5(
+        &DELIVERY_NAMESPACE,
+        format!("{organization}/{event}/{integration}/{route_event}/{ordinal}").as_bytes(),
+    )
+}
+
+/// One delivery of a batch.
+struct Item<'g> {
+    event: Envelope,
+    position: Position,
+    route: &'g Route,
+    key: String,
+    /// Its row, when it has one.
+    row: Option<DeliveryRow>,
+    id: Uuid,
+    plan: Plan,
+}
+
+/// Whether an item runs.
+#[derive(Debug, Clone)]
+enum Plan {
+    Run,
+    /// Recorded without running.
+    Decided(Result_),
+}
+
+/// How a delivery ended in this batch.
+#[derive(Debug, Clone)]
+enum Result_ {
+    Delivered,
+    Skipped(String),
+    Retry {
+        error: String,
+        step: Option<usize>,
+        at: Time,
+    },
+    Dead {
+        error: String,
+        step: Option<usize>,
+    },
+    /// Not run: its key is blocked. Waits as a `pending` row.
+    Queued,
+}
+
+impl Result_ {
+    /// The status it leaves the delivery in (`None`: unchanged, queued).
+    fn status(&self) -> Option<Status> {
+        match self {
+            Result_::Delivered => Some(Status::Delivered),
+            Result_::Skipped(_) => Some(Status::Skipped),
+            Result_::Retry { .. } => Some(Status::Retrying),
+            Result_::Dead { .. } => Some(Status::Dead),
+            Result_::Queued => None,
+        }
+    }
+}
+
+/// What running one delivery gave.
+struct Done {
+    result: Result_,
+    emitted: Vec<NewEvent>,
+    /// Its writes must be undone (a failure, or a skip after a write).
+    undo: bool,
+}
+
+/// Visits a lane once: one transaction.
+pub(crate) async fn visit(
+    shared: &Shared,
+    lane: &LaneId,
+    memory: &mut Memory,
+) -> Result<Visit, StoreError> {
+    let generation = shared.generation.load_full();
+    let Some(integration) = generation.integration(&lane.integration) else {
+        return Ok(Visit::default());
+    };
+    if !shared.defines(integration) {
+        return Ok(Visit::default());
+    }
+    let status = shared.state_of(&generation, integration);
+    if status.state == State::Paused {
+        return Ok(Visit::default());
+    }
+    let batch_size = shared.config.batch_size.max(1);
+    let mut tx = shared.store.begin().await?;
+    if tx.dialect() == Dialect::Postgres {
+        // A row locked by someone else fails its statement after a second
+        // (the batch then runs one delivery at a time, and only the blocked
+        // one retries); nothing runs away.
+        tx.run("SET LOCAL lock_timeout = '1s'").await?;
+        tx.run("SET LOCAL statement_timeout = '60s'").await?;
+    }
+    let Some(row) = lanes::lock(&mut tx, &lane.integration, lane.lane).await? else {
+        tx.rollback().await?;
+        // Worked elsewhere (another worker or process): whoever holds it
+        // will see what is there.
+        return Ok(Visit::default());
+    };
+    let horizon = log::horizon(&mut tx).await?;
+    let now = Time::now();
+    let start = if memory.stored == row.cursor && memory.scanned > row.cursor {
+        memory.scanned
+    } else {
+        row.cursor
+    };
+    let dead_blocks = integration.on_dead == OnDead::Block;
+    let disabled = status.state == State::Disabled;
+
+    // 1. The lane's open rows: due ones run first, in position order.
+    let open = lanes::open_rows(
+        &mut tx,
+        &lane.integration,
+        lane.lane,
+        dead_blocks,
+        batch_size as i64,
+    )
+    .await?;
+    let mut blocked: HashSet<String> = if open.len() >= batch_size {
+        lanes::blocked_keys(&mut tx, &lane.integration, lane.lane, dead_blocks).await?
+    } else {
+        HashSet::new()
+    };
+    let mut due: Option<Time> = None;
+    let mut items: Vec<Item<'_>> = Vec::new();
+    let mut held: HashSet<String> = HashSet::new();
+    for open_row in open {
+        let row = open_row.row;
+        let key = row
+            .order_key
+            .clone()
+            .unwrap_or_else(|| format!("legacy:{}", row.id));
+        blocked.insert(key.clone());
+        if held.contains(&key) {
+            continue;
+        }
+        let waiting = match row.status {
+            Status::Dead => true,
+            Status::Retrying if row.next_attempt_at > now && !disabled => {
+                due = Some(due.map_or(row.next_attempt_at, |d| d.min(row.next_attempt_at)));
+                true
+            }
+            _ => false,
+        };
+        if waiting {
+            held.insert(key);
+            continue;
+        }
+        let Some(route) = route_of(integration, &row.route_event, row.route_ordinal as usize)
+        else {
+            let reason = format!(
+                "integration `{}` no longer routes `{}` (generation {})",
+                integration.id, row.route_event, generation.number
+            );
+            items.push(Item {
+                event: open_row.event,
+                position: row.position,
+                route: &integration.routes[0],
+                key,
+                id: row.id,
+                row: Some(row),
+                plan: Plan::Decided(Result_::Skipped(reason)),
+            });
+            continue;
+        };
+        let plan = decide(integration, &status, row.position, disabled);
+        items.push(Item {
+            event: open_row.event,
+            position: row.position,
+            route,
+            key,
+            id: row.id,
+            row: Some(row),
+            plan,
+        });
+    }
+
+    // 2. New events after the cursor, below the horizon.
+    let room = batch_size.saturating_sub(items.len()).max(1) as i64;
+    let filter = shared.lane_filter(integration, lane.lane);
+    let read = log::read_lane(&mut tx, &filter, start, horizon, room).await?;
+    let full = read.len() as i64 >= room;
+    let new_cursor = match read.last() {
+        Some(last) if full => last.position,
+        _ => Position::below(horizon).max(start),
+    };
+    let first_new = items.len();
+    for event in read {
+        let key = integration.order_by.key_of(&event.envelope);
+        for route in integration
+            .routes
+            .iter()
+            .filter(|r| r.on == event.envelope.event)
+        {
+            let id = delivery_id(
+                event.envelope.organization_id,
+                event.envelope.id,
+                &integration.id,
+                &route.on,
+                route.ordinal,
+            );
+            let plan = if blocked.contains(&key) && !disabled {
+                Plan::Decided(Result_::Queued)
+            } else {
+                decide(integration, &status, event.position, disabled)
+            };
+            items.push(Item {
+                event: event.envelope.clone(),
+                position: event.position,
+                route,
+                key: key.clone(),
+                row: None,
+                id,
+                plan,
+            });
+        }
+    }
+
+    if items.is_empty() {
+        // Nothing matched: remember how far the lane read, and write the
+        // cursor only now and then (losing it costs a rescan, nothing else).
+        let stale = memory.written.is_none_or(|t| t.elapsed().as_secs() >= 5);
+        if new_cursor > row.cursor && stale {
+            lanes::advance(&mut tx, &lane.integration, lane.lane, new_cursor, 0, now).await?;
+            if tx.dialect() == Dialect::Postgres {
+                tx.run("SET LOCAL synchronous_commit = off").await?;
+            }
+            tx.commit().await?;
+            *memory = Memory {
+                stored: new_cursor,
+                scanned: new_cursor,
+                written: Some(Instant::now()),
+            };
+        } else {
+            tx.rollback().await?;
+            *memory = Memory {
+                stored: row.cursor,
+                scanned: new_cursor.max(row.cursor),
+                written: memory.written,
+            };
+        }
+        return Ok(Visit { more: full, due });
+    }
+
+    // 3. Run.
+    tx.run("SAVEPOINT batch").await?;
+    let mut results = match run_lockstep(shared, &generation, integration, &mut tx, &items).await? {
+        Attempt::Done(results) => Some(results),
+        Attempt::Undo => None,
+        Attempt::Conflict => {
+            tx.run("ROLLBACK TO SAVEPOINT batch").await?;
+            match run_sequential(shared, &generation, integration, &mut tx, &items, false).await? {
+                Attempt::Done(results) => Some(results),
+                _ => None,
+            }
+        }
+    };
+    if results.is_none() {
+        tx.run("ROLLBACK TO SAVEPOINT batch").await?;
+        results =
+            match run_sequential(shared, &generation, integration, &mut tx, &items, true).await? {
+                Attempt::Done(results) => Some(results),
+                _ => None,
+            };
+    }
+    let Some(results) = results else {
+        // Safe mode cannot give up; this is a bug. Leave everything as it was.
+        tx.rollback().await?;
+        return Err(StoreError::Invalid(
+            "internal error: safe mode gave up".into(),
+        ));
+    };
+    tx.run("RELEASE SAVEPOINT batch").await?;
+
+    // 4. Record: rows for the exceptions, emitted events, the cursor.
+    // Rows of deliveries that had one (updated) and of new events (made).
+    let mut rows = Vec::new();
+    let mut new_rows = Vec::new();
+    let mut emitted = Vec::new();
+    let mut delivered_first_pass = 0i64;
+    let mut delivered_by_org: HashMap<Uuid, i64> = HashMap::new();
+    let mut report: Vec<(Uuid, Uuid, String, Status)> = Vec::new();
+    for (index, (item, done)) in items.iter().zip(results).enumerate() {
+        let is_new = index >= first_new;
+        emitted.extend(done.emitted);
+        let attempts = item.row.as_ref().map_or(0, |r| r.attempts);
+        let base = |status: Status| DeliveryRow {
+            id: item.id,
+            event_id: item.event.id,
+            organization_id: item.event.organization_id,
+            integration_id: integration.id.clone(),
+            route_event: item.route.on.clone(),
+            route_ordinal: item.route.ordinal as i32,
+            source_product: integration.source.clone(),
+            target_product: integration.target.clone(),
+            status,
+            attempts: attempts + 1,
+            next_attempt_at: now,
+            last_error: item.row.as_ref().and_then(|r| r.last_error.clone()),
+            error_step: item.row.as_ref().and_then(|r| r.error_step),
+            generation: Some(generation.number as i64),
+            lane: lane.lane,
+            order_key: Some(item.key.clone()),
+            position: item.position,
+            epoch: item.row.as_ref().map_or(0, |r| r.epoch),
+        };
+        if let Some(status) = done.result.status() {
+            report.push((item.id, item.event.id, integration.id.clone(), status));
+        }
+        match done.result {
+            Result_::Delivered => {
+                *delivered_by_org
+                    .entry(item.event.organization_id)
+                    .or_default() += 1;
+                if is_new {
+                    delivered_first_pass += 1;
+                } else {
+                    rows.push(base(Status::Delivered));
+                }
+            }
+            Result_::Skipped(reason) => {
+                rows.push(DeliveryRow {
+                    last_error: Some(reason),
+                    error_step: None,
+                    ..base(Status::Skipped)
+                });
+            }
+            Result_::Retry { error, step, at } => {
+                rows.push(DeliveryRow {
+                    next_attempt_at: at,
+                    last_error: Some(error),
+                    error_step: step.map(|s| s as i32 + 1),
+                    ..base(Status::Retrying)
+                });
+                due = Some(due.map_or(at, |d| d.min(at)));
+            }
+            Result_::Dead { error, step } => {
+                tracing::warn!(delivery = %item.id, integration = %integration.id, event = %item.event.id, %error, "delivery dead-lettered");
+                rows.push(DeliveryRow {
+                    last_error: Some(error),
+                    error_step: step.map(|s| s as i32 + 1),
+                    ..base(Status::Dead)
+                });
+            }
+            Result_::Queued => {
+                if item.row.is_none() {
+                    rows.push(DeliveryRow {
+                        attempts: 0,
+                        ..base(Status::Pending)
+                    });
+                }
+            }
+        }
+    }
+    if !emitted.is_empty() {
+        let stored = log::append(&mut tx, &emitted, now).await?;
+        let _ = stored;
+    }
+    let first_new_ids: HashSet<Uuid> = items[first_new..].iter().map(|i| i.id).collect();
+    let (made, updated): (Vec<DeliveryRow>, Vec<DeliveryRow>) = rows
+        .into_iter()
+        .partition(|r| first_new_ids.contains(&r.id));
+    new_rows.extend(made);
+    lanes::write_rows(&mut tx, &updated, false, now).await?;
+    lanes::write_rows(&mut tx, &new_rows, true, now).await?;
+    let delivered: Vec<(Uuid, i64)> = delivered_by_org.into_iter().collect();
+    lanes::count_delivered(&mut tx, &integration.id, &delivered, now).await?;
+    let cursor = new_cursor.max(row.cursor);
+    lanes::advance(
+        &mut tx,
+        &lane.integration,
+        lane.lane,
+        cursor,
+        delivered_first_pass,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    *memory = Memory {
+        stored: cursor,
+        scanned: cursor,
+        written: Some(Instant::now()),
+    };
+    if !emitted.is_empty() {
+        shared.log_grew();
+    }
+    let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
+    for (_, _, integration, status) in &report {
+        crate::telemetry::delivery_finished(integration, *status, elapsed);
+    }
+    shared.report(&report);
+    // A head that finished lets the rows queued behind it run now.
+    let progressed = items
+        .iter()
+        .take(first_new)
+        .any(|item| matches!(item.plan, Plan::Run | Plan::Decided(Result_::Skipped(_))));
+    Ok(Visit {
+        more: full || progressed,
+        due,
+    })
+}
+
+/// Whether an item runs, before looking at its key: a disabled
+/// integration skips everything; events published while it was disabled
+/// are skipped after it is enabled again.
+fn decide(
+    integration: &Integration,
+    status: &super::IntegrationStatus,
+    position: Position,
+    disabled: bool,
+) -> Plan {
+    if disabled {
+        return Plan::Decided(Result_::Skipped(format!(
+            "integration `{}` is disabled",
+            integration.id
+        )));
+    }
+    if let Some(skip) = status.skip_before
+        && position < skip
+    {
+        return Plan::Decided(Result_::Skipped(format!(
+            "published while integration `{}` was disabled",
+            integration.id
+        )));
+    }
+    Plan::Run
+}
+
+fn route_of<'g>(integration: &'g Integration, event: &str, ordinal: usize) -> Option<&'g Route> {
+    integration
+        .routes
+        .iter()
+        .filter(|r| r.on == event)
+        .nth(ordinal)
+}
+
+/// How one way of running a batch ended.
+enum Attempt {
+    /// Every item has its result, in order.
+    Done(Vec<Done>),
+    /// A delivery's writes must be undone: run again with savepoints.
+    Undo,
+    /// Two deliveries touched the same row: run again one after another.
+    Conflict,
+}
+
+type RouteFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<RouteOutcome, RouteError<StoreError>>> + Send + 'a>>;
+
+/// Runs every item at once, its database calls flushed together.
+async fn run_lockstep(
+    shared: &Shared,
+    generation: &Generation,
+    integration: &Integration,
+    tx: &mut DbTx,
+    items: &[Item<'_>],
+) -> Result<Attempt, StoreError> {
+    // One input per event, shared by its deliveries (cheap to clone).
+    let mut by_event: HashMap<(Uuid, Uuid), EventInput> = HashMap::new();
+    let inputs: Vec<EventInput> = items
+        .iter()
+        .map(|item| {
+            by_event
+                .entry((item.event.organization_id, item.event.id))
+                .or_insert_with(|| EventInput::new(&item.event))
+                .clone()
+        })
+        .collect();
+    let queue: SharedQueue = Default::default();
+    let mut executors: Vec<BatchedExecutor> = (0..items.len())
+        .map(|i| BatchedExecutor::new(queue.clone(), i))
+        .collect();
+    let mut runs: Vec<Option<Result<RouteOutcome, RouteError<StoreError>>>> = Vec::new();
+    runs.resize_with(items.len(), || None);
+    let mut accesses = Accesses::default();
+    let flushed = {
+        let mut futures: Vec<Option<RouteFuture<'_>>> = items
+            .iter()
+            .zip(&inputs)
+            .zip(executors.iter_mut())
+            .map(|((item, input), executor)| match item.plan {
+                Plan::Decided(_) => None,
+                Plan::Run => {
+                    let route = item.route;
+                    Some(Box::pin(async move {
+                        run_route(route, &generation.templates, input, executor)
+                            .await
+                            .outcome
+                    }) as RouteFuture<'_>)
+                }
+            })
+            .collect();
+        loop {
+            let mut waiting = 0;
+            let mut panicked = false;
+            for (i, slot) in futures.iter_mut().enumerate() {
+                if let Some(future) = slot {
+                    // The context is made per poll: it is not `Send`, and
+                    // must not live across the flush below.
+                    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        future
+                            .as_mut()
+                            .poll(&mut Context::from_waker(Waker::noop()))
+                    }));
+                    match polled {
+                        Ok(Poll::Ready(result)) => {
+                            runs[i] = Some(result);
+                            *slot = None;
+                        }
+                        Ok(Poll::Pending) => waiting += 1,
+                        Err(_) => {
+                            // Safe mode runs each route alone and records
+                            // the panic as that delivery's failure.
+                            panicked = true;
+                            *slot = None;
+                        }
+                    }
+                }
+            }
+            if panicked {
+                break Err(None);
+            }
+            if waiting == 0 {
+                break Ok(());
+            }
+            if let Err(error) = batch::flush(&queue, tx, &shared.store.catalog, &mut accesses).await
+            {
+                break Err(Some(error));
+            }
+        }
+    };
+    if let Err(error) = flushed {
+        if let Some(error) = error {
+            tracing::debug!(%error, "lockstep batch failed; running it with savepoints");
+        }
+        return Ok(Attempt::Undo);
+    }
+    if let Some(conflict) = accesses.conflict() {
+        tracing::debug!(%conflict, "lockstep batch touched a row twice; running it one delivery at a time");
+        return Ok(Attempt::Conflict);
+    }
+    let mut done = Vec::with_capacity(items.len());
+    for ((item, run), executor) in items.iter().zip(runs).zip(executors) {
+        let result = match &item.plan {
+            Plan::Decided(result) => Done {
+                result: result.clone(),
+                emitted: Vec::new(),
+                undo: false,
+            },
+            Plan::Run => conclude(
+                generation,
+                integration,
+                item,
+                run.expect("every route ran to the end"),
+                executor.wrote,
+                executor.emitted,
+            ),
+        };
+        if result.undo {
+            return Ok(Attempt::Undo);
+        }
+        done.push(result);
+    }
+    Ok(Attempt::Done(done))
+}
+
+/// Runs the items one after another; with `safe`, each inside a savepoint,
+/// and a failure blocks its key for the rest of the batch.
+async fn run_sequential(
+    shared: &Shared,
+    generation: &Generation,
+    integration: &Integration,
+    tx: &mut DbTx,
+    items: &[Item<'_>],
+    safe: bool,
+) -> Result<Attempt, StoreError> {
+    let mut done = Vec::with_capacity(items.len());
+    let mut failed_keys: HashSet<&str> = HashSet::new();
+    for item in items {
+        if let Plan::Decided(result) = &item.plan {
+            done.push(Done {
+                result: result.clone(),
+                emitted: Vec::new(),
+                undo: false,
+            });
+            continue;
+        }
+        if failed_keys.contains(item.key.as_str()) {
+            done.push(Done {
+                result: Result_::Queued,
+                emitted: Vec::new(),
+                undo: false,
+            });
+            continue;
+        }
+        if safe {
+            tx.run("SAVEPOINT delivery").await?;
+        }
+        let input = EventInput::new(&item.event);
+        let mut executor = TargetExecutor::new(tx, &shared.store.catalog);
+        let run = CatchUnwind::new(run_route(
+            item.route,
+            &generation.templates,
+            &input,
+            &mut executor,
+        ))
+        .await;
+        let wrote = executor.wrote;
+        let emitted = std::mem::take(&mut executor.emitted);
+        let result = match run {
+            Ok(run) => {
+                // A database error may leave the transaction unusable:
+                // outside a savepoint, give up on this way.
+                let database_failed = matches!(&run.outcome, Err(RouteError::Executor { .. }));
+                let result = conclude(generation, integration, item, run.outcome, wrote, emitted);
+                if !safe && (result.undo || database_failed) {
+                    return Ok(Attempt::Undo);
+                }
+                result
+            }
+            Err(message) => {
+                if !safe {
+                    return Ok(Attempt::Undo);
+                }
+                Done {
+                    result: Result_::Dead {
+                        error: format!("internal error: the route panicked: {message}"),
+                        step: None,
+                    },
+                    emitted: Vec::new(),
+                    undo: true,
+                }
+            }
+        };
+        if safe {
+            if result.undo {
+                tx.run("ROLLBACK TO SAVEPOINT delivery").await?;
+            }
+            tx.run("RELEASE SAVEPOINT delivery").await?;
+        }
+        let blocks = match &result.result {
+            Result_::Retry { .. } => true,
+            Result_::Dead { .. } => integration.on_dead == OnDead::Block,
+            _ => false,
+        };
+        if blocks {
+            failed_keys.insert(item.key.as_str());
+        }
+        done.push(result);
+    }
+    Ok(Attempt::Done(done))
+}
+
+/// Turns a route's result into the delivery's result and emitted events.
+fn conclude(
+    generation: &Generation,
+    integration: &Integration,
+    item: &Item<'_>,
+    run: Result<RouteOutcome, RouteError<StoreError>>,
+    wrote: bool,
+    emitted: Vec<Emitted>,
+) -> Done {
+    match run {
+        Ok(RouteOutcome::Applied) => {
+            let epoch = item.row.as_ref().map_or(0, |r| r.epoch);
+            let emitted: Vec<NewEvent> = emitted
+                .into_iter()
+                .map(|e| {
+                    let name = if epoch == 0 {
+                        format!("{}/{}", item.id, e.step)
+                    } else {
+                        format!("{}/{epoch}/{}", item.id, e.step)
+                    };
+                    NewEvent {
+                        envelope: Envelope {
+                            id: Uuid::new_v5(&EMIT_NAMESPACE, name.as_bytes()),
+                            source: integration.target.clone(),
+                            event: e.event,
+                            organization_id: item.event.organization_id,
+                            occurred_at: chrono::Utc::now(),
+                            data: e.data,
+                        },
+                        idempotency_key: None,
+                        parent_id: Some(item.event.id),
+                    }
+                })
+                .collect();
+            // An emitted event must honour its contract like a published
+            // one; a mapping that breaks it is a permanent failure.
+            for event in &emitted {
+                let envelope = &event.envelope;
+                if let Some(contract) = generation.contracts.get(&envelope.source, &envelope.event)
+                    && let Some(first) = contract.violations(&envelope.data).first()
+                {
+                    let error = format!(
+                        "emitted {}/{} breaks its contract: {}: {}",
+                        envelope.source, envelope.event, first.pointer, first.message
+                    );
+                    return Done {
+                        result: Result_::Dead { error, step: None },
+                        emitted: Vec::new(),
+                        undo: true,
+                    };
+                }
+            }
+            Done {
+                result: Result_::Delivered,
+                emitted,
+                undo: false,
+            }
+        }
+        Ok(RouteOutcome::Skipped { reason }) => Done {
+            result: Result_::Skipped(reason),
+            emitted: Vec::new(),
+            undo: wrote,
+        },
+        Err(error) => {
+            let attempts = item.row.as_ref().map_or(0, |r| r.attempts) + 1;
+            let step = error.step();
+            let transient =
+                matches!(&error, RouteError::Executor { error, .. } if error.is_transient());
+            let message = error.to_string();
+            let result = if transient && (attempts as u32) < integration.retry.max_attempts {
+                let wait = retry::backoff(&integration.retry, attempts as u32);
+                Result_::Retry {
+                    error: message,
+                    step,
+                    at: Time(
+                        chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    ),
+                }
+            } else if transient {
+                Result_::Dead {
+                    error: format!("gave up after {attempts} attempts: {message}"),
+                    step,
+                }
+            } else {
+                Result_::Dead {
+                    error: message,
+                    step,
+                }
+            };
+            Done {
+                result,
+                emitted: Vec::new(),
+                undo: true,
+            }
+        }
+    }
+}
+
+/// Polls a future, turning a panic into an error with its message.
+pub(crate) struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> CatchUnwind<F> {
+    pub fn new(future: F) -> Self {
+        CatchUnwind(Box::pin(future))
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                Poll::Ready(Err(message))
+            }
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! Lanes and their exception rows: `integrations.lanes` (one row per
+//! integration and lane, holding the cursor; its row lock is the right to
+//! work the lane) and `integrations.deliveries` (a row only for a delivery
+//! that did not simply succeed on its first pass). See ARCHITECTURE.md,
+//! "Delivery (v2)".
+
+use std::collections::HashMap;
+
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::events::Status;
+use super::types::{Doc, Id, Position, Time};
+use super::{DbTx, Dialect, StoreError};
+use crate::envelope::Envelope;
+use crate::on_tx;
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 400;
+
+/// A lane's row, locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneRow {
+    pub cursor: Position,
+    pub delivered: i64,
+}
+
+/// Creates the lanes of an integration that do not exist yet, their
+/// cursors at `start`.
+pub async fn ensure(
+    tx: &mut DbTx,
+    integration: &str,
+    lanes: i32,
+    start: Position,
+) -> Result<(), StoreError> {
+    let sql = tx.dialect().sql(
+        "INSERT INTO integrations.lanes (integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq) \
+         VALUES ($1, $2, $3, $4, $3, $4) ON CONFLICT DO NOTHING",
+    );
+    for lane in 0..lanes {
+        on_tx!(&mut *tx, |conn| sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(integration)
+            .bind(lane)
+            .bind(start.xid)
+            .bind(start.seq)
+            .execute(conn)
+            .await
+            .map(|_| ()))?;
+    }
+    Ok(())
+}
+
+/// The integrations that have lanes, with how many.
+pub async fn existing(tx: &mut DbTx) -> Result<HashMap<String, i32>, StoreError> {
+    let sql = AssertSqlSafe(
+        tx.dialect()
+            .sql("SELECT integration_id, COUNT(*) FROM integrations.lanes GROUP BY integration_id"),
+    );
+    let rows: Vec<(String, i64)> =
+        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
+    Ok(rows.into_iter().map(|(id, n)| (id, n as i32)).collect())
+}
+
+/// Locks a lane's row; `None` when another transaction holds it (or the
+/// lane does not exist). On SQLite the write transaction already excludes
+/// every other writer.
+pub async fn lock(
+    tx: &mut DbTx,
+    integration: &str,
+    lane: i32,
+) -> Result<Option<LaneRow>, StoreError> {
+    let lock = match tx.dialect() {
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT cursor_xid, cursor_seq, delivered FROM integrations.lanes \
+         WHERE integration_id = $1 AND lane = $2{lock}"
+    )));
+    let row: Option<(i64, i64, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .bind(lane)
+        .fetch_optional(conn)
+        .await)?;
+    Ok(row.map(|(xid, seq, delivered)| LaneRow {
+        cursor: Position::new(xid, seq),
+        delivered,
+    }))
+}
+
+/// Moves a lane's cursor and adds to its count of first-pass deliveries.
+pub async fn advance(
+    tx: &mut DbTx,
+    integration: &str,
+    lane: i32,
+    cursor: Position,
+    delivered: i64,
+    now: Time,
+) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "UPDATE integrations.lanes SET cursor_xid = $3, cursor_seq = $4, delivered = delivered + $5, updated_at = $6 \
+         WHERE integration_id = $1 AND lane = $2",
+    ));
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(integration)
+        .bind(lane)
+        .bind(cursor.xid)
+        .bind(cursor.seq)
+        .bind(delivered)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// One lane as the read models see it.
+#[derive(Debug, Clone)]
+pub struct LaneView {
+    pub integration: String,
+    pub lane: i32,
+    pub cursor: Position,
+    /// Events at or below it are not the lane's.
+    pub origin: Position,
+    pub delivered: i64,
+    pub updated_at: Time,
+}
+
+/// Every lane of every integration.
+pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq, delivered, updated_at \
+           FROM integrations.lanes",
+    ));
+    type Row = (String, i32, i64, i64, i64, i64, i64, Time);
+    let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(integration, lane, xid, seq, oxid, oseq, delivered, updated_at)| LaneView {
+                integration,
+                lane,
+                cursor: Position::new(xid, seq),
+                origin: Position::new(oxid, oseq),
+                delivered,
+                updated_at,
+            },
+        )
+        .collect())
+}
+
+/// A delivery with a row: an exception (skipped, retrying, pending, dead)
+/// or one that was (delivered after a retry or a replay).
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub organization_id: Uuid,
+    pub integration_id: String,
+    pub route_event: String,
+    pub route_ordinal: i32,
+    pub source_product: String,
+    pub target_product: String,
+    pub status: Status,
+    pub attempts: i32,
+    pub next_attempt_at: Time,
+    pub last_error: Option<String>,
+    pub error_step: Option<i32>,
+    pub generation: Option<i64>,
+    pub lane: i32,
+    /// `None` for deliveries made before delivery v2: they block nothing.
+    pub order_key: Option<String>,
+    pub position: Position,
+    pub epoch: i32,
+}
+
+/// An open row (pending or retrying, or dead when the integration blocks
+/// on dead) of a lane, with its event.
+#[derive(Debug, Clone)]
+pub struct OpenRow {
+    pub row: DeliveryRow,
+    pub event: Envelope,
+}
+
+const ROW_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
+     d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
+     d.generation, d.lane, d.order_key, d.event_xid, d.event_seq, d.epoch";
+
+#[derive(sqlx::FromRow)]
+struct FlatRow {
+    id: Id,
+    event_id: Id,
+    organization_id: Id,
+    integration_id: String,
+    route_event: String,
+    route_ordinal: i32,
+    source_product: String,
+    target_product: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: Time,
+    last_error: Option<String>,
+    error_step: Option<i32>,
+    generation: Option<i64>,
+    lane: i32,
+    order_key: Option<String>,
+    event_xid: i64,
+    event_seq: i64,
+    epoch: i32,
+}
+
+impl From<FlatRow> for DeliveryRow {
+    fn from(r: FlatRow) -> DeliveryRow {
+        DeliveryRow {
+            id: r.id.0,
+            event_id: r.event_id.0,
+            organization_id: r.organization_id.0,
+            integration_id: r.integration_id,
+            route_event: r.route_event,
+            route_ordinal: r.route_ordinal,
+            source_product: r.source_product,
+            target_product: r.target_product,
+            status: Status::parse(&r.status).unwrap_or(Status::Pending),
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            last_error: r.last_error,
+            error_step: r.error_step,
+            generation: r.generation,
+            lane: r.lane,
+            order_key: r.order_key,
+            position: Position::new(r.event_xid, r.event_seq),
+            epoch: r.epoch,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OpenTuple {
+    #[sqlx(flatten)]
+    row: FlatRow,
+    e_source: String,
+    e_event: String,
+    e_data: Doc,
+    e_occurred: Time,
+}
+
+/// A lane's open rows in position order, with their events: `pending` and
+/// `retrying` rows, and `dead` ones too when `dead_blocks`. At most
+/// `limit`.
+pub async fn open_rows(
+    tx: &mut DbTx,
+    integration: &str,
+    lane: i32,
+    dead_blocks: bool,
+    limit: i64,
+) -> Result<Vec<OpenRow>, StoreError> {
+    let statuses = if dead_blocks {
+        "('pending', 'retrying', 'dead')"
+    } else {
+        "('pending', 'retrying')"
+    };
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT {ROW_COLUMNS}, e.source_product AS e_source, e.event_name AS e_event, e.event_data AS e_data, \
+                e.occurred_at AS e_occurred \
+           FROM integrations.deliveries d \
+           JOIN integrations.events e ON e.organization_id = d.organization_id AND e.id = d.event_id \
+          WHERE d.integration_id = $1 AND d.lane = $2 AND d.status IN {statuses} \
+          ORDER BY d.event_xid, d.event_seq, d.route_ordinal, d.route_event \
+          LIMIT $3"
+    )));
+    let rows: Vec<OpenTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .bind(lane)
+        .bind(limit)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|t| {
+            let row = DeliveryRow::from(t.row);
+            let event = Envelope {
+                id: row.event_id,
+                source: t.e_source,
+                event: t.e_event,
+                organization_id: row.organization_id,
+                occurred_at: t.e_occurred.0,
+                data: t.e_data.0,
+            };
+            OpenRow { row, event }
+        })
+        .collect())
+}
+
+/// The keys of a lane that have a blocking row (`pending`, `retrying`, and
+/// `dead` when `dead_blocks`) among `keys`.
+pub async fn blocked_keys(
+    tx: &mut DbTx,
+    integration: &str,
+    lane: i32,
+    dead_blocks: bool,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let statuses = if dead_blocks {
+        "('pending', 'retrying', 'dead')"
+    } else {
+        "('pending', 'retrying')"
+    };
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT DISTINCT order_key FROM integrations.deliveries \
+          WHERE integration_id = $1 AND lane = $2 AND status IN {statuses} AND order_key IS NOT NULL"
+    )));
+    let rows: Vec<(String,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .bind(lane)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows.into_iter().map(|(k,)| k).collect())
+}
+
+/// Writes rows: inserts new ones, and updates existing ones (by id)
+/// unless `insert_only` (rows for events a lane reads for the first time:
+/// a row that exists already was made by someone else, and stays).
+pub async fn write_rows(
+    tx: &mut DbTx,
+    rows: &[DeliveryRow],
+    insert_only: bool,
+    now: Time,
+) -> Result<(), StoreError> {
+    const UPDATE: &str = "status = excluded.status, attempts = excluded.attempts, \
+         next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error, \
+         error_step = excluded.error_step, generation = excluded.generation, lane = excluded.lane, \
+         order_key = excluded.order_key, epoch = excluded.epoch, updated_at = excluded.updated_at, \
+         completed_at = excluded.completed_at";
+    let conflict = if insert_only {
+        "ON CONFLICT (id) DO NOTHING".to_owned()
+    } else {
+        format!("ON CONFLICT (id) DO UPDATE SET {UPDATE}")
+    };
+    for chunk in rows.chunks(CHUNK) {
+        let completed = |r: &DeliveryRow| match r.status {
+            Status::Pending | Status::Retrying => None,
+            _ => Some(now),
+        };
+        match &mut *tx {
+            DbTx::Postgres(conn) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO integrations.deliveries (id, event_id, organization_id, integration_id, route_event, \
+                       route_ordinal, source_product, target_product, status, attempts, next_attempt_at, last_error, \
+                       error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, updated_at, \
+                       completed_at) \
+                     SELECT u.id, u.event_id, u.org, u.integration, u.route_event, u.ordinal, u.source, u.target, \
+                            u.status, u.attempts, u.next_attempt_at, u.last_error, u.error_step, u.generation, u.lane, \
+                            u.order_key, u.xid, u.seq, u.epoch, $1, $1, u.completed_at \
+                     FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::text[], \
+                                 $9::text[], $10::text[], $11::int[], $12::timestamptz[], $13::text[], $14::int[], \
+                                 $15::bigint[], $16::int[], $17::text[], $18::bigint[], $19::bigint[], $20::int[], \
+                                 $21::timestamptz[]) \
+                          AS u(id, event_id, org, integration, route_event, ordinal, source, target, status, attempts, \
+                               next_attempt_at, last_error, error_step, generation, lane, order_key, xid, seq, epoch, \
+                               completed_at) \
+                     {conflict}"
+                )))
+                .bind(now)
+                .bind(chunk.iter().map(|r| r.id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|r| r.event_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|r| r.organization_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|r| r.integration_id.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|r| r.route_event.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|r| r.route_ordinal).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|r| r.source_product.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|r| r.target_product.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|r| r.status.as_str().to_owned()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|r| r.attempts).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|r| r.next_attempt_at.0).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.last_error.clone()).collect::<Vec<Option<String>>>())
+                .bind(chunk.iter().map(|r| r.error_step).collect::<Vec<Option<i32>>>())
+                .bind(chunk.iter().map(|r| r.generation).collect::<Vec<Option<i64>>>())
+                .bind(chunk.iter().map(|r| r.lane).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|r| r.order_key.clone()).collect::<Vec<Option<String>>>())
+                .bind(chunk.iter().map(|r| r.position.xid).collect::<Vec<i64>>())
+                .bind(chunk.iter().map(|r| r.position.seq).collect::<Vec<i64>>())
+                .bind(chunk.iter().map(|r| r.epoch).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|r| completed(r).map(|t| t.0)).collect::<Vec<_>>())
+                .execute(&mut **conn)
+                .await?;
+            }
+            DbTx::Sqlite(conn) => {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let sql = format!(
+                    "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, route_event, \
+                       route_ordinal, source_product, target_product, status, attempts, next_attempt_at, last_error, \
+                       error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, updated_at, \
+                       completed_at) VALUES {} {conflict}",
+                    vec![row; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for r in chunk {
+                    query = query
+                        .bind(Id(r.id))
+                        .bind(Id(r.event_id))
+                        .bind(Id(r.organization_id))
+                        .bind(r.integration_id.as_str())
+                        .bind(r.route_event.as_str())
+                        .bind(r.route_ordinal)
+                        .bind(r.source_product.as_str())
+                        .bind(r.target_product.as_str())
+                        .bind(r.status.as_str())
+                        .bind(r.attempts)
+                        .bind(r.next_attempt_at)
+                        .bind(r.last_error.as_deref())
+                        .bind(r.error_step)
+                        .bind(r.generation)
+                        .bind(r.lane)
+                        .bind(r.order_key.as_deref())
+                        .bind(r.position.xid)
+                        .bind(r.position.seq)
+                        .bind(r.epoch)
+                        .bind(now)
+                        .bind(now)
+                        .bind(completed(r));
+                }
+                query.execute(&mut **conn).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks an integration's open rows (`pending`, `retrying`) as skipped with
+/// `reason`. Returns how many.
+pub async fn skip_open(
+    tx: &mut DbTx,
+    integration: &str,
+    reason: &str,
+    now: Time,
+) -> Result<u64, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "UPDATE integrations.deliveries SET status = 'skipped', last_error = $2, updated_at = $3, completed_at = $3 \
+         WHERE integration_id = $1 AND status IN ('pending', 'retrying')",
+    ));
+    let count = on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(integration)
+        .bind(reason)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(count)
+}
+
+/// Which dead rows to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub delivery: Option<Uuid>,
+    pub deliveries: Option<Vec<Uuid>>,
+    pub integration: Option<String>,
+    pub organization: Option<Uuid>,
+}
+
+/// Puts dead rows back in their lane with a fresh retry budget, as
+/// `pending` (they run in position order among their key's rows). Returns
+/// the integration and lane of every row replayed.
+pub async fn replay(
+    tx: &mut DbTx,
+    filter: &ReplayFilter,
+    now: Time,
+) -> Result<Vec<(String, i32)>, StoreError> {
+    let ids: Option<Vec<Uuid>> = match (&filter.delivery, &filter.deliveries) {
+        (Some(one), _) => Some(vec![*one]),
+        (None, Some(many)) => Some(many.clone()),
+        (None, None) => None,
+    };
+    let mut touched = Vec::new();
+    let chunks: Vec<Option<Vec<Uuid>>> = match ids {
+        Some(ids) => ids.chunks(CHUNK).map(|c| Some(c.to_vec())).collect(),
+        None => vec![None],
+    };
+    for chunk in chunks {
+        let id_clause = match &chunk {
+            Some(ids) => {
+                let params: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 4)).collect();
+                format!(" AND id IN ({})", params.join(", "))
+            }
+            None => String::new(),
+        };
+        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+            "UPDATE integrations.deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, \
+                    updated_at = $1, completed_at = NULL \
+              WHERE status = 'dead' AND ($2 IS NULL OR integration_id = $2) \
+                AND ($3 IS NULL OR organization_id = $3){id_clause} \
+              RETURNING integration_id, lane"
+        )));
+        let rows: Vec<(String, i32)> = on_tx!(&mut *tx, |conn| {
+            let mut query = sqlx::query_as(sql)
+                .bind(now)
+                .bind(filter.integration.as_deref())
+                .bind(filter.organization.map(Id));
+            if let Some(ids) = &chunk {
+                for id in ids {
+                    query = query.bind(Id(*id));
+                }
+            }
+            query.fetch_all(conn).await
+        })?;
+        touched.extend(rows);
+    }
+    Ok(touched)
+}
+
+/// Removes an integration's lanes (it was removed from the configuration:
+/// if it comes back, it starts from the events published then).
+pub async fn remove(tx: &mut DbTx, integration: &str) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(
+        tx.dialect()
+            .sql("DELETE FROM integrations.lanes WHERE integration_id = $1"),
+    );
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(integration)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Adds deliveries to the per-minute counters: `(organization, count)` for
+/// one integration, in the minute of `now`.
+pub async fn count_delivered(
+    tx: &mut DbTx,
+    integration: &str,
+    counts: &[(Uuid, i64)],
+    now: Time,
+) -> Result<(), StoreError> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let bucket = Time(
+        chrono::DateTime::from_timestamp(now.0.timestamp() - now.0.timestamp().rem_euclid(60), 0)
+            .unwrap_or(now.0),
+    );
+    match &mut *tx {
+        DbTx::Postgres(conn) => {
+            sqlx::query(
+                "INSERT INTO integrations.delivery_stats (integration_id, organization_id, bucket, delivered) \
+                 SELECT $1, u.org, $2, u.n FROM UNNEST($3::uuid[], $4::bigint[]) AS u(org, n) \
+                 ON CONFLICT (integration_id, organization_id, bucket) \
+                 DO UPDATE SET delivered = integrations.delivery_stats.delivered + excluded.delivered",
+            )
+            .bind(integration)
+            .bind(bucket)
+            .bind(counts.iter().map(|(o, _)| *o).collect::<Vec<Uuid>>())
+            .bind(counts.iter().map(|(_, n)| *n).collect::<Vec<i64>>())
+            .execute(&mut **conn)
+            .await?;
+        }
+        DbTx::Sqlite(conn) => {
+            for (organization, count) in counts {
+                sqlx::query(
+                    "INSERT INTO \"integrations.delivery_stats\" (integration_id, organization_id, bucket, delivered) \
+                     VALUES (?, ?, ?, ?) ON CONFLICT (integration_id, organization_id, bucket) \
+                     DO UPDATE SET delivered = delivered + excluded.delivered",
+                )
+                .bind(integration)
+                .bind(Id(*organization))
+                .bind(bucket)
+                .bind(*count)
+                .execute(&mut **conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deliveries counted per integration since `since` (of one organization,
+/// or all).
+pub async fn delivered_since(
+    tx: &mut DbTx,
+    organization: Option<Uuid>,
+    since: Time,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT integration_id, CAST(SUM(delivered) AS BIGINT) FROM integrations.delivery_stats \
+          WHERE bucket >= $1 AND ($2 IS NULL OR organization_id = $2) GROUP BY integration_id",
+    ));
+    let rows: Vec<(String, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(since)
+        .bind(organization.map(Id))
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Drops per-minute counters older than `before`.
+pub async fn prune_stats(tx: &mut DbTx, before: Time) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(
+        tx.dialect()
+            .sql("DELETE FROM integrations.delivery_stats WHERE bucket < $1"),
+    );
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(before)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}

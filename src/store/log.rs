@@ -1,0 +1,567 @@
+//! The event log: `integrations.events`, appended to by publishing, by
+//! `emit` steps and by products' own transactions (the outbox), and read by
+//! lanes in position order below the horizon (ARCHITECTURE.md,
+//! "Delivery (v2)").
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::events::NewEvent;
+use super::types::{Doc, Id, Position, Time};
+use super::{DbTx, Dialect, StoreError};
+use crate::compile::OrderKey;
+use crate::envelope::Envelope;
+use crate::on_tx;
+
+/// Rows per multi-row INSERT (well under both databases' parameter limits).
+const CHUNK: usize = 500;
+
+/// What appending one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now.
+    Created(Uuid),
+    /// The same event (same id, or same idempotency key, with the same
+    /// source, event and data) was already stored: nothing was written.
+    Duplicate(Uuid),
+    /// The id or idempotency key is already used by an event with other
+    /// content: nothing was written. `differs` names the fields.
+    Reused {
+        id: Uuid,
+        differs: Vec<&'static str>,
+    },
+}
+
+impl Appended {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Appended::Created(id) | Appended::Duplicate(id) | Appended::Reused { id, .. } => *id,
+        }
+    }
+}
+
+/// A stored event's content, to compare with a new one.
+struct Existing {
+    id: Uuid,
+    source: String,
+    event: String,
+    data: serde_json::Value,
+}
+
+fn differences(new: &Envelope, old: &Existing) -> Vec<&'static str> {
+    let mut differs = Vec::new();
+    if new.source != old.source {
+        differs.push("source");
+    }
+    if new.event != old.event {
+        differs.push("event");
+    }
+    if !same_json(&new.data, &old.data) {
+        differs.push("data");
+    }
+    differs
+}
+
+/// JSON equality with numbers compared by value: the database may give a
+/// number back written differently (JSONB turns `1e2` into `100`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            crate::decimal::Decimal::of(x) == crate::decimal::Decimal::of(y)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(key, value)| y.get(key).is_some_and(|other| same_json(value, other)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Appends events, leaving out those whose id (per organization) or
+/// idempotency key is already stored. Returns, for each input in order,
+/// what happened to it. `occurred_at` is not compared: busbar fills it in
+/// when a producer leaves it out, so a retry may differ there.
+pub async fn append(
+    tx: &mut DbTx,
+    events: &[NewEvent],
+    now: Time,
+) -> Result<Vec<Appended>, StoreError> {
+    let mut inserted: HashSet<(Uuid, Uuid)> = HashSet::new();
+    for chunk in events.chunks(CHUNK) {
+        let rows: Vec<(Id, Id)> = match &mut *tx {
+            // One array per column: the statement text is the same for
+            // every batch size and stays prepared.
+            DbTx::Postgres(conn) => {
+                sqlx::query_as(
+                    "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data, \
+                     occurred_at, created_at, idempotency_key, parent_id) \
+                     SELECT u.id, u.org, u.source, u.event, u.data::jsonb, u.occurred, $1, u.key, u.parent \
+                     FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
+                                 $8::text[], $9::uuid[]) AS u(id, org, source, event, data, occurred, key, parent) \
+                     ON CONFLICT DO NOTHING RETURNING organization_id, id",
+                )
+                .bind(now)
+                .bind(chunk.iter().map(|e| e.envelope.id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|e| e.envelope.organization_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|e| e.envelope.source.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|e| e.envelope.event.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|e| e.envelope.data.to_string()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|e| e.envelope.occurred_at).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|e| e.idempotency_key.clone()).collect::<Vec<Option<String>>>())
+                .bind(chunk.iter().map(|e| e.parent_id).collect::<Vec<Option<Uuid>>>())
+                .fetch_all(&mut **conn)
+                .await?
+            }
+            DbTx::Sqlite(conn) => {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let sql = format!(
+                    "INSERT INTO \"integrations.events\" (id, organization_id, source_product, event_name, event_data, \
+                     occurred_at, created_at, idempotency_key, parent_id) VALUES {} \
+                     ON CONFLICT DO NOTHING RETURNING organization_id, id",
+                    vec![row; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query_as(AssertSqlSafe(sql));
+                for event in chunk {
+                    let e = &event.envelope;
+                    query = query
+                        .bind(Id(e.id))
+                        .bind(Id(e.organization_id))
+                        .bind(e.source.as_str())
+                        .bind(e.event.as_str())
+                        .bind(Doc(e.data.clone()))
+                        .bind(Time(e.occurred_at))
+                        .bind(now)
+                        .bind(event.idempotency_key.as_deref())
+                        .bind(event.parent_id.map(Id));
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+        };
+        inserted.extend(rows.into_iter().map(|(org, id)| (org.0, id.0)));
+    }
+    let mut out = Vec::with_capacity(events.len());
+    // The first of several inputs with one id is the one stored.
+    let mut claimed: HashSet<(Uuid, Uuid)> = HashSet::new();
+    for event in events {
+        let envelope = &event.envelope;
+        let key = (envelope.organization_id, envelope.id);
+        if inserted.contains(&key) && claimed.insert(key) {
+            out.push(Appended::Created(envelope.id));
+            continue;
+        }
+        // Not stored: its id, or its idempotency key, is taken.
+        let existing = match find(tx, envelope.organization_id, envelope.id).await? {
+            Some(existing) => Some(existing),
+            None => match &event.idempotency_key {
+                Some(key) => find_by_key(tx, envelope.organization_id, key).await?,
+                None => None,
+            },
+        };
+        out.push(match existing {
+            Some(existing) => {
+                let differs = differences(envelope, &existing);
+                if differs.is_empty() {
+                    Appended::Duplicate(existing.id)
+                } else {
+                    Appended::Reused {
+                        id: existing.id,
+                        differs,
+                    }
+                }
+            }
+            // Cannot happen (a conflict means a row exists), but a missing
+            // row must not be reported as stored.
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "event {} was neither stored nor found",
+                    envelope.id
+                )));
+            }
+        });
+    }
+    Ok(out)
+}
+
+type ExistingRow = (Id, String, String, Doc);
+
+fn existing((id, source, event, data): ExistingRow) -> Existing {
+    Existing {
+        id: id.0,
+        source,
+        event,
+        data: data.0,
+    }
+}
+
+async fn find(tx: &mut DbTx, organization: Uuid, id: Uuid) -> Result<Option<Existing>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT id, source_product, event_name, event_data FROM integrations.events \
+         WHERE organization_id = $1 AND id = $2",
+    ));
+    let row: Option<ExistingRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(organization))
+        .bind(Id(id))
+        .fetch_optional(conn)
+        .await)?;
+    Ok(row.map(existing))
+}
+
+async fn find_by_key(
+    tx: &mut DbTx,
+    organization: Uuid,
+    key: &str,
+) -> Result<Option<Existing>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT id, source_product, event_name, event_data FROM integrations.events \
+         WHERE organization_id = $1 AND idempotency_key = $2",
+    ));
+    let row: Option<ExistingRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(organization))
+        .bind(key)
+        .fetch_optional(conn)
+        .await)?;
+    Ok(row.map(existing))
+}
+
+/// The horizon: events strictly below it can be read, and no event can
+/// appear below it later.
+///
+/// On PostgreSQL it is `(x, 0)` where `x` is the oldest transaction id that
+/// may still write to this database: the smallest id of the transactions
+/// running in this database (`pg_stat_activity.backend_xid`) or prepared
+/// in it (`pg_prepared_xacts`), and otherwise the next id to be assigned
+/// (`pg_snapshot_xmax` of the statement's snapshot, taken before either is
+/// read, so a transaction that starts meanwhile gets a larger id). Every
+/// transaction with a smaller id has ended, and every later one gets a
+/// larger id. Transactions of other databases of the cluster do not hold
+/// it back. Those views show 32-bit ids; they are widened with the epoch of
+/// the snapshot's.
+///
+/// On SQLite, inside the write transaction, everything stored.
+pub async fn horizon(tx: &mut DbTx) -> Result<Position, StoreError> {
+    match &mut *tx {
+        DbTx::Postgres(conn) => {
+            let (next, running, prepared): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+                        (SELECT MIN(backend_xid::text::bigint) FROM pg_stat_activity \
+                          WHERE datname = current_database() AND backend_xid IS NOT NULL), \
+                        (SELECT MIN(transaction::text::bigint) FROM pg_prepared_xacts \
+                          WHERE database = current_database())",
+            )
+            .fetch_one(&mut **conn)
+            .await?;
+            let widen = |short: i64| {
+                let full = (next & !0xFFFF_FFFF) | short;
+                if full > next { full - (1 << 32) } else { full }
+            };
+            let oldest = [running, prepared]
+                .into_iter()
+                .flatten()
+                .map(widen)
+                .fold(next, i64::min);
+            Ok(Position::new(oldest, 0))
+        }
+        DbTx::Sqlite(conn) => {
+            let (seq,): (i64,) =
+                sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM \"integrations.events\"")
+                    .fetch_one(&mut **conn)
+                    .await?;
+            Ok(Position::new(0, seq + 1))
+        }
+    }
+}
+
+/// A position above every event committed or being written now: on
+/// PostgreSQL the next transaction id to be assigned. Events of
+/// transactions that start later are above it.
+pub async fn head(tx: &mut DbTx) -> Result<Position, StoreError> {
+    match &mut *tx {
+        DbTx::Postgres(conn) => {
+            let (next,): (i64,) =
+                sqlx::query_as("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                    .fetch_one(&mut **conn)
+                    .await?;
+            Ok(Position::new(next, 0))
+        }
+        DbTx::Sqlite(_) => horizon(tx).await,
+    }
+}
+
+/// A position above every event stored: for counting what the lanes have
+/// not read, in flight or not.
+pub const END: Position = Position {
+    xid: i64::MAX,
+    seq: 0,
+};
+
+/// What a lane reads: an integration's events, one lane of them.
+#[derive(Debug, Clone)]
+pub struct LaneFilter<'a> {
+    pub source: &'a str,
+    /// The event names the integration routes.
+    pub events: Vec<String>,
+    pub order_by: &'a OrderKey,
+    pub lane: i32,
+    /// How many lanes the integration has (1: no hashing).
+    pub lanes: i32,
+}
+
+/// One event as a lane reads it.
+#[derive(Debug, Clone)]
+pub struct LogEvent {
+    pub position: Position,
+    pub envelope: Envelope,
+}
+
+/// The SQL expression for an event's order key (events aliased `e`), and
+/// the text array to bind for a path into `data`.
+pub fn order_key_sql(order_by: &OrderKey, param: usize) -> (String, Option<Vec<String>>) {
+    match order_by {
+        OrderKey::Organization => ("e.organization_id::text".into(), None),
+        OrderKey::Id => ("e.id::text".into(), None),
+        OrderKey::Source => ("e.source_product".into(), None),
+        OrderKey::Event => ("e.event_name".into(), None),
+        OrderKey::Data(path) => (
+            format!("COALESCE(e.event_data #>> ${param}::text[], e.organization_id::text)"),
+            Some(path.clone()),
+        ),
+    }
+}
+
+/// The SQL expression for an event's lane among `lanes` (PostgreSQL).
+pub fn lane_sql(order_by: &OrderKey, lanes: i32, param: usize) -> (String, Option<Vec<String>>) {
+    let (key, path) = order_key_sql(order_by, param);
+    (
+        format!("((hashtextextended({key}, 0) & 9223372036854775807) % {lanes})"),
+        path,
+    )
+}
+
+/// Up to `limit` events of the lane after `after` and below `horizon`, in
+/// position order. Events stored by the engine before delivery v2 and
+/// already routed then (`processed_at` set) are not read.
+pub async fn read_lane(
+    tx: &mut DbTx,
+    filter: &LaneFilter<'_>,
+    after: Position,
+    horizon: Position,
+    limit: i64,
+) -> Result<Vec<LogEvent>, StoreError> {
+    type Row = (i64, i64, Id, Id, String, String, Doc, Time);
+    let rows: Vec<Row> = match &mut *tx {
+        DbTx::Postgres(conn) => {
+            let (lane, path) = if filter.lanes > 1 {
+                let (expr, path) = lane_sql(filter.order_by, filter.lanes, 8);
+                (format!(" AND {expr} = $7"), path)
+            } else {
+                (" AND $7::int = $7".to_owned(), None)
+            };
+            let path_guard = if path.is_none() {
+                " AND $8::text[] IS NULL"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
+                   FROM integrations.events e \
+                  WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < $3 AND e.processed_at IS NULL \
+                    AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
+                  ORDER BY e.xid, e.seq LIMIT $6"
+            );
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(after.xid)
+                .bind(after.seq)
+                .bind(horizon.xid)
+                .bind(filter.source)
+                .bind(&filter.events)
+                .bind(limit)
+                .bind(filter.lane)
+                .bind(path)
+                .fetch_all(&mut **conn)
+                .await?
+        }
+        DbTx::Sqlite(conn) => {
+            // One lane per integration on SQLite: no hashing.
+            let names = vec!["?"; filter.events.len().max(1)].join(", ");
+            let sql = format!(
+                "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
+                   FROM \"integrations.events\" e \
+                  WHERE e.seq > ? AND e.seq < ? AND e.processed_at IS NULL \
+                    AND e.source_product = ? AND e.event_name IN ({names}) \
+                  ORDER BY e.seq LIMIT ?"
+            );
+            let mut query = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(after.seq)
+                .bind(horizon.seq)
+                .bind(filter.source);
+            if filter.events.is_empty() {
+                query = query.bind("");
+            }
+            for name in &filter.events {
+                query = query.bind(name.as_str());
+            }
+            query.bind(limit).fetch_all(&mut **conn).await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(
+            |(xid, seq, id, org, source, event, data, occurred)| LogEvent {
+                position: Position::new(xid, seq),
+                envelope: Envelope {
+                    id: id.0,
+                    source,
+                    event,
+                    organization_id: org.0,
+                    occurred_at: occurred.0,
+                    data: data.0,
+                },
+            },
+        )
+        .collect())
+}
+
+/// How many events each lane filter has after its position and below the
+/// horizon (the lanes' backlog), counting at most `cap` per lane.
+pub async fn backlog(
+    tx: &mut DbTx,
+    filter: &LaneFilter<'_>,
+    after: Position,
+    horizon: Position,
+    cap: i64,
+) -> Result<i64, StoreError> {
+    // Counting through the same read keeps one definition of "the lane's
+    // events"; the cap bounds the cost on a large backlog.
+    Ok(read_ids(tx, filter, after, horizon, cap).await?.len() as i64)
+}
+
+async fn read_ids(
+    tx: &mut DbTx,
+    filter: &LaneFilter<'_>,
+    after: Position,
+    horizon: Position,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let rows: Vec<(i64,)> = match &mut *tx {
+        DbTx::Postgres(conn) => {
+            let (lane, path) = if filter.lanes > 1 {
+                let (expr, path) = lane_sql(filter.order_by, filter.lanes, 8);
+                (format!(" AND {expr} = $7"), path)
+            } else {
+                (" AND $7::int = $7".to_owned(), None)
+            };
+            let path_guard = if path.is_none() {
+                " AND $8::text[] IS NULL"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT e.seq FROM integrations.events e \
+                  WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < $3 AND e.processed_at IS NULL \
+                    AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
+                  ORDER BY e.xid, e.seq LIMIT $6"
+            );
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(after.xid)
+                .bind(after.seq)
+                .bind(horizon.xid)
+                .bind(filter.source)
+                .bind(&filter.events)
+                .bind(limit)
+                .bind(filter.lane)
+                .bind(path)
+                .fetch_all(&mut **conn)
+                .await?
+        }
+        DbTx::Sqlite(conn) => {
+            let names = vec!["?"; filter.events.len().max(1)].join(", ");
+            let sql = format!(
+                "SELECT e.seq FROM \"integrations.events\" e \
+                  WHERE e.seq > ? AND e.seq < ? AND e.processed_at IS NULL \
+                    AND e.source_product = ? AND e.event_name IN ({names}) \
+                  ORDER BY e.seq LIMIT ?"
+            );
+            let mut query = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(after.seq)
+                .bind(horizon.seq)
+                .bind(filter.source);
+            if filter.events.is_empty() {
+                query = query.bind("");
+            }
+            for name in &filter.events {
+                query = query.bind(name.as_str());
+            }
+            query.bind(limit).fetch_all(&mut **conn).await?
+        }
+    };
+    Ok(rows.into_iter().map(|(seq,)| seq).collect())
+}
+
+/// The lane of each event (by id) for one integration's order key, as the
+/// database computes it (PostgreSQL; SQLite has one lane).
+pub async fn lanes_of(
+    tx: &mut DbTx,
+    organization: Uuid,
+    ids: &[Uuid],
+    order_by: &OrderKey,
+    lanes: i32,
+) -> Result<HashMap<Uuid, (i32, Position)>, StoreError> {
+    let mut out = HashMap::new();
+    match &mut *tx {
+        DbTx::Postgres(conn) => {
+            let (expr, path) = if lanes > 1 {
+                lane_sql(order_by, lanes, 3)
+            } else {
+                ("0".to_owned(), None)
+            };
+            let guard = if path.is_none() {
+                " AND $3::text[] IS NULL"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "SELECT e.id, ({expr})::int, e.xid, e.seq FROM integrations.events e \
+                  WHERE e.organization_id = $1 AND e.id = ANY($2){guard}"
+            );
+            let rows: Vec<(Uuid, i32, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(organization)
+                .bind(ids)
+                .bind(path)
+                .fetch_all(&mut **conn)
+                .await?;
+            for (id, lane, xid, seq) in rows {
+                out.insert(id, (lane, Position::new(xid, seq)));
+            }
+        }
+        DbTx::Sqlite(conn) => {
+            for id in ids {
+                let row: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT xid, seq FROM \"integrations.events\" WHERE organization_id = ? AND id = ?",
+                )
+                .bind(Id(organization))
+                .bind(Id(*id))
+                .fetch_optional(&mut **conn)
+                .await?;
+                if let Some((xid, seq)) = row {
+                    out.insert(*id, (0, Position::new(xid, seq)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the database is PostgreSQL (lanes hash) or SQLite (one lane).
+pub fn lanes_for(dialect: Dialect) -> i32 {
+    match dialect {
+        Dialect::Postgres => 8,
+        Dialect::Sqlite => 1,
+    }
+}

@@ -1,0 +1,207 @@
+//! Integration states (`integrations.integration_state`: enabled, paused,
+//! disabled, persisted through the API) and definitions
+//! (`integrations.definitions`: which fingerprint of each integration the
+//! last process to load recorded; see ARCHITECTURE.md, "Delivery (v2)").
+
+use std::collections::HashMap;
+
+use sqlx::AssertSqlSafe;
+
+use super::types::{Position, Time};
+use super::{DbTx, StoreError};
+use crate::engine::State;
+use crate::on_tx;
+
+/// A state set through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Persisted {
+    pub state: State,
+    /// Set when the integration was enabled (or paused) again after being
+    /// disabled: events below this position were published while it was
+    /// disabled.
+    pub skip_before: Option<Position>,
+}
+
+type Row = (String, String, Option<i64>, Option<i64>);
+
+fn persisted((_, state, xid, seq): &Row) -> Persisted {
+    Persisted {
+        state: State::parse(state).unwrap_or_default(),
+        skip_before: match (xid, seq) {
+            (Some(xid), Some(seq)) => Some(Position::new(*xid, *seq)),
+            _ => None,
+        },
+    }
+}
+
+/// Every persisted state.
+pub async fn load(tx: &mut DbTx) -> Result<HashMap<String, Persisted>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT integration_id, state, skip_xid, skip_seq FROM integrations.integration_state",
+    ));
+    let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.0.clone(), persisted(row)))
+        .collect())
+}
+
+/// One integration's persisted state, if any.
+pub async fn load_one(tx: &mut DbTx, integration: &str) -> Result<Option<Persisted>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT integration_id, state, skip_xid, skip_seq FROM integrations.integration_state \
+         WHERE integration_id = $1",
+    ));
+    let row: Option<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .fetch_optional(conn)
+        .await)?;
+    Ok(row.as_ref().map(persisted))
+}
+
+/// Persists an integration's state.
+pub async fn save(
+    tx: &mut DbTx,
+    integration: &str,
+    state: State,
+    skip_before: Option<Position>,
+    now: Time,
+) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "INSERT INTO integrations.integration_state (integration_id, state, skip_xid, skip_seq, updated_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (integration_id) DO UPDATE SET state = excluded.state, skip_xid = excluded.skip_xid, \
+            skip_seq = excluded.skip_seq, updated_at = excluded.updated_at",
+    ));
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(integration)
+        .bind(state.as_str())
+        .bind(skip_before.map(|p| p.xid))
+        .bind(skip_before.map(|p| p.seq))
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Records the current definition of an integration (`None`: removed).
+pub async fn define(
+    tx: &mut DbTx,
+    integration: &str,
+    fingerprint: Option<&str>,
+    node: &str,
+    now: Time,
+) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "INSERT INTO integrations.definitions (integration_id, fingerprint, loaded_at, loaded_by) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (integration_id) DO UPDATE SET fingerprint = excluded.fingerprint, \
+            loaded_at = excluded.loaded_at, loaded_by = excluded.loaded_by",
+    ));
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(integration)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(node)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Every integration's current definition.
+pub async fn definitions(tx: &mut DbTx) -> Result<HashMap<String, Option<String>>, StoreError> {
+    let sql = AssertSqlSafe(
+        tx.dialect()
+            .sql("SELECT integration_id, fingerprint FROM integrations.definitions"),
+    );
+    let rows: Vec<(String, Option<String>)> =
+        on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A busbar process sharing the database.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Node {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    pub generation: Option<i64>,
+    pub workers: Option<i32>,
+}
+
+/// Records that a process is alive.
+pub async fn heartbeat(
+    tx: &mut DbTx,
+    id: uuid::Uuid,
+    name: &str,
+    generation: i64,
+    workers: i32,
+    now: Time,
+) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "INSERT INTO integrations.nodes (id, name, started_at, heartbeat_at, generation, workers) \
+         VALUES ($1, $2, $3, $3, $4, $5) \
+         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, generation = excluded.generation, \
+            workers = excluded.workers",
+    ));
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(super::types::Id(id))
+        .bind(name)
+        .bind(now)
+        .bind(generation)
+        .bind(workers)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// Removes a process (it stopped), and any whose heartbeat is older than
+/// `stale`.
+pub async fn leave(tx: &mut DbTx, id: uuid::Uuid, stale: Time) -> Result<(), StoreError> {
+    let sql = AssertSqlSafe(
+        tx.dialect()
+            .sql("DELETE FROM integrations.nodes WHERE id = $1 OR heartbeat_at < $2"),
+    );
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(super::types::Id(id))
+        .bind(stale)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// The processes whose heartbeat is newer than `since`.
+pub async fn nodes(tx: &mut DbTx, since: Time) -> Result<Vec<Node>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT id, name, started_at, heartbeat_at, generation, workers FROM integrations.nodes \
+         WHERE heartbeat_at >= $1 ORDER BY started_at",
+    ));
+    type NodeRow = (
+        super::types::Id,
+        String,
+        Time,
+        Time,
+        Option<i64>,
+        Option<i32>,
+    );
+    let rows: Vec<NodeRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(since)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, started, heartbeat, generation, workers)| Node {
+            id: id.0,
+            name,
+            started_at: started.0,
+            heartbeat_at: heartbeat.0,
+            generation,
+            workers,
+        })
+        .collect())
+}
