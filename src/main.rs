@@ -168,6 +168,49 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run an integration's deliveries that match a filter again, after a
+    /// fix: prints how many match, asks, then redelivers with a progress bar.
+    ///
+    /// Only events the integration's lanes have passed are taken (later
+    /// ones run on the new definition anyway); a running busbar delivers
+    /// them in the integration's order. Exit status: 0 done (or nothing
+    /// matched), 1 not confirmed, 2 could not run.
+    Redeliver {
+        /// The integration's id.
+        #[arg(long)]
+        integration: String,
+        /// Only events of this name.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only events stored at or after this time: RFC 3339, a UTC
+        /// `2026-11-28T09:30` or `2026-11-28`, or a duration ago (`2h`).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events stored before this time (the same forms).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only deliveries in this state (repeat for several) [default: all three].
+        #[arg(long = "status", value_enum)]
+        statuses: Vec<RedeliverState>,
+        /// Only this organization's events.
+        #[arg(long)]
+        organization: Option<uuid::Uuid>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Makes it idempotent: run again with the same id, it redelivers
+        /// nothing more (or resumes a run that was interrupted).
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The integrations directory (the definition the running busbar uses).
+        #[arg(long, default_value = "integrations.d")]
+        dir: PathBuf,
+        /// Where event contracts live [default: DIR/../schemas/events].
+        #[arg(long)]
+        contracts: Option<PathBuf>,
+    },
     /// Apply busbar's database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -226,6 +269,25 @@ struct DatabaseArgs {
     /// postgres://user@host/db, or sqlite://path/to/file.db.
     #[arg(long, env = "DATABASE_URL", default_value = busbar::store::DEFAULT_DATABASE_URL)]
     database_url: String,
+}
+
+/// A state `busbar redeliver` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RedeliverState {
+    Delivered,
+    Skipped,
+    Dead,
+}
+
+impl From<RedeliverState> for busbar::store::events::Status {
+    fn from(state: RedeliverState) -> Self {
+        use busbar::store::events::Status;
+        match state {
+            RedeliverState::Delivered => Status::Delivered,
+            RedeliverState::Skipped => Status::Skipped,
+            RedeliverState::Dead => Status::Dead,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -326,6 +388,33 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Keys { command } => run_async(LogFormat::Text, keys_command(command)),
+        Command::Redeliver {
+            integration,
+            event,
+            since,
+            until,
+            statuses,
+            organization,
+            yes,
+            request_id,
+            database,
+            dir,
+            contracts,
+        } => redeliver(
+            busbar::engine::redeliver::RedeliverFilter {
+                integration,
+                event,
+                since,
+                until,
+                statuses: statuses.into_iter().map(Into::into).collect(),
+                organization,
+            },
+            yes,
+            request_id,
+            &database.database_url,
+            &dir,
+            contracts.as_deref(),
+        ),
         Command::Migrate {
             database,
             example_platform,
@@ -446,6 +535,163 @@ async fn keys_command(command: KeysCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A time on the command line: RFC 3339, a UTC date and time or date, or
+/// a duration before now (`90m`, `2h`, `3days`).
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"] {
+        if let Ok(time) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(time.and_utc());
+        }
+    }
+    if let Some(time) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+    {
+        return Ok(time.and_utc());
+    }
+    if let Ok(ago) = humantime::parse_duration(text)
+        && let Ok(ago) = chrono::Duration::from_std(ago)
+    {
+        return Ok(Utc::now() - ago);
+    }
+    Err(format!(
+        "`{text}` is not a time: use RFC 3339, 2026-11-28T09:30 (UTC), 2026-11-28, or a duration ago such as 2h"
+    ))
+}
+
+/// `busbar redeliver`: the preview, a confirmation, then the redelivery
+/// with a progress bar on a terminal.
+fn redeliver(
+    filter: busbar::engine::redeliver::RedeliverFilter,
+    yes: bool,
+    request_id: Option<String>,
+    database_url: &str,
+    dir: &Path,
+    contracts: Option<&Path>,
+) -> Result<ExitCode> {
+    use busbar::engine::redeliver::{self, RedeliverRequest};
+    // Warnings only: log lines would break the progress bar.
+    let filter_env = tracing_subscriber::EnvFilter::try_from_env("BUSBAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter_env)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let generation = std::sync::Arc::new(busbar::serve::load_generation(dir, contracts, 0)?);
+        let Some(integration) = generation.integration(&filter.integration) else {
+            anyhow::bail!(
+                "there is no integration `{}` in {}",
+                filter.integration,
+                dir.display()
+            );
+        };
+        let store = busbar::serve::connect(database_url).await?;
+        if let Some(current) = redeliver::current_definition(&store, integration).await? {
+            anyhow::bail!(
+                "integration `{}` in {} differs from the definition the running busbar loaded ({current});                  run busbar redeliver with the same integrations directory",
+                integration.id,
+                dir.display()
+            );
+        }
+        let count = redeliver::preview(&store, &generation, &filter).await?;
+        let mut out = anstream::stdout();
+        let what = describe(&count);
+        if count.deliveries == 0 {
+            writeln!(
+                out,
+                "nothing to redeliver: no delivery of {} matches",
+                filter.integration
+            )?;
+            store.close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        writeln!(out, "{what} of {} match", filter.integration)?;
+        if !yes {
+            if !std::io::stdin().is_terminal() {
+                anyhow::bail!("not confirmed: pass --yes to redeliver without a question");
+            }
+            write!(out, "Redeliver {what} through {}? [y/N] ", filter.integration)?;
+            out.flush()?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            if !matches!(line.trim(), "y" | "Y" | "yes") {
+                writeln!(out, "nothing redelivered")?;
+                store.close().await;
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(count.deliveries)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} deliveries ({per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let shown = bar.clone();
+        let progress: redeliver::Progress = std::sync::Arc::new(move |done| {
+            // The set may have changed since the preview.
+            if done.deliveries > shown.length().unwrap_or(0) {
+                shown.set_length(done.deliveries);
+            }
+            shown.set_position(done.deliveries);
+        });
+        let done = redeliver::run(
+            store.clone(),
+            generation.clone(),
+            RedeliverRequest {
+                filter: filter.clone(),
+                request_id,
+                caller: None,
+            },
+            Some(progress),
+        )
+        .await?;
+        bar.finish_and_clear();
+        store.close().await;
+        let what = describe(&done.count);
+        match (done.repeated, done.finished) {
+            (false, _) => writeln!(
+                out,
+                "redelivered {what} through {}: a running busbar delivers them in order",
+                filter.integration
+            )?,
+            (true, true) => writeln!(
+                out,
+                "this request id was used already: nothing redelivered now (it redelivered {what})"
+            )?,
+            (true, false) => writeln!(
+                out,
+                "this request id's redelivery is still being written elsewhere ({what} so far); run this again later"
+            )?,
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `3 events (4 deliveries)`, or `3 events` when there is one delivery each.
+fn describe(count: &busbar::engine::redeliver::RedeliverCount) -> String {
+    let events = match count.events {
+        1 => "1 event".to_owned(),
+        n => format!("{n} events"),
+    };
+    if count.deliveries == count.events {
+        events
+    } else {
+        format!("{events} ({} deliveries)", count.deliveries)
+    }
 }
 
 fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {

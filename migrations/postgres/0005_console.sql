@@ -16,3 +16,16 @@ CREATE TABLE integrations.console_sessions (
 );
 
 CREATE INDEX idx_console_sessions_expiry ON integrations.console_sessions (expires_at);
+
+-- Indexes for the console's and the API's reads (docs/CONSOLE.md, "Speed";
+-- src/console/data.rs names, at each query, the index it uses).
+-- A platform key's newest events (`ORDER BY seq DESC`).
+CREATE INDEX idx_events_seq ON integrations.events (seq);
+-- An organization's events in a time range, newest first.
+CREATE INDEX idx_events_org_created ON integrations.events (organization_id, created_at DESC);
+-- A payload field, searched by containment (`event_data @> '{"a": {"b": 1}}'`).
+CREATE INDEX idx_events_data ON integrations.events USING GIN (event_data jsonb_path_ops);
+-- The events with a delivery in an exception state (the search's state
+-- filter): rows in those states are few.
+CREATE INDEX idx_deliveries_exceptions ON integrations.deliveries (status, organization_id, event_id)
+    WHERE status <> 'delivered';

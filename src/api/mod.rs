@@ -3,6 +3,7 @@
 //! - `events.rs`: `POST /api/events`, `GET /api/integrations/events[/{id}]`
 //! - `integrations.rs`: status, enable and disable
 //! - `deliveries.rs`: replay, one delivery or an integration's dead ones
+//! - `redeliver.rs`: redeliver an integration's deliveries by filter
 //! - `health.rs`, `metrics.rs`, `openapi.rs`: operations
 //! - `auth.rs`: API keys as extractors ([`auth::Publisher`], [`auth::Reader`],
 //!   [`auth::Admin`]), so no handler can forget to check them; the key
@@ -23,6 +24,7 @@ mod integrations;
 mod json;
 mod metrics;
 mod openapi;
+mod redeliver;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -320,6 +322,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/integrations/{integration}/replay",
             post(deliveries::replay_integration),
+        )
+        .route(
+            "/api/integrations/{integration}/redeliver",
+            post(redeliver::redeliver),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{deliveries, events, health, integrations, metrics};
+use super::{deliveries, events, health, integrations, metrics, redeliver};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,7 @@ use super::{deliveries, events, health, integrations, metrics};
         integrations::reload,
         deliveries::replay,
         deliveries::replay_integration,
+        redeliver::redeliver,
         health::healthz,
         health::readyz,
         metrics::metrics,
@@ -40,7 +41,7 @@ use super::{deliveries, events, health, integrations, metrics};
     tags(
         (name = "events", description = "Publishing and reading events."),
         (name = "integrations", description = "Integration status; enabling and disabling; reloading the configuration."),
-        (name = "deliveries", description = "Replaying dead deliveries."),
+        (name = "deliveries", description = "Replaying dead deliveries; redelivering by filter."),
         (name = "operations", description = "Health, readiness and metrics."),
     )
 )]

@@ -1,15 +1,15 @@
 //! Every read and write the console makes, in one place.
 //!
 //! The pages never touch the database or the engine themselves: they call
-//! the functions here, which call today's [`crate::store::events`],
-//! [`crate::store::keys`] and [`Engine`] functions, or run the console's own
-//! queries (sessions, search, dead letters grouped by cause). The delivery
-//! engine is being rewritten ("delivery v2": per-key ordered lanes with
-//! cursors, rows only for exceptions, pause/resume, redeliver by filter, an
-//! in-process activity feed); the functions marked `NEEDS ENGINE V2` have an
-//! honest temporary implementation on today's engine and say what they must
-//! become. Re-pointing the console at the new engine happens in this file
-//! alone.
+//! the functions here, which call the [`Engine`] (states, backlog, replay,
+//! redelivery, the activity feed), [`crate::store::events`],
+//! [`crate::store::views`] (deliveries with and without a row),
+//! [`crate::store::lanes`] (delivered counters) and
+//! [`crate::store::keys`], or run the console's own queries (sessions,
+//! search, the overview's numbers, dead letters). Delivery v2 keeps a row
+//! only for a delivery that was an exception (ARCHITECTURE.md, "Delivery
+//! (v2)"); what has no row is inferred from the lanes' cursors, here as in
+//! the API.
 //!
 //! Every function that reads events or deliveries takes the organization
 //! the caller is limited to (`None`: a platform key, every organization)
@@ -18,9 +18,9 @@
 //! from a filter add fixed fragments only, and every value is a bound
 //! parameter.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -28,22 +28,108 @@ use serde_json::Value;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use tokio::sync::broadcast;
+
 use crate::api::Caller;
-use crate::compile::{Generation, StepKind};
-use crate::engine::Engine;
+use crate::compile::{Generation, Integration, OnDead, StepKind};
+use crate::engine::redeliver::{RedeliverCount, RedeliverRequest, Redelivered};
+use crate::engine::{self, Engine, State};
 use crate::envelope::Envelope;
 use crate::on_tx;
 use crate::render::RenderReport;
-use crate::store::events::{self, DeliveryView, LastError, Status, StoredEvent};
+use crate::store::events::{self, BlockedKey, DeliveryView, Status, StoredEvent};
 use crate::store::keys::{self, KeyRecord, Scope};
-use crate::store::types::{Doc, Id, Time};
-use crate::store::{DbTx, Dialect, Store, StoreError};
+use crate::store::lanes::{self, ReplayFilter};
+use crate::store::types::{Doc, Id, Position, Time};
+use crate::store::{DbTx, Dialect, Store, StoreError, log, views};
 
-/// How long a console session lasts after signing in.
-pub const SESSION_TTL: Duration = Duration::from_secs(8 * 60 * 60);
+pub use crate::engine::redeliver::{RedeliverError, RedeliverFilter};
+
+// ---------------------------------------------------------------------------
+// Queries built from a filter, and events as read
+
+/// A value bound to a query built from a filter.
+enum Arg {
+    Id(Uuid),
+    Text(String),
+    Time(DateTime<Utc>),
+    Int(i64),
+    Doc(Value),
+}
+
+/// A query text and its arguments, `$n` numbered in order.
+#[derive(Default)]
+struct Built {
+    conditions: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Built {
+    /// Adds an argument; returns its placeholder.
+    fn arg(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+}
+
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Id(v) => query.bind(Id(*v)),
+                Arg::Text(v) => query.bind(v.clone()),
+                Arg::Time(v) => query.bind(Time(*v)),
+                Arg::Int(v) => query.bind(*v),
+                Arg::Doc(v) => query.bind(Doc(v.clone())),
+            };
+        }
+        query
+    }};
+}
+
+const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.source_product, e.event_name, e.event_data, \
+     e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq, e.xid";
+
+type EventTuple = (
+    Id,
+    Id,
+    String,
+    String,
+    Doc,
+    Time,
+    Time,
+    Option<Time>,
+    Option<Id>,
+    i64,
+    i64,
+);
+
+fn stored_event(row: EventTuple) -> StoredEvent {
+    let (id, organization, source, event, data, occurred, created, processed, parent, seq, xid) =
+        row;
+    StoredEvent {
+        envelope: Envelope {
+            id: id.0,
+            source,
+            event,
+            organization_id: organization.0,
+            occurred_at: occurred.0,
+            data: data.0,
+        },
+        created_at: created.0,
+        processed_at: processed.map(|t| t.0),
+        parent_id: parent.map(|p| p.0),
+        seq,
+        position: Position::new(xid, seq),
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Sessions
+
+/// How long a console session lasts after signing in.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 60 * 60);
 
 /// A signed-in operator, as read back from the session and its key at each
 /// request.
@@ -176,8 +262,18 @@ pub enum FlowState {
     Enabled,
     /// Events wait, nothing skipped, until it is resumed.
     Paused,
-    /// New events get no delivery.
+    /// Its deliveries are recorded as skipped.
     Disabled,
+}
+
+impl From<State> for FlowState {
+    fn from(state: State) -> FlowState {
+        match state {
+            State::Enabled => FlowState::Enabled,
+            State::Paused => FlowState::Paused,
+            State::Disabled => FlowState::Disabled,
+        }
+    }
 }
 
 /// A change an operator asks for on an integration.
@@ -189,24 +285,13 @@ pub enum StateChange {
     Resume,
 }
 
-/// Until engine v2, pausing is disabling (and resuming is enabling): the
-/// console says so on the confirmation, because a disable skips the
-/// pending deliveries that a pause would keep waiting.
-///
-/// NEEDS ENGINE V2: false once [`change_state`] pauses for real.
-pub const PAUSE_IS_DISABLE: bool = true;
-
-/// An integration's state now.
-///
-/// NEEDS ENGINE V2: must return the engine's state (enabled, paused or
-/// disabled, the persisted one combined with `enabled:` in YAML). Today's
-/// engine knows only enabled and disabled, so this never says `Paused`.
+/// An integration's state now, as the engine has it: its YAML
+/// (`enabled: false` is disabled) and the state persisted through the API
+/// or the console, together.
 pub fn flow_state(engine: &Engine, integration: &str) -> FlowState {
-    if engine.is_enabled(integration) {
-        FlowState::Enabled
-    } else {
-        FlowState::Disabled
-    }
+    engine
+        .status(integration)
+        .map_or(FlowState::Disabled, |s| s.state.into())
 }
 
 /// Whether the integration's YAML says `enabled: false` (then no change
@@ -218,31 +303,41 @@ pub fn disabled_in_yaml(engine: &Engine, integration: &str) -> bool {
         .is_some_and(|i| !i.enabled)
 }
 
-/// Enables, disables, pauses or resumes an integration, persisted.
-///
-/// NEEDS ENGINE V2: `Pause` must hold the integration's events back
-/// (nothing skipped) and `Resume` must let them run, through the engine's
-/// pause/resume. Until then they are disable and enable
-/// ([`PAUSE_IS_DISABLE`]).
+/// Enables, disables, pauses or resumes an integration, persisted and
+/// followed by every process on the database within a second. A pause
+/// holds its events (nothing skipped) and resume continues from where it
+/// stopped; a disable skips its waiting deliveries at once.
 pub async fn change_state(
     engine: &Engine,
     integration: &str,
     change: StateChange,
 ) -> Result<(), StoreError> {
-    let enabled = matches!(change, StateChange::Enable | StateChange::Resume);
-    engine.set_enabled(integration, enabled).await
+    let state = match change {
+        StateChange::Enable | StateChange::Resume => State::Enabled,
+        StateChange::Disable => State::Disabled,
+        StateChange::Pause => State::Paused,
+    };
+    engine.set_state(integration, state).await
 }
+
+/// The most unread events the overview counts per lane (a larger backlog
+/// shows as this many per lane).
+pub const BACKLOG_CAP: i64 = 1_000;
 
 /// What the overview shows for one integration.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FlowNumbers {
-    /// Deliveries that completed as delivered in the last 5 minutes.
+    /// Deliveries that ended delivered in the last 5 minutes (the per-minute
+    /// counters of `integrations.delivery_stats`).
     pub delivered_5m: i64,
     /// And in the last hour.
     pub delivered_1h: i64,
-    /// Deliveries waiting for their first attempt.
+    /// Work waiting: events its lanes have not reached yet (for a platform
+    /// key; counted up to [`BACKLOG_CAP`] per lane) and deliveries pending
+    /// behind a blocked key or after a replay or redelivery.
     pub backlog: i64,
-    /// Deliveries that failed and wait for another attempt.
+    /// Deliveries that failed and wait for another attempt (their key
+    /// waits with them).
     pub retrying: i64,
     pub dead: i64,
     pub last_error: Option<LastErrorView>,
@@ -257,110 +352,116 @@ pub struct LastErrorView {
     pub step: Option<i32>,
 }
 
-impl From<LastError> for LastErrorView {
-    fn from(error: LastError) -> LastErrorView {
-        LastErrorView {
-            message: error.message,
-            at: error.at,
-            event_id: error.event_id,
-            step: error.step,
-        }
-    }
-}
-
 /// The overview's numbers for every integration, for `organization` (or
 /// every organization).
 ///
-/// NEEDS ENGINE V2: in v2 a delivered event leaves no row behind and the
-/// backlog is the distance between a lane's cursor and the newest event,
-/// so `delivered_5m`/`delivered_1h` must come from the engine's counters
-/// (or the activity feed) and `backlog` from the lanes; `retrying` and
-/// `dead` stay counts of exception rows. Today all are counted from
-/// `integrations.deliveries`, one integration at a time: the exceptions
-/// and last error with the existing index `deliveries (integration_id,
-/// status)`, the delivered ones by `completed_at` (index wanted:
-/// `deliveries (integration_id, status, completed_at)`, which can replace
-/// the existing one).
+/// Delivered counts come from the per-minute counters
+/// ([`lanes::delivered_since`]), the unread backlog from the lanes'
+/// cursors ([`Engine::backlog`]; not split by organization, so an
+/// organization's key sees only its pending rows), and retrying, dead and
+/// pending from the exception rows, one indexed look per integration on
+/// `deliveries (integration_id, status)`.
 pub async fn flow_numbers(
-    store: &Store,
+    engine: &Engine,
     integrations: &[String],
     organization: Option<Uuid>,
 ) -> Result<HashMap<String, FlowNumbers>, StoreError> {
     let mut out: HashMap<String, FlowNumbers> = HashMap::new();
+    let unread = match organization {
+        None => engine.backlog(BACKLOG_CAP).await?.unread,
+        Some(_) => HashMap::new(),
+    };
     let now = Utc::now();
-    let mut tx = store.begin_read().await?;
-    // One indexed look per integration (there are few) for each number:
-    // both databases then use an index on (integration_id, status, …)
-    // instead of grouping the whole table.
+    let mut tx = engine.store().begin_read().await?;
+    let last_5m = lanes::delivered_since(
+        &mut tx,
+        organization,
+        Time(now - chrono::Duration::minutes(5)),
+    )
+    .await?;
+    let last_1h = lanes::delivered_since(
+        &mut tx,
+        organization,
+        Time(now - chrono::Duration::hours(1)),
+    )
+    .await?;
     let exceptions = tx.dialect().sql(
-        "SELECT status, CASE WHEN attempts > 0 THEN 1 ELSE 0 END, COUNT(*) \
-           FROM integrations.deliveries \
-          WHERE integration_id = $1 AND status IN ('pending', 'dead') AND ($2 IS NULL OR organization_id = $2) \
-          GROUP BY status, CASE WHEN attempts > 0 THEN 1 ELSE 0 END",
+        "SELECT status, COUNT(*) FROM integrations.deliveries \
+          WHERE integration_id = $1 AND status IN ('pending', 'retrying', 'dead') \
+            AND ($2 IS NULL OR organization_id = $2) \
+          GROUP BY status",
     );
-    let delivered = tx.dialect().sql(
-        "SELECT COALESCE(SUM(CASE WHEN completed_at >= $3 THEN 1 ELSE 0 END), 0), COUNT(*) \
-           FROM integrations.deliveries \
-          WHERE integration_id = $1 AND status = 'delivered' AND completed_at >= $2 \
-            AND ($4 IS NULL OR organization_id = $4)",
+    // One indexed look per integration (there are few) rather than a
+    // window over every exception row.
+    let last = tx.dialect().sql(
+        "SELECT d.id, d.event_id, d.last_error, d.error_step, d.updated_at \
+           FROM integrations.deliveries d \
+          WHERE d.integration_id = $1 AND d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
+            AND ($2 IS NULL OR d.organization_id = $2) \
+          ORDER BY d.updated_at DESC, d.id DESC LIMIT 1",
     );
     for integration in integrations {
-        let rows: Vec<(String, i32, i64)> = on_tx!(&mut tx, |conn| sqlx::query_as(AssertSqlSafe(
+        let numbers = out.entry(integration.clone()).or_default();
+        let rows: Vec<(String, i64)> = on_tx!(&mut tx, |conn| sqlx::query_as(AssertSqlSafe(
             exceptions.clone()
         ))
         .bind(integration.as_str())
         .bind(organization.map(Id))
         .fetch_all(conn)
         .await)?;
-        let numbers = out.entry(integration.clone()).or_default();
-        for (status, retried, count) in rows {
-            match (status.as_str(), retried) {
-                ("dead", _) => numbers.dead += count,
-                (_, 0) => numbers.backlog += count,
-                _ => numbers.retrying += count,
+        for (status, count) in rows {
+            match Status::parse(&status) {
+                Some(Status::Dead) => numbers.dead += count,
+                Some(Status::Retrying) => numbers.retrying += count,
+                _ => numbers.backlog += count,
             }
         }
-        let (last_5m, last_1h): (i64, i64) = on_tx!(&mut tx, |conn| sqlx::query_as(
-            AssertSqlSafe(delivered.clone())
-        )
-        .bind(integration.as_str())
-        .bind(Time(now - chrono::Duration::hours(1)))
-        .bind(Time(now - chrono::Duration::minutes(5)))
-        .bind(organization.map(Id))
-        .fetch_one(conn)
-        .await)?;
-        numbers.delivered_5m = last_5m;
-        numbers.delivered_1h = last_1h;
-    }
-    // One indexed look per integration (there are few) rather than a
-    // window over every exception row.
-    let last = tx.dialect().sql(
-        "SELECT d.id, d.event_id, d.last_error, d.error_step, d.updated_at \
-           FROM integrations.deliveries d \
-          WHERE d.integration_id = $1 AND d.status IN ('dead', 'pending') AND d.last_error IS NOT NULL \
-            AND ($2 IS NULL OR d.organization_id = $2) \
-          ORDER BY d.updated_at DESC, d.id DESC LIMIT 1",
-    );
-    for integration in integrations {
+        numbers.backlog += unread.get(integration).copied().unwrap_or(0);
+        numbers.delivered_5m = last_5m.get(integration).copied().unwrap_or(0);
+        numbers.delivered_1h = last_1h.get(integration).copied().unwrap_or(0);
         type Row = (Id, Id, String, Option<i32>, Time);
         let row: Option<Row> = on_tx!(&mut tx, |conn| sqlx::query_as(AssertSqlSafe(last.clone()))
             .bind(integration.as_str())
             .bind(organization.map(Id))
             .fetch_optional(conn)
             .await)?;
-        if let Some((id, event, message, step, at)) = row {
-            let error = LastError {
-                delivery_id: id.0,
-                event_id: event.0,
+        if let Some((_, event, message, step, at)) = row {
+            numbers.last_error = Some(LastErrorView {
                 message,
-                step,
                 at: at.0,
-            };
-            out.entry(integration.clone()).or_default().last_error = Some(error.into());
+                event_id: event.0,
+                step,
+            });
         }
     }
     tx.rollback().await?;
     Ok(out)
+}
+
+/// The keys of an integration held back by a retrying delivery (or a dead
+/// one, with `on_dead: block`), with what each waits on and how many
+/// deliveries wait behind it, most recent first.
+pub async fn blocked_keys(
+    engine: &Engine,
+    integration: &str,
+    organization: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<BlockedKey>, StoreError> {
+    let generation = engine.generation();
+    let Some(definition) = generation.integration(integration) else {
+        return Ok(Vec::new());
+    };
+    let mut tx = engine.store().begin_read().await?;
+    let keys = events::blocked_keys(
+        &mut tx,
+        organization,
+        integration,
+        definition.on_dead == OnDead::Block,
+        limit,
+    )
+    .await?;
+    tx.rollback().await?;
+    Ok(keys)
 }
 
 /// An integration file as it is on disk now.
@@ -415,17 +516,9 @@ pub fn emit_links(generation: &Generation) -> Vec<(String, String, String)> {
 // ---------------------------------------------------------------------------
 // Deliveries and dead letters
 
-/// A delivery with the name of its event, for lists.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRow {
-    #[serde(flatten)]
-    pub delivery: DeliveryView,
-    pub event_name: String,
-}
-
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
      d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
-     d.generation, d.created_at, d.updated_at, d.completed_at";
+     d.generation, d.created_at, d.updated_at, d.completed_at, d.order_key";
 
 /// A row of `integrations.deliveries`, as the console reads it.
 #[derive(sqlx::FromRow)]
@@ -447,6 +540,7 @@ struct DeliveryTuple {
     created_at: Time,
     updated_at: Time,
     completed_at: Option<Time>,
+    order_key: Option<String>,
 }
 
 fn delivery_view(row: DeliveryTuple) -> DeliveryView {
@@ -468,48 +562,73 @@ fn delivery_view(row: DeliveryTuple) -> DeliveryView {
         created_at: row.created_at.0,
         updated_at: row.updated_at.0,
         completed_at: row.completed_at.map(|t| t.0),
-        order_key: None,
+        order_key: row.order_key,
         recorded: true,
         waiting_on: None,
     }
 }
 
-/// An integration's most recent deliveries, newest first.
+/// An integration's deliveries of its most recent events (newest event
+/// first): rows, and the deliveries without one inferred from the lanes
+/// ([`views::deliveries`]: delivered when its lane has passed the event,
+/// pending before).
 ///
-/// NEEDS ENGINE V2: delivered events leave no row in v2; this must return
-/// the integration's recent outcomes from the activity feed (or the
-/// lanes' cursors plus the exception rows). Today it reads
-/// `integrations.deliveries` (index wanted:
-/// `deliveries (integration_id, created_at DESC)`).
+/// The events are read newest first by `seq` (index `events (seq)` for a
+/// platform key, `events (organization_id, seq DESC)` for an
+/// organization's), keeping those of the integration's source and event
+/// names.
 pub async fn recent_deliveries(
-    store: &Store,
+    engine: &Engine,
     integration: &str,
     organization: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<DeliveryView>, StoreError> {
-    let mut tx = store.begin_read().await?;
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
-          WHERE d.integration_id = $1 AND ($2 IS NULL OR d.organization_id = $2) \
-          ORDER BY d.created_at DESC, d.id DESC LIMIT $3"
+    let generation = engine.generation();
+    let Some(definition) = generation.integration(integration) else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = definition.routes.iter().map(|r| r.on.clone()).collect();
+    names.sort();
+    names.dedup();
+    let mut built = Built::default();
+    let p = built.arg(Arg::Text(definition.source.clone()));
+    built.conditions.push(format!("e.source_product = {p}"));
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|name| built.arg(Arg::Text(name)))
+        .collect();
+    built
+        .conditions
+        .push(format!("e.event_name IN ({})", names.join(", ")));
+    if let Some(organization) = organization {
+        let p = built.arg(Arg::Id(organization));
+        built.conditions.push(format!("e.organization_id = {p}"));
+    }
+    let limit_param = built.arg(Arg::Int(limit));
+    let sql = AssertSqlSafe(engine.store().dialect().sql(&format!(
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE {} ORDER BY e.seq DESC LIMIT {limit_param}",
+        built.conditions.join(" AND ")
     )));
-    let rows: Vec<DeliveryTuple> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
-        .bind(integration)
-        .bind(organization.map(Id))
-        .bind(limit)
-        .fetch_all(conn)
-        .await)?;
+    let mut tx = engine.store().begin_read().await?;
+    let rows: Vec<EventTuple> =
+        on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
+            .fetch_all(conn)
+            .await)?;
+    let found: Vec<StoredEvent> = rows.into_iter().map(stored_event).collect();
+    let deliveries = views::deliveries(&mut tx, &generation, engine.lanes(), &found).await?;
     tx.rollback().await?;
-    Ok(rows.into_iter().map(delivery_view).collect())
+    Ok(deliveries
+        .into_iter()
+        .filter(|d| d.integration == integration)
+        .collect())
 }
 
 /// The most dead deliveries read for grouping by cause.
 pub const DEAD_LETTER_LIMIT: i64 = 5_000;
 
 /// An integration's dead deliveries (of `organization`), newest first, at
-/// most [`DEAD_LETTER_LIMIT`]. Dead deliveries stay rows in v2, so this
-/// keeps its shape (index: `deliveries (integration_id, status)`, which
-/// exists).
+/// most [`DEAD_LETTER_LIMIT`]. Dead deliveries are rows (index
+/// `deliveries (integration_id, status)`).
 pub async fn dead_letters(
     store: &Store,
     integration: &str,
@@ -531,19 +650,19 @@ pub async fn dead_letters(
     Ok(rows.into_iter().map(delivery_view).collect())
 }
 
-/// Puts dead deliveries back in the queue (those of `ids` that are dead
-/// and, when `organization` is given, that organization's), in one
-/// transaction. Returns how many were requeued.
+/// Puts dead deliveries back in their lanes (those of `ids` that are dead
+/// and, when `organization` is given, that organization's), with a fresh
+/// retry budget. Returns how many were requeued.
 pub async fn replay_deliveries(
     engine: &Engine,
     ids: &[Uuid],
     organization: Option<Uuid>,
 ) -> Result<u64, StoreError> {
     engine
-        .replay(crate::store::lanes::ReplayFilter {
+        .replay(ReplayFilter {
             deliveries: Some(ids.to_vec()),
             organization,
-            ..Default::default()
+            ..ReplayFilter::default()
         })
         .await
 }
@@ -552,31 +671,49 @@ pub async fn replay_deliveries(
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineEntry {
     pub at: DateTime<Utc>,
-    /// `created`, `failed`, `waiting`, `delivered`, `skipped`, `dead`.
+    /// `routed`, `recorded`, `failed`, `waiting`, `due`, `delivered`,
+    /// `skipped`, `dead`.
     pub kind: &'static str,
     pub text: String,
 }
 
-/// A delivery's timeline of attempts and errors.
+/// A delivery's timeline, as far as busbar keeps it.
 ///
-/// NEEDS ENGINE V2: must list every attempt (time, outcome, error, step,
-/// generation) from the engine's attempt history. Today only the latest
-/// attempt's error is stored, so the timeline is what the delivery row
-/// says: created, the number of attempts with the last error, the next
-/// attempt if one is due, and how it ended.
-pub fn delivery_timeline(delivery: &DeliveryView) -> Vec<TimelineEntry> {
-    let mut entries = vec![TimelineEntry {
-        at: delivery.created_at,
-        kind: "created",
-        text: format!(
-            "routed to {} (route {} for {})",
-            delivery.integration,
-            delivery.route_ordinal + 1,
-            delivery.route_event
-        ),
+/// A delivery has at most one row, updated in place (and none at all when
+/// it succeeded on its first pass), so the timeline is what that row says:
+/// when it was routed or first recorded, its latest failure with the step
+/// and the number of attempts, what it waits on or when it runs next, how
+/// it ended, and how many times it was redelivered (`epoch`). Earlier
+/// attempts' errors are not kept.
+pub fn delivery_timeline(delivery: &DeliveryView, epoch: i32) -> Vec<TimelineEntry> {
+    let route = format!(
+        "route {} for {}",
+        delivery.route_ordinal + 1,
+        delivery.route_event
+    );
+    let mut entries = vec![if delivery.recorded {
+        TimelineEntry {
+            at: delivery.created_at,
+            kind: "recorded",
+            text: format!(
+                "{} ({route}): first recorded, when it stopped being a plain first-pass success",
+                delivery.integration
+            ),
+        }
+    } else {
+        TimelineEntry {
+            at: delivery.created_at,
+            kind: "routed",
+            text: format!("published; routed to {} ({route})", delivery.integration),
+        }
     }];
-    let failed = delivery.last_error.is_some()
-        && matches!(delivery.status, Status::Retrying | Status::Dead);
+    let redelivered = match epoch {
+        0 => String::new(),
+        1 => " (redelivered once)".to_owned(),
+        n => format!(" (redelivered {n} times)"),
+    };
+    let failed =
+        delivery.last_error.is_some() && matches!(delivery.status, Status::Retrying | Status::Dead);
     if failed {
         let step = delivery
             .error_step
@@ -592,41 +729,92 @@ pub fn delivery_timeline(delivery: &DeliveryView) -> Vec<TimelineEntry> {
             ),
         });
     }
-    match delivery.status {
-        Status::Pending | Status::Retrying => entries.push(TimelineEntry {
-            at: delivery.next_attempt_at,
+    let ended = delivery.completed_at.unwrap_or(delivery.updated_at);
+    entries.push(match delivery.status {
+        Status::Pending if !delivery.recorded => TimelineEntry {
+            at: delivery.created_at,
             kind: "waiting",
-            text: format!("attempt {} is due", delivery.attempts + 1),
-        }),
-        Status::Delivered => entries.push(TimelineEntry {
-            at: delivery.completed_at.unwrap_or(delivery.updated_at),
+            text: "waits for its lane to reach it (the integration's backlog, or paused)".to_owned(),
+        },
+        Status::Pending => TimelineEntry {
+            at: delivery.updated_at,
+            kind: "waiting",
+            text: match delivery.waiting_on {
+                Some(head) => format!(
+                    "waits behind delivery {head} of the same key{}{redelivered}",
+                    delivery
+                        .order_key
+                        .as_deref()
+                        .map(|k| format!(" ({k})"))
+                        .unwrap_or_default()
+                ),
+                None => format!("queued to run again (replayed or redelivered){redelivered}"),
+            },
+        },
+        Status::Retrying => TimelineEntry {
+            at: delivery.next_attempt_at,
+            kind: "due",
+            text: format!(
+                "attempt {} is due; later deliveries of its key wait for it",
+                delivery.attempts + 1
+            ),
+        },
+        Status::Delivered if !delivery.recorded => TimelineEntry {
+            at: ended,
+            kind: "delivered",
+            text: "delivered on its first pass (busbar keeps no row for that: the time is when its lane last moved past it)".to_owned(),
+        },
+        Status::Delivered => TimelineEntry {
+            at: ended,
             kind: "delivered",
             text: format!(
-                "delivered after {} attempt(s), generation {}",
+                "delivered after {} attempt(s), generation {}{redelivered}",
                 delivery.attempts.max(1),
                 delivery
                     .generation
                     .map_or_else(|| "?".to_owned(), |g| g.to_string())
             ),
-        }),
-        Status::Skipped => entries.push(TimelineEntry {
-            at: delivery.completed_at.unwrap_or(delivery.updated_at),
+        },
+        Status::Skipped => TimelineEntry {
+            at: ended,
             kind: "skipped",
             text: format!(
-                "skipped: {}",
+                "skipped: {}{redelivered}",
                 delivery
                     .last_error
                     .as_deref()
                     .unwrap_or("no reason recorded")
             ),
-        }),
-        Status::Dead => entries.push(TimelineEntry {
-            at: delivery.completed_at.unwrap_or(delivery.updated_at),
+        },
+        Status::Dead => TimelineEntry {
+            at: ended,
             kind: "dead",
-            text: "dead letter: waits for a fix and a replay".to_owned(),
-        }),
-    }
+            text: format!("dead letter: waits for a fix and a replay{redelivered}"),
+        },
+    });
     entries
+}
+
+/// How many times each recorded delivery of `ids` was redelivered (its
+/// `epoch`); deliveries without a row were never redelivered.
+async fn epochs(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uuid, i32>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(200) {
+        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+            "SELECT id, epoch FROM integrations.deliveries WHERE id IN ({}) AND epoch > 0",
+            params.join(", ")
+        )));
+        let rows: Vec<(Id, i32)> = on_tx!(&mut *tx, |conn| {
+            let mut query = sqlx::query_as(sql);
+            for id in chunk {
+                query = query.bind(Id(*id));
+            }
+            query.fetch_all(conn).await
+        })?;
+        out.extend(rows.into_iter().map(|(id, epoch)| (id.0, epoch)));
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -652,112 +840,90 @@ pub struct EventSearch {
     pub before_seq: Option<i64>,
 }
 
-/// A value bound to a query built from a filter.
-enum Arg {
-    Id(Uuid),
-    Text(String),
-    Time(DateTime<Utc>),
-    Int(i64),
-    Doc(Value),
-}
-
-/// A query text and its arguments, `$n` numbered in order.
-#[derive(Default)]
-struct Built {
-    conditions: Vec<String>,
-    args: Vec<Arg>,
-}
-
-impl Built {
-    /// Adds an argument; returns its placeholder.
-    fn arg(&mut self, arg: Arg) -> String {
-        self.args.push(arg);
-        format!("${}", self.args.len())
-    }
-}
-
-macro_rules! bind_args {
-    ($query:expr, $args:expr) => {{
-        let mut query = $query;
-        for arg in $args {
-            query = match arg {
-                Arg::Id(v) => query.bind(Id(*v)),
-                Arg::Text(v) => query.bind(v.clone()),
-                Arg::Time(v) => query.bind(Time(*v)),
-                Arg::Int(v) => query.bind(*v),
-                Arg::Doc(v) => query.bind(Doc(v.clone())),
-            };
-        }
-        query
-    }};
-}
-
-const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.source_product, e.event_name, e.event_data, \
-     e.occurred_at, e.created_at, e.processed_at, e.parent_id, e.seq, e.xid";
-
-type EventTuple = (
-    Id,
-    Id,
-    String,
-    String,
-    Doc,
-    Time,
-    Time,
-    Option<Time>,
-    Option<Id>,
-    i64,
-    i64,
-);
-
-fn stored_event(row: EventTuple) -> StoredEvent {
-    let (id, organization, source, event, data, occurred, created, processed, parent, seq, xid) =
-        row;
-    StoredEvent {
-        envelope: Envelope {
-            id: id.0,
-            source,
-            event,
-            organization_id: organization.0,
-            occurred_at: occurred.0,
-            data: data.0,
-        },
-        created_at: created.0,
-        processed_at: processed.map(|t| t.0),
-        parent_id: parent.map(|p| p.0),
-        seq,
-        position: crate::store::types::Position::new(xid, seq),
-    }
-}
-
-/// An event in a list, with its deliveries counted by state.
+/// An event in a list, with its deliveries counted by state (rows and
+/// inferred ones).
 #[derive(Debug, Clone, Serialize)]
 pub struct EventRow {
     pub event: StoredEvent,
-    pub counts: HashMap<&'static str, i64>,
+    pub counts: BTreeMap<&'static str, i64>,
 }
 
-/// Events matching `search`, newest first, at most `limit`.
+/// The condition "`integration`'s delivery of the event `e` is
+/// delivered": a `delivered` row, or no row for an event its lane has
+/// passed (after the lane began, and not routed by the engine before
+/// delivery v2). The lane is the one the database computes for the event
+/// ([`log::lane_sql`]), the cursor the lane's row.
+fn delivered_condition(built: &mut Built, integration: &Integration, lanes: i32) -> String {
+    let id = built.arg(Arg::Text(integration.id.clone()));
+    let source = built.arg(Arg::Text(integration.source.clone()));
+    let mut names: Vec<String> = integration.routes.iter().map(|r| r.on.clone()).collect();
+    names.sort();
+    names.dedup();
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|name| built.arg(Arg::Text(name)))
+        .collect();
+    let lane = if lanes > 1 {
+        // The path of an order key in the data, as a text array literal
+        // (cast by the expression itself).
+        let next = built.args.len() + 1;
+        let (expr, path) = log::lane_sql(&integration.order_by, lanes, next);
+        if let Some(path) = path {
+            built.arg(Arg::Text(text_array(&path)));
+        }
+        expr
+    } else {
+        "0".to_owned()
+    };
+    format!(
+        "(e.source_product = {source} AND e.event_name IN ({names}) AND \
+          (EXISTS (SELECT 1 FROM integrations.deliveries d WHERE d.organization_id = e.organization_id \
+                     AND d.event_id = e.id AND d.integration_id = {id} AND d.status = 'delivered') \
+           OR (e.processed_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM integrations.deliveries d WHERE d.organization_id = e.organization_id \
+                                 AND d.event_id = e.id AND d.integration_id = {id}) \
+               AND EXISTS (SELECT 1 FROM integrations.lanes l WHERE l.integration_id = {id} AND l.lane = {lane} \
+                             AND (e.xid, e.seq) <= (l.cursor_xid, l.cursor_seq) \
+                             AND (e.xid, e.seq) > (l.origin_xid, l.origin_seq)))))",
+        names = names.join(", ")
+    )
+}
+
+/// A PostgreSQL text array literal: `{"a","b"}`.
+fn text_array(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|item| format!("\"{}\"", item.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+/// Events matching `search`, newest first, at most `limit`, each with its
+/// deliveries counted by state.
 ///
-/// Indexes: `events (organization_id, seq DESC)` and `events (created_at
-/// DESC)` exist; wanted on PostgreSQL: `events (seq DESC)` (a platform
-/// key's newest events: `seq` has no index there), `events
-/// (organization_id, created_at DESC)` (a time range), a GIN index on
-/// `event_data` (`jsonb_path_ops`) for the payload field, which is
-/// searched by containment (`@>`); on both databases `deliveries (status)
-/// WHERE status <> 'delivered'` for the state filter (the query repeats
-/// that condition so that SQLite, too, may use the partial index).
-/// Measured with them on 1,000,000 events: every search under 30 ms,
-/// except a payload field on SQLite, which reads every event (0.6 s).
+/// The state filter: `pending`, `retrying`, `skipped` and `dead` are rows,
+/// found first (a materialized set, from the index `deliveries (status,
+/// organization_id, event_id) WHERE status <> 'delivered'`). `pending`
+/// finds the deliveries waiting with a row (behind a blocked key, replayed,
+/// redelivered); events the lanes have not reached yet are not listed (the
+/// overview's backlog counts them). `delivered` has no row for most
+/// deliveries: it is an event with a `delivered` row, or without a row for
+/// an event its lane has passed, for the chosen integration (or any), so
+/// it is tested event by event, newest first (delivered events are most
+/// of the log: a page fills at once).
 ///
-/// NEEDS ENGINE V2: the status filter looks for a delivery row in that
-/// state; in v2 `delivered` (and `pending` behind a cursor) leave no row,
-/// so those two must be answered from the lanes' cursors.
+/// Indexes: `events (organization_id, seq DESC)` and `events (seq)` for the
+/// newest, `events (organization_id, created_at DESC)` for a time range,
+/// and on PostgreSQL a GIN index on `event_data` (`jsonb_path_ops`) for
+/// the payload field, which is searched by containment (`@>`).
 pub async fn search_events(
-    store: &Store,
+    engine: &Engine,
     search: &EventSearch,
     limit: i64,
 ) -> Result<Vec<EventRow>, StoreError> {
+    let store = engine.store();
     let dialect = store.dialect();
+    let generation = engine.generation();
     let mut built = Built::default();
     if let Some(organization) = search.organization {
         let p = built.arg(Arg::Id(organization));
@@ -783,32 +949,46 @@ pub async fn search_events(
         let p = built.arg(Arg::Int(seq));
         built.conditions.push(format!("e.seq < {p}"));
     }
-    // The deliveries in an exception state are few: find them first (a
-    // materialized set, from the index on exception rows) rather than
-    // testing every event, newest first, for one. Delivered ones are most
-    // of the table: there testing each event finds a page at once.
     let mut hits = String::new();
-    if let Some(status) = search.status {
-        let p = built.arg(Arg::Text(status.as_str().to_owned()));
-        let integration = match &search.integration {
-            Some(integration) => {
-                let q = built.arg(Arg::Text(integration.clone()));
-                format!(" AND d.integration_id = {q}")
+    match search.status {
+        None => {}
+        Some(Status::Delivered) => {
+            let chosen: Vec<&Integration> = generation
+                .integrations
+                .iter()
+                .filter(|i| search.integration.as_ref().is_none_or(|id| *id == i.id))
+                .collect();
+            let conditions: Vec<String> = chosen
+                .into_iter()
+                .map(|i| delivered_condition(&mut built, i, engine.lanes()))
+                .collect();
+            if conditions.is_empty() {
+                built.conditions.push("1 = 0".to_owned());
+            } else {
+                built
+                    .conditions
+                    .push(format!("({})", conditions.join(" OR ")));
             }
-            None => String::new(),
-        };
-        if status == Status::Delivered {
-            built.conditions.push(format!(
-                "EXISTS (SELECT 1 FROM integrations.deliveries d WHERE d.event_id = e.id AND d.status = {p}{integration})"
-            ));
-        } else {
+        }
+        Some(status) => {
+            let p = built.arg(Arg::Text(status.as_str().to_owned()));
+            let mut narrow = String::new();
+            if let Some(integration) = &search.integration {
+                let q = built.arg(Arg::Text(integration.clone()));
+                narrow.push_str(&format!(" AND d.integration_id = {q}"));
+            }
+            if let Some(organization) = search.organization {
+                let q = built.arg(Arg::Id(organization));
+                narrow.push_str(&format!(" AND d.organization_id = {q}"));
+            }
             hits = format!(
-                "WITH hits AS MATERIALIZED (SELECT DISTINCT d.event_id FROM integrations.deliveries d \
-                 WHERE d.status <> 'delivered' AND d.status = {p}{integration}) "
+                "WITH hits AS MATERIALIZED (SELECT DISTINCT d.organization_id, d.event_id \
+                   FROM integrations.deliveries d WHERE d.status <> 'delivered' AND d.status = {p}{narrow}) "
             );
-            built
-                .conditions
-                .push("e.id IN (SELECT event_id FROM hits)".to_owned());
+            built.conditions.push(
+                "(e.organization_id, e.id) IN (SELECT organization_id, event_id FROM hits)"
+                    .to_owned(),
+            );
         }
     }
     if let Some((path, value)) = &search.field {
@@ -842,7 +1022,7 @@ pub async fn search_events(
     }
     let limit_param = built.arg(Arg::Int(limit));
     let condition = if built.conditions.is_empty() {
-        "TRUE".to_owned()
+        "1 = 1".to_owned()
     } else {
         built.conditions.join(" AND ")
     };
@@ -863,21 +1043,22 @@ pub async fn search_events(
             .fetch_all(conn)
             .await)?;
     let found: Vec<StoredEvent> = rows.into_iter().map(stored_event).collect();
-    let ids: Vec<(Uuid, Uuid)> = found
-        .iter()
-        .map(|e| (e.envelope.organization_id, e.envelope.id))
-        .collect();
-    let mut counts = events::delivery_counts_of(&mut tx, &ids).await?;
+    let deliveries = views::deliveries(&mut tx, &generation, engine.lanes(), &found).await?;
     tx.rollback().await?;
+    let mut counts: HashMap<(Uuid, Uuid), BTreeMap<&'static str, i64>> = HashMap::new();
+    for delivery in &deliveries {
+        *counts
+            .entry((delivery.organization_id, delivery.event_id))
+            .or_default()
+            .entry(delivery.status.as_str())
+            .or_default() += 1;
+    }
     Ok(found
         .into_iter()
         .map(|event| {
             let counts = counts
                 .remove(&(event.envelope.organization_id, event.envelope.id))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(status, count)| (status.as_str(), count))
-                .collect();
+                .unwrap_or_default();
             EventRow { event, counts }
         })
         .collect())
@@ -890,13 +1071,33 @@ fn nest(path: &[String], value: Value) -> Value {
         .fold(value, |inner, key| serde_json::json!({ key: inner }))
 }
 
+/// A delivery on an event's page.
+#[derive(Debug, Clone, Serialize)]
+pub struct TreeDelivery {
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    /// How many times it was redelivered.
+    pub epoch: i32,
+}
+
 /// One event with its deliveries and, recursively, the events they
 /// emitted.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventTree {
     pub event: StoredEvent,
-    pub deliveries: Vec<DeliveryView>,
+    pub deliveries: Vec<TreeDelivery>,
     pub children: Vec<EventTree>,
+}
+
+/// What looking an event up found.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Box<EventTree>),
+    /// Not visible to the caller (another organization's is "not found").
+    Missing,
+    /// A platform key asked for an id that several organizations use:
+    /// these (it must choose).
+    Ambiguous(Vec<Uuid>),
 }
 
 /// How deep the tree of emitted events is followed, and how many events it
@@ -904,38 +1105,53 @@ pub struct EventTree {
 const TREE_DEPTH: usize = 6;
 const TREE_EVENTS: usize = 100;
 
-/// An event visible to `organization` (another organization's event is
-/// `None`, as if it did not exist), with its deliveries and the tree of
-/// events they emitted.
+/// The event `id` of `organization` (the caller's own, or a platform key's
+/// choice; `None`: any, which may be several since ids are unique per
+/// organization), with its deliveries (rows and inferred, each with what
+/// a pending one waits on) and the tree of events they emitted.
 pub async fn event_tree(
-    store: &Store,
+    engine: &Engine,
     id: Uuid,
     organization: Option<Uuid>,
-) -> Result<Option<EventTree>, StoreError> {
-    let mut tx = store.begin_read().await?;
-    let Some(event) = events::get_event(&mut tx, organization, id)
-        .await?
-        .into_iter()
-        .next()
-    else {
+) -> Result<Lookup, StoreError> {
+    let mut tx = engine.store().begin_read().await?;
+    let mut found = events::get_event(&mut tx, organization, id).await?;
+    if found.len() > 1 {
         tx.rollback().await?;
-        return Ok(None);
+        return Ok(Lookup::Ambiguous(
+            found.iter().map(|e| e.envelope.organization_id).collect(),
+        ));
+    }
+    let Some(event) = found.pop() else {
+        tx.rollback().await?;
+        return Ok(Lookup::Missing);
     };
+    let generation = engine.generation();
     let mut budget = TREE_EVENTS;
-    let tree = grow(&mut tx, event, 0, &mut budget).await?;
+    let tree = grow(&mut tx, &generation, engine.lanes(), event, 0, &mut budget).await?;
     tx.rollback().await?;
-    Ok(Some(tree))
+    Ok(Lookup::Found(Box::new(tree)))
 }
 
 fn grow<'a>(
     tx: &'a mut DbTx,
+    generation: &'a Generation,
+    lanes: i32,
     event: StoredEvent,
     depth: usize,
     budget: &'a mut usize,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<EventTree, StoreError>> + Send + 'a>> {
     Box::pin(async move {
-        let deliveries =
-            events::deliveries_of(tx, event.envelope.organization_id, event.envelope.id).await?;
+        let views = views::deliveries(tx, generation, lanes, std::slice::from_ref(&event)).await?;
+        let recorded: Vec<Uuid> = views.iter().filter(|d| d.recorded).map(|d| d.id).collect();
+        let epochs = epochs(tx, &recorded).await?;
+        let deliveries = views
+            .into_iter()
+            .map(|delivery| TreeDelivery {
+                epoch: epochs.get(&delivery.id).copied().unwrap_or(0),
+                delivery,
+            })
+            .collect();
         let mut children = Vec::new();
         if depth < TREE_DEPTH {
             for child in
@@ -945,7 +1161,7 @@ fn grow<'a>(
                     break;
                 }
                 *budget -= 1;
-                children.push(grow(tx, child, depth + 1, budget).await?);
+                children.push(grow(tx, generation, lanes, child, depth + 1, budget).await?);
             }
         }
         Ok(EventTree {
@@ -964,7 +1180,7 @@ fn grow<'a>(
 pub struct Activity {
     pub at: DateTime<Utc>,
     /// `published`, or a delivery's outcome: `delivered`, `skipped`,
-    /// `retrying`, `dead`.
+    /// `retrying`, `dead`; `missed` when the tail fell behind.
     pub outcome: &'static str,
     pub event_id: Uuid,
     pub organization_id: Uuid,
@@ -976,191 +1192,171 @@ pub struct Activity {
     pub error: Option<String>,
 }
 
-/// Follows what happens to an organization's (or every organization's)
-/// events, for the live tail.
-///
-/// NEEDS ENGINE V2: must subscribe to the engine's in-process activity
-/// feed (published events and delivery outcomes as they commit, in every
-/// process on the database) and hand over what arrived since the last
-/// call. Until then it polls: the events stored in the last seconds
-/// (index `events (created_at DESC)`, which exists) and the deliveries of
-/// the events it saw in the last two minutes (index on
-/// `deliveries (event_id, …)`, which exists), and reports what changed.
-/// It therefore misses the outcome of a replay of an older event.
+/// Follows what this busbar process publishes and delivers, for the live
+/// tail: the engine's in-process activity feed ([`Engine::subscribe`]),
+/// limited to an organization (or every organization for a platform key).
+/// With several processes on one database, each tail shows its own
+/// process's activity.
 pub struct ActivityFeed {
+    engine: Engine,
+    receiver: broadcast::Receiver<engine::Activity>,
     organization: Option<Uuid>,
-    /// Events seen, with when they were seen, oldest first.
-    tracked: VecDeque<(Uuid, Instant)>,
-    tracked_ids: HashSet<Uuid>,
-    /// The event names of tracked events, for delivery lines.
-    names: HashMap<Uuid, (String, String, Uuid)>,
-    /// The last state reported for each delivery, with its event.
-    reported: HashMap<Uuid, (Uuid, Status, i32)>,
-    since: DateTime<Utc>,
-    /// When the feed started: what happened to events stored before it is
-    /// already on the page, so their first sighting is not reported.
-    started: DateTime<Utc>,
 }
 
-/// How long the feed follows an event's deliveries.
-const FOLLOW: Duration = Duration::from_secs(120);
-/// The most events the feed follows at once.
-const FOLLOW_MAX: usize = 1000;
-/// How far back each poll looks for new events (commits are not in
-/// `created_at` order, so the window overlaps).
-const OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
+/// The most activities handed over at once.
+const FEED_BATCH: usize = 200;
 
 impl ActivityFeed {
-    /// How often the live tail asks for news.
-    pub const INTERVAL: Duration = Duration::from_millis(250);
-
     /// A feed of what happens from now on.
-    pub fn new(organization: Option<Uuid>) -> ActivityFeed {
+    pub fn new(engine: &Engine, organization: Option<Uuid>) -> ActivityFeed {
         ActivityFeed {
+            receiver: engine.subscribe(),
+            engine: engine.clone(),
             organization,
-            tracked: VecDeque::new(),
-            tracked_ids: HashSet::new(),
-            names: HashMap::new(),
-            reported: HashMap::new(),
-            since: Utc::now(),
-            started: Utc::now(),
         }
     }
 
-    /// What happened since the last call, oldest first.
-    pub async fn poll(&mut self, store: &Store) -> Result<Vec<Activity>, StoreError> {
+    /// Waits for something to happen, then takes everything that arrived
+    /// meanwhile (at most a batch). Cancel-safe: nothing is lost when the
+    /// wait is abandoned. `None` when the engine stopped.
+    pub async fn receive(&mut self) -> Option<Received> {
+        let mut received = Received::default();
+        match self.receiver.recv().await {
+            Ok(activity) => received.activities.push(activity),
+            Err(broadcast::error::RecvError::Lagged(n)) => received.missed += n,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+        while received.activities.len() < FEED_BATCH {
+            match self.receiver.try_recv() {
+                Ok(activity) => received.activities.push(activity),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => received.missed += n,
+                Err(_) => break,
+            }
+        }
+        Some(received)
+    }
+
+    /// What was received, as the tail shows it, oldest first: only the
+    /// viewer's organization's, with the reason of failures and skips
+    /// (read from their rows).
+    pub async fn explain(&self, received: Received) -> Vec<Activity> {
         let now = Utc::now();
-        let mut out = Vec::new();
-        let mut tx = store.begin_read().await?;
-        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-            "SELECT {EVENT_COLUMNS} FROM integrations.events e \
-              WHERE e.created_at >= $1 AND ($2 IS NULL OR e.organization_id = $2) \
-              ORDER BY e.created_at, e.seq LIMIT 500"
-        )));
-        let rows: Vec<EventTuple> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
-            .bind(Time(self.since - OVERLAP))
-            .bind(self.organization.map(Id))
-            .fetch_all(conn)
-            .await)?;
-        for event in rows.into_iter().map(stored_event) {
-            let id = event.envelope.id;
-            if event.created_at < self.since - OVERLAP || !self.tracked_ids.insert(id) {
-                continue;
-            }
-            self.tracked.push_back((id, Instant::now()));
-            self.names.insert(
-                id,
-                (
-                    event.envelope.source.clone(),
-                    event.envelope.event.clone(),
-                    event.envelope.organization_id,
-                ),
-            );
-            if event.created_at < self.started {
-                continue;
-            }
+        let generation = self.engine.generation();
+        let mut out = Vec::with_capacity(received.activities.len() + 1);
+        if received.missed > 0 {
             out.push(Activity {
-                at: event.created_at,
-                outcome: "published",
-                event_id: id,
-                organization_id: event.envelope.organization_id,
-                source: event.envelope.source,
-                event: event.envelope.event,
+                at: now,
+                outcome: "missed",
+                event_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                source: String::new(),
+                event: String::new(),
                 integration: None,
                 attempts: None,
-                error: None,
+                error: Some(format!(
+                    "{} activities went by faster than the tail could show them",
+                    received.missed
+                )),
             });
         }
-        while let Some((id, seen)) = self.tracked.front().copied() {
-            if seen.elapsed() < FOLLOW && self.tracked.len() <= FOLLOW_MAX {
-                break;
-            }
-            self.tracked.pop_front();
-            self.tracked_ids.remove(&id);
-            self.names.remove(&id);
-        }
-        let followed = &self.tracked_ids;
-        self.reported
-            .retain(|_, (event, _, _)| followed.contains(event));
-        let ids: Vec<Uuid> = self.tracked.iter().map(|(id, _)| *id).collect();
-        for chunk in ids.chunks(200) {
-            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE d.event_id IN ({}) \
-                 ORDER BY d.updated_at",
-                params.join(", ")
-            )));
-            let rows: Vec<DeliveryTuple> = on_tx!(&mut tx, |conn| {
-                let mut query = sqlx::query_as(sql);
-                for id in chunk {
-                    query = query.bind(Id(*id));
-                }
-                query.fetch_all(conn).await
-            })?;
-            for delivery in rows.into_iter().map(delivery_view) {
-                let outcome = match delivery.status {
-                    Status::Delivered => "delivered",
-                    Status::Skipped => "skipped",
-                    Status::Dead => "dead",
-                    Status::Retrying => "retrying",
-                    Status::Pending => continue,
-                };
-                let state = (delivery.event_id, delivery.status, delivery.attempts);
-                let before = self.reported.insert(delivery.id, state);
-                if before == Some(state) {
-                    continue;
-                }
-                // An outcome that was already there when the feed started is
-                // on the page; only later changes are news.
-                if before.is_none()
-                    && delivery.completed_at.unwrap_or(delivery.updated_at) < self.started
-                {
-                    continue;
-                }
-                let (source, event, organization) = self
-                    .names
-                    .get(&delivery.event_id)
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        (
-                            delivery.source.clone(),
-                            delivery.route_event.clone(),
-                            delivery.organization_id,
-                        )
-                    });
-                out.push(Activity {
-                    at: delivery.completed_at.unwrap_or(delivery.updated_at),
-                    outcome,
-                    event_id: delivery.event_id,
-                    organization_id: organization,
+        let mut explain = Vec::new();
+        for activity in received.activities {
+            let line = match activity {
+                engine::Activity::Published {
+                    id,
+                    organization_id,
                     source,
                     event,
-                    integration: Some(delivery.integration),
-                    attempts: Some(delivery.attempts),
-                    error: delivery
-                        .last_error
-                        .filter(|_| delivery.status != Status::Delivered),
-                });
+                } => Activity {
+                    at: now,
+                    outcome: "published",
+                    event_id: id,
+                    organization_id,
+                    source,
+                    event,
+                    integration: None,
+                    attempts: None,
+                    error: None,
+                },
+                engine::Activity::Delivery {
+                    id,
+                    event_id,
+                    organization_id,
+                    event,
+                    integration,
+                    status,
+                } => {
+                    let outcome = match status {
+                        Status::Delivered => "delivered",
+                        Status::Skipped => "skipped",
+                        Status::Retrying => "retrying",
+                        Status::Dead => "dead",
+                        Status::Pending => continue,
+                    };
+                    if self.organization.is_some_and(|own| own != organization_id) {
+                        continue;
+                    }
+                    if status != Status::Delivered {
+                        explain.push((out.len(), id));
+                    }
+                    Activity {
+                        at: now,
+                        outcome,
+                        event_id,
+                        organization_id,
+                        source: generation
+                            .integration(&integration)
+                            .map(|i| i.source.clone())
+                            .unwrap_or_default(),
+                        event,
+                        integration: Some(integration),
+                        attempts: None,
+                        error: None,
+                    }
+                }
+            };
+            if self
+                .organization
+                .is_some_and(|own| own != line.organization_id)
+            {
+                continue;
             }
+            out.push(line);
         }
-        tx.rollback().await?;
-        self.since = now;
-        out.sort_by_key(|a| a.at);
-        Ok(out)
+        if !explain.is_empty()
+            && let Ok(mut tx) = self.engine.store().begin_read().await
+        {
+            for (index, id) in explain {
+                if let Ok(Some(row)) = events::get_delivery(&mut tx, self.organization, id).await {
+                    out[index].attempts = Some(row.attempts);
+                    out[index].error = row.last_error;
+                }
+            }
+            let _ = tx.rollback().await;
+        }
+        out
     }
 }
 
-/// The latest activity, for the live tail's first screen (newest first).
-///
-/// NEEDS ENGINE V2: must come from the activity feed's recent history.
-/// Today: the latest events and their deliveries' current outcomes.
+/// Activities taken from the feed, not yet explained.
+#[derive(Debug, Default)]
+pub struct Received {
+    activities: Vec<engine::Activity>,
+    /// How many went by unseen (the feed's buffer overflowed).
+    missed: u64,
+}
+
+/// The latest activity, for the live tail's first screen (newest first):
+/// the newest events and their deliveries' current states (rows and
+/// inferred; those not run yet left out). The stream then adds what
+/// happens from the moment it connects.
 pub async fn recent_activity(
-    store: &Store,
+    engine: &Engine,
     organization: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<Activity>, StoreError> {
     let latest = search_events(
-        store,
+        engine,
         &EventSearch {
             organization,
             ..EventSearch::default()
@@ -1168,14 +1364,22 @@ pub async fn recent_activity(
         limit as i64,
     )
     .await?;
-    let mut tx = store.begin_read().await?;
+    let found: Vec<StoredEvent> = latest.into_iter().map(|row| row.event).collect();
+    let mut tx = engine.store().begin_read().await?;
+    let deliveries =
+        views::deliveries(&mut tx, &engine.generation(), engine.lanes(), &found).await?;
+    tx.rollback().await?;
+    let mut by_event: HashMap<(Uuid, Uuid), Vec<DeliveryView>> = HashMap::new();
+    for delivery in deliveries {
+        by_event
+            .entry((delivery.organization_id, delivery.event_id))
+            .or_default()
+            .push(delivery);
+    }
     let mut out = Vec::new();
-    for row in latest {
-        let event = row.event;
-        for delivery in
-            events::deliveries_of(&mut tx, event.envelope.organization_id, event.envelope.id)
-                .await?
-        {
+    for event in found {
+        let key = (event.envelope.organization_id, event.envelope.id);
+        for delivery in by_event.remove(&key).unwrap_or_default() {
             let outcome = match delivery.status {
                 Status::Delivered => "delivered",
                 Status::Skipped => "skipped",
@@ -1191,7 +1395,7 @@ pub async fn recent_activity(
                 source: event.envelope.source.clone(),
                 event: event.envelope.event.clone(),
                 integration: Some(delivery.integration),
-                attempts: Some(delivery.attempts),
+                attempts: delivery.recorded.then_some(delivery.attempts),
                 error: delivery
                     .last_error
                     .filter(|_| delivery.status != Status::Delivered),
@@ -1209,125 +1413,45 @@ pub async fn recent_activity(
             error: None,
         });
     }
-    tx.rollback().await?;
     out.sort_by_key(|a| std::cmp::Reverse(a.at));
     out.truncate(limit);
     Ok(out)
 }
 
 // ---------------------------------------------------------------------------
-// Redeliver by filter
+// Redeliver by filter: the engine's own functions, as the API and
+// `busbar redeliver` use them.
 
-/// Which events to run through an integration again.
-#[derive(Debug, Clone, Default)]
-pub struct RedeliverFilter {
-    pub integration: String,
-    pub event: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    /// Only events whose delivery to the integration is in this state.
-    pub status: Option<Status>,
-}
-
-/// Why a redelivery did not run.
-#[derive(Debug, thiserror::Error)]
-pub enum RedeliverError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Today's engine can only requeue dead deliveries.
-    #[error(
-        "this busbar can only redeliver dead deliveries until the new delivery engine lands; choose status \"dead\""
-    )]
-    NotYetSupported,
-}
-
-fn redeliver_conditions(filter: &RedeliverFilter, organization: Option<Uuid>) -> Built {
-    let mut built = Built::default();
-    let p = built.arg(Arg::Text(filter.integration.clone()));
-    built.conditions.push(format!("d.integration_id = {p}"));
-    if let Some(organization) = organization {
-        let p = built.arg(Arg::Id(organization));
-        built.conditions.push(format!("d.organization_id = {p}"));
-    }
-    if let Some(status) = filter.status {
-        let p = built.arg(Arg::Text(status.as_str().to_owned()));
-        built.conditions.push(format!("d.status = {p}"));
-    }
-    if let Some(event) = &filter.event {
-        let p = built.arg(Arg::Text(event.clone()));
-        built.conditions.push(format!("d.route_event = {p}"));
-    }
-    if let Some(since) = filter.since {
-        let p = built.arg(Arg::Time(since));
-        built.conditions.push(format!("e.created_at >= {p}"));
-    }
-    if let Some(until) = filter.until {
-        let p = built.arg(Arg::Time(until));
-        built.conditions.push(format!("e.created_at < {p}"));
-    }
-    built
-}
-
-/// How many events a redelivery with `filter` would run again.
-///
-/// NEEDS ENGINE V2: must be the engine's own preview for the filter (the
-/// same matching as the redelivery). Today it counts the integration's
-/// deliveries that match (index wanted: `deliveries (integration_id,
-/// status, created_at)`).
+/// How many events and deliveries a redelivery with `filter` would run
+/// again now (the same matching as [`redeliver`]).
 pub async fn redeliver_preview(
-    store: &Store,
+    engine: &Engine,
     filter: &RedeliverFilter,
-    organization: Option<Uuid>,
-) -> Result<i64, StoreError> {
-    let built = redeliver_conditions(filter, organization);
-    let sql = AssertSqlSafe(store.dialect().sql(&format!(
-        "SELECT COUNT(DISTINCT d.event_id) FROM integrations.deliveries d \
-           JOIN integrations.events e ON e.id = d.event_id WHERE {}",
-        built.conditions.join(" AND ")
-    )));
-    let mut tx = store.begin_read().await?;
-    let (count,): (i64,) = on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
-        .fetch_one(conn)
-        .await)?;
-    tx.rollback().await?;
-    Ok(count)
+) -> Result<RedeliverCount, RedeliverError> {
+    engine.redeliver_preview(filter).await
 }
 
-/// Runs the events matching `filter` through the integration again.
-/// Returns how many.
-///
-/// NEEDS ENGINE V2: must call the engine's redeliver-by-filter, which runs
-/// matching events again whatever their outcome. Today's engine can only
-/// requeue dead deliveries, so this does that for `status: dead` and
-/// refuses any other filter with [`RedeliverError::NotYetSupported`].
+/// Runs the deliveries matching `filter` again. `request_id` makes it
+/// idempotent (the confirmation page carries one, so a form sent twice
+/// redelivers once); `caller` is the key's organization, whose request ids
+/// these are.
 pub async fn redeliver(
     engine: &Engine,
     filter: &RedeliverFilter,
-    organization: Option<Uuid>,
-) -> Result<u64, RedeliverError> {
-    if filter.status != Some(Status::Dead) {
-        return Err(RedeliverError::NotYetSupported);
-    }
-    let built = redeliver_conditions(filter, organization);
-    let sql = AssertSqlSafe(engine.store().dialect().sql(&format!(
-        "SELECT d.id FROM integrations.deliveries d JOIN integrations.events e ON e.id = d.event_id \
-          WHERE {}",
-        built.conditions.join(" AND ")
-    )));
-    let mut tx = engine
-        .store()
-        .begin_read()
+    request_id: Option<String>,
+    caller: Option<Uuid>,
+) -> Result<Redelivered, RedeliverError> {
+    engine
+        .redeliver(
+            RedeliverRequest {
+                filter: filter.clone(),
+                request_id,
+                caller,
+            },
+            None,
+        )
         .await
-        .map_err(RedeliverError::Store)?;
-    let ids: Vec<(Id,)> = on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
-        .fetch_all(conn)
-        .await)
-    .map_err(StoreError::from)?;
-    tx.rollback().await?;
-    let ids: Vec<Uuid> = ids.into_iter().map(|(id,)| id.0).collect();
-    Ok(replay_deliveries(engine, &ids, organization).await?)
 }
-
 // ---------------------------------------------------------------------------
 // Try an event
 

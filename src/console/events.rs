@@ -8,11 +8,18 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::data::{self, EventRow, EventSearch, EventTree, TimelineEntry};
+use super::data::{self, EventRow, EventSearch, EventTree, Lookup, TimelineEntry};
 use super::{ConsoleError, Viewer, highlight, see_other, view};
 use crate::api::AppState;
 use crate::envelope::{is_event_name, is_product_name};
 use crate::store::events::{DeliveryView, Status, StoredEvent};
+
+/// An event page's query: a platform key chooses the organization when
+/// several use the same event id.
+#[derive(Debug, Default, Deserialize)]
+pub struct DetailQuery {
+    organization: Option<Uuid>,
+}
 
 /// Events per page.
 const PAGE: i64 = 50;
@@ -156,19 +163,24 @@ pub async fn search(
     let (search, mut problems) = filter(&viewer, &form)?;
     if let Some(id) = blank(&form.id) {
         match id.parse::<Uuid>() {
-            Ok(id) => {
-                let found =
-                    data::event_tree(state.engine.store(), id, viewer.organization()).await?;
-                if found.is_some() {
-                    return Ok(see_other(&format!("/console/events/{id}")));
+            Ok(id) => match data::event_tree(&state.engine, id, search.organization).await? {
+                Lookup::Found(_) | Lookup::Ambiguous(_) => {
+                    let organization = search
+                        .organization
+                        .filter(|_| viewer.organization().is_none())
+                        .map(|o| format!("?organization={o}"))
+                        .unwrap_or_default();
+                    return Ok(see_other(&format!("/console/events/{id}{organization}")));
                 }
-                problems.push(format!("There is no event {id} that this key can see."));
-            }
+                Lookup::Missing => {
+                    problems.push(format!("There is no event {id} that this key can see."))
+                }
+            },
             Err(_) => problems.push("The event id is not a UUID.".to_owned()),
         }
     }
     let rows = if problems.is_empty() {
-        data::search_events(state.engine.store(), &search, PAGE).await?
+        data::search_events(&state.engine, &search, PAGE).await?
     } else {
         Vec::new()
     };
@@ -204,6 +216,8 @@ pub async fn search(
 struct DeliveryNode {
     #[serde(flatten)]
     delivery: DeliveryView,
+    /// How many times it was redelivered.
+    epoch: i32,
     timeline: Vec<TimelineEntry>,
 }
 
@@ -221,9 +235,10 @@ fn node(tree: EventTree) -> EventNode {
         deliveries: tree
             .deliveries
             .into_iter()
-            .map(|delivery| DeliveryNode {
-                timeline: data::delivery_timeline(&delivery),
-                delivery,
+            .map(|line| DeliveryNode {
+                timeline: data::delivery_timeline(&line.delivery, line.epoch),
+                epoch: line.epoch,
+                delivery: line.delivery,
             })
             .collect(),
         children: tree.children.into_iter().map(node).collect(),
@@ -235,6 +250,8 @@ fn node(tree: EventTree) -> EventNode {
 struct DetailPage {
     root: EventNode,
     parent: Option<Uuid>,
+    /// For a platform key: the organization, in links to related events.
+    organization: Option<Uuid>,
 }
 
 /// `GET /console/events/{id}`: another organization's event is "not found",
@@ -243,13 +260,36 @@ pub async fn detail(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<DetailQuery>,
 ) -> Result<Response, ConsoleError> {
     let missing =
         || ConsoleError::not_found(format!("There is no event {id} that this key can see."));
     let id: Uuid = id.parse().map_err(|_| missing())?;
-    let Some(tree) = data::event_tree(state.engine.store(), id, viewer.organization()).await?
-    else {
-        return Err(missing());
+    let organization = match (viewer.organization(), query.organization) {
+        // Asking for another organization is "not found", as if it did
+        // not exist.
+        (Some(own), Some(asked)) if own != asked => return Err(missing()),
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
+    let tree = match data::event_tree(&state.engine, id, organization).await? {
+        Lookup::Found(tree) => *tree,
+        Lookup::Missing => return Err(missing()),
+        Lookup::Ambiguous(organizations) => {
+            let choices: Vec<String> = organizations
+                .iter()
+                .map(|o| format!("/console/events/{id}?organization={o}"))
+                .collect();
+            return Err(ConsoleError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Several events",
+                format!(
+                    "Event ids are unique per organization, and {} organizations have an event {id}. Open one: {}",
+                    organizations.len(),
+                    choices.join(" , ")
+                ),
+            ));
+        }
     };
     let title = format!(
         "{}/{}",
@@ -257,6 +297,7 @@ pub async fn detail(
     );
     let content = DetailPage {
         parent: tree.event.parent_id,
+        organization: organization.filter(|_| viewer.organization().is_none()),
         root: node(tree),
     };
     Ok(view::page(&viewer, "event.html", "events", &title, content)?.into_response())

@@ -1,6 +1,7 @@
 //! An integration's page (`GET /console/integrations/{id}`): its YAML as
 //! written (highlighted, with the last reload's errors marked), its dead
-//! letters grouped by cause, its recent deliveries; and its actions:
+//! letters grouped by cause, its blocked keys (what each waits on, and how
+//! many wait behind it), its recent deliveries; and its actions:
 //! replaying a group of dead letters or some of them, and enabling,
 //! disabling, pausing and resuming it. Every action asks for a
 //! confirmation that says what it will do, on a page of its own (so it
@@ -15,7 +16,8 @@ use super::causes::{self, CauseGroup};
 use super::data::{self, FlowState, StateChange};
 use super::{ConsoleError, Fields, Viewer, highlight, see_other, view};
 use crate::api::{AppState, ReloadError};
-use crate::store::events::DeliveryView;
+use crate::compile::OnDead;
+use crate::store::events::{BlockedKey, DeliveryView};
 
 /// How many deliveries of a group the page lists with checkboxes.
 const LISTED_PER_GROUP: usize = 50;
@@ -36,10 +38,9 @@ impl Notice {
             "replayed" => format!("{count} dead deliveries were queued again."),
             "enabled" => "The integration is enabled.".to_owned(),
             "disabled" => "The integration is disabled.".to_owned(),
-            "paused" if data::PAUSE_IS_DISABLE => {
-                "The integration is disabled: until the new delivery engine lands, pausing disables.".to_owned()
+            "paused" => {
+                "The integration is paused: its events wait, nothing is skipped.".to_owned()
             }
-            "paused" => "The integration is paused.".to_owned(),
             "resumed" => "The integration is running again.".to_owned(),
             _ => return None,
         })
@@ -93,13 +94,17 @@ struct IntegrationPage {
     file: String,
     state: FlowState,
     disabled_in_yaml: bool,
-    pause_is_disable: bool,
+    /// What its deliveries are ordered by (`order_by:`).
+    order_by: String,
+    /// Whether a dead delivery holds its key back (`on_dead: block`).
+    dead_blocks: bool,
     routes: Vec<RouteView>,
     yaml: Option<minijinja::Value>,
     reload_errors: Vec<ReloadError>,
     groups: Vec<GroupView>,
     dead_total: usize,
     dead_limit: i64,
+    blocked: Vec<BlockedKey>,
     recent: Vec<DeliveryView>,
     notice: Option<String>,
 }
@@ -123,7 +128,8 @@ pub async fn page(
     let dead = data::dead_letters(store, &id, organization).await?;
     let dead_total = dead.len();
     let groups: Vec<GroupView> = causes::group(dead).into_iter().map(Into::into).collect();
-    let recent = data::recent_deliveries(store, &id, organization, 25).await?;
+    let blocked = data::blocked_keys(&state.engine, &id, organization, 50).await?;
+    let recent = data::recent_deliveries(&state.engine, &id, organization, 25).await?;
     let source = data::integration_source(&generation, &id).await;
     let file = integration.file.display().to_string();
     let reload = state.reload.load();
@@ -158,13 +164,15 @@ pub async fn page(
         file,
         state: data::flow_state(&state.engine, &id),
         disabled_in_yaml: !integration.enabled,
-        pause_is_disable: data::PAUSE_IS_DISABLE,
+        order_by: integration.order_by.describe(),
+        dead_blocks: integration.on_dead == OnDead::Block,
         routes,
         yaml: source.map(|s| view::safe(highlight::yaml(&s.text, &marked))),
         reload_errors,
         groups,
         dead_total,
         dead_limit: data::DEAD_LETTER_LIMIT,
+        blocked,
         recent,
         notice: notice.text(),
     };
@@ -313,16 +321,17 @@ pub async fn change_state(
         let (question, details, warning) = match change {
             StateChange::Pause => (
                 format!("Pause {id}?"),
-                vec!["Its events wait until it is resumed; nothing is skipped.".to_owned()],
-                data::PAUSE_IS_DISABLE.then(|| {
-                    "This busbar does not pause yet: until the new delivery engine lands, pausing disables the integration, so its pending deliveries are skipped and new events get none until it is resumed.".to_owned()
-                }),
+                vec![
+                    "Its events wait until it is resumed; nothing is skipped. A batch already running finishes.".to_owned(),
+                    "Resuming continues from where it stopped, in order.".to_owned(),
+                ],
+                None,
             ),
             _ => (
                 format!("Disable {id}?"),
                 vec![
-                    "New events get no delivery for it, and its pending deliveries are skipped.".to_owned(),
-                    "Enabling it again does not bring those back; redeliver them afterwards.".to_owned(),
+                    "Its deliveries are recorded as skipped, new events' and the waiting ones' alike.".to_owned(),
+                    "Enabling it again does not bring those back: redeliver the skipped ones afterwards (or pause instead, which holds them).".to_owned(),
                 ],
                 None,
             ),

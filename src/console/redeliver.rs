@@ -1,28 +1,34 @@
 //! Redeliver by filter (`/console/redeliver`): choose an integration and
-//! which of its events (event name, time range, delivery state), see how
-//! many match, then run them through the integration again. Needs the
-//! `admin` scope; an organization's key redelivers only its organization's
-//! events.
+//! which of its deliveries (event name, time range, state: delivered,
+//! skipped, dead), see how many match, then run them through the
+//! integration again — the engine's redelivery, as the API and `busbar
+//! redeliver` make it. Needs the `admin` scope; an organization's key
+//! redelivers only its organization's events.
+//!
+//! The confirmation page carries a request id made for it, so sending the
+//! confirmed form twice (a double click, a reload) redelivers once.
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::data::{self, RedeliverError, RedeliverFilter};
 use super::integration::{Confirmation, confirm};
 use super::{ConsoleError, Fields, Viewer, view};
 use crate::api::AppState;
 use crate::store::events::Status;
+use crate::store::redeliver::REDELIVERABLE;
 
 /// The form's fields.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct RedeliverForm {
     integration: String,
     event: String,
     since: String,
     until: String,
-    status: String,
+    /// The states ticked (none: all three).
+    statuses: Vec<String>,
 }
 
 impl RedeliverForm {
@@ -33,22 +39,42 @@ impl RedeliverForm {
             event: get("event"),
             since: get("since"),
             until: get("until"),
-            status: get("status"),
+            statuses: fields
+                .all("status")
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
         }
     }
 
     fn pairs(&self) -> Vec<(String, String)> {
-        [
+        let mut pairs: Vec<(String, String)> = [
             ("integration", &self.integration),
             ("event", &self.event),
             ("since", &self.since),
             ("until", &self.until),
-            ("status", &self.status),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_owned(), v.clone()))
-        .collect()
+        .collect();
+        pairs.extend(
+            self.statuses
+                .iter()
+                .map(|s| ("status".to_owned(), s.clone())),
+        );
+        pairs
     }
+}
+
+/// What the page says after a redelivery.
+#[derive(Debug, Serialize)]
+struct Done {
+    events: u64,
+    deliveries: u64,
+    /// The confirmed form had been sent already: nothing more was done.
+    repeated: bool,
+    integration: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,7 +83,7 @@ struct RedeliverPage {
     integrations: Vec<String>,
     statuses: Vec<&'static str>,
     problems: Vec<String>,
-    done: Option<u64>,
+    done: Option<Done>,
 }
 
 fn parse_time(
@@ -86,29 +112,46 @@ fn parse_time(
 }
 
 /// The filter of a form, or what is wrong with it.
-fn filter(state: &AppState, form: &RedeliverForm) -> Result<RedeliverFilter, Vec<String>> {
+fn filter(
+    state: &AppState,
+    form: &RedeliverForm,
+    organization: Option<Uuid>,
+) -> Result<RedeliverFilter, Vec<String>> {
     let mut problems = Vec::new();
     let integration = form.integration.trim();
-    if state.engine.generation().integration(integration).is_none() {
+    let generation = state.engine.generation();
+    let definition = generation.integration(integration);
+    if definition.is_none() {
         problems.push("Choose an integration of the live generation.".to_owned());
     }
-    let status = match form.status.trim() {
-        "" => None,
-        text => match Status::parse(text) {
-            Some(status) => Some(status),
-            None => {
-                problems.push(format!("`{text}` is not a delivery state."));
-                None
-            }
-        },
-    };
+    let mut statuses = Vec::new();
+    for text in &form.statuses {
+        match Status::parse(text).filter(|s| REDELIVERABLE.contains(s)) {
+            Some(status) => statuses.push(status),
+            None => problems.push(format!(
+                "`{text}` cannot be chosen: redeliver delivered, skipped or dead deliveries."
+            )),
+        }
+    }
+    let event = Some(form.event.trim().to_owned()).filter(|e| !e.is_empty());
+    if let (Some(definition), Some(event)) = (definition, &event)
+        && definition.routes_for(event).next().is_none()
+    {
+        problems.push(format!("{integration} has no route for `{event}`."));
+    }
     let filter = RedeliverFilter {
         integration: integration.to_owned(),
-        event: Some(form.event.trim().to_owned()).filter(|e| !e.is_empty()),
+        event,
         since: parse_time(&form.since, "from", &mut problems),
         until: parse_time(&form.until, "to", &mut problems),
-        status,
+        statuses,
+        organization,
     };
+    if let (Some(since), Some(until)) = (filter.since, filter.until)
+        && since >= until
+    {
+        problems.push("The time range is empty: `from` must be before `to`.".to_owned());
+    }
     if problems.is_empty() {
         Ok(filter)
     } else {
@@ -121,7 +164,7 @@ fn page(
     state: &AppState,
     form: RedeliverForm,
     problems: Vec<String>,
-    done: Option<u64>,
+    done: Option<Done>,
 ) -> Result<Response, ConsoleError> {
     let content = RedeliverPage {
         form,
@@ -132,7 +175,7 @@ fn page(
             .iter()
             .map(|i| i.id.clone())
             .collect(),
-        statuses: Status::ALL.iter().map(|s| s.as_str()).collect(),
+        statuses: REDELIVERABLE.iter().map(|s| s.as_str()).collect(),
         problems,
         done,
     };
@@ -140,11 +183,15 @@ fn page(
 }
 
 /// The query of the form page (a link from an integration fills it in).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct Prefill {
-    #[serde(flatten)]
-    form: RedeliverForm,
-    done: Option<u64>,
+    integration: String,
+    event: String,
+    since: String,
+    until: String,
+    /// States, comma-separated.
+    status: String,
 }
 
 /// `GET /console/redeliver`.
@@ -153,10 +200,33 @@ pub async fn form(
     State(state): State<AppState>,
     Query(prefill): Query<Prefill>,
 ) -> Result<Response, ConsoleError> {
-    page(&viewer, &state, prefill.form, Vec::new(), prefill.done)
+    let form = RedeliverForm {
+        integration: prefill.integration,
+        event: prefill.event,
+        since: prefill.since,
+        until: prefill.until,
+        statuses: prefill
+            .status
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
+    page(&viewer, &state, form, Vec::new(), None)
 }
 
-/// `POST /console/redeliver`: the preview (how many events match) as a
+/// A refusal of the engine, said on the form.
+fn refusal(error: RedeliverError) -> Result<String, ConsoleError> {
+    match error {
+        RedeliverError::Store(error) => Err(error.into()),
+        RedeliverError::Disabled(id) => Ok(format!(
+            "{id} is disabled: its redelivered deliveries would be skipped at once. Enable it (or pause it) first."
+        )),
+        other => Ok(format!("{other}.")),
+    }
+}
+
+/// `POST /console/redeliver`: the preview (how many deliveries match) as a
 /// confirmation, then the redelivery.
 pub async fn submit(
     viewer: Viewer,
@@ -166,74 +236,110 @@ pub async fn submit(
     viewer.require_admin()?;
     viewer.check_csrf(&fields)?;
     let form = RedeliverForm::from_fields(&fields);
-    let filter = match filter(&state, &form) {
+    let organization = viewer.organization();
+    let filter = match filter(&state, &form, organization) {
         Ok(filter) => filter,
         Err(problems) => return page(&viewer, &state, form, problems, None),
     };
-    let organization = viewer.organization();
-    if fields.get("confirmed") != Some("yes") {
-        let count = data::redeliver_preview(state.engine.store(), &filter, organization).await?;
-        if count == 0 {
+    let request = fields.get("request").map(str::to_owned);
+    if fields.get("confirmed") != Some("yes") || request.is_none() {
+        let count = match data::redeliver_preview(&state.engine, &filter).await {
+            Ok(count) => count,
+            Err(error) => {
+                let problem = refusal(error)?;
+                return page(&viewer, &state, form, vec![problem], None);
+            }
+        };
+        if count.deliveries == 0 {
             return page(
                 &viewer,
                 &state,
                 form,
-                vec!["No event matches this filter: nothing to redeliver.".to_owned()],
+                vec![
+                    "No delivery matches this filter (only events the integration's lanes have passed count): nothing to redeliver.".to_owned(),
+                ],
                 None,
             );
         }
         let mut echo = form.pairs();
         echo.push(("confirmed".into(), "yes".into()));
+        echo.push(("request".into(), Uuid::now_v7().to_string()));
+        let states: Vec<&str> = filter.states().iter().map(|s| s.as_str()).collect();
         let mut details = vec![format!(
-            "Matching: {}{}{}{}.",
+            "Matching: {}, whose delivery is {}{}{}.",
             filter.event.as_deref().unwrap_or("every event it handles"),
-            filter
-                .status
-                .map(|s| format!(", whose delivery is {}", s.as_str()))
-                .unwrap_or_default(),
+            states.join(" or "),
             filter
                 .since
-                .map(|t| format!(", from {}", t.format("%Y-%m-%d %H:%M UTC")))
+                .map(|t| format!(", stored from {}", t.format("%Y-%m-%d %H:%M UTC")))
                 .unwrap_or_default(),
             filter
                 .until
                 .map(|t| format!(", until {}", t.format("%Y-%m-%d %H:%M UTC")))
                 .unwrap_or_default(),
         )];
+        if count.deliveries != count.events {
+            details.push(format!(
+                "That is {} deliveries: some events have several routes in {}.",
+                count.deliveries, filter.integration
+            ));
+        }
         details.push(
-            "They run on the live generation; rows they already wrote are upserted again.".into(),
+            "They run again on the live generation, with a fresh retry budget, in the integration's order: per key, oldest first, before later events of the key. Rows they wrote before are upserted again; emit steps emit new events.".into(),
         );
+        details.push(
+            "Events its lanes have not reached yet are not included: they run on the live generation anyway.".into(),
+        );
+        let warning = (crate::engine::State::Paused
+            == state
+                .engine
+                .status(&filter.integration)
+                .map(|s| s.state)
+                .unwrap_or_default())
+        .then(|| {
+            format!(
+                "{} is paused: the redelivered deliveries wait until it is resumed.",
+                filter.integration
+            )
+        });
+        let n = count.events;
         return confirm(
             &viewer,
             Confirmation {
                 question: format!(
-                    "Redeliver {count} event{} through {}?",
-                    if count == 1 { "" } else { "s" },
+                    "Redeliver {n} event{} through {}?",
+                    if n == 1 { "" } else { "s" },
                     filter.integration
                 ),
                 details,
-                warning: (filter.status != Some(Status::Dead)).then(|| {
-                    "This busbar can only redeliver dead deliveries until the new delivery engine lands: choose the state \"dead\", or the redelivery will be refused.".to_owned()
-                }),
+                warning,
                 action: "/console/redeliver".into(),
                 fields: echo,
-                confirm_label: format!("Redeliver {count}"),
+                confirm_label: format!("Redeliver {n}"),
                 cancel: "/console/redeliver".into(),
             },
         );
     }
-    match data::redeliver(&state.engine, &filter, organization).await {
-        Ok(count) => {
-            tracing::info!(integration = %filter.integration, count, key = %viewer.caller.key_id, "console: redelivered");
-            page(&viewer, &state, form, Vec::new(), Some(count))
+    match data::redeliver(&state.engine, &filter, request, organization).await {
+        Ok(done) => {
+            tracing::info!(
+                integration = %filter.integration,
+                events = done.count.events,
+                repeated = done.repeated,
+                key = %viewer.caller.key_id,
+                "console: redelivered"
+            );
+            let done = Done {
+                events: done.count.events,
+                deliveries: done.count.deliveries,
+                repeated: done.repeated,
+                integration: filter.integration.clone(),
+            };
+            page(&viewer, &state, form, Vec::new(), Some(done))
         }
-        Err(RedeliverError::NotYetSupported) => page(
-            &viewer,
-            &state,
-            form,
-            vec![RedeliverError::NotYetSupported.to_string()],
-            None,
-        ),
-        Err(RedeliverError::Store(error)) => Err(error.into()),
+        Err(error) => {
+            let problem = refusal(error)?;
+            page(&viewer, &state, form, vec![problem], None)
+        }
     }
 }

@@ -1,8 +1,11 @@
 //! The live tail: `GET /console/tail` shows the latest activity (readable
 //! without scripts) and `GET /console/tail/stream` streams events and
 //! delivery outcomes as they happen, as Server-Sent Events, filtered by
-//! integration and outcome. The stream ends when the session does (it is
-//! checked again every few seconds) and when busbar shuts down.
+//! integration and outcome. The stream is the engine's in-process activity
+//! feed: it shows what this busbar process publishes and delivers (with
+//! several processes on one database, each shows its own). It ends when
+//! the session does (checked again every few seconds) and when busbar
+//! shuts down.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -60,7 +63,7 @@ pub async fn page(
     State(state): State<AppState>,
     Query(filter): Query<TailFilter>,
 ) -> Result<Html<String>, ConsoleError> {
-    let recent = data::recent_activity(state.engine.store(), viewer.organization(), 100)
+    let recent = data::recent_activity(&state.engine, viewer.organization(), 100)
         .await?
         .into_iter()
         .filter(|a| filter.keeps(a))
@@ -100,7 +103,7 @@ pub async fn stream(
     Query(filter): Query<TailFilter>,
 ) -> Response {
     let tail = Tail {
-        feed: ActivityFeed::new(viewer.organization()),
+        feed: ActivityFeed::new(&state.engine, viewer.organization()),
         state,
         filter,
         headers,
@@ -113,31 +116,29 @@ pub async fn stream(
 
 fn activity(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(tail, |mut tail| async move {
-        let mut interval = tokio::time::interval(ActivityFeed::INTERVAL);
         loop {
-            tokio::select! {
-                _ = interval.tick() => {}
+            let wait = SESSION_CHECK.saturating_sub(tail.checked.elapsed());
+            let received = tokio::select! {
+                received = tail.feed.receive() => received,
+                () = tokio::time::sleep(wait) => Some(Default::default()),
                 () = tail.state.draining.cancelled() => return None,
-            }
+            };
+            // The engine stopped: so does the stream.
+            let found = tail.feed.explain(received?).await;
             if tail.checked.elapsed() >= SESSION_CHECK {
                 tail.checked = Instant::now();
                 if !still_signed_in(&tail).await {
                     return None;
                 }
             }
-            match tail.feed.poll(tail.state.engine.store()).await {
-                Ok(found) => {
-                    let events: Vec<Result<Event, Infallible>> = found
-                        .into_iter()
-                        .filter(|a| tail.filter.keeps(a))
-                        .filter_map(|a| Event::default().event("activity").json_data(&a).ok())
-                        .map(Ok)
-                        .collect();
-                    if !events.is_empty() {
-                        return Some((stream::iter(events), tail));
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "console: the live tail could not poll"),
+            let events: Vec<Result<Event, Infallible>> = found
+                .into_iter()
+                .filter(|a| a.outcome == "missed" || tail.filter.keeps(a))
+                .filter_map(|a| Event::default().event("activity").json_data(&a).ok())
+                .map(Ok)
+                .collect();
+            if !events.is_empty() {
+                return Some((stream::iter(events), tail));
             }
         }
     })

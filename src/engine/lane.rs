@@ -169,6 +169,11 @@ pub(crate) async fn visit(
     if status.state == State::Paused {
         return Ok(Visit::default());
     }
+    // A redelivery is being written here: its rows run first, once it is
+    // whole (redeliver.rs wakes the lanes then).
+    if shared.is_redelivering(&integration.id) {
+        return Ok(Visit::default());
+    }
     let batch_size = shared.config.batch_size.max(1);
     let mut tx = shared.store.begin().await?;
     if tx.dialect() == Dialect::Postgres {
@@ -250,7 +255,15 @@ pub(crate) async fn visit(
             });
             continue;
         };
-        let plan = decide(integration, &status, row.position, disabled);
+        // A redelivered row (epoch > 0) was asked for after the integration
+        // was enabled again: it runs even if its event was published while
+        // the integration was disabled (engine/redeliver.rs).
+        let position = if row.epoch > 0 {
+            log::END
+        } else {
+            row.position
+        };
+        let plan = decide(integration, &status, position, disabled);
         items.push(Item {
             event: open_row.event,
             position: row.position,
@@ -366,7 +379,7 @@ pub(crate) async fn visit(
     let mut emitted = Vec::new();
     let mut delivered_first_pass = 0i64;
     let mut delivered_by_org: HashMap<Uuid, i64> = HashMap::new();
-    let mut report: Vec<(Uuid, Uuid, String, Status)> = Vec::new();
+    let mut report: Vec<super::Outcome> = Vec::new();
     for (index, (item, done)) in items.iter().zip(results).enumerate() {
         let is_new = index >= first_new;
         emitted.extend(done.emitted);
@@ -392,7 +405,14 @@ pub(crate) async fn visit(
             epoch: item.row.as_ref().map_or(0, |r| r.epoch),
         };
         if let Some(status) = done.result.status() {
-            report.push((item.id, item.event.id, integration.id.clone(), status));
+            report.push(super::Outcome {
+                id: item.id,
+                event_id: item.event.id,
+                organization_id: item.event.organization_id,
+                event: item.event.event.clone(),
+                integration: integration.id.clone(),
+                status,
+            });
         }
         match done.result {
             Result_::Delivered => {
@@ -472,8 +492,8 @@ pub(crate) async fn visit(
         shared.log_grew();
     }
     let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
-    for (_, _, integration, status) in &report {
-        crate::telemetry::delivery_finished(integration, *status, elapsed);
+    for outcome in &report {
+        crate::telemetry::delivery_finished(&outcome.integration, outcome.status, elapsed);
     }
     shared.report(&report);
     // A head that finished lets the rows queued behind it run now.

@@ -17,6 +17,7 @@ mod cluster;
 mod health;
 pub(crate) mod lane;
 mod publish;
+pub mod redeliver;
 pub mod retry;
 mod scheduler;
 
@@ -195,9 +196,23 @@ pub enum Activity {
     Delivery {
         id: Uuid,
         event_id: Uuid,
+        /// The event's organization (event ids are unique per
+        /// organization), and its name.
+        organization_id: Uuid,
+        event: String,
         integration: String,
         status: Status,
     },
+}
+
+/// How one delivery of a lane's batch ended, for [`Shared::report`].
+pub(crate) struct Outcome {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub organization_id: Uuid,
+    pub event: String,
+    pub integration: String,
+    pub status: Status,
 }
 
 pub(crate) struct Shared {
@@ -222,6 +237,9 @@ pub(crate) struct Shared {
     pub workers_alive: AtomicUsize,
     /// Integrations this process has warned about disagreeing on.
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Integrations whose redelivery this process is writing, with how
+    /// many: their lanes wait here meanwhile (`redeliver.rs`).
+    redelivering: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl Shared {
@@ -274,16 +292,18 @@ impl Shared {
     }
 
     /// Tells live views what a lane's batch did.
-    pub fn report(&self, outcomes: &[(Uuid, Uuid, String, Status)]) {
+    pub fn report(&self, outcomes: &[Outcome]) {
         if self.activity.receiver_count() == 0 {
             return;
         }
-        for (id, event_id, integration, status) in outcomes {
+        for outcome in outcomes {
             let _ = self.activity.send(Activity::Delivery {
-                id: *id,
-                event_id: *event_id,
-                integration: integration.clone(),
-                status: *status,
+                id: outcome.id,
+                event_id: outcome.event_id,
+                organization_id: outcome.organization_id,
+                event: outcome.event.clone(),
+                integration: outcome.integration.clone(),
+                status: outcome.status,
             });
         }
     }
@@ -366,6 +386,7 @@ impl Engine {
             node,
             workers_alive: AtomicUsize::new(0),
             warned: Default::default(),
+            redelivering: Default::default(),
         });
         let generation = shared.generation.load_full();
         register(&shared, &generation, &[]).await?;

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod keys;
 pub mod lanes;
 pub mod log;
+pub mod redeliver;
 pub mod states;
 pub mod target;
 pub mod testbed;

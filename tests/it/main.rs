@@ -15,6 +15,9 @@
 //! - `ordering`: delivery v2's order per key under publishers, workers,
 //!   random transient failures and killed processes; parked keys; the
 //!   outbox's late commits; pause and resume.
+//! - `redeliver`: redelivery by filter over the API and `busbar
+//!   redeliver`: delivered, dead and skipped deliveries run again after a
+//!   fix, in order per key; previews, request ids, organizations.
 //! - `values`: values that do not fit their column are refused, never
 //!   truncated or rounded; numbers keep every digit.
 
@@ -26,6 +29,7 @@ mod crash;
 mod engine;
 mod language;
 mod ordering;
+mod redeliver;
 mod reload;
 mod robustness;
 mod support;

@@ -1,0 +1,548 @@
+//! Redelivery by filter: after a mapping fix, run the deliveries of one
+//! integration that match a filter (event name, time range, organization,
+//! state `delivered`, `skipped` or `dead`) again, through its lanes, in its
+//! order per key. [`crate::store::redeliver`] says how a delivery is put
+//! back and which ones match; this module decides when and how much.
+//!
+//! - [`Engine::redeliver_preview`] counts what [`Engine::redeliver`] would
+//!   run, with the same matching (it reads, it writes nothing).
+//! - A redelivery runs in a spawned task, so a request that is cancelled (a
+//!   client that hangs up, a timeout) never stops it half way.
+//! - It works in chunks of [`CHUNK`] events, a transaction each, so a
+//!   huge set is never in memory nor in one transaction. Between two
+//!   chunks a lane could run a key's redelivered rows and then a new event
+//!   of the key, before the key's later redelivered rows exist: so the
+//!   integration's lanes wait while a redelivery is written (other
+//!   integrations do not), then run the redelivered rows first. On
+//!   PostgreSQL a *guard* transaction holds the lanes' rows for the whole
+//!   redelivery, in every process (lanes pass over a held lane, `SKIP
+//!   LOCKED`); on SQLite, which has no row locks, the engine holds its own
+//!   lanes ([`Hold`]). `busbar redeliver` on SQLite cannot hold a running
+//!   server's lanes: there a set larger than one chunk may see a key's new
+//!   events interleave (docs/API.md says so).
+//! - With a request id it is idempotent: `integrations.redeliveries`
+//!   records the filter and the counts, each chunk's progress committed
+//!   with the chunk; the same id answers with the record (a run that
+//!   stopped half way, silent for [`STALE`], is resumed where it stopped).
+//!
+//! `busbar redeliver` runs the same code without a running engine
+//! ([`preview`], [`run`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::Engine;
+use crate::compile::{Generation, Integration};
+use crate::store::events::Status;
+use crate::store::log;
+use crate::store::redeliver::{self as store, REDELIVERABLE};
+use crate::store::types::{Position, Time};
+use crate::store::{DbTx, Dialect, Store, StoreError, states};
+
+pub use crate::store::redeliver::RedeliverFilter;
+
+/// Events per chunk (one transaction each on PostgreSQL).
+pub const CHUNK: i64 = 1000;
+
+/// Events read per step of a preview.
+const PREVIEW_CHUNK: i64 = 5000;
+
+/// A running redelivery whose record has not moved for this long is taken
+/// over by the next call with its request id.
+pub const STALE: Duration = Duration::from_secs(120);
+
+/// How long a request id is remembered after its redelivery is done.
+pub const REMEMBER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How many events and deliveries (one per event and route; usually one
+/// per event).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RedeliverCount {
+    pub events: u64,
+    pub deliveries: u64,
+}
+
+impl std::ops::AddAssign for RedeliverCount {
+    fn add_assign(&mut self, other: RedeliverCount) {
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+    }
+}
+
+/// A redelivery to make.
+#[derive(Debug, Clone)]
+pub struct RedeliverRequest {
+    pub filter: RedeliverFilter,
+    /// The caller's id for this request: the same id again answers with
+    /// what the first did.
+    pub request_id: Option<String>,
+    /// Whose request ids these are: the caller's organization (`None`: a
+    /// platform key or the command line).
+    pub caller: Option<Uuid>,
+}
+
+/// What a redelivery did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Redelivered {
+    #[serde(flatten)]
+    pub count: RedeliverCount,
+    pub request_id: Option<String>,
+    /// The request id had been used: nothing was redelivered by this call;
+    /// the counts are what the first call did (so far).
+    pub repeated: bool,
+    /// False while the request id's redelivery is still being written by
+    /// another call (the counts are its progress).
+    pub finished: bool,
+}
+
+/// Why a redelivery was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeliverError {
+    #[error("there is no integration `{0}` in the live generation")]
+    UnknownIntegration(String),
+    #[error("integration `{integration}` has no route for `{event}`")]
+    NotRouted { integration: String, event: String },
+    #[error("deliveries that are {} are not redelivered: choose delivered, skipped or dead", .0.as_str())]
+    State(Status),
+    #[error(
+        "integration `{0}` is disabled: its redelivered deliveries would be skipped at once; enable it first"
+    )]
+    Disabled(String),
+    #[error("request id `{0}` was used for another redelivery")]
+    RequestReused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Told the counts so far after each chunk (the command line's progress
+/// bar).
+pub type Progress = Arc<dyn Fn(RedeliverCount) + Send + Sync>;
+
+impl Engine {
+    /// How many events and deliveries [`Engine::redeliver`] would run
+    /// again for `filter` now.
+    pub async fn redeliver_preview(
+        &self,
+        filter: &RedeliverFilter,
+    ) -> Result<RedeliverCount, RedeliverError> {
+        preview(self.store(), &self.generation(), filter).await
+    }
+
+    /// Runs the deliveries matching the request's filter again, on the
+    /// live generation; `progress` hears the counts after each chunk.
+    pub async fn redeliver(
+        &self,
+        request: RedeliverRequest,
+        progress: Option<Progress>,
+    ) -> Result<Redelivered, RedeliverError> {
+        let store = self.store().clone();
+        let generation = self.generation();
+        let shared = self.shared.clone();
+        // Not cancellable: a request that goes away leaves it running to
+        // the end, its record telling a retry what it did.
+        tokio::spawn(async move {
+            // This process's lanes wait while it is written (on SQLite the
+            // only hold; on PostgreSQL the guard holds every process's),
+            // and are woken when it is whole.
+            let _hold = Hold::new(shared, &request.filter.integration);
+            run(store, generation, request, progress).await
+        })
+        .await
+        .map_err(|e| {
+            RedeliverError::Store(StoreError::Invalid(format!(
+                "internal error: redelivery task failed: {e}"
+            )))
+        })?
+    }
+}
+
+/// The integration the filter names, once the filter is checked.
+fn checked<'g>(
+    generation: &'g Generation,
+    filter: &RedeliverFilter,
+) -> Result<&'g Integration, RedeliverError> {
+    let integration = generation
+        .integration(&filter.integration)
+        .ok_or_else(|| RedeliverError::UnknownIntegration(filter.integration.clone()))?;
+    if let Some(event) = &filter.event
+        && integration.routes_for(event).next().is_none()
+    {
+        return Err(RedeliverError::NotRouted {
+            integration: integration.id.clone(),
+            event: event.clone(),
+        });
+    }
+    if let Some(state) = filter.statuses.iter().find(|s| !REDELIVERABLE.contains(s)) {
+        return Err(RedeliverError::State(*state));
+    }
+    Ok(integration)
+}
+
+/// [`Engine::redeliver_preview`] on `store` with `generation`'s definition
+/// of the integration.
+pub async fn preview(
+    store: &Store,
+    generation: &Generation,
+    filter: &RedeliverFilter,
+) -> Result<RedeliverCount, RedeliverError> {
+    let integration = checked(generation, filter)?;
+    let lane_count = log::lanes_for(store.dialect());
+    let mut tx = store.begin_read().await?;
+    let lanes = store::lanes(&mut tx, &integration.id, false).await?;
+    let selection = store::Selection {
+        integration,
+        lane_count,
+        lanes: &lanes,
+        filter,
+        bound: store::bound(&lanes),
+    };
+    let mut after = Position::ZERO;
+    let mut count = RedeliverCount::default();
+    loop {
+        let scanned = store::scan(&mut tx, &selection, after, PREVIEW_CHUNK, false).await?;
+        count.events += scanned.events;
+        count.deliveries += scanned.chosen.len() as u64;
+        match scanned.last {
+            Some(last) if scanned.full => after = last,
+            _ => break,
+        }
+    }
+    tx.rollback().await?;
+    Ok(count)
+}
+
+/// For the command line, which reads its own copy of the configuration:
+/// how the cluster's current definition of `integration` differs from this
+/// one (`None`: the same, or none recorded yet).
+pub async fn current_definition(
+    store: &Store,
+    integration: &Integration,
+) -> Result<Option<String>, StoreError> {
+    let mut tx = store.begin_read().await?;
+    let definitions = states::definitions(&mut tx).await?;
+    tx.rollback().await?;
+    Ok(match definitions.get(&integration.id) {
+        None => None,
+        Some(Some(fingerprint)) if *fingerprint == integration.fingerprint => None,
+        Some(Some(fingerprint)) => Some(format!(
+            "its file's SHA-256 there starts {}, here {}",
+            &fingerprint[..12.min(fingerprint.len())],
+            &integration.fingerprint[..12.min(integration.fingerprint.len())]
+        )),
+        Some(None) => Some("it was removed from that configuration".to_owned()),
+    })
+}
+
+/// Where a run starts.
+enum Start {
+    /// Answer with this and do nothing.
+    Answer(Redelivered),
+    /// Redeliver the events after `after` and up to `bound`, having done
+    /// `done` already.
+    Work {
+        after: Position,
+        bound: Position,
+        done: RedeliverCount,
+    },
+}
+
+/// One call of [`run`]: its request and its id among runs.
+struct Call<'r> {
+    request: &'r RedeliverRequest,
+    /// The filter, normalized (as it is recorded).
+    filter: RedeliverFilter,
+    scope: String,
+    run: Uuid,
+}
+
+impl Call<'_> {
+    fn key(&self) -> Option<store::RequestKey<'_>> {
+        self.request
+            .request_id
+            .as_deref()
+            .map(|id| store::RequestKey {
+                scope: &self.scope,
+                id,
+            })
+    }
+
+    fn answer(&self, count: RedeliverCount, repeated: bool, finished: bool) -> Redelivered {
+        Redelivered {
+            count,
+            request_id: self.request.request_id.clone(),
+            repeated,
+            finished,
+        }
+    }
+
+    /// What a recorded request id means for this call.
+    fn resume(&self, record: &store::Record) -> Result<Start, RedeliverError> {
+        if record.filter != self.filter {
+            return Err(RedeliverError::RequestReused(
+                self.request.request_id.clone().unwrap_or_default(),
+            ));
+        }
+        let count = RedeliverCount {
+            events: record.events,
+            deliveries: record.deliveries,
+        };
+        if record.done {
+            return Ok(Start::Answer(self.answer(count, true, true)));
+        }
+        let silent = (chrono::Utc::now() - record.updated_at)
+            .to_std()
+            .unwrap_or_default();
+        if silent < STALE {
+            // Being written by another call now.
+            return Ok(Start::Answer(self.answer(count, true, false)));
+        }
+        Ok(Start::Work {
+            after: record.progress,
+            bound: record.bound,
+            done: count,
+        })
+    }
+
+    /// Records the request id for this run, or takes over a run of it that
+    /// stopped; without a request id, starts from the beginning.
+    async fn claim(&self, tx: &mut DbTx, bound: Position) -> Result<Start, RedeliverError> {
+        let fresh = Start::Work {
+            after: Position::ZERO,
+            bound,
+            done: RedeliverCount::default(),
+        };
+        let Some(key) = self.key() else {
+            return Ok(fresh);
+        };
+        let now = Time::now();
+        let forget = Time(now.0 - chrono::Duration::from_std(REMEMBER).unwrap_or_default());
+        if store::create_record(tx, key, &self.filter, bound, self.run, now, forget).await? {
+            return Ok(fresh);
+        }
+        // Recorded meanwhile, or stopped half way.
+        let Some(record) = store::find_record(tx, key).await? else {
+            return Ok(Start::Answer(self.answer(
+                RedeliverCount::default(),
+                true,
+                false,
+            )));
+        };
+        match self.resume(&record)? {
+            Start::Work { after, bound, done } => {
+                if store::take_over(tx, key, record.updated_at, self.run, now).await? {
+                    Ok(Start::Work { after, bound, done })
+                } else {
+                    Ok(Start::Answer(self.answer(done, true, false)))
+                }
+            }
+            answered => Ok(answered),
+        }
+    }
+}
+
+/// [`Engine::redeliver`] on `store` with `generation`'s definition of the
+/// integration, for the command line (and the engine, which also holds
+/// its own lanes meanwhile).
+pub async fn run(
+    store: Store,
+    generation: Arc<Generation>,
+    request: RedeliverRequest,
+    progress: Option<Progress>,
+) -> Result<Redelivered, RedeliverError> {
+    let integration = checked(&generation, &request.filter)?;
+    let call = Call {
+        request: &request,
+        filter: request.filter.normalized(),
+        scope: store::scope_of(request.caller),
+        run: Uuid::now_v7(),
+    };
+
+    // A request id already done (or being done) answers at once, before
+    // anything is locked.
+    if let Some(key) = call.key() {
+        let mut tx = store.begin_read().await?;
+        let found = store::find_record(&mut tx, key).await?;
+        tx.rollback().await?;
+        if let Some(record) = found
+            && let Start::Answer(answer) = call.resume(&record)?
+        {
+            return Ok(answer);
+        }
+    }
+
+    // PostgreSQL: the guard holds the integration's lanes, in every
+    // process, until the end. (SQLite has no row locks: there the engine
+    // holds its own lanes, see `Engine::redeliver`.)
+    let mut guard = match store.dialect() {
+        Dialect::Postgres => Some(store.begin().await?),
+        Dialect::Sqlite => None,
+    };
+    let lanes = match guard.as_mut() {
+        Some(guard) => store::lanes(guard, &integration.id, true).await?,
+        None => {
+            let mut tx = store.begin_read().await?;
+            let lanes = store::lanes(&mut tx, &integration.id, false).await?;
+            tx.rollback().await?;
+            lanes
+        }
+    };
+    let start = {
+        let mut tx = store.begin().await?;
+        if disabled(&mut tx, integration).await? {
+            tx.rollback().await?;
+            release(guard, false).await?;
+            return Err(RedeliverError::Disabled(integration.id.clone()));
+        }
+        let start = call.claim(&mut tx, store::bound(&lanes)).await?;
+        tx.commit().await?;
+        start
+    };
+    let (mut after, bound, mut done) = match start {
+        Start::Answer(answer) => {
+            release(guard, false).await?;
+            return Ok(answer);
+        }
+        Start::Work { after, bound, done } => (after, bound, done),
+    };
+    let selection = store::Selection {
+        integration,
+        lane_count: log::lanes_for(store.dialect()),
+        lanes: &lanes,
+        filter: &call.filter,
+        bound,
+    };
+    let states = call.filter.states();
+    loop {
+        let mut tx = store.begin().await?;
+        let scanned = store::scan(&mut tx, &selection, after, CHUNK, true).await?;
+        let requeued =
+            store::requeue(&mut tx, integration, &scanned.chosen, &states, Time::now()).await?;
+        let count = RedeliverCount {
+            events: distinct_events(&scanned.chosen, &requeued),
+            deliveries: requeued.len() as u64,
+        };
+        let finished = !scanned.full;
+        if let Some(key) = call.key() {
+            let chunk = store::Progress {
+                position: scanned.last.unwrap_or(after),
+                events: count.events,
+                deliveries: count.deliveries,
+                done: finished,
+            };
+            if !store::record_progress(&mut tx, key, call.run, chunk, Time::now()).await? {
+                // Another call took the record over (this one was thought
+                // dead): leave the rest to it.
+                tx.rollback().await?;
+                release(guard, true).await?;
+                return Ok(call.answer(done, false, false));
+            }
+        }
+        tx.commit().await?;
+        done += count;
+        if let Some(progress) = &progress {
+            progress(done);
+        }
+        match scanned.last {
+            Some(last) if !finished => after = last,
+            _ => break,
+        }
+        if let Some(guard) = guard.as_mut() {
+            // Keeps the guard from counting as idle in a transaction.
+            guard.run("SELECT 1").await?;
+        }
+    }
+    release(guard, true).await?;
+    tracing::debug!(
+        integration = %integration.id,
+        events = done.events,
+        deliveries = done.deliveries,
+        request_id = request.request_id.as_deref().unwrap_or("-"),
+        "redelivered"
+    );
+    Ok(call.answer(done, false, true))
+}
+
+/// Whether the integration is disabled (in its YAML or through the API).
+async fn disabled(tx: &mut DbTx, integration: &Integration) -> Result<bool, StoreError> {
+    if !integration.enabled {
+        return Ok(true);
+    }
+    Ok(states::load_one(tx, &integration.id)
+        .await?
+        .is_some_and(|p| p.state == super::State::Disabled))
+}
+
+/// Ends the guard, waking other processes' lanes with a notification
+/// when rows were written.
+async fn release(guard: Option<DbTx>, wrote: bool) -> Result<(), StoreError> {
+    if let Some(mut guard) = guard {
+        if wrote {
+            guard
+                .run("SELECT pg_notify('busbar_deliveries', '')")
+                .await?;
+        }
+        guard.commit().await?;
+    }
+    Ok(())
+}
+
+/// This process's lanes of an integration wait while a redelivery of it is
+/// written here (and go on when the last one ends).
+struct Hold {
+    shared: Arc<super::Shared>,
+    integration: String,
+}
+
+impl Hold {
+    fn new(shared: Arc<super::Shared>, integration: &str) -> Hold {
+        *shared
+            .redelivering
+            .lock()
+            .expect("redelivering lock")
+            .entry(integration.to_owned())
+            .or_default() += 1;
+        Hold {
+            shared,
+            integration: integration.to_owned(),
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.shared.redelivering.lock().expect("redelivering lock");
+        if let Some(count) = held.get_mut(&self.integration) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.integration);
+            }
+        }
+        drop(held);
+        self.shared.scheduler.wake_integration(&self.integration);
+    }
+}
+
+impl super::Shared {
+    /// Whether a redelivery of `integration` is being written by this
+    /// process: its lanes wait until it is whole.
+    pub(crate) fn is_redelivering(&self, integration: &str) -> bool {
+        self.redelivering
+            .lock()
+            .expect("redelivering lock")
+            .contains_key(integration)
+    }
+}
+
+/// How many distinct events the requeued deliveries belong to.
+fn distinct_events(chosen: &[store::Chosen], requeued: &[Uuid]) -> u64 {
+    let requeued: std::collections::HashSet<&Uuid> = requeued.iter().collect();
+    let events: std::collections::HashSet<(Uuid, Uuid)> = chosen
+        .iter()
+        .filter(|c| requeued.contains(&c.id))
+        .map(|c| (c.organization_id, c.event_id))
+        .collect();
+    events.len() as u64
+}

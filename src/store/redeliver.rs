@@ -1,0 +1,791 @@
+//! Redelivery by filter, in the database: which deliveries of one
+//! integration match a filter and have been passed by its lanes, putting
+//! them back in their lane as `pending` rows, and
+//! `integrations.redeliveries`, which remembers what a request id did.
+//!
+//! A redelivered delivery becomes (or its row is reset to) `pending` with
+//! `attempts = 0` and `epoch = epoch + 1` (so an `emit` step makes a new
+//! event id), its lane and order key as the integration computes them now,
+//! and its event's position. The lane then runs its pending rows in
+//! position order per key, before later events of that key: redelivery
+//! keeps the integration's order. Nothing here runs a delivery.
+//!
+//! A delivery matches when its state is one of the filter's: `dead` and
+//! `skipped` are rows; `delivered` is a row delivered after having been an
+//! exception, or no row at all for an event the lane has passed (a
+//! first-pass success). Only events at or below their lane's cursor are
+//! taken: the others are still on their way and will run on the live
+//! generation anyway.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::events::Status;
+use super::log;
+use super::types::{Doc, Id, Position, Time};
+use super::{DbTx, Dialect, StoreError};
+use crate::compile::Integration;
+use crate::engine::delivery_id;
+use crate::envelope::Envelope;
+use crate::on_tx;
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 200;
+
+/// The states a redelivery may select: the final ones.
+pub const REDELIVERABLE: [Status; 3] = [Status::Delivered, Status::Skipped, Status::Dead];
+
+/// Which deliveries of an integration to run again. Every field but the
+/// integration narrows the selection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeliverFilter {
+    pub integration: String,
+    /// Only events of this name (one the integration routes).
+    pub event: Option<String>,
+    /// Only events stored at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only events stored before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only deliveries in these states (`delivered`, `skipped`, `dead`);
+    /// empty: all three.
+    #[serde(with = "status_names")]
+    pub statuses: Vec<Status>,
+    /// Only this organization's events (`None`: every organization's).
+    pub organization: Option<Uuid>,
+}
+
+impl RedeliverFilter {
+    /// The states selected, each once, in a fixed order.
+    pub fn states(&self) -> Vec<Status> {
+        if self.statuses.is_empty() {
+            return REDELIVERABLE.to_vec();
+        }
+        REDELIVERABLE
+            .into_iter()
+            .filter(|s| self.statuses.contains(s))
+            .collect()
+    }
+
+    /// The same filter written one way only (states sorted and deduplicated),
+    /// to compare two requests.
+    pub fn normalized(&self) -> RedeliverFilter {
+        RedeliverFilter {
+            statuses: self.states(),
+            ..self.clone()
+        }
+    }
+}
+
+/// States as their names, in a recorded filter.
+mod status_names {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::store::events::Status;
+
+    pub fn serialize<S: Serializer>(states: &[Status], out: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        names.serialize(out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Vec<Status>, D::Error> {
+        Vec::<String>::deserialize(input)?
+            .iter()
+            .map(|name| {
+                Status::parse(name)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown state `{name}`")))
+            })
+            .collect()
+    }
+}
+
+/// One lane of the integration: how far it has read, and where it began.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneMark {
+    pub cursor: Position,
+    pub origin: Position,
+}
+
+/// The integration's lanes by number; with `lock`, their rows are locked
+/// (on PostgreSQL, waiting for a lane transaction that holds one): no lane
+/// runs while the caller's transaction writes rows, so the rows it writes
+/// are seen by the lanes' next reads, and the cursors it compares with do
+/// not move.
+pub async fn lanes(
+    tx: &mut DbTx,
+    integration: &str,
+    lock: bool,
+) -> Result<HashMap<i32, LaneMark>, StoreError> {
+    let lock = match (tx.dialect(), lock) {
+        (Dialect::Postgres, true) => " FOR UPDATE",
+        _ => "",
+    };
+    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
+        "SELECT lane, cursor_xid, cursor_seq, origin_xid, origin_seq FROM integrations.lanes \
+          WHERE integration_id = $1 ORDER BY lane{lock}"
+    )));
+    let rows: Vec<(i32, i64, i64, i64, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(lane, cx, cs, ox, os)| {
+            (
+                lane,
+                LaneMark {
+                    cursor: Position::new(cx, cs),
+                    origin: Position::new(ox, os),
+                },
+            )
+        })
+        .collect())
+}
+
+/// The highest cursor of `lanes`: no event above it has been passed.
+pub fn bound(lanes: &HashMap<i32, LaneMark>) -> Position {
+    lanes
+        .values()
+        .map(|l| l.cursor)
+        .max()
+        .unwrap_or(Position::ZERO)
+}
+
+/// One delivery chosen to run again.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub organization_id: Uuid,
+    pub route_event: String,
+    pub route_ordinal: i32,
+    pub lane: i32,
+    pub order_key: String,
+    pub position: Position,
+    /// Its state now (a row's, or `delivered` inferred from the lane).
+    pub status: Status,
+}
+
+/// What one step of a scan found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub chosen: Vec<Chosen>,
+    /// How many distinct events `chosen` belongs to.
+    pub events: u64,
+    /// The position of the last event read (the next scan starts after
+    /// it); `None` when nothing was left to read.
+    pub last: Option<Position>,
+    /// Whether it read as many events as it could: there may be more.
+    pub full: bool,
+}
+
+/// What a scan selects from: an integration's deliveries matching a
+/// filter, among the events its lanes had passed when the selection was
+/// made (at or below `bound`, and at or below the event's own lane's
+/// cursor).
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub integration: &'a Integration,
+    /// Lanes per integration on this database.
+    pub lane_count: i32,
+    pub lanes: &'a HashMap<i32, LaneMark>,
+    pub filter: &'a RedeliverFilter,
+    pub bound: Position,
+}
+
+/// A candidate event as read.
+struct Candidate {
+    position: Position,
+    lane: i32,
+    legacy: bool,
+    envelope: Envelope,
+}
+
+type CandidateRow = (
+    i64,
+    i64,
+    Id,
+    Id,
+    String,
+    String,
+    Option<Doc>,
+    Time,
+    i32,
+    bool,
+);
+
+/// Reads the next `limit` candidate events of `selection` after `after`, in
+/// position order, and chooses their deliveries that match its filter and
+/// were passed by their lane. With `with_data`, the payload is
+/// read too (needed for an order key taken from the data).
+///
+/// The candidates are the integration's events matching the filter's
+/// event, time range and organization; when the filter does not ask for
+/// `delivered`, only events with a row in a chosen state are read (they are
+/// few), found through the deliveries' `(integration_id, status)` index.
+pub async fn scan(
+    tx: &mut DbTx,
+    selection: &Selection<'_>,
+    after: Position,
+    limit: i64,
+    with_data: bool,
+) -> Result<Scanned, StoreError> {
+    let Selection {
+        integration,
+        lane_count,
+        lanes,
+        filter,
+        bound,
+    } = *selection;
+    let states = filter.states();
+    let names: Vec<String> = match &filter.event {
+        Some(event) => vec![event.clone()],
+        None => {
+            let mut names: Vec<String> = integration.routes.iter().map(|r| r.on.clone()).collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+    };
+    if names.is_empty() || states.is_empty() || after >= bound {
+        return Ok(Scanned::default());
+    }
+    let rows_only = !states.contains(&Status::Delivered);
+    let data = if with_data {
+        "e.event_data"
+    } else {
+        "CAST(NULL AS TEXT)"
+    };
+    let candidates: Vec<CandidateRow> = match &mut *tx {
+        DbTx::Postgres(conn) => {
+            let (lane, path) = if lane_count > 1 {
+                log::lane_sql(&integration.order_by, lane_count, 13)
+            } else {
+                ("0".to_owned(), None)
+            };
+            let path_guard = if path.is_none() {
+                " AND $13::text[] IS NULL"
+            } else {
+                ""
+            };
+            let data = if with_data {
+                data
+            } else {
+                "CAST(NULL AS JSONB)"
+            };
+            let from = if rows_only {
+                "(SELECT DISTINCT d.organization_id AS o, d.event_id AS i FROM integrations.deliveries d \
+                   WHERE d.integration_id = $11 AND d.status = ANY($12)) h \
+                 JOIN integrations.events e ON e.organization_id = h.o AND e.id = h.i"
+            } else {
+                "integrations.events e"
+            };
+            let rows_guard = if rows_only {
+                ""
+            } else {
+                " AND $11::text IS NOT NULL AND $12::text[] IS NOT NULL"
+            };
+            let sql = format!(
+                "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, {data}, \
+                        e.occurred_at, ({lane})::int, e.processed_at IS NOT NULL \
+                   FROM {from} \
+                  WHERE (e.xid, e.seq) > ($1, $2) AND (e.xid, e.seq) <= ($3, $4) \
+                    AND e.source_product = $5 AND e.event_name = ANY($6) \
+                    AND ($7::uuid IS NULL OR e.organization_id = $7) \
+                    AND ($8::timestamptz IS NULL OR e.created_at >= $8) \
+                    AND ($9::timestamptz IS NULL OR e.created_at < $9){path_guard}{rows_guard} \
+                  ORDER BY e.xid, e.seq LIMIT $10"
+            );
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(after.xid)
+                .bind(after.seq)
+                .bind(bound.xid)
+                .bind(bound.seq)
+                .bind(&integration.source)
+                .bind(&names)
+                .bind(filter.organization)
+                .bind(filter.since)
+                .bind(filter.until)
+                .bind(limit)
+                .bind(&integration.id)
+                .bind(
+                    states
+                        .iter()
+                        .map(|s| s.as_str().to_owned())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(path)
+                .fetch_all(&mut **conn)
+                .await?
+        }
+        DbTx::Sqlite(conn) => {
+            // One lane per integration on SQLite.
+            let name_params = vec!["?"; names.len()].join(", ");
+            let state_params = vec!["?"; states.len()].join(", ");
+            let from = if rows_only {
+                format!(
+                    "(SELECT DISTINCT d.organization_id AS o, d.event_id AS i FROM \"integrations.deliveries\" d \
+                       WHERE d.integration_id = ? AND d.status IN ({state_params})) h \
+                     JOIN \"integrations.events\" e ON e.organization_id = h.o AND e.id = h.i"
+                )
+            } else {
+                "\"integrations.events\" e".to_owned()
+            };
+            let sql = format!(
+                "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, {data}, \
+                        e.occurred_at, 0, e.processed_at IS NOT NULL \
+                   FROM {from} \
+                  WHERE (e.xid, e.seq) > (?, ?) AND (e.xid, e.seq) <= (?, ?) \
+                    AND e.source_product = ? AND e.event_name IN ({name_params}) \
+                    AND (? IS NULL OR e.organization_id = ?) \
+                    AND (? IS NULL OR e.created_at >= ?) \
+                    AND (? IS NULL OR e.created_at < ?) \
+                  ORDER BY e.xid, e.seq LIMIT ?"
+            );
+            let mut query = sqlx::query_as(AssertSqlSafe(sql));
+            if rows_only {
+                query = query.bind(integration.id.as_str());
+                for state in &states {
+                    query = query.bind(state.as_str());
+                }
+            }
+            query = query
+                .bind(after.xid)
+                .bind(after.seq)
+                .bind(bound.xid)
+                .bind(bound.seq)
+                .bind(integration.source.as_str());
+            for name in &names {
+                query = query.bind(name.as_str());
+            }
+            let organization = filter.organization.map(Id);
+            let since = filter.since.map(Time);
+            let until = filter.until.map(Time);
+            query
+                .bind(organization)
+                .bind(organization)
+                .bind(since)
+                .bind(since)
+                .bind(until)
+                .bind(until)
+                .bind(limit)
+                .fetch_all(&mut **conn)
+                .await?
+        }
+    };
+    let last = candidates.last().map(|r| Position::new(r.0, r.1));
+    let full = candidates.len() as i64 >= limit;
+    let candidates: Vec<Candidate> = candidates
+        .into_iter()
+        .map(
+            |(xid, seq, id, org, source, event, data, occurred, lane, legacy)| Candidate {
+                position: Position::new(xid, seq),
+                lane,
+                legacy,
+                envelope: Envelope {
+                    id: id.0,
+                    source,
+                    event,
+                    organization_id: org.0,
+                    occurred_at: occurred.0,
+                    data: data.map(|d| d.0).unwrap_or(serde_json::Value::Null),
+                },
+            },
+        )
+        .collect();
+
+    // Every delivery of the candidates their lane has passed, and the
+    // rows they have.
+    let mut passed: Vec<(&Candidate, &crate::compile::Route, Uuid)> = Vec::new();
+    for candidate in &candidates {
+        let Some(mark) = lanes.get(&candidate.lane) else {
+            continue;
+        };
+        if candidate.position > mark.cursor {
+            continue;
+        }
+        let envelope = &candidate.envelope;
+        for route in integration.routes_for(&envelope.event) {
+            let id = delivery_id(
+                envelope.organization_id,
+                envelope.id,
+                &integration.id,
+                &route.on,
+                route.ordinal,
+            );
+            passed.push((candidate, route, id));
+        }
+    }
+    let ids: Vec<Uuid> = passed.iter().map(|(_, _, id)| *id).collect();
+    let rows = row_states(tx, &ids).await?;
+    let mut out = Scanned {
+        last,
+        full,
+        ..Scanned::default()
+    };
+    let mut previous: Option<Position> = None;
+    for (candidate, route, id) in passed {
+        let status = match rows.get(&id) {
+            Some(status) => *status,
+            // No row: a first-pass success, unless the event came before
+            // the lane began or was routed by the engine before delivery
+            // v2 (those have rows for what they did).
+            None if !candidate.legacy
+                && lanes
+                    .get(&candidate.lane)
+                    .is_some_and(|m| candidate.position > m.origin) =>
+            {
+                Status::Delivered
+            }
+            None => continue,
+        };
+        if !states.contains(&status) {
+            continue;
+        }
+        if previous != Some(candidate.position) {
+            out.events += 1;
+            previous = Some(candidate.position);
+        }
+        out.chosen.push(Chosen {
+            id,
+            event_id: candidate.envelope.id,
+            organization_id: candidate.envelope.organization_id,
+            route_event: route.on.clone(),
+            route_ordinal: route.ordinal as i32,
+            lane: candidate.lane,
+            order_key: integration.order_by.key_of(&candidate.envelope),
+            position: candidate.position,
+            status,
+        });
+    }
+    Ok(out)
+}
+
+/// The state of each of `ids` that has a row.
+async fn row_states(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uuid, Status>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<(Id, String)> = match &mut *tx {
+            DbTx::Postgres(conn) => {
+                sqlx::query_as("SELECT id, status FROM integrations.deliveries WHERE id = ANY($1)")
+                    .bind(chunk)
+                    .fetch_all(&mut **conn)
+                    .await?
+            }
+            DbTx::Sqlite(conn) => {
+                let sql = format!(
+                    "SELECT id, status FROM \"integrations.deliveries\" WHERE id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query_as(AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(Id(*id));
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+        };
+        for (id, status) in rows {
+            if let Some(status) = Status::parse(&status) {
+                out.insert(id.0, status);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Puts `chosen` back in their lanes: each delivery's row is made, or reset
+/// if it is still in one of `states`, as `pending` with `attempts = 0`,
+/// `epoch + 1` (1 for a delivery that had no row), no error, and its lane,
+/// order key and position. Returns the ids requeued.
+pub async fn requeue(
+    tx: &mut DbTx,
+    integration: &Integration,
+    chosen: &[Chosen],
+    states: &[Status],
+    now: Time,
+) -> Result<Vec<Uuid>, StoreError> {
+    let states: Vec<String> = states.iter().map(|s| s.as_str().to_owned()).collect();
+    let mut requeued = Vec::new();
+    for chunk in chosen.chunks(CHUNK) {
+        let rows: Vec<(Id,)> = match &mut *tx {
+            DbTx::Postgres(conn) => {
+                sqlx::query_as(
+                    "INSERT INTO integrations.deliveries AS d (id, event_id, organization_id, integration_id, \
+                       route_event, route_ordinal, source_product, target_product, status, attempts, next_attempt_at, \
+                       last_error, error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, \
+                       updated_at, completed_at) \
+                     SELECT u.id, u.event_id, u.org, $2, u.route_event, u.ordinal, $3, $4, 'pending', 0, $1, \
+                            NULL, NULL, NULL, u.lane, u.order_key, u.xid, u.seq, 1, $1, $1, NULL \
+                       FROM UNNEST($5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::int[], $10::int[], \
+                                   $11::text[], $12::bigint[], $13::bigint[]) \
+                            AS u(id, event_id, org, route_event, ordinal, lane, order_key, xid, seq) \
+                     ON CONFLICT (id) DO UPDATE SET status = 'pending', attempts = 0, \
+                        next_attempt_at = excluded.next_attempt_at, last_error = NULL, error_step = NULL, \
+                        lane = excluded.lane, order_key = excluded.order_key, event_xid = excluded.event_xid, \
+                        event_seq = excluded.event_seq, epoch = d.epoch + 1, updated_at = excluded.updated_at, \
+                        completed_at = NULL \
+                      WHERE d.status = ANY($14) \
+                     RETURNING d.id",
+                )
+                .bind(now)
+                .bind(&integration.id)
+                .bind(&integration.source)
+                .bind(&integration.target)
+                .bind(chunk.iter().map(|c| c.id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|c| c.event_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|c| c.organization_id).collect::<Vec<Uuid>>())
+                .bind(chunk.iter().map(|c| c.route_event.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|c| c.route_ordinal).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|c| c.lane).collect::<Vec<i32>>())
+                .bind(chunk.iter().map(|c| c.order_key.clone()).collect::<Vec<String>>())
+                .bind(chunk.iter().map(|c| c.position.xid).collect::<Vec<i64>>())
+                .bind(chunk.iter().map(|c| c.position.seq).collect::<Vec<i64>>())
+                .bind(&states)
+                .fetch_all(&mut **conn)
+                .await?
+            }
+            DbTx::Sqlite(conn) => {
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL, NULL, ?, ?, ?, ?, 1, ?, ?, NULL)";
+                let sql = format!(
+                    "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, \
+                       route_event, route_ordinal, source_product, target_product, status, attempts, next_attempt_at, \
+                       last_error, error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, \
+                       updated_at, completed_at) VALUES {} \
+                     ON CONFLICT (id) DO UPDATE SET status = 'pending', attempts = 0, \
+                        next_attempt_at = excluded.next_attempt_at, last_error = NULL, error_step = NULL, \
+                        lane = excluded.lane, order_key = excluded.order_key, event_xid = excluded.event_xid, \
+                        event_seq = excluded.event_seq, epoch = epoch + 1, updated_at = excluded.updated_at, \
+                        completed_at = NULL \
+                      WHERE status IN ({}) \
+                     RETURNING id",
+                    vec![row; chunk.len()].join(", "),
+                    vec!["?"; states.len()].join(", ")
+                );
+                let mut query = sqlx::query_as(AssertSqlSafe(sql));
+                for c in chunk {
+                    query = query
+                        .bind(Id(c.id))
+                        .bind(Id(c.event_id))
+                        .bind(Id(c.organization_id))
+                        .bind(integration.id.as_str())
+                        .bind(c.route_event.as_str())
+                        .bind(c.route_ordinal)
+                        .bind(integration.source.as_str())
+                        .bind(integration.target.as_str())
+                        .bind(now)
+                        .bind(c.lane)
+                        .bind(c.order_key.as_str())
+                        .bind(c.position.xid)
+                        .bind(c.position.seq)
+                        .bind(now)
+                        .bind(now);
+                }
+                for state in &states {
+                    query = query.bind(state.as_str());
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+        };
+        requeued.extend(rows.into_iter().map(|(id,)| id.0));
+    }
+    Ok(requeued)
+}
+
+// ---------------------------------------------------------------------------
+// What a request id did: `integrations.redeliveries`
+
+/// Whose request ids a record belongs to: an organization key's own, or
+/// the platform's (platform keys and the command line).
+pub fn scope_of(organization: Option<Uuid>) -> String {
+    organization.map_or_else(|| "platform".to_owned(), |o| o.to_string())
+}
+
+/// A request id, in its caller's namespace ([`scope_of`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestKey<'a> {
+    pub scope: &'a str,
+    pub id: &'a str,
+}
+
+/// A redelivery made with a request id.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub filter: RedeliverFilter,
+    /// `running` or `done`.
+    pub done: bool,
+    pub events: u64,
+    pub deliveries: u64,
+    /// Events above it were not passed when it started: not its.
+    pub bound: Position,
+    /// The last event done: a run that stopped resumes after it.
+    pub progress: Position,
+    /// The run working it.
+    pub run: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+type RecordRow = (
+    Doc,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    Id,
+    Time,
+    Time,
+    Option<Time>,
+);
+
+/// The record of `request_id` in `scope`, if any.
+pub async fn find_record(tx: &mut DbTx, key: RequestKey<'_>) -> Result<Option<Record>, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "SELECT filter, state, events, deliveries, bound_xid, bound_seq, progress_xid, progress_seq, run_id, \
+                created_at, updated_at, finished_at \
+           FROM integrations.redeliveries WHERE scope = $1 AND request_id = $2",
+    ));
+    let row: Option<RecordRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(key.scope)
+        .bind(key.id)
+        .fetch_optional(conn)
+        .await)?;
+    let Some((filter, state, events, deliveries, bx, bs, px, ps, run, created, updated, finished)) =
+        row
+    else {
+        return Ok(None);
+    };
+    let filter: RedeliverFilter = serde_json::from_value(filter.0).map_err(|e| {
+        StoreError::Invalid(format!("a stored redelivery filter is unreadable: {e}"))
+    })?;
+    Ok(Some(Record {
+        filter,
+        done: state == "done",
+        events: events as u64,
+        deliveries: deliveries as u64,
+        bound: Position::new(bx, bs),
+        progress: Position::new(px, ps),
+        run: run.0,
+        created_at: created.0,
+        updated_at: updated.0,
+        finished_at: finished.map(|t| t.0),
+    }))
+}
+
+/// Records a new redelivery under `request_id`, run by `run`. Returns
+/// false when the id is already recorded (nothing written). Records older
+/// than `forget_before` are deleted first.
+pub async fn create_record(
+    tx: &mut DbTx,
+    key: RequestKey<'_>,
+    filter: &RedeliverFilter,
+    bound: Position,
+    run: Uuid,
+    now: Time,
+    forget_before: Time,
+) -> Result<bool, StoreError> {
+    let purge = AssertSqlSafe(
+        tx.dialect()
+            .sql("DELETE FROM integrations.redeliveries WHERE created_at < $1 AND state = 'done'"),
+    );
+    on_tx!(&mut *tx, |conn| sqlx::query(purge)
+        .bind(forget_before)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "INSERT INTO integrations.redeliveries (scope, request_id, integration_id, filter, state, events, deliveries, \
+            bound_xid, bound_seq, progress_xid, progress_seq, run_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'running', 0, 0, $5, $6, 0, 0, $7, $8, $8) ON CONFLICT DO NOTHING",
+    ));
+    let json = serde_json::to_value(filter.normalized())
+        .map_err(|e| StoreError::Invalid(format!("cannot record a redelivery filter: {e}")))?;
+    let inserted = on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(key.scope)
+        .bind(key.id)
+        .bind(filter.integration.as_str())
+        .bind(Doc(json.clone()))
+        .bind(bound.xid)
+        .bind(bound.seq)
+        .bind(Id(run))
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(inserted == 1)
+}
+
+/// Hands a record that nobody has touched since `seen` to the run `run`.
+/// Returns whether it did (false: another run got it first).
+pub async fn take_over(
+    tx: &mut DbTx,
+    key: RequestKey<'_>,
+    seen: DateTime<Utc>,
+    run: Uuid,
+    now: Time,
+) -> Result<bool, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "UPDATE integrations.redeliveries SET run_id = $3, updated_at = $4 \
+          WHERE scope = $1 AND request_id = $2 AND state = 'running' AND updated_at = $5",
+    ));
+    let updated = on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(key.scope)
+        .bind(key.id)
+        .bind(Id(run))
+        .bind(now)
+        .bind(Time(seen))
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(updated == 1)
+}
+
+/// One chunk's work, for [`record_progress`].
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// The position of the last event read.
+    pub position: Position,
+    pub events: u64,
+    pub deliveries: u64,
+    /// Whether it was the last chunk.
+    pub done: bool,
+}
+
+/// Adds one chunk's work to the record of `run`, and marks it done with
+/// the last chunk. Returns false when the record belongs to another run
+/// now (it took the record over): the caller must roll its chunk back.
+pub async fn record_progress(
+    tx: &mut DbTx,
+    key: RequestKey<'_>,
+    run: Uuid,
+    progress: Progress,
+    now: Time,
+) -> Result<bool, StoreError> {
+    let sql = AssertSqlSafe(tx.dialect().sql(
+        "UPDATE integrations.redeliveries SET progress_xid = $4, progress_seq = $5, events = events + $6, \
+                deliveries = deliveries + $7, updated_at = $8, \
+                state = CASE WHEN $9 THEN 'done' ELSE state END, \
+                finished_at = CASE WHEN $9 THEN $8 ELSE finished_at END \
+          WHERE scope = $1 AND request_id = $2 AND run_id = $3",
+    ));
+    let updated = on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(key.scope)
+        .bind(key.id)
+        .bind(Id(run))
+        .bind(progress.position.xid)
+        .bind(progress.position.seq)
+        .bind(progress.events as i64)
+        .bind(progress.deliveries as i64)
+        .bind(now)
+        .bind(progress.done)
+        .execute(conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    Ok(updated == 1)
+}
