@@ -4,10 +4,12 @@
 //!
 //! One walk through the console per database, the way an operator would:
 //! sign in with a wrong key, a read key and an admin key; see the flows;
-//! watch the live tail; triage a poison event's dead letter, fix the data
-//! and replay it; pause and resume an integration; break a YAML file and
-//! read the reload error; an organization's key never sees another
-//! organization's events; a form without its CSRF token is refused.
+//! watch the live tail; triage a poison event's dead letter (and the key
+//! it holds back), fix the data and replay it; pause an integration, see
+//! its events wait, resume it and see them delivered; redeliver by filter;
+//! break a YAML file and read the reload error; an organization's key never
+//! sees another organization's events; a form without its CSRF token is
+//! refused.
 //! Screenshots of each page go to `target/browser-screenshots/<test>/`.
 //!
 //! Skipped, with the reason printed, when chromedriver or Chromium is not
@@ -234,6 +236,14 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
     busbar
         .wait_for_delivery(poison, "recruitiq-to-directory", "dead", SETTLE)
         .await;
+    // The integration holds a dead delivery's key back (`on_dead: block`):
+    // the organization's next hire waits behind it.
+    let behind = busbar
+        .publish(&hire(ORGANIZATION, USER, "behind@example.com"))
+        .await;
+    busbar
+        .wait_for_delivery(behind, "recruitiq-to-directory", "pending", SETTLE)
+        .await;
 
     browser.open(&busbar.url("/console")).await;
     let row = browser.text("#flow-recruitiq-to-directory").await;
@@ -253,6 +263,30 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
     );
     assert_eq!(browser.text("#dead-letters .group .count").await, "1");
     browser.shot("03-dead-letters").await;
+    // The blocked key: the organization, what it waits on, how many wait.
+    let blocked = browser.text("#blocked-keys .blocked-key").await;
+    assert!(blocked.contains(&ORGANIZATION.to_string()), "{blocked}");
+    assert!(blocked.contains("dead"), "{blocked}");
+    assert_eq!(
+        browser.text("#blocked-keys .blocked-key .waiting").await,
+        "1"
+    );
+    browser
+        .client
+        .find(Locator::Css(&format!(
+            "#blocked-keys a[href=\"/console/events/{poison}\"]"
+        )))
+        .await
+        .expect("the blocked key links the event it waits on");
+    browser.shot("03b-blocked-key").await;
+    // The waiting event's page says what it waits on.
+    browser
+        .open(&busbar.url(&format!("/console/events/{behind}")))
+        .await;
+    assert!(browser.page_text().await.contains("Waits on delivery"));
+    browser
+        .open(&busbar.url("/console/integrations/recruitiq-to-directory"))
+        .await;
 
     // The fix: the recruiter arrives in core.users.
     busbar
@@ -280,6 +314,10 @@ async fn a_poison_event_is_triaged_fixed_and_replayed(browser: &Browser, busbar:
     busbar
         .wait_for_delivery(poison, "recruitiq-to-directory", "delivered", SETTLE)
         .await;
+    // The key goes on: the hire behind it follows.
+    busbar
+        .wait_for_delivery(behind, "recruitiq-to-directory", "delivered", SETTLE)
+        .await;
 
     // The event page shows it delivered, with the tree of emitted events.
     browser
@@ -296,22 +334,41 @@ async fn an_integration_is_paused_and_resumed(browser: &Browser, busbar: &Busbar
     let page = busbar.url("/console/integrations/recruitiq-to-paylinq");
     browser.open(&page).await;
     browser.submit("#state-pause").await;
-    // NEEDS ENGINE V2: pausing is disabling until the engine pauses, and
-    // the confirmation says so.
     assert_eq!(
         browser.text("#confirm-title").await,
         "Pause recruitiq-to-paylinq?"
     );
-    browser.submit(".confirm button[type=submit]").await;
-    let heading = browser.text("h1").await;
     assert!(
-        heading.contains("paused") || heading.contains("disabled"),
-        "{heading}"
+        browser
+            .text(".confirm")
+            .await
+            .contains("nothing is skipped")
     );
-    assert!(!heading.contains("enabled"), "{heading}");
+    browser.submit(".confirm button[type=submit]").await;
+    browser
+        .wait_for_text(".notice", "paused", Duration::from_secs(5))
+        .await;
+    assert!(browser.text("h1").await.contains("paused"));
     browser.open(&busbar.url("/console")).await;
     let row = browser.text("#flow-recruitiq-to-paylinq").await;
-    assert!(!row.contains("enabled"), "{row}");
+    assert!(row.contains("paused"), "{row}");
+
+    // Paused, its events wait: nothing runs, nothing is skipped.
+    let waiting = busbar
+        .publish(&hire(ORGANIZATION, USER, "paused@example.com"))
+        .await;
+    busbar
+        .wait_for_delivery(waiting, "recruitiq-to-nexus", "delivered", SETTLE)
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    busbar
+        .wait_for_delivery(waiting, "recruitiq-to-paylinq", "pending", SETTLE)
+        .await;
+    browser
+        .open(&busbar.url(&format!("/console/events/{waiting}")))
+        .await;
+    assert!(browser.page_text().await.contains("waits for its lane"));
+    browser.shot("07b-paused-event").await;
 
     browser.open(&page).await;
     browser.submit("#state-resume").await;
@@ -319,6 +376,10 @@ async fn an_integration_is_paused_and_resumed(browser: &Browser, busbar: &Busbar
         .wait_for_text(".notice", "running again", Duration::from_secs(5))
         .await;
     assert!(browser.text("h1").await.contains("enabled"));
+    // Resumed, it delivers what waited.
+    busbar
+        .wait_for_delivery(waiting, "recruitiq-to-paylinq", "delivered", SETTLE)
+        .await;
 }
 
 async fn a_form_without_its_csrf_token_is_refused(browser: &Browser, busbar: &Busbar) {
@@ -399,6 +460,37 @@ async fn the_other_pages_answer(browser: &Browser, busbar: &Busbar) {
         "{question}"
     );
     browser.shot("09-redeliver-preview").await;
+    // The confirmed form, as it will be sent (with its request id).
+    let confirmed = browser
+        .client
+        .execute(
+            "return new URLSearchParams(new FormData(document.querySelector('.confirm form'))).toString()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.submit(".confirm button[type=submit]").await;
+    browser
+        .wait_for_text(".notice", "queued to run again", Duration::from_secs(10))
+        .await;
+    browser.shot("09b-redelivered").await;
+    // Sent again (a double click, a resubmitted form): its request id
+    // redelivers once.
+    let again = browser
+        .client
+        .execute_async(
+            r#"const [body, done] = arguments;
+               fetch('/console/redeliver', { method: 'POST', body: body,
+                      headers: { 'Content-Type': 'application/x-www-form-urlencoded' } })
+                 .then(r => r.text()).then(done, () => done(''));"#,
+            vec![confirmed],
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.as_str().unwrap_or("").contains("already made"),
+        "{again}"
+    );
 }
 
 async fn a_broken_yaml_file_shows_its_error_on_the_overview(browser: &Browser, busbar: &Busbar) {

@@ -37,6 +37,8 @@ id: recruitiq-to-directory
 description: Each hire is filed under the recruiter who made it.
 source: recruitiq
 target: directory
+# A hire that cannot be filed holds back its organization's later ones.
+on_dead: block
 routes:
   - on: candidate.hired
     steps:

@@ -220,3 +220,55 @@ on_both_databases! {
         server.stop().await;
     }
 }
+
+on_both_databases! {
+    async fn the_events_search_finds_delivered_events_from_the_lanes_and_dead_ones_from_their_rows(db: TestDb) {
+        db.seed().await;
+        // Employees whose email starts with `dead` are refused by the
+        // target (a trigger): recruitiq-to-nexus dead-letters them.
+        db.poison().await;
+        let server = serve(&db).await;
+        let key = keys::create_key(&db.store, None, &[Scope::Read], None).await.unwrap();
+        let good = server
+            .engine
+            .publish_json(&candidate_hired(ORGANIZATION, "good@example.com"), None)
+            .await
+            .unwrap()
+            .id;
+        let bad = server
+            .engine
+            .publish_json(&candidate_hired(ORGANIZATION, "dead@example.com"), None)
+            .await
+            .unwrap()
+            .id;
+        db.settle(Duration::from_secs(30)).await;
+        let cookie = session(&server.base, &key.key).await;
+        let found = async |query: &str| {
+            let page = get(&server.base, &format!("/console/events?{query}"), &cookie).await;
+            assert_eq!(page.status(), 200);
+            let text = page.text().await.unwrap();
+            (
+                text.contains(&format!("/console/events/{good}")),
+                text.contains(&format!("/console/events/{bad}")),
+            )
+        };
+        // Delivered: a first-pass success has no row; the lanes say so.
+        assert_eq!(found("status=delivered&integration=recruitiq-to-nexus").await, (true, false));
+        assert_eq!(found("status=dead&integration=recruitiq-to-nexus").await, (false, true));
+        // The poison refuses new hires in payroll too: dead there as well.
+        assert_eq!(found("status=dead").await, (false, true));
+        assert_eq!(found("status=delivered").await, (true, false));
+        assert_eq!(found("status=skipped").await, (false, false));
+
+        // The pages: a dead delivery with its error; first-pass successes
+        // (no row) shown as delivered.
+        let page = get(&server.base, &format!("/console/events/{bad}"), &cookie).await.text().await.unwrap();
+        assert!(page.contains("boom"), "the error is shown");
+        let page = get(&server.base, &format!("/console/events/{good}"), &cookie).await.text().await.unwrap();
+        assert!(page.contains("delivered on its first pass"), "inferred deliveries are shown");
+        // The integration's page lists its recent deliveries, inferred ones too.
+        let page = get(&server.base, "/console/integrations/recruitiq-to-nexus", &cookie).await.text().await.unwrap();
+        assert!(page.contains(&format!("/console/events/{good}")), "{page}");
+        server.stop().await;
+    }
+}

@@ -8,7 +8,8 @@
 //! The integration under test is a read-modify-write trace, keyed by
 //! `order_by: $.data.key`: each delivery appends its event's sequence
 //! number to its key's row and writes the mapping's label, so the row
-//! shows which events were applied, in which order, with which mapping.
+//! shows which events were applied, in which order, with which mapping;
+//! it also emits an event, which a redelivery emits anew.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,6 +50,8 @@ routes:
           version: "{{ (current.version if current else 0) + 1 }}"
           seqs: "{{ (current.seqs if current else '') ~ ',' ~ data.seq }}"
           label: LABEL
+      - emit: item.traced
+        data: { key: $.data.key, seq: $.data.seq }
 "#;
 
 const TABLE: &str = "CREATE TABLE test.trace (key VARCHAR(50) PRIMARY KEY, organization_id UUID NOT NULL, \
@@ -248,6 +251,8 @@ on_both_databases! {
         assert_eq!(redelivered.len(), 12);
         assert!(redelivered.iter().all(|d| d.recorded && d.attempts == 1), "{redelivered:?}");
         assert_eq!(db.count_where("integrations.deliveries", "epoch = 1").await, 12);
+        // A redelivered emit step emits a new event, not the first one again.
+        assert_eq!(db.count_where("integrations.events", "event_name = 'item.traced'").await, 24);
 
         // New events of a key wait behind its redelivered ones: redeliver
         // one key's events and publish more of it at once.
@@ -632,6 +637,81 @@ on_both_databases! {
             }
         }
         assert!(wrong.is_empty(), "applied out of order, twice or with the old mapping:\n{}", wrong.join("\n"));
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
+    async fn a_redelivery_stopped_half_way_is_resumed_by_its_request_id(db: TestDb) {
+        use busbar::engine::redeliver::{self, CHUNK, RedeliverFilter, RedeliverRequest};
+
+        let dir = prepare(&db).await;
+        let engine = db
+            .engine_with(dir.path(), None, |config| config.batch_size = 100)
+            .await;
+        let (keys, per_key) = (600, 2);
+        let count = keys * per_key;
+        assert!(count > CHUNK as usize);
+        for seq in 0..per_key {
+            let batch: Vec<busbar::engine::PublishRequest> = (0..keys)
+                .map(|k| busbar::engine::PublishRequest {
+                    envelope: busbar::envelope::Envelope::from_json(&event(ORGANIZATION, &format!("k{k}"), seq)).unwrap(),
+                    idempotency_key: None,
+                })
+                .collect();
+            while let Err(error) = engine.publish_batch(batch.clone()).await {
+                assert!(matches!(error, busbar::engine::PublishError::Unavailable(_)), "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        db.settle(SETTLE).await;
+        let request = RedeliverRequest {
+            filter: RedeliverFilter {
+                integration: "trace".into(),
+                statuses: vec![Status::Delivered],
+                ..RedeliverFilter::default()
+            },
+            request_id: Some("resume-me".into()),
+            caller: None,
+        };
+        // A run that stops after its first chunk (as a killed process would).
+        let (chunk_done, mut first) = tokio::sync::watch::channel(false);
+        let progress: redeliver::Progress = Arc::new(move |_| {
+            let _ = chunk_done.send(true);
+            // Time for the test to stop the run before its next chunk.
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(300)));
+        });
+        let stopped = tokio::spawn(redeliver::run(
+            db.store.clone(),
+            engine.generation(),
+            request.clone(),
+            Some(progress),
+        ));
+        first.wait_for(|done| *done).await.unwrap();
+        stopped.abort();
+        assert!(stopped.await.unwrap_err().is_cancelled());
+
+        // Asked again at once: it is still thought to be running.
+        let again = engine.redeliver(request.clone(), None).await.unwrap();
+        assert_eq!((again.repeated, again.finished), (true, false), "{again:?}");
+        assert_eq!(again.count.deliveries, CHUNK as u64, "the first chunk is recorded");
+
+        // Two minutes later (made so here): the next call resumes it.
+        let age = match db.dialect() {
+            Dialect::Postgres => "UPDATE integrations.redeliveries SET updated_at = updated_at - INTERVAL '3 minutes'",
+            Dialect::Sqlite => "UPDATE \"integrations.redeliveries\" SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', updated_at, '-3 minutes')",
+        };
+        db.store.execute_script(age).await.unwrap();
+        let resumed = engine.redeliver(request.clone(), None).await.unwrap();
+        assert_eq!((resumed.repeated, resumed.finished), (false, true), "{resumed:?}");
+        assert_eq!(resumed.count.deliveries, count as u64, "the whole set, each once");
+        let done = engine.redeliver(request, None).await.unwrap();
+        assert_eq!((done.repeated, done.finished, done.count.deliveries), (true, true, count as u64));
+        db.settle(SETTLE).await;
+        let expected: String = (0..per_key).chain(0..per_key).map(|s| format!(",{s}")).collect();
+        for k in 0..keys {
+            assert_eq!(trace(&db, &format!("k{k}")).await.0, expected, "k{k}");
+        }
         engine.shutdown().await;
     }
 }
