@@ -568,6 +568,48 @@ fn delivery_view(row: DeliveryTuple) -> DeliveryView {
     }
 }
 
+/// The newest events (of `organization`, and with `routed`, of that
+/// source and those event names), newest first, at most `limit`.
+async fn newest_events(
+    engine: &Engine,
+    tx: &mut DbTx,
+    organization: Option<Uuid>,
+    routed: Option<(&str, &[String])>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut built = Built::default();
+    if let Some((source, names)) = routed {
+        let p = built.arg(Arg::Text(source.to_owned()));
+        built.conditions.push(format!("e.source_product = {p}"));
+        let names: Vec<String> = names
+            .iter()
+            .map(|name| built.arg(Arg::Text(name.clone())))
+            .collect();
+        built
+            .conditions
+            .push(format!("e.event_name IN ({})", names.join(", ")));
+    }
+    if let Some(organization) = organization {
+        let p = built.arg(Arg::Id(organization));
+        built.conditions.push(format!("e.organization_id = {p}"));
+    }
+    if built.conditions.is_empty() {
+        built.conditions.push("1 = 1".to_owned());
+    }
+    let limit_param = built.arg(Arg::Int(limit));
+    let sql = AssertSqlSafe(engine.store().dialect().sql(&format!(
+        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE {} ORDER BY e.seq DESC LIMIT {limit_param}",
+        built.conditions.join(" AND ")
+    )));
+    let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| bind_args!(
+        sqlx::query_as(sql),
+        &built.args
+    )
+    .fetch_all(conn)
+    .await)?;
+    Ok(rows.into_iter().map(stored_event).collect())
+}
+
 /// An integration's deliveries of its most recent events (newest event
 /// first): rows, and the deliveries without one inferred from the lanes
 /// ([`views::deliveries`]: delivered when its lane has passed the event,
@@ -590,31 +632,15 @@ pub async fn recent_deliveries(
     let mut names: Vec<String> = definition.routes.iter().map(|r| r.on.clone()).collect();
     names.sort();
     names.dedup();
-    let mut built = Built::default();
-    let p = built.arg(Arg::Text(definition.source.clone()));
-    built.conditions.push(format!("e.source_product = {p}"));
-    let names: Vec<String> = names
-        .into_iter()
-        .map(|name| built.arg(Arg::Text(name)))
-        .collect();
-    built
-        .conditions
-        .push(format!("e.event_name IN ({})", names.join(", ")));
-    if let Some(organization) = organization {
-        let p = built.arg(Arg::Id(organization));
-        built.conditions.push(format!("e.organization_id = {p}"));
-    }
-    let limit_param = built.arg(Arg::Int(limit));
-    let sql = AssertSqlSafe(engine.store().dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE {} ORDER BY e.seq DESC LIMIT {limit_param}",
-        built.conditions.join(" AND ")
-    )));
     let mut tx = engine.store().begin_read().await?;
-    let rows: Vec<EventTuple> =
-        on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
-            .fetch_all(conn)
-            .await)?;
-    let found: Vec<StoredEvent> = rows.into_iter().map(stored_event).collect();
+    let found = newest_events(
+        engine,
+        &mut tx,
+        organization,
+        Some((&definition.source, &names)),
+        limit,
+    )
+    .await?;
     let deliveries = views::deliveries(&mut tx, &generation, engine.lanes(), &found).await?;
     tx.rollback().await?;
     Ok(deliveries
@@ -1355,17 +1381,8 @@ pub async fn recent_activity(
     organization: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<Activity>, StoreError> {
-    let latest = search_events(
-        engine,
-        &EventSearch {
-            organization,
-            ..EventSearch::default()
-        },
-        limit as i64,
-    )
-    .await?;
-    let found: Vec<StoredEvent> = latest.into_iter().map(|row| row.event).collect();
     let mut tx = engine.store().begin_read().await?;
+    let found = newest_events(engine, &mut tx, organization, None, limit as i64).await?;
     let deliveries =
         views::deliveries(&mut tx, &engine.generation(), engine.lanes(), &found).await?;
     tx.rollback().await?;

@@ -225,7 +225,8 @@ type CandidateRow = (
 /// The candidates are the integration's events matching the filter's
 /// event, time range and organization; when the filter does not ask for
 /// `delivered`, only events with a row in a chosen state are read (they are
-/// few), found through the deliveries' `(integration_id, status)` index.
+/// few), found through the deliveries' `(integration_id, status)` index and
+/// narrowed by the rows' own copy of their event's position.
 pub async fn scan(
     tx: &mut DbTx,
     selection: &Selection<'_>,
@@ -278,7 +279,8 @@ pub async fn scan(
             };
             let from = if rows_only {
                 "(SELECT DISTINCT d.organization_id AS o, d.event_id AS i FROM integrations.deliveries d \
-                   WHERE d.integration_id = $11 AND d.status = ANY($12)) h \
+                   WHERE d.integration_id = $11 AND d.status = ANY($12) \
+                     AND (d.event_xid, d.event_seq) > ($1, $2) AND (d.event_xid, d.event_seq) <= ($3, $4)) h \
                  JOIN integrations.events e ON e.organization_id = h.o AND e.id = h.i"
             } else {
                 "integrations.events e"
@@ -328,7 +330,8 @@ pub async fn scan(
             let from = if rows_only {
                 format!(
                     "(SELECT DISTINCT d.organization_id AS o, d.event_id AS i FROM \"integrations.deliveries\" d \
-                       WHERE d.integration_id = ? AND d.status IN ({state_params})) h \
+                       WHERE d.integration_id = ? AND d.status IN ({state_params}) \
+                         AND (d.event_xid, d.event_seq) > (?, ?) AND (d.event_xid, d.event_seq) <= (?, ?)) h \
                      JOIN \"integrations.events\" e ON e.organization_id = h.o AND e.id = h.i"
                 )
             } else {
@@ -351,6 +354,11 @@ pub async fn scan(
                 for state in &states {
                     query = query.bind(state.as_str());
                 }
+                query = query
+                    .bind(after.xid)
+                    .bind(after.seq)
+                    .bind(bound.xid)
+                    .bind(bound.seq);
             }
             query = query
                 .bind(after.xid)

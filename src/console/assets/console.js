@@ -53,9 +53,11 @@
     li.appendChild(document.createTextNode(" "));
     li.appendChild(text("span", "badge status-" + a.outcome, a.outcome));
     li.appendChild(document.createTextNode(" "));
-    var link = text("a", "", a.source + "/" + a.event);
-    link.href = "/console/events/" + encodeURIComponent(a.event_id);
-    li.appendChild(link);
+    if (a.outcome !== "missed") {
+      var link = text("a", "", a.source + "/" + a.event);
+      link.href = "/console/events/" + encodeURIComponent(a.event_id);
+      li.appendChild(link);
+    }
     if (a.integration) {
       li.appendChild(document.createTextNode(" "));
       li.appendChild(text("span", "via", "→ " + a.integration));
