@@ -395,6 +395,15 @@ pub async fn flush(
                     wave.push(item);
                 }
             }
+            // Rows in key order: two transactions that upsert some of the
+            // same rows take their locks in the same order, so they wait
+            // for each other instead of deadlocking.
+            wave.sort_by_cached_key(|(_, values, _): &(usize, Vec<BindValue>, Slot)| {
+                key_positions
+                    .iter()
+                    .map(|p| format!("{:?}", values[*p]))
+                    .collect::<Vec<_>>()
+            });
             upsert_wave(
                 tx,
                 &table,

@@ -13,6 +13,8 @@
 //! - `ordering`: delivery v2's order per key under publishers, workers,
 //!   random transient failures and killed processes; parked keys; the
 //!   outbox's late commits; pause and resume.
+//! - `upgrade`: a database of the release before delivery v2 is migrated
+//!   with its deliveries intact, and finished by the new engine.
 //! - `values`: values that do not fit their column are refused, never
 //!   truncated or rounded; numbers keep every digit.
 
@@ -26,4 +28,5 @@ mod ordering;
 mod reload;
 mod robustness;
 mod support;
+mod upgrade;
 mod values;
