@@ -469,7 +469,7 @@ pub(crate) async fn visit(
         written: Some(Instant::now()),
     };
     if !emitted.is_empty() {
-        shared.log_grew();
+        shared.wake_for(emitted.iter().map(|e| &e.envelope));
     }
     let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
     for (_, _, integration, status) in &report {

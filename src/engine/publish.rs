@@ -136,7 +136,13 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
         shared.health.succeeded();
         tracing::debug!(events = events.len(), elapsed = ?started.elapsed(), "publish batch committed");
         crate::telemetry::publish_committed(events.len(), started.elapsed());
-        shared.log_grew();
+        shared.wake_for(
+            events
+                .iter()
+                .zip(&appended)
+                .filter(|(_, a)| matches!(a, Appended::Created(_)))
+                .map(|(e, _)| &e.envelope),
+        );
         if shared.activity.receiver_count() > 0 {
             for (event, appended) in events.iter().zip(&appended) {
                 if let Appended::Created(id) = appended {

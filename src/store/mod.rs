@@ -219,6 +219,9 @@ pub enum Db {
 pub struct Store {
     db: Db,
     pub catalog: Arc<catalog::Catalog>,
+    /// The server process ids of this store's PostgreSQL connections: a
+    /// notification they sent is this process's own (it knows already).
+    backends: Arc<std::sync::Mutex<std::collections::HashSet<i32>>>,
 }
 
 /// The default database: a SQLite file under `./data/`.
@@ -233,6 +236,7 @@ impl Store {
 
     /// Connects with at most `max_connections` PostgreSQL connections.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let backends: Arc<std::sync::Mutex<std::collections::HashSet<i32>>> = Arc::default();
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // A transaction left open by a process that hangs (stopped,
             // cut off) is ended by the server, so the lanes it locked are
@@ -240,10 +244,21 @@ impl Store {
             let options = PgConnectOptions::from_str(url)?
                 .application_name("busbar")
                 .options([("idle_in_transaction_session_timeout", "10s")]);
+            let known = backends.clone();
             let pool = PoolOptions::<Postgres>::new()
                 .max_connections(max_connections)
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |connection, _| {
+                    let known = known.clone();
+                    Box::pin(async move {
+                        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+                            .fetch_one(&mut *connection)
+                            .await?;
+                        known.lock().expect("backends lock").insert(pid);
+                        Ok(())
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Db::Postgres(pool)
@@ -304,7 +319,15 @@ impl Store {
         Ok(Store {
             db,
             catalog: Arc::new(catalog::Catalog::default()),
+            backends,
         })
+    }
+
+    /// Whether a PostgreSQL server process is one of this store's
+    /// connections.
+    pub fn is_own_backend(&self, pid: u32) -> bool {
+        i32::try_from(pid)
+            .is_ok_and(|pid| self.backends.lock().expect("backends lock").contains(&pid))
     }
 
     pub fn dialect(&self) -> Dialect {

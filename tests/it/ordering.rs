@@ -505,3 +505,47 @@ async fn a_row_locked_elsewhere_holds_back_only_its_own_delivery() {
     assert_eq!(row["version"], 2, "key 0 applied once the lock was gone");
     engine.shutdown().await;
 }
+
+/// busbar computes lanes in Rust (to wake only the lanes that got events)
+/// and in SQL (to read them): the two must agree on every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn rust_and_postgresql_hash_order_keys_alike() {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = (0..300)
+        .map(|i| "x".repeat(i % 40) + &i.to_string())
+        .collect();
+    keys.extend(
+        [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "héllo wörld",
+            "日本語のキー",
+            "7d0e6a52-3c59-4a8e-9d7a-0c1f2b3a4d5e",
+        ]
+        .map(String::from),
+    );
+    keys.extend((0..50).map(|_| uuid::Uuid::new_v4().to_string()));
+    let hashes: Vec<(String, i64)> =
+        sqlx::query_as("SELECT k, hashtextextended(k, 0) FROM unnest($1::text[]) AS k")
+            .bind(&keys)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for (key, expected) in hashes {
+        assert_eq!(
+            busbar::store::log::pg_hash_text(&key),
+            expected,
+            "key {key:?}"
+        );
+    }
+}
