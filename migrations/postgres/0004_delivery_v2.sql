@@ -27,7 +27,8 @@ ALTER TABLE integrations.events ADD PRIMARY KEY (organization_id, id);
 ALTER TABLE integrations.events ADD COLUMN xid BIGINT NOT NULL DEFAULT 0;
 -- Every later row, whoever inserts it, gets its transaction's id.
 ALTER TABLE integrations.events ALTER COLUMN xid SET DEFAULT (pg_current_xact_id()::text::bigint);
-CREATE INDEX idx_events_position ON integrations.events (xid, seq);
+-- A lane reads its integration's source in position order.
+CREATE INDEX idx_events_position ON integrations.events (source_product, xid, seq);
 -- Replaced by lanes: every new row has processed_at NULL.
 DROP INDEX integrations.idx_events_unrouted;
 

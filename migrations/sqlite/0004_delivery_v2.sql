@@ -83,6 +83,8 @@ CREATE INDEX "integrations.idx_events_org_seq" ON "integrations.events" (organiz
 CREATE UNIQUE INDEX "integrations.idx_events_idempotency" ON "integrations.events" (organization_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX "integrations.idx_events_parent" ON "integrations.events" (parent_id) WHERE parent_id IS NOT NULL;
+-- A lane reads its integration's source in position order.
+CREATE INDEX "integrations.idx_events_position" ON "integrations.events" (source_product, seq);
 
 CREATE TABLE "integrations.lanes" (
     integration_id TEXT NOT NULL,

@@ -38,6 +38,9 @@ use crate::store::Store;
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::telemetry;
 
+/// How long a key check may wait for the database.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Who is calling: the key that authenticated the request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -283,9 +286,23 @@ impl KeyCache {
     async fn lookup(&self, store: &Store, prefix: &str) -> Result<Option<KeyRecord>, ApiError> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         telemetry::auth_lookup();
-        let mut tx = store.begin_read().await?;
-        let found = keys::find_by_prefix(&mut tx, prefix).await?;
-        tx.rollback().await?;
+        // A key check must not keep a producer waiting for a database that
+        // is gone: after a second the answer is 503, retry later.
+        let read = async {
+            let mut tx = store.begin_read().await?;
+            let found = keys::find_by_prefix(&mut tx, prefix).await?;
+            tx.rollback().await?;
+            Ok::<_, crate::store::StoreError>(found)
+        };
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
+            Ok(found) => found?,
+            Err(_) => {
+                return Err(ApiError::unavailable(
+                    "database-unavailable",
+                    "the API key cannot be checked now: the database does not answer; retry later",
+                ));
+            }
+        };
         match &found {
             Some(record) => {
                 self.known

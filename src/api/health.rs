@@ -49,7 +49,7 @@ pub async fn healthz() -> Json<Health> {
     tag = "operations",
     responses(
         (status = 200, description = "Ready.", body = Ready),
-        (status = 503, description = "Not ready: the database does not answer, or busbar is shutting down.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready: the database does not answer, a delivery worker died, or busbar is shutting down.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
@@ -66,6 +66,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiErr
         return Err(ApiError::unavailable(
             "database-unavailable",
             "the database does not answer",
+        ));
+    }
+    let (alive, expected) = state.engine.workers_alive();
+    if alive < expected {
+        return Err(ApiError::unavailable(
+            "workers-down",
+            format!("{alive} of {expected} delivery workers are running"),
         ));
     }
     // The engine always holds a generation: it cannot start without one.

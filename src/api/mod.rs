@@ -332,6 +332,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::document))
         .merge(crate::console::router())
+        .route_layer(middleware::from_fn(detached))
         .route_layer(middleware::from_fn(record_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -357,6 +358,21 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .timeout(config.request_timeout),
         )
+}
+
+/// Runs the handler in a task of its own, so that a client that hangs up or
+/// a request that times out never cancels it halfway through a database
+/// transaction: the handler runs to its end (its answer is then dropped)
+/// and its connection goes back to the pool clean.
+async fn detached(request: Request, next: Next) -> Response<axum::body::Body> {
+    use tracing::Instrument;
+    let handler = next.run(request).instrument(Span::current());
+    match tokio::spawn(handler).await {
+        Ok(response) => response,
+        Err(error) => {
+            ApiError::internal(format!("a request handler failed: {error}")).into_response()
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops

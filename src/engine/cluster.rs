@@ -110,7 +110,14 @@ pub(crate) async fn listen(shared: Arc<Shared>, pool: PgPool) {
                         if notification.channel() == "busbar_integration_state" {
                             let _ = shared.refresh_states().await;
                         }
-                        shared.scheduler.wake_all();
+                        // Events this process appended woke their lanes
+                        // already; another process's, or a product's
+                        // outbox rows, wake every lane.
+                        let own = notification.channel() == "busbar_events"
+                            && shared.store.is_own_backend(notification.process_id());
+                        if !own {
+                            shared.scheduler.wake_all();
+                        }
                     }
                     // The connection dropped: reconnect, and look for work
                     // that arrived meanwhile.

@@ -175,13 +175,22 @@ pub(crate) async fn visit(
         return Ok(Visit::default());
     }
     let batch_size = shared.config.batch_size.max(1);
+    let started = Instant::now();
     let mut tx = shared.store.begin().await?;
     if tx.dialect() == Dialect::Postgres {
         // A row locked by someone else fails its statement after a second
         // (the batch then runs one delivery at a time, and only the blocked
         // one retries); nothing runs away.
-        tx.run("SET LOCAL lock_timeout = '1s'").await?;
-        tx.run("SET LOCAL statement_timeout = '60s'").await?;
+        //
+        // The planner is also told to read the log through its index in
+        // position order: it cannot know how selective a lane's hash is,
+        // and a scan of every event followed by a sort costs a lane far
+        // more than stopping at its batch size.
+        tx.run(
+            "SELECT set_config('lock_timeout', '1s', true), set_config('statement_timeout', '60s', true), \
+                    set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)",
+        )
+        .await?;
     }
     let Some(row) = lanes::lock(&mut tx, &lane.integration, lane.lane).await? else {
         tx.rollback().await?;
@@ -278,7 +287,9 @@ pub(crate) async fn visit(
     // 2. New events after the cursor, below the horizon.
     let room = batch_size.saturating_sub(items.len()).max(1) as i64;
     let filter = shared.lane_filter(integration, lane.lane);
+    let prepared = started.elapsed();
     let read = log::read_lane(&mut tx, &filter, start, horizon, room).await?;
+    let read_at = started.elapsed();
     let full = read.len() as i64 >= room;
     let new_cursor = match read.last() {
         Some(last) if full => last.position,
@@ -343,6 +354,7 @@ pub(crate) async fn visit(
     }
 
     // 3. Run.
+    let ran_from = started.elapsed();
     tx.run("SAVEPOINT batch").await?;
     let mut results = match run_lockstep(shared, &generation, integration, &mut tx, &items).await? {
         Attempt::Done(results) => Some(results),
@@ -468,6 +480,7 @@ pub(crate) async fn visit(
         .into_iter()
         .partition(|r| first_new_ids.contains(&r.id));
     new_rows.extend(made);
+    let recorded_from = started.elapsed();
     lanes::write_rows(&mut tx, &updated, false, now).await?;
     lanes::write_rows(&mut tx, &new_rows, true, now).await?;
     let delivered: Vec<(Uuid, i64)> = delivered_by_org.into_iter().collect();
@@ -482,14 +495,26 @@ pub(crate) async fn visit(
         now,
     )
     .await?;
+    let committing = started.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        lane = %lane,
+        deliveries = items.len(),
+        prepare = ?prepared,
+        read = ?(read_at - prepared),
+        plan = ?(ran_from - read_at),
+        run = ?(recorded_from - ran_from),
+        record = ?(committing - recorded_from),
+        commit = ?(started.elapsed() - committing),
+        "lane batch committed"
+    );
     *memory = Memory {
         stored: cursor,
         scanned: cursor,
         written: Some(Instant::now()),
     };
     if !emitted.is_empty() {
-        shared.log_grew();
+        shared.wake_for(emitted.iter().map(|e| &e.envelope));
     }
     let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
     for outcome in &report {

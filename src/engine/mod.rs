@@ -285,10 +285,24 @@ impl Shared {
         }
     }
 
-    /// The log grew (events published or emitted): every lane may have
-    /// work.
-    pub fn log_grew(&self) {
-        self.scheduler.wake_all();
+    /// Events were appended to the log: wakes the lanes they belong to
+    /// (the lane of each event for every integration that routes it,
+    /// computed in Rust as the database computes it). A lane the Rust key
+    /// does not find (a number the database writes differently) is woken by
+    /// the poll tick.
+    pub fn wake_for<'e>(&self, events: impl IntoIterator<Item = &'e Envelope>) {
+        let generation = self.generation.load();
+        let mut lanes = std::collections::HashSet::new();
+        for envelope in events {
+            for (integration, _) in generation.routes(&envelope.source, &envelope.event) {
+                let key = integration.order_by.key_of(envelope);
+                lanes.insert(LaneId {
+                    integration: Arc::from(integration.id.as_str()),
+                    lane: log::lane_of_key(&key, self.lanes),
+                });
+            }
+        }
+        self.scheduler.wake_lanes(lanes);
     }
 
     /// Tells live views what a lane's batch did.

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::health::ACQUIRE_TIMEOUT;
+
+/// How long telling a busy pool from an unreachable database may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 use super::{Activity, PublishError, Published, Shared};
 use crate::store::StoreError;
 use crate::store::events::NewEvent;
@@ -81,7 +84,7 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
         .await;
         let (tx, appended) = match result {
             Ok(ok) => ok,
-            Err(error) => return fail(shared, jobs, error),
+            Err(error) => return fail(shared, jobs, error).await,
         };
         // A job with a reused id or key is refused whole: start again
         // without it (rare; a batch is all or none).
@@ -96,7 +99,7 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
         }
         if !refused.is_empty() {
             if let Err(error) = tx.rollback().await {
-                return fail(shared, jobs, error);
+                return fail(shared, jobs, error).await;
             }
             let mut offset = 0;
             let mut kept = Vec::new();
@@ -128,12 +131,18 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
             continue;
         }
         if let Err(error) = tx.commit().await {
-            return fail(shared, jobs, error);
+            return fail(shared, jobs, error).await;
         }
         shared.health.succeeded();
         tracing::debug!(events = events.len(), elapsed = ?started.elapsed(), "publish batch committed");
         crate::telemetry::publish_committed(events.len(), started.elapsed());
-        shared.log_grew();
+        shared.wake_for(
+            events
+                .iter()
+                .zip(&appended)
+                .filter(|(_, a)| matches!(a, Appended::Created(_)))
+                .map(|(e, _)| &e.envelope),
+        );
         if shared.activity.receiver_count() > 0 {
             for (event, appended) in events.iter().zip(&appended) {
                 if let Appended::Created(id) = appended {
@@ -162,10 +171,16 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
     }
 }
 
-fn fail(shared: &Shared, jobs: Vec<Job>, error: StoreError) {
+async fn fail(shared: &Shared, jobs: Vec<Job>, error: StoreError) {
     let count: usize = jobs.iter().map(|j| j.events.len()).sum();
     tracing::warn!(%error, events = count, "publish transaction failed; nothing was stored");
-    shared.health.failed(&error);
+    // A pool that timed out may be busy rather than cut off: only a
+    // database that cannot be reached opens the breaker.
+    let busy = matches!(&error, StoreError::Sqlx(sqlx::Error::PoolTimedOut))
+        && shared.store.reachable(PROBE_TIMEOUT).await;
+    if !busy {
+        shared.health.failed(&error);
+    }
     let message = error.to_string();
     let unreachable = error.is_unreachable();
     for job in jobs {

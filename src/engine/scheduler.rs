@@ -74,6 +74,21 @@ impl Scheduler {
         }
     }
 
+    /// Queues the given lanes.
+    pub fn wake_lanes(&self, lanes: impl IntoIterator<Item = LaneId>) {
+        let mut inner = self.inner.lock().expect("scheduler lock");
+        let mut woke = 0;
+        for lane in lanes {
+            if inner.enqueue(&lane) {
+                woke += 1;
+            }
+        }
+        drop(inner);
+        for _ in 0..woke {
+            self.ready.notify_one();
+        }
+    }
+
     /// Queues every lane of one integration.
     pub fn wake_integration(&self, integration: &str) {
         let mut inner = self.inner.lock().expect("scheduler lock");

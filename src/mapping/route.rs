@@ -290,10 +290,12 @@ async fn run_steps<X: Executor>(
         }
     }
     for step in &route.steps {
-        let what = describe_step(step);
+        // Described only when something goes wrong: the happy path makes
+        // no string per step.
+        let what = || describe_step(step);
         let mapping_error = |column: Option<&str>, error: MappingError| RouteError::Mapping {
             step: Some(step.index),
-            what: what.clone(),
+            what: what(),
             column: column.map(str::to_owned),
             error,
         };
@@ -339,7 +341,7 @@ async fn run_steps<X: Executor>(
             };
         let executor_error = |error| RouteError::Executor {
             step: step.index,
-            what: what.clone(),
+            what: what(),
             error,
         };
         let mut bound: Option<Option<Row>> = None;
@@ -444,7 +446,7 @@ async fn run_steps<X: Executor>(
                     trace.push(record);
                     return Err(RouteError::MissingRow {
                         step: step.index,
-                        what,
+                        what: what(),
                         message,
                     });
                 }

@@ -15,7 +15,7 @@
 //! row identity) and one of them wrote, and the worker then runs that batch
 //! one delivery after another instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -258,21 +258,49 @@ impl Accesses {
     /// one of them wrote it: then the lockstep order may differ from any
     /// one-after-another order, and the batch must run sequentially.
     pub fn conflict(&self) -> Option<String> {
+        let clash =
+            |table: &TableName| Some(format!("two deliveries touch {table}, and one writes"));
         for (table, accesses) in &self.by_table {
             if !accesses.iter().any(|a| a.write) {
                 continue;
             }
-            for (i, a) in accesses.iter().enumerate() {
-                for b in &accesses[i + 1..] {
-                    let same = a.target == Target::Table
-                        || b.target == Target::Table
-                        || a.target == b.target;
-                    if a.delivery != b.delivery && (a.write || b.write) && same {
-                        return Some(format!(
-                            "deliveries {} and {} both touch {table}",
-                            a.delivery, b.delivery
-                        ));
+            // A whole-table access clashes with another delivery's access
+            // when either of them writes.
+            let whole: Vec<&Access> = accesses
+                .iter()
+                .filter(|a| a.target == Target::Table)
+                .collect();
+            if !whole.is_empty() {
+                let writers: HashSet<usize> = accesses
+                    .iter()
+                    .filter(|a| a.write)
+                    .map(|a| a.delivery)
+                    .collect();
+                let touching: HashSet<usize> = accesses.iter().map(|a| a.delivery).collect();
+                for a in whole {
+                    let others_touch = touching.len() > 1 || !touching.contains(&a.delivery);
+                    let others_write = writers.iter().any(|d| *d != a.delivery);
+                    if (a.write && others_touch) || others_write {
+                        return clash(table);
                     }
+                }
+            }
+            // A row clashes when two deliveries touch it and one writes.
+            let mut rows: HashMap<&str, (usize, bool, bool)> =
+                HashMap::with_capacity(accesses.len());
+            for a in accesses {
+                let Target::Row(key) = &a.target else {
+                    continue;
+                };
+                let entry = rows
+                    .entry(key.as_str())
+                    .or_insert((a.delivery, false, false));
+                if entry.0 != a.delivery {
+                    entry.1 = true;
+                }
+                entry.2 |= a.write;
+                if entry.1 && entry.2 {
+                    return clash(table);
                 }
             }
         }
@@ -370,31 +398,30 @@ pub async fn flush(
         }
         // Waves: one row per key per statement (a statement may not upsert
         // the same row twice), in the order the deliveries asked.
+        let key_of = |values: &Vec<BindValue>| -> Vec<Option<String>> {
+            key_positions.iter().map(|p| values[*p].pg_text()).collect()
+        };
         while !pending.is_empty() {
             let mut wave = Vec::new();
             let mut later = Vec::new();
+            let mut in_wave = std::collections::HashSet::new();
+            let mut deferred = std::collections::HashSet::new();
             for item in pending {
-                let key_of = |values: &Vec<BindValue>| -> Vec<BindValue> {
-                    key_positions.iter().map(|p| values[*p].clone()).collect()
-                };
-                let clash = wave
-                    .iter()
-                    .any(|(_, values, _): &(usize, Vec<BindValue>, Slot)| {
-                        key_of(values) == key_of(&item.1)
-                    });
-                if clash
-                    || !later.is_empty()
-                        && later
-                            .iter()
-                            .any(|(_, v, _): &(usize, Vec<BindValue>, Slot)| {
-                                key_of(v) == key_of(&item.1)
-                            })
-                {
+                let key = key_of(&item.1);
+                if in_wave.contains(&key) || deferred.contains(&key) {
+                    deferred.insert(key);
                     later.push(item);
                 } else {
+                    in_wave.insert(key);
                     wave.push(item);
                 }
             }
+            // Rows in key order: two transactions that upsert some of the
+            // same rows take their locks in the same order, so they wait
+            // for each other instead of deadlocking.
+            wave.sort_by_cached_key(|(_, values, _): &(usize, Vec<BindValue>, Slot)| {
+                key_of(values)
+            });
             upsert_wave(
                 tx,
                 &table,
@@ -461,6 +488,28 @@ async fn find_many(
             None => by_nulls.push((nulls, vec![i])),
         }
     }
+    // The same lookup asked by many deliveries (every event of a batch
+    // checking one subscription) is asked once.
+    let mut same_as: Vec<Option<usize>> = vec![None; lookups.len()];
+    let by_nulls: Vec<(Vec<bool>, Vec<usize>)> = by_nulls
+        .into_iter()
+        .map(|(nulls, members)| {
+            let mut first: HashMap<Vec<Option<String>>, usize> = HashMap::new();
+            let mut unique = Vec::new();
+            for i in members {
+                let key: Vec<Option<String>> =
+                    lookups[i].1.iter().map(BindValue::pg_text).collect();
+                match first.get(&key) {
+                    Some(&j) => same_as[i] = Some(j),
+                    None => {
+                        first.insert(key, i);
+                        unique.push(i);
+                    }
+                }
+            }
+            (nulls, unique)
+        })
+        .collect();
     for (nulls, members) in by_nulls {
         let sql = tx
             .dialect()
@@ -513,6 +562,11 @@ async fn find_many(
             out[index] = Some(super::target::parse_row(&text)?);
         }
     }
+    for (i, same) in same_as.iter().enumerate() {
+        if let Some(j) = same {
+            out[i] = out[*j].clone();
+        }
+    }
     Ok(out)
 }
 
@@ -533,9 +587,9 @@ async fn upsert_wave(
         .dialect()
         .upsert_many(table, info, key, columns, wave.len());
     let started = std::time::Instant::now();
-    match tx {
+    let returned: Vec<(String,)> = match tx {
         DbTx::Postgres(tx) => {
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query = sqlx::query_as(AssertSqlSafe(sql));
             for column in 0..columns.len() {
                 let values: Vec<Option<String>> = wave
                     .iter()
@@ -543,34 +597,66 @@ async fn upsert_wave(
                     .collect();
                 query = query.bind(values);
             }
-            query.execute(&mut **tx).await?;
+            query.fetch_all(&mut **tx).await?
         }
         DbTx::Sqlite(tx) => {
             let params: Vec<BindValue> = wave
                 .iter()
                 .flat_map(|(_, values, _)| values.iter().cloned())
                 .collect();
-            super::target::bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &params)
-                .execute(&mut **tx)
-                .await?;
+            super::target::bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), &params)
+                .fetch_all(&mut **tx)
+                .await?
         }
-    }
+    };
     tracing::trace!(%table, rows = wave.len(), elapsed = ?started.elapsed(), "upsert_many");
     let elapsed = started.elapsed();
     for _ in &wave {
         crate::telemetry::step_finished("upsert", elapsed);
     }
-    let lookups: Vec<(usize, Vec<BindValue>, Slot)> = wave
+    // The returned rows, found by their key's text; a key whose column
+    // comes back written differently (a number, a time) is read back by
+    // key instead.
+    let key_text = |value: &Value| match value {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    };
+    let mut by_key: HashMap<Vec<Option<String>>, Row> = HashMap::with_capacity(returned.len());
+    for (text,) in &returned {
+        let row = super::target::parse_row(text)?;
+        let row_key: Vec<Option<String>> = key
+            .iter()
+            .map(|k| row.columns.get(k.as_str()).and_then(key_text))
+            .collect();
+        by_key.insert(row_key, row);
+    }
+    let mut rows: Vec<Option<Row>> = wave
         .iter()
-        .map(|(delivery, values, slot)| {
-            (
-                *delivery,
-                key_positions.iter().map(|p| values[*p].clone()).collect(),
-                slot.clone(),
-            )
+        .map(|(_, values, _)| {
+            let wanted: Vec<Option<String>> =
+                key_positions.iter().map(|p| values[*p].pg_text()).collect();
+            by_key.remove(&wanted)
         })
         .collect();
-    let rows = find_many(tx, table, info, key, &lookups).await?;
+    let unmatched: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].is_none()).collect();
+    if !unmatched.is_empty() {
+        let lookups: Vec<(usize, Vec<BindValue>, Slot)> = unmatched
+            .iter()
+            .map(|&i| {
+                let (delivery, values, slot) = &wave[i];
+                (
+                    *delivery,
+                    key_positions.iter().map(|p| values[*p].clone()).collect(),
+                    slot.clone(),
+                )
+            })
+            .collect();
+        let found = find_many(tx, table, info, key, &lookups).await?;
+        for (i, row) in unmatched.into_iter().zip(found) {
+            rows[i] = row;
+        }
+    }
     for ((delivery, _, slot), row) in wave.into_iter().zip(rows) {
         accesses.record_row(table, info, delivery, true, row.as_ref());
         match row {

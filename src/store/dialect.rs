@@ -329,11 +329,12 @@ impl Dialect {
             Dialect::Sqlite => "",
         };
         format!(
-            "INSERT INTO {}{alias} ({}) {source} ON CONFLICT ({}) DO UPDATE SET {}",
+            "INSERT INTO {}{alias} ({}) {source} ON CONFLICT ({}) DO UPDATE SET {} RETURNING {}",
             self.table(table),
             names.join(", "),
             key_names.join(", "),
-            updates.join(", ")
+            updates.join(", "),
+            self.row_json(info)
         )
     }
 }

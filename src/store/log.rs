@@ -558,6 +558,110 @@ pub async fn lanes_of(
     Ok(out)
 }
 
+/// PostgreSQL's `hashtextextended(text, 0)`: Bob Jenkins' lookup3 over the
+/// text's UTF-8 bytes, as `hash_bytes_extended` computes it (a 64-bit
+/// result, `b << 32 | c`). busbar computes an event's lane with it in Rust
+/// (to wake only the lanes that got events) and in SQL (to read a lane's
+/// events); a test checks the two agree.
+pub fn pg_hash_text(text: &str) -> i64 {
+    fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+        *a = a.wrapping_sub(*c);
+        *a ^= c.rotate_left(4);
+        *c = c.wrapping_add(*b);
+        *b = b.wrapping_sub(*a);
+        *b ^= a.rotate_left(6);
+        *a = a.wrapping_add(*c);
+        *c = c.wrapping_sub(*b);
+        *c ^= b.rotate_left(8);
+        *b = b.wrapping_add(*a);
+        *a = a.wrapping_sub(*c);
+        *a ^= c.rotate_left(16);
+        *c = c.wrapping_add(*b);
+        *b = b.wrapping_sub(*a);
+        *b ^= a.rotate_left(19);
+        *a = a.wrapping_add(*c);
+        *c = c.wrapping_sub(*b);
+        *c ^= b.rotate_left(4);
+        *b = b.wrapping_add(*a);
+    }
+    fn last(a: &mut u32, b: &mut u32, c: &mut u32) {
+        *c ^= *b;
+        *c = c.wrapping_sub(b.rotate_left(14));
+        *a ^= *c;
+        *a = a.wrapping_sub(c.rotate_left(11));
+        *b ^= *a;
+        *b = b.wrapping_sub(a.rotate_left(25));
+        *c ^= *b;
+        *c = c.wrapping_sub(b.rotate_left(16));
+        *a ^= *c;
+        *a = a.wrapping_sub(c.rotate_left(4));
+        *b ^= *a;
+        *b = b.wrapping_sub(a.rotate_left(14));
+        *c ^= *b;
+        *c = c.wrapping_sub(b.rotate_left(24));
+    }
+    let word = |k: &[u8]| u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+    let mut k = text.as_bytes();
+    let init = 0x9e37_79b9u32
+        .wrapping_add(k.len() as u32)
+        .wrapping_add(3_923_095);
+    let (mut a, mut b, mut c) = (init, init, init);
+    while k.len() >= 12 {
+        a = a.wrapping_add(word(&k[0..4]));
+        b = b.wrapping_add(word(&k[4..8]));
+        c = c.wrapping_add(word(&k[8..12]));
+        mix(&mut a, &mut b, &mut c);
+        k = &k[12..];
+    }
+    // The last 11 bytes, little-endian; the lowest byte of `c` is left for
+    // the length, as lookup3 does.
+    let byte = |i: usize, shift: u32| (k[i] as u32) << shift;
+    let n = k.len();
+    if n >= 11 {
+        c = c.wrapping_add(byte(10, 24));
+    }
+    if n >= 10 {
+        c = c.wrapping_add(byte(9, 16));
+    }
+    if n >= 9 {
+        c = c.wrapping_add(byte(8, 8));
+    }
+    if n >= 8 {
+        b = b.wrapping_add(byte(7, 24));
+    }
+    if n >= 7 {
+        b = b.wrapping_add(byte(6, 16));
+    }
+    if n >= 6 {
+        b = b.wrapping_add(byte(5, 8));
+    }
+    if n >= 5 {
+        b = b.wrapping_add(byte(4, 0));
+    }
+    if n >= 4 {
+        a = a.wrapping_add(byte(3, 24));
+    }
+    if n >= 3 {
+        a = a.wrapping_add(byte(2, 16));
+    }
+    if n >= 2 {
+        a = a.wrapping_add(byte(1, 8));
+    }
+    if n >= 1 {
+        a = a.wrapping_add(byte(0, 0));
+    }
+    last(&mut a, &mut b, &mut c);
+    (((b as u64) << 32) | c as u64) as i64
+}
+
+/// The lane of an order key among `lanes`, as [`lane_sql`] computes it.
+pub fn lane_of_key(key: &str, lanes: i32) -> i32 {
+    if lanes <= 1 {
+        return 0;
+    }
+    ((pg_hash_text(key) & i64::MAX) % i64::from(lanes)) as i32
+}
+
 /// Whether the database is PostgreSQL (lanes hash) or SQLite (one lane).
 pub fn lanes_for(dialect: Dialect) -> i32 {
     match dialect {

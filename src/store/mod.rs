@@ -149,20 +149,29 @@ pub enum DbTx {
 }
 
 impl DbTx {
+    /// Commits. The commit runs in a task of its own: a caller that is
+    /// cancelled meanwhile cannot leave the connection half way.
     pub async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            DbTx::Postgres(tx) => tx.commit().await?,
-            DbTx::Sqlite(tx) => tx.commit().await?,
-        }
-        Ok(())
+        detach(async move {
+            match self {
+                DbTx::Postgres(tx) => tx.commit().await?,
+                DbTx::Sqlite(tx) => tx.commit().await?,
+            }
+            Ok(())
+        })
+        .await
     }
 
+    /// Rolls back, in a task of its own (see [`DbTx::commit`]).
     pub async fn rollback(self) -> Result<(), StoreError> {
-        match self {
-            DbTx::Postgres(tx) => tx.rollback().await?,
-            DbTx::Sqlite(tx) => tx.rollback().await?,
-        }
-        Ok(())
+        detach(async move {
+            match self {
+                DbTx::Postgres(tx) => tx.rollback().await?,
+                DbTx::Sqlite(tx) => tx.rollback().await?,
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs a statement that takes no parameters (savepoints and the like).
@@ -180,6 +189,17 @@ impl DbTx {
             DbTx::Sqlite(_) => Dialect::Sqlite,
         }
     }
+}
+
+/// Runs `work` in a task of its own and waits for it: if the caller is
+/// cancelled, the work still finishes (a transaction it returns is then
+/// dropped, which rolls it back properly).
+async fn detach<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("internal error: a database task failed: {e}")))?
 }
 
 /// The connection pools.
@@ -200,6 +220,9 @@ pub enum Db {
 pub struct Store {
     db: Db,
     pub catalog: Arc<catalog::Catalog>,
+    /// The server process ids of this store's PostgreSQL connections: a
+    /// notification they sent is this process's own (it knows already).
+    backends: Arc<std::sync::Mutex<std::collections::HashSet<i32>>>,
 }
 
 /// The default database: a SQLite file under `./data/`.
@@ -214,12 +237,29 @@ impl Store {
 
     /// Connects with at most `max_connections` PostgreSQL connections.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let backends: Arc<std::sync::Mutex<std::collections::HashSet<i32>>> = Arc::default();
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?.application_name("busbar");
+            // A transaction left open by a process that hangs (stopped,
+            // cut off) is ended by the server, so the lanes it locked are
+            // free for the other processes within 10 s.
+            let options = PgConnectOptions::from_str(url)?
+                .application_name("busbar")
+                .options([("idle_in_transaction_session_timeout", "10s")]);
+            let known = backends.clone();
             let pool = PoolOptions::<Postgres>::new()
                 .max_connections(max_connections)
                 .min_connections(1)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |connection, _| {
+                    let known = known.clone();
+                    Box::pin(async move {
+                        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+                            .fetch_one(&mut *connection)
+                            .await?;
+                        known.lock().expect("backends lock").insert(pid);
+                        Ok(())
+                    })
+                })
                 .connect_with(options)
                 .await?;
             Db::Postgres(pool)
@@ -280,7 +320,15 @@ impl Store {
         Ok(Store {
             db,
             catalog: Arc::new(catalog::Catalog::default()),
+            backends,
         })
+    }
+
+    /// Whether a PostgreSQL server process is one of this store's
+    /// connections.
+    pub fn is_own_backend(&self, pid: u32) -> bool {
+        i32::try_from(pid)
+            .is_ok_and(|pid| self.backends.lock().expect("backends lock").contains(&pid))
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -305,19 +353,35 @@ impl Store {
 
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`, so it
     /// holds the write lock from the start instead of failing to upgrade.
+    ///
+    /// Acquiring the connection and sending `BEGIN` run in a task of their
+    /// own: a caller cancelled while `BEGIN` is on the wire (a timeout, a
+    /// client that hung up) would otherwise put the connection back into
+    /// the pool inside a transaction that nobody owns.
     pub async fn begin(&self) -> Result<DbTx, StoreError> {
-        Ok(match &self.db {
-            Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
-            Db::Sqlite { write, .. } => DbTx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?),
+        let db = self.db.clone();
+        detach(async move {
+            Ok(match &db {
+                Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
+                Db::Sqlite { write, .. } => {
+                    DbTx::Sqlite(write.begin_with("BEGIN IMMEDIATE").await?)
+                }
+            })
         })
+        .await
     }
 
-    /// Starts a read-only transaction (a snapshot for API reads).
+    /// Starts a read-only transaction (a snapshot for API reads); like
+    /// [`Store::begin`], safe to cancel.
     pub async fn begin_read(&self) -> Result<DbTx, StoreError> {
-        Ok(match &self.db {
-            Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
-            Db::Sqlite { read, .. } => DbTx::Sqlite(read.begin().await?),
+        let db = self.db.clone();
+        detach(async move {
+            Ok(match &db {
+                Db::Postgres(pool) => DbTx::Postgres(pool.begin().await?),
+                Db::Sqlite { read, .. } => DbTx::Sqlite(read.begin().await?),
+            })
         })
+        .await
     }
 
     /// Runs a SQL script (several statements), e.g. the example platform.
@@ -335,6 +399,28 @@ impl Store {
         match &self.db {
             Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.is_ok(),
             Db::Sqlite { read, .. } => sqlx::query("SELECT 1").execute(read).await.is_ok(),
+        }
+    }
+
+    /// Whether a new connection to the database can be made within
+    /// `timeout` (a busy pool and a database that is gone both make an
+    /// acquire time out; this tells them apart). SQLite is always there.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        match &self.db {
+            Db::Postgres(pool) => {
+                use sqlx::Connection;
+                let options = pool.connect_options();
+                match tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options))
+                    .await
+                {
+                    Ok(Ok(connection)) => {
+                        let _ = connection.close().await;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Db::Sqlite { .. } => true,
         }
     }
 

@@ -1049,3 +1049,123 @@ on_both_databases! {
         app.stop().await;
     }
 }
+
+/// Clients that hang up at random points of publish, replay and reads must
+/// leave every pooled connection clean: no session of busbar's stays inside
+/// a transaction, and the server goes on answering everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn clients_that_hang_up_mid_request_leave_no_connection_inside_a_transaction() {
+    let app = spawn_app(TestDb::postgres().await).await;
+    app.db.poison().await;
+    for i in 0..5 {
+        app.publish(&candidate_hired(
+            ORGANIZATION,
+            &format!("dead-{i}@acme.example"),
+        ))
+        .await;
+    }
+    app.db.settle(SETTLE).await;
+    let dead: Vec<Uuid> = app
+        .db
+        .deliveries(Some(Status::Dead))
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert!(!dead.is_empty());
+    let app = std::sync::Arc::new(app);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16u64 {
+        let app = app.clone();
+        let dead = dead.clone();
+        tasks.spawn(async move {
+            for i in 0..60u64 {
+                // A client that gives up after 1 to 30 ms, wherever the
+                // server is by then.
+                let patience = Duration::from_millis(1 + (worker * 7 + i * 13) % 30);
+                let client = reqwest::Client::builder().timeout(patience).build().unwrap();
+                let request = match (worker + i) % 4 {
+                    0 => client
+                        .post(format!("{}/api/events", app.base))
+                        .bearer_auth(&app.keys.publisher)
+                        .json(&candidate_hired(ORGANIZATION, &format!("gone-{worker}-{i}@acme.example"))),
+                    1 => client
+                        .post(format!("{}/api/events", app.base))
+                        .bearer_auth(&app.keys.publisher)
+                        .json(&json!({ "events": (0..20).map(|j| candidate_hired(ORGANIZATION, &format!("batch-{worker}-{i}-{j}@acme.example"))).collect::<Vec<_>>() })),
+                    2 => client
+                        .post(format!("{}/api/integrations/deliveries/{}/replay", app.base, dead[(i as usize) % dead.len()]))
+                        .bearer_auth(&app.keys.admin),
+                    _ => client
+                        .get(format!("{}/api/integrations/status", app.base))
+                        .bearer_auth(&app.keys.reader),
+                };
+                let _ = request.send().await;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    // Whatever the handlers were doing has finished by now; the engine
+    // finishes the events they published.
+    app.db.settle(Duration::from_secs(120)).await;
+    let started = std::time::Instant::now();
+    loop {
+        let stuck = app
+            .db
+            .scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'busbar' AND state LIKE 'idle in transaction%'",
+            )
+            .await;
+        if stuck == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            let queries: Vec<(String, String)> = sqlx::query_as(
+                "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'busbar' AND state LIKE 'idle in transaction%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            panic!("{stuck} pooled connections stayed inside a transaction: {queries:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And everyone is answered normally afterwards.
+    for i in 0..20 {
+        let reply = app
+            .publish(&candidate_hired(
+                ORGANIZATION,
+                &format!("after-{i}@acme.example"),
+            ))
+            .await;
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    assert_eq!(
+        app.get("/api/integrations/status", Some(&app.keys.reader))
+            .await
+            .status,
+        200
+    );
+    app.db.settle(SETTLE).await;
+    for i in 0..20 {
+        assert!(
+            app.db
+                .find(
+                    "hris.employees",
+                    &[("email", json!(format!("after-{i}@acme.example")))]
+                )
+                .await
+                .is_some()
+        );
+    }
+}

@@ -18,6 +18,8 @@
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
+//! - `upgrade`: a database of the release before delivery v2 is migrated
+//!   with its deliveries intact, and finished by the new engine.
 //! - `values`: values that do not fit their column are refused, never
 //!   truncated or rounded; numbers keep every digit.
 
@@ -33,4 +35,5 @@ mod redeliver;
 mod reload;
 mod robustness;
 mod support;
+mod upgrade;
 mod values;

@@ -413,3 +413,139 @@ async fn three_processes_with_kills_count_every_event_once_in_order() {
     }
     assert!(seen.is_empty(), "nothing is dead: {seen:?}");
 }
+
+/// A target row locked by someone else holds back only the delivery that
+/// needs it: its batch runs on without it within a couple of seconds (lock
+/// timeout, then one delivery at a time), and the blocked one retries and
+/// applies once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn a_row_locked_elsewhere_holds_back_only_its_own_delivery() {
+    use sqlx::Connection;
+    let db = TestDb::postgres().await;
+    let dir = prepare(&db).await;
+    let engine = db.engine_on(dir.path(), None).await;
+    // Ten keys of the same lane, so their deliveries share a batch.
+    let keys: Vec<String> = sqlx::query_scalar::<_, String>(
+        "SELECT k FROM (SELECT 'key-' || g AS k FROM generate_series(0, 400) g) s \
+          WHERE ((hashtextextended(k, 0) & 9223372036854775807) % 8) = 0 LIMIT 10",
+    )
+    .fetch_all(&mut sqlx::PgConnection::connect(&db.url).await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(keys.len(), 10);
+    let publish = engine_publisher(engine.clone());
+    publish(event(&keys[0], 0)).await;
+    db.settle(SETTLE).await;
+    // The batch is published while the integration is paused, so that it
+    // is waiting when the lock is taken (a transaction that is open when an
+    // event is published holds the lanes back: it might still publish
+    // below it).
+    engine
+        .set_state("counter", busbar::engine::State::Paused)
+        .await
+        .unwrap();
+    let requests: Vec<PublishRequest> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| PublishRequest {
+            envelope: Envelope::from_json(&event(key, usize::from(i == 0))).unwrap(),
+            idempotency_key: None,
+        })
+        .collect();
+    engine.publish_batch(requests).await.unwrap();
+    // Someone else holds key 0's row for 14 s.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT * FROM test.items WHERE key = $1 FOR UPDATE")
+        .bind(&keys[0])
+        .fetch_all(&mut *held)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    engine
+        .set_state("counter", busbar::engine::State::Enabled)
+        .await
+        .unwrap();
+    loop {
+        let done = db.count("test.items").await;
+        if done == 10 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(14),
+            "the other deliveries waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the other deliveries took {waited:?}"
+    );
+    let retrying = db.deliveries(Some(Status::Retrying)).await;
+    assert_eq!(retrying.len(), 1, "{retrying:?}");
+    assert!(
+        retrying[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("lock"),
+        "{retrying:?}"
+    );
+    held.rollback().await.unwrap();
+    db.settle(SETTLE).await;
+    let row = db
+        .find("test.items", &[("key", json!(keys[0]))])
+        .await
+        .unwrap();
+    assert_eq!(row["version"], 2, "key 0 applied once the lock was gone");
+    engine.shutdown().await;
+}
+
+/// busbar computes lanes in Rust (to wake only the lanes that got events)
+/// and in SQL (to read them): the two must agree on every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn rust_and_postgresql_hash_order_keys_alike() {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = (0..300)
+        .map(|i| "x".repeat(i % 40) + &i.to_string())
+        .collect();
+    keys.extend(
+        [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "héllo wörld",
+            "日本語のキー",
+            "7d0e6a52-3c59-4a8e-9d7a-0c1f2b3a4d5e",
+        ]
+        .map(String::from),
+    );
+    keys.extend((0..50).map(|_| uuid::Uuid::new_v4().to_string()));
+    let hashes: Vec<(String, i64)> =
+        sqlx::query_as("SELECT k, hashtextextended(k, 0) FROM unnest($1::text[]) AS k")
+            .bind(&keys)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for (key, expected) in hashes {
+        assert_eq!(
+            busbar::store::log::pg_hash_text(&key),
+            expected,
+            "key {key:?}"
+        );
+    }
+}

@@ -69,10 +69,16 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn sqlite() -> TestDb {
+        let db = TestDb::sqlite_unmigrated().await;
+        db.store.migrate().await.expect("migrations apply");
+        db
+    }
+
+    /// A SQLite database without busbar's tables (for the upgrade test).
+    pub async fn sqlite_unmigrated() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("busbar.db").display());
         let store = Store::connect(&url).await.expect("sqlite connects");
-        store.migrate().await.expect("migrations apply");
         TestDb {
             store,
             url,
@@ -83,6 +89,13 @@ impl TestDb {
     }
 
     pub async fn postgres() -> TestDb {
+        let db = TestDb::postgres_unmigrated().await;
+        db.store.migrate().await.expect("migrations apply");
+        db
+    }
+
+    /// A PostgreSQL database without busbar's tables (for the upgrade test).
+    pub async fn postgres_unmigrated() -> TestDb {
         let admin_url = std::env::var("TEST_DATABASE_URL")
             .expect("the PostgreSQL suite needs TEST_DATABASE_URL at run time too");
         let name = format!("busbar_test_{}", uuid::Uuid::new_v4().simple());
@@ -98,7 +111,6 @@ impl TestDb {
         let store = Store::connect_with(&url, 12)
             .await
             .expect("postgres connects");
-        store.migrate().await.expect("migrations apply");
         TestDb {
             store,
             url,
