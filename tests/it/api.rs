@@ -694,6 +694,7 @@ on_both_databases! {
             ("/api/integrations/{source}/{target}/resume", "post"),
             ("/api/integrations/deliveries/{id}/replay", "post"),
             ("/api/integrations/{integration}/replay", "post"),
+            ("/api/integrations/{integration}/redeliver", "post"),
             ("/api/integrations/reload", "post"),
             ("/healthz", "get"),
             ("/readyz", "get"),
@@ -701,7 +702,7 @@ on_both_databases! {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 14, "every documented path is served: {:?}", paths.keys());
+        assert_eq!(paths.len(), 15, "every documented path is served: {:?}", paths.keys());
 
         // Readiness turns off when shutting down.
         app.draining.cancel();
