@@ -174,7 +174,8 @@ enum Command {
     /// Only events the integration's lanes have passed are taken (later
     /// ones run on the new definition anyway); a running busbar delivers
     /// them in the integration's order. Exit status: 0 done (or nothing
-    /// matched), 1 not confirmed, 2 could not run.
+    /// matched), 1 answered no, 2 could not run (also: no terminal to ask
+    /// and no --yes).
     Redeliver {
         /// The integration's id.
         #[arg(long)]
