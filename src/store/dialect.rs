@@ -410,14 +410,16 @@ mod tests {
         assert_eq!(
             sql,
             "INSERT INTO \"t\" AS t (\"email\", \"id\") SELECT CAST(u.c0 AS text), CAST(u.c1 AS uuid) \
-             FROM UNNEST($1::text[], $2::text[]) AS u(c0, c1) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\""
+             FROM UNNEST($1::text[], $2::text[]) AS u(c0, c1) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\" \
+             RETURNING to_jsonb(t.*)::text"
         );
         let sql = Dialect::Sqlite.find_many(&table, &info(), &columns, &[false, false], 1);
         assert!(sql.ends_with("WHERE t.\"email\" = v.column2 AND t.\"id\" = v.column3 LIMIT 1) FROM (VALUES (?, ?, ?)) AS v"), "{sql}");
         let sql = Dialect::Sqlite.upsert_many(&table, &info(), &[ident("id")], &columns, 2);
         assert_eq!(
             sql,
-            "INSERT INTO \"t\" (\"email\", \"id\") VALUES (?, ?), (?, ?) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\""
+            "INSERT INTO \"t\" (\"email\", \"id\") VALUES (?, ?), (?, ?) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\" \
+             RETURNING json_object('id', \"id\", 'email', \"email\", 'meta', json(\"meta\"))"
         );
     }
 
