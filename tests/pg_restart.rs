@@ -34,6 +34,10 @@ routes:
           applied: "{{ (previous.applied if previous else 0) + 1 }}"
 "#;
 
+/// The tests of this binary take the server down; they take turns, or one
+/// test's restart would land in the middle of the other's outage.
+static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn restart_postgres() -> Result<(), String> {
     pg_ctl("restart")
 }
@@ -67,6 +71,7 @@ fn pg_ctl(action: &str) -> Result<(), String> {
     ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
 )]
 async fn postgres_restart_mid_run_loses_nothing_accepted() {
+    let _server = SERVER.lock().await;
     let db = TestDb::postgres().await;
     db.execute("CREATE SCHEMA test").await;
     db.execute("CREATE TABLE test.ledger (event_id UUID PRIMARY KEY, applied INTEGER NOT NULL)")
@@ -156,6 +161,7 @@ async fn postgres_restart_mid_run_loses_nothing_accepted() {
     ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
 )]
 async fn publishers_are_answered_within_two_seconds_while_postgres_is_down() {
+    let _server = SERVER.lock().await;
     use busbar::api::{self, ApiConfig, AppState, ReloadOutcome};
     use busbar::store::keys::{self, Scope};
     use std::sync::{Arc, Mutex};
