@@ -127,6 +127,8 @@ pub struct RedeliverAnswer {
         (status = 403, description = "The key lacks the `admin` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in the live generation.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The integration is disabled (`integration-disabled`), or the request id was used with another filter (`request-id-reused`).", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (`Content-Type: application/json`).", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An unknown field or a state other than delivered, skipped and dead (`invalid-body`), no route for `event` in the integration (`event-not-routed`), or `since` not before `until` (`empty-time-range`).", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),

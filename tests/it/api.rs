@@ -703,6 +703,20 @@ on_both_databases! {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
         }
         assert_eq!(paths.len(), 15, "every documented path is served: {:?}", paths.keys());
+        // Every body is read through the same extractor, which answers 413
+        // and 415 before the handler runs: each operation with a body says so.
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                if operation.get("requestBody").is_some() {
+                    for status in ["413", "415"] {
+                        assert!(
+                            operation["responses"].get(status).is_some(),
+                            "{method} {path} takes a body but does not document {status}"
+                        );
+                    }
+                }
+            }
+        }
 
         // Readiness turns off when shutting down.
         app.draining.cancel();
