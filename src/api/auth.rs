@@ -22,8 +22,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -188,6 +188,11 @@ pub struct KeyCache {
     unknown: Mutex<HashMap<String, Instant>>,
     limit: FailureLimit,
     strangers: Semaphore,
+    /// One lookup at a time per prefix: the requests that arrive while a
+    /// prefix is being read wait for that answer instead of each counting
+    /// a failure and reading it again (a producer opening 64 connections
+    /// at once with a fresh key is one lookup, not 64 failures).
+    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     lookups: AtomicU64,
 }
 
@@ -201,6 +206,7 @@ impl KeyCache {
             unknown: Mutex::new(HashMap::new()),
             limit: FailureLimit::new(0, Duration::ZERO),
             strangers: Semaphore::new(MAX_STRANGER_LOOKUPS),
+            reading: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
         }
     }
@@ -226,12 +232,17 @@ impl KeyCache {
         client: Option<IpAddr>,
     ) -> Result<KeyRecord, ApiError> {
         let prefix = keys::prefix_of(presented);
-        let known = prefix.and_then(|prefix| {
-            let known = self.known.lock().expect("key cache lock");
-            known
-                .get(prefix)
-                .map(|(record, at)| (prefix, record.clone(), at.elapsed() < self.ttl))
-        });
+        let mut known = prefix.and_then(|prefix| self.known(prefix));
+        // A prefix busbar cannot trust yet: wait for any lookup of it in
+        // flight, then look again (that lookup may have answered for us).
+        let _turn = match (prefix, &known) {
+            (Some(prefix), None | Some((_, _, false))) => {
+                let turn = self.turn(prefix).await;
+                known = self.known(prefix);
+                Some(turn)
+            }
+            _ => None,
+        };
         let record = match known {
             // Trusted: verified locally, whatever the secret.
             Some((_, record, true)) => Some(record),
@@ -279,6 +290,31 @@ impl KeyCache {
                     "the API key is not valid (unknown, mistyped or revoked)",
                 ))
             }
+        }
+    }
+
+    /// What the cache holds for `prefix`: the record, and whether it is
+    /// still trusted.
+    fn known<'p>(&self, prefix: &'p str) -> Option<(&'p str, KeyRecord, bool)> {
+        let known = self.known.lock().expect("key cache lock");
+        known
+            .get(prefix)
+            .map(|(record, at)| (prefix, record.clone(), at.elapsed() < self.ttl))
+    }
+
+    /// Waits until no other request is reading `prefix`; the returned turn
+    /// keeps the others waiting until it is dropped.
+    async fn turn(&self, prefix: &str) -> Turn<'_> {
+        let gate = {
+            let mut reading = self.reading.lock().expect("key cache lock");
+            Arc::clone(reading.entry(prefix.to_owned()).or_default())
+        };
+        let guard = Arc::clone(&gate).lock_owned().await;
+        Turn {
+            cache: self,
+            prefix: prefix.to_owned(),
+            gate,
+            guard: Some(guard),
         }
     }
 
@@ -336,6 +372,27 @@ impl KeyCache {
         unknown
             .get(prefix)
             .is_some_and(|at| at.elapsed() < self.ttl)
+    }
+}
+
+/// A request's turn to read a prefix (see [`KeyCache::turn`]). The last
+/// turn of a prefix removes its gate, so the map holds only prefixes being
+/// read.
+struct Turn<'c> {
+    cache: &'c KeyCache,
+    prefix: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut reading = self.cache.reading.lock().expect("key cache lock");
+        // Ours and the map's: nobody else holds or waits for this gate.
+        if Arc::strong_count(&self.gate) == 2 {
+            reading.remove(&self.prefix);
+        }
     }
 }
 

@@ -512,6 +512,35 @@ on_both_databases! {
     }
 }
 
+on_both_databases! {
+    async fn a_burst_of_first_requests_with_a_valid_key_is_served(db: TestDb) {
+        // A producer that opens 64 connections at once with a key busbar
+        // has not read yet: each request is a first sight of the key, but
+        // the key is valid, so none may count as a failed authentication
+        // (found by the 64-connection benchmark: 429s for a valid key).
+        const LIMIT: u32 = 5;
+        let config = ApiConfig {
+            auth_failure_limit: LIMIT,
+            auth_failure_window: Duration::from_secs(60),
+            ..ApiConfig::default()
+        };
+        let app = spawn(db, config, None).await;
+        let before = app.keys.lookups();
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let client = app.client.clone();
+            let url = format!("{}/api/integrations/status", app.base);
+            let key = app.platform.clone();
+            burst.spawn(async move { send(client.get(&url).bearer_auth(key)).await });
+        }
+        for reply in burst.join_all().await {
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+        assert_eq!(app.keys.lookups() - before, 1, "the key was read once for the whole burst");
+        app.stop().await;
+    }
+}
+
 /// `busbar serve --dev` as a process, its standard error collected.
 struct Server {
     child: Child,
