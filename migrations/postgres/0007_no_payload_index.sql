@@ -1,0 +1,11 @@
+-- The GIN index on events' payloads (0005) is dropped: measured, it cost
+-- a quarter of the engine's throughput and about 480 bytes of WAL per
+-- event (docs/BENCHMARKS.md, "Delivery v2"), for a search that operators
+-- run rarely. The console's payload-field search still works: it reads
+-- the events the other filters leave, newest first, until a page is full
+-- (docs/CONSOLE.md, "Speed"). A deployment that searches payloads often
+-- can add the index back without a restart:
+--
+--   CREATE INDEX CONCURRENTLY idx_events_data
+--       ON integrations.events USING GIN (event_data jsonb_path_ops);
+DROP INDEX IF EXISTS integrations.idx_events_data;
