@@ -3,10 +3,8 @@
 //! the engine on the shipped integrations, waiting for the queue to drain,
 //! and latency percentiles.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection};
 use uuid::Uuid;
@@ -119,56 +117,78 @@ pub fn report(label: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// Waits until no delivery is pending.
-pub async fn drain(store: &Store) {
-    let sql = store
-        .dialect()
-        .sql("SELECT COUNT(*) FROM integrations.deliveries WHERE status = 'pending'");
+/// Waits until the engine's lanes have read every event and no delivery
+/// is pending or retrying (delivery v2 keeps no row for a delivered event,
+/// so the lanes' cursors are what says "applied").
+pub async fn drain(store: &Store, engine: &Engine) {
+    let generation = engine.generation();
     loop {
-        let mut tx = store.begin_read().await.expect("read");
-        let sql = AssertSqlSafe(sql.clone());
-        let pending: i64 = match &mut tx {
-            DbTx::Postgres(tx) => sqlx::query_scalar(sql).fetch_one(&mut **tx).await,
-            DbTx::Sqlite(tx) => sqlx::query_scalar(sql).fetch_one(&mut **tx).await,
-        }
-        .expect("count");
-        tx.rollback().await.ok();
-        if pending == 0 {
+        let backlog = busbar::store::views::backlog(store, &generation, 1)
+            .await
+            .expect("backlog");
+        if backlog.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// When each published event's last delivery (its own, and its
-/// children's) completed.
-pub async fn applied_at(store: &Store) -> HashMap<Uuid, DateTime<Utc>> {
-    let sql = AssertSqlSafe(store.dialect().sql(
-        "SELECT COALESCE(e.parent_id, e.id), MAX(d.completed_at) FROM integrations.deliveries d \
-         JOIN integrations.events e ON e.id = d.event_id GROUP BY COALESCE(e.parent_id, e.id)",
-    ));
-    let mut tx = store.begin_read().await.expect("read");
-    type Row = (busbar::store::types::Id, Option<busbar::store::types::Time>);
-    let rows: Vec<Row> = match &mut tx {
-        DbTx::Postgres(tx) => sqlx::query_as(sql).fetch_all(&mut **tx).await,
-        DbTx::Sqlite(tx) => sqlx::query_as(sql).fetch_all(&mut **tx).await,
-    }
-    .expect("applied times");
-    tx.rollback().await.ok();
-    rows.into_iter()
-        .filter_map(|(id, at)| at.map(|at| (id.0, at.0)))
-        .collect()
-}
-
-/// Publish → applied latency of every event sent at `at`.
-pub fn end_to_end<'a>(
-    sent: impl Iterator<Item = (&'a Uuid, &'a DateTime<Utc>)>,
-    applied: &HashMap<Uuid, DateTime<Utc>>,
+/// Publish → applied latency, sampled while the load runs: one probe event
+/// at a time is published and the end of its chain (its payroll record,
+/// written by the `employee.created` delivery the first one emits) is
+/// polled for every 2 ms; then the next probe, until `stop` is cancelled.
+/// Delivery v2 keeps no row for a delivered event, so sampling is how an
+/// applied time is seen from outside, as a user would see it.
+pub async fn probe_latency(
+    store: Store,
+    engine: Engine,
+    stop: tokio_util::sync::CancellationToken,
 ) -> Vec<Duration> {
-    sent.filter_map(|(id, at)| {
-        applied
-            .get(id)
-            .map(|done| (*done - *at).to_std().unwrap_or_default())
-    })
-    .collect()
+    let table =
+        busbar::compile::ident::TableName::parse("payroll.employee_records").expect("a table name");
+    let sql = store.dialect().sql(&format!(
+        "SELECT COUNT(*) FROM {} WHERE email = $1",
+        store.dialect().table(&table)
+    ));
+    let mut samples = Vec::new();
+    let mut n = 0;
+    while !stop.is_cancelled() {
+        n += 1;
+        let event = candidate_hired(usize::MAX, n);
+        let email = event["data"]["candidate"]["email"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let sent = std::time::Instant::now();
+        if engine.publish_json(&event, None).await.is_err() {
+            continue;
+        }
+        loop {
+            let mut tx = store.begin_read().await.expect("read");
+            let query = AssertSqlSafe(sql.clone());
+            let found: i64 = match &mut tx {
+                DbTx::Postgres(tx) => {
+                    sqlx::query_scalar(query)
+                        .bind(&email)
+                        .fetch_one(&mut **tx)
+                        .await
+                }
+                DbTx::Sqlite(tx) => {
+                    sqlx::query_scalar(query)
+                        .bind(&email)
+                        .fetch_one(&mut **tx)
+                        .await
+                }
+            }
+            .expect("probe");
+            tx.rollback().await.ok();
+            if found > 0 {
+                samples.push(sent.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    samples
 }
