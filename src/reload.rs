@@ -115,6 +115,9 @@ pub struct Reloader {
     running: tokio::sync::Mutex<()>,
     /// The live generation's number, for anyone waiting on a reload.
     live: watch::Sender<u64>,
+    /// Whether the file watcher has registered its directories (a change
+    /// made after that is seen): unknown yet, yes, or it could not start.
+    watching: watch::Sender<Option<bool>>,
     /// Told of every reload's outcome (the API's status, for one).
     observers: Mutex<Vec<Observer>>,
 }
@@ -162,6 +165,7 @@ impl Reloader {
             }),
             running: tokio::sync::Mutex::new(()),
             live: watch::channel(number).0,
+            watching: watch::channel(None).0,
             observers: Mutex::new(Vec::new()),
         })
     }
@@ -185,6 +189,15 @@ impl Reloader {
     /// Receives the live generation's number whenever it changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.live.subscribe()
+    }
+
+    /// Waits until the file watcher (`WatchMode::Events`) watches the
+    /// directories, so that every later change is seen; returns `false` if
+    /// it never will (it could not start, or stopped).
+    pub async fn watching(&self) -> bool {
+        let mut watching = self.watching.subscribe();
+        let answer = watching.wait_for(Option::is_some).await;
+        answer.is_ok_and(|w| *w == Some(true))
     }
 
     /// Reads and compiles the directory; swaps the new generation in if it
@@ -454,6 +467,7 @@ async fn watch_events(reloader: Arc<Reloader>, shutdown: CancellationToken) {
         Ok(debouncer) => debouncer,
         Err(error) => {
             tracing::error!(%error, "cannot watch the integrations directory; use --watch poll");
+            reloader.watching.send_replace(Some(false));
             return;
         }
     };
@@ -472,6 +486,7 @@ async fn watch_events(reloader: Arc<Reloader>, shutdown: CancellationToken) {
         }
     }
     tracing::info!(dir = %reloader.dir.display(), "watching for changes");
+    reloader.watching.send_replace(Some(true));
     loop {
         tokio::select! {
             change = changes.recv() => {

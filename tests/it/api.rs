@@ -1035,7 +1035,12 @@ on_both_databases! {
                 tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Stop once the first of them is stored: the others are in flight.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while app.db.count("integrations.events").await == 0 {
+            assert!(std::time::Instant::now() < deadline, "no request was stored");
+            tokio::task::yield_now().await;
+        }
         let db = app.stop().await;
         let mut accepted = 0i64;
         for request in requests {
@@ -1049,6 +1054,7 @@ on_both_databases! {
                 Err(error) => assert!(error.is_connect() || error.is_request(), "{error}"),
             }
         }
+        assert!(accepted >= 1, "the stored request was answered");
         assert_eq!(db.count_where("integrations.events", "parent_id IS NULL").await, accepted);
         assert!(client.get(format!("{base}/healthz")).send().await.is_err(), "no longer accepting");
     }

@@ -33,7 +33,28 @@ routes:
     )
 }
 
-async fn setup(db: &TestDb, dir: &Path) -> (Engine, Arc<Reloader>, CancellationToken) {
+/// The running file watcher of a test.
+struct Watch {
+    token: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watch {
+    fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Stops watching and waits until the watcher's tasks have ended, so no
+    /// change made afterwards can be seen.
+    async fn stop(self) {
+        self.token.cancel();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
+async fn setup(db: &TestDb, dir: &Path) -> (Engine, Arc<Reloader>, Watch) {
     if db.dialect() == busbar::store::Dialect::Postgres {
         db.execute("CREATE SCHEMA test").await;
     }
@@ -42,11 +63,10 @@ async fn setup(db: &TestDb, dir: &Path) -> (Engine, Arc<Reloader>, CancellationT
     let engine = db.engine_on(dir, None).await;
     let config = busbar::config::read_directory(dir, None).unwrap();
     let reloader = Reloader::new(engine.clone(), dir, None, &config);
-    let shutdown = CancellationToken::new();
-    reloader.spawn(WatchMode::Events, Duration::from_secs(1), shutdown.clone());
-    // Give the watcher a moment to start watching.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    (engine, reloader, shutdown)
+    let token = CancellationToken::new();
+    let tasks = reloader.spawn(WatchMode::Events, Duration::from_secs(1), token.clone());
+    assert!(reloader.watching().await, "the watcher started");
+    (engine, reloader, Watch { token, tasks })
 }
 
 /// Waits until generation `number` is live.
@@ -251,6 +271,7 @@ on_both_databases! {
         let reloader = Reloader::new(engine.clone(), dir.path(), None, &config);
         let stop_watching = CancellationToken::new();
         reloader.spawn(WatchMode::Events, Duration::from_secs(1), stop_watching.clone());
+        assert!(reloader.watching().await, "the watcher started");
         let key = {
             let mut tx = db.store.begin().await.unwrap();
             let key = keys::create(&mut tx, Some(busbar::dev::ORGANIZATION), &[Scope::Publish], None, busbar::store::types::Time::now())
@@ -269,15 +290,16 @@ on_both_databases! {
             let _ = stopped.await;
         }));
 
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+        // Publishers run until every save below has been seen.
+        let saving = CancellationToken::new();
         let mut publishers = Vec::new();
         for publisher in 0..4 {
-            let (base, key) = (base.clone(), key.clone());
+            let (base, key, saving) = (base.clone(), key.clone(), saving.clone());
             publishers.push(tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 let (mut accepted, mut failed) = (0u64, Vec::new());
                 let mut i = 0;
-                while tokio::time::Instant::now() < deadline {
+                while !saving.is_cancelled() {
                     let event = json!({
                         "source": "load", "event": "item.added",
                         "organization_id": busbar::dev::ORGANIZATION, "data": {"item": format!("{publisher}-{i}")}
@@ -293,29 +315,34 @@ on_both_databases! {
             }));
         }
         // Meanwhile, save the file again and again: valid and broken, by
-        // rename and in place.
-        let mut saves = 0;
-        while tokio::time::Instant::now() + Duration::from_millis(300) < deadline {
-            saves += 1;
-            let text = ledger(saves, saves % 3 == 0);
-            if saves % 2 == 0 {
+        // rename and in place. Each valid save is waited for until it is
+        // live, so every one of them is a generation of its own.
+        let mut valid_saves = 0;
+        for save in 1..=24 {
+            let broken = save % 3 == 0;
+            let text = ledger(save, broken);
+            let next = engine.generation().number + 1;
+            if save % 2 == 0 {
                 save_atomically(&file, &text);
             } else {
                 std::fs::write(&file, &text).unwrap();
             }
-            tokio::time::sleep(Duration::from_millis(70)).await;
+            if !broken {
+                live(&reloader, next).await;
+                valid_saves += 1;
+            }
         }
-        save_atomically(&file, &ledger(saves + 1, false));
+        saving.cancel();
         let mut accepted = 0;
         for publisher in publishers {
             let (count, failed) = publisher.await.unwrap();
             assert!(failed.is_empty(), "requests failed during reloads: {failed:?}");
+            assert!(count > 0, "every publisher was answered while the file changed");
             accepted += count;
         }
         db.settle(SETTLE).await;
         let generations = engine.generation().number;
-        assert!(generations > 5, "the rewrites made only {generations} generations");
-        assert!(accepted > 50, "only {accepted} events were published");
+        assert!(generations > valid_saves, "{valid_saves} valid saves made only {generations} generations");
         let accepted = accepted as i64;
         assert_eq!(db.count("integrations.events").await, accepted);
         assert_eq!(db.count("test.ledger").await, accepted, "every accepted event was applied");
@@ -374,8 +401,7 @@ on_both_databases! {
         assert_eq!((body["ok"].clone(), body["generation"].clone(), body["trigger"].clone()), (json!(true), json!(2), json!("api")));
 
         // Break the file without the watcher seeing it first: stop watching.
-        shutdown.cancel();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.stop().await;
         std::fs::write(&file, integration("notes", "note.added", "{{ nope }}")).unwrap();
         let failed = reload(Some(&platform)).await.unwrap();
         assert_eq!(failed.status(), 422);
