@@ -355,61 +355,8 @@ pub async fn read_lane(
     limit: i64,
 ) -> Result<Vec<LogEvent>, StoreError> {
     type Row = (i64, i64, Id, Id, String, String, Doc, Time);
-    let rows: Vec<Row> = match &mut *tx {
-        DbTx::Postgres(conn) => {
-            let (lane, path) = if filter.lanes > 1 {
-                let (expr, path) = lane_sql(filter.order_by, filter.lanes, 8);
-                (format!(" AND {expr} = $7"), path)
-            } else {
-                (" AND $7::int = $7".to_owned(), None)
-            };
-            let path_guard = if path.is_none() {
-                " AND $8::text[] IS NULL"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
-                   FROM integrations.events e \
-                  WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < $3 AND e.processed_at IS NULL \
-                    AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
-                  ORDER BY e.xid, e.seq LIMIT $6"
-            );
-            sqlx::query_as(AssertSqlSafe(sql))
-                .bind(after.xid)
-                .bind(after.seq)
-                .bind(horizon.xid)
-                .bind(filter.source)
-                .bind(&filter.events)
-                .bind(limit)
-                .bind(filter.lane)
-                .bind(path)
-                .fetch_all(&mut **conn)
-                .await?
-        }
-        DbTx::Sqlite(conn) => {
-            // One lane per integration on SQLite: no hashing.
-            let names = vec!["?"; filter.events.len().max(1)].join(", ");
-            let sql = format!(
-                "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
-                   FROM \"integrations.events\" e \
-                  WHERE e.seq > ? AND e.seq < ? AND e.processed_at IS NULL \
-                    AND e.source_product = ? AND e.event_name IN ({names}) \
-                  ORDER BY e.seq LIMIT ?"
-            );
-            let mut query = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(after.seq)
-                .bind(horizon.seq)
-                .bind(filter.source);
-            if filter.events.is_empty() {
-                query = query.bind("");
-            }
-            for name in &filter.events {
-                query = query.bind(name.as_str());
-            }
-            query.bind(limit).fetch_all(&mut **conn).await?
-        }
-    };
+    let columns = "e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at";
+    let rows: Vec<Row> = fetch_lane(tx, filter, after, horizon, limit, columns).await?;
     Ok(rows
         .into_iter()
         .map(
@@ -449,7 +396,28 @@ async fn read_ids(
     horizon: Position,
     limit: i64,
 ) -> Result<Vec<i64>, StoreError> {
-    let rows: Vec<(i64,)> = match &mut *tx {
+    let rows: Vec<(i64,)> = fetch_lane(tx, filter, after, horizon, limit, "e.seq").await?;
+    Ok(rows.into_iter().map(|(seq,)| seq).collect())
+}
+
+/// `columns` of a lane's events after `after` and below `horizon`, in
+/// position order, at most `limit`: the one definition of "the lane's
+/// events" (routed names of its source, not yet passed, in its hash slot).
+async fn fetch_lane<R>(
+    tx: &mut DbTx,
+    filter: &LaneFilter<'_>,
+    after: Position,
+    horizon: Position,
+    limit: i64,
+    columns: &str,
+) -> Result<Vec<R>, StoreError>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + Send
+        + Unpin,
+{
+    Ok(match &mut *tx {
         DbTx::Postgres(conn) => {
             let (lane, path) = if filter.lanes > 1 {
                 let (expr, path) = lane_sql(filter.order_by, filter.lanes, 8);
@@ -463,7 +431,7 @@ async fn read_ids(
                 ""
             };
             let sql = format!(
-                "SELECT e.seq FROM integrations.events e \
+                "SELECT {columns} FROM integrations.events e \
                   WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < $3 AND e.processed_at IS NULL \
                     AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
                   ORDER BY e.xid, e.seq LIMIT $6"
@@ -481,9 +449,10 @@ async fn read_ids(
                 .await?
         }
         DbTx::Sqlite(conn) => {
+            // One lane per integration on SQLite: no hashing.
             let names = vec!["?"; filter.events.len().max(1)].join(", ");
             let sql = format!(
-                "SELECT e.seq FROM \"integrations.events\" e \
+                "SELECT {columns} FROM \"integrations.events\" e \
                   WHERE e.seq > ? AND e.seq < ? AND e.processed_at IS NULL \
                     AND e.source_product = ? AND e.event_name IN ({names}) \
                   ORDER BY e.seq LIMIT ?"
@@ -500,8 +469,7 @@ async fn read_ids(
             }
             query.bind(limit).fetch_all(&mut **conn).await?
         }
-    };
-    Ok(rows.into_iter().map(|(seq,)| seq).collect())
+    })
 }
 
 /// The lane of each event (by id) for one integration's order key, as the
