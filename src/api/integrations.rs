@@ -444,7 +444,7 @@ pub async fn reload(
         .await
         .map_err(ApiError::internal)?;
     if outcome.ok {
-        return Ok(Json(ReloadOutcome::from(&outcome)));
+        return Ok(Json(outcome));
     }
     let errors = outcome
         .errors

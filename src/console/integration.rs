@@ -139,8 +139,9 @@ pub async fn page(
         reload
             .errors
             .iter()
+            .filter(|d| d.is_error())
+            .map(ReloadError::from)
             .filter(|e| same_file(&e.file, &integration.file))
-            .cloned()
             .collect()
     };
     let marked: Vec<usize> = reload_errors.iter().map(|e| e.line).collect();
