@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::catalog::{ColumnInfo, ColumnType, Limits, Storage};
+use crate::compile::template::parse_timestamp;
 use crate::decimal::{Decimal, FloatMisfit};
 
 /// A value ready to bind (`query.bind(&value)` on either database).
@@ -464,30 +465,6 @@ fn fit_timestamp(text: &str, kept: u8) -> Result<DateTime<Utc>, String> {
         ));
     }
     Ok(time)
-}
-
-/// A timestamp: RFC 3339, or a date and time without offset (taken as UTC),
-/// or a date (midnight UTC).
-pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc());
-        }
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-}
-
-/// A date: `YYYY-MM-DD`, or the UTC date of a timestamp.
-pub fn parse_date(text: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .or_else(|| parse_timestamp(text).map(|t| t.date_naive()))
 }
 
 #[cfg(test)]

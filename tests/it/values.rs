@@ -405,7 +405,7 @@ const AMOUNTS: &[Case] = &[
 
 fn read_back_matches(column: &str, actual: &Value, expected: &str) -> Result<(), String> {
     let instant = |text: &str| {
-        busbar::store::convert::parse_timestamp(text.trim())
+        busbar::compile::template::parse_timestamp(text.trim())
             .ok_or_else(|| format!("`{text}` is not a timestamp"))
     };
     match column {
