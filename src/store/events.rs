@@ -1,8 +1,9 @@
 //! Read models over the engine's own tables: events and the delivery rows
-//! (the exceptions), as the API, the console and the tests see them. The
-//! write paths are in [`super::log`] (the event log) and [`super::lanes`]
-//! (cursors and delivery rows); deliveries without a row are inferred by
-//! [`super::views`].
+//! (the exceptions), as the API, the console and the tests see them, and
+//! the delivery states ([`Status`]) shared with the write paths. Nothing
+//! here writes: the writes are in [`super::log`] (the event log, with
+//! [`super::log::NewEvent`]) and [`super::lanes`] (cursors and delivery
+//! rows); deliveries without a row are inferred by [`super::views`].
 //!
 //! Every read that the API or the console serves takes the caller's
 //! [`OrgScope`] and filters by it in SQL.
@@ -25,15 +26,6 @@ use crate::on_tx;
 
 /// Rows per multi-row INSERT (well under both databases' parameter limits).
 const CHUNK: usize = 500;
-
-/// An event about to be stored.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub envelope: Envelope,
-    pub idempotency_key: Option<String>,
-    /// The event whose delivery emitted this one.
-    pub parent_id: Option<Uuid>,
-}
 
 /// Delivery states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

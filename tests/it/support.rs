@@ -270,9 +270,9 @@ impl TestDb {
         target: &str,
         due: chrono::DateTime<chrono::Utc>,
     ) -> uuid::Uuid {
-        use busbar::store::events::NewEvent;
         use busbar::store::lanes::{self, DeliveryRow};
         use busbar::store::log;
+        use busbar::store::log::NewEvent;
         use busbar::store::types::{Position, Time};
         let envelope = busbar::envelope::Envelope::from_json(event).expect("a valid event");
         let mut tx = self.store.begin().await.expect("transaction");
