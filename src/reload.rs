@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::compile::{self, Generation};
 use crate::config::{self, ConfigDir};
@@ -30,7 +31,7 @@ use crate::diagnostics::Diagnostic;
 use crate::engine::Engine;
 
 /// What started a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// The first load, at start-up.
@@ -45,26 +46,98 @@ pub enum Trigger {
     Api,
 }
 
-/// The result of one reload, as logged, shown by the status API and
-/// counted in metrics.
-#[derive(Debug, Clone, Serialize)]
+/// The outcome of a configuration load: logged, counted in metrics, and
+/// shown as it is by `GET /api/integrations/status`, `POST
+/// /api/integrations/reload` and the console. The initial load sets it;
+/// the reloader replaces it after each reload.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReloadOutcome {
-    pub trigger: Trigger,
-    /// Whether the directory compiled (or was unchanged).
-    pub ok: bool,
-    /// The generation being served after this reload.
+    /// The generation live after the load.
     pub generation: u64,
+    /// Whether the load produced a new generation, or found nothing changed
+    /// (false: errors, the previous generation stays live).
+    pub ok: bool,
+    pub at: DateTime<Utc>,
+    /// What started it.
+    pub trigger: Trigger,
     /// Whether a new generation went live.
     pub swapped: bool,
-    pub at: DateTime<Utc>,
-    pub duration_ms: f64,
-    /// Files added, changed or removed since the live generation.
+    /// How long reading, compiling and swapping took (absent for a load
+    /// that was not timed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Files added, changed or removed since the previous generation.
+    #[serde(serialize_with = "paths_as_text")]
+    #[schema(value_type = Vec<String>)]
     pub files_changed: Vec<PathBuf>,
+    /// Integrations the new generation added, changed and removed.
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
-    /// When not `ok`: every error, as `check` prints them.
+    /// Every error found (empty when `ok`), as `check` reports them.
+    #[serde(serialize_with = "errors_as_reload_errors")]
+    #[schema(value_type = Vec<ReloadError>)]
     pub errors: Vec<Diagnostic>,
+}
+
+impl ReloadOutcome {
+    /// A load that made `generation` live (the start-up load, where no
+    /// reloader runs).
+    pub fn loaded(generation: u64) -> ReloadOutcome {
+        ReloadOutcome {
+            generation,
+            ok: true,
+            at: Utc::now(),
+            trigger: Trigger::Startup,
+            swapped: true,
+            duration_ms: None,
+            files_changed: Vec::new(),
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// One problem in the configuration that stopped a reload, as the API and
+/// the console show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReloadError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// The diagnostic's stable code (`undefined-name`).
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&Diagnostic> for ReloadError {
+    fn from(diagnostic: &Diagnostic) -> ReloadError {
+        ReloadError {
+            file: diagnostic.file.display().to_string(),
+            line: diagnostic.position.line,
+            column: diagnostic.position.column,
+            code: diagnostic.code.as_str().to_owned(),
+            message: diagnostic.message.clone(),
+        }
+    }
+}
+
+fn paths_as_text<S: serde::Serializer>(paths: &[PathBuf], to: S) -> Result<S::Ok, S::Error> {
+    to.collect_seq(paths.iter().map(|path| path.display().to_string()))
+}
+
+fn errors_as_reload_errors<S: serde::Serializer>(
+    errors: &[Diagnostic],
+    to: S,
+) -> Result<S::Ok, S::Error> {
+    to.collect_seq(
+        errors
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ReloadError::from),
+    )
 }
 
 /// How the directory is watched.
@@ -136,22 +209,14 @@ impl Reloader {
     ) -> Arc<Reloader> {
         let number = engine.generation().number;
         let outcome = ReloadOutcome {
-            trigger: Trigger::Startup,
-            ok: true,
-            generation: number,
-            swapped: true,
-            at: Utc::now(),
-            duration_ms: 0.0,
-            files_changed: Vec::new(),
+            duration_ms: Some(0.0),
             added: engine
                 .generation()
                 .integrations
                 .iter()
                 .map(|i| i.id.clone())
                 .collect(),
-            changed: Vec::new(),
-            removed: Vec::new(),
-            errors: Vec::new(),
+            ..ReloadOutcome::loaded(number)
         };
         crate::telemetry::reload(true, number);
         Arc::new(Reloader {
@@ -221,15 +286,9 @@ impl Reloader {
         let mut outcome = ReloadOutcome {
             trigger,
             ok: false,
-            generation: live.number,
             swapped: false,
-            at: Utc::now(),
-            duration_ms: 0.0,
-            files_changed: Vec::new(),
-            added: Vec::new(),
-            changed: Vec::new(),
-            removed: Vec::new(),
-            errors: Vec::new(),
+            duration_ms: Some(0.0),
+            ..ReloadOutcome::loaded(live.number)
         };
         let (config, compilation) = match read {
             Ok(Ok(result)) => result,
@@ -286,7 +345,7 @@ impl Reloader {
             // Nothing changed (an editor's swap file, a touch): no new
             // generation, and no log line beyond debug.
             tracing::debug!(?trigger, "reload: no integration or contract changed");
-            outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+            outcome.duration_ms = Some(started.elapsed().as_secs_f64() * 1e3);
             return outcome;
         }
         let Some(generation) = compilation.generation else {
@@ -317,7 +376,8 @@ impl Reloader {
         started: Instant,
         live: Option<Fingerprints>,
     ) -> ReloadOutcome {
-        outcome.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        outcome.duration_ms = Some(ms);
         crate::telemetry::reload(outcome.ok, outcome.generation);
         if outcome.ok && !outcome.swapped {
             tracing::info!(
@@ -333,7 +393,7 @@ impl Reloader {
                 added = ?outcome.added,
                 changed = ?outcome.changed,
                 removed = ?outcome.removed,
-                ms = format!("{:.1}", outcome.duration_ms),
+                ms = format!("{ms:.1}"),
                 "reload: generation {} is live",
                 outcome.generation
             );
@@ -343,7 +403,7 @@ impl Reloader {
                 generation = outcome.generation,
                 trigger = ?outcome.trigger,
                 files_changed = outcome.files_changed.len(),
-                ms = format!("{:.1}", outcome.duration_ms),
+                ms = format!("{ms:.1}"),
                 "reload failed, generation {} stays live: {}",
                 outcome.generation,
                 errors.join("; ")

@@ -36,6 +36,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::store::Store;
 use crate::store::keys::{self, KeyRecord, Scope};
+use crate::store::scope::OrgScope;
 use crate::telemetry;
 
 /// How long a key check may wait for the database.
@@ -56,18 +57,33 @@ impl Caller {
         self.organization.is_none_or(|own| own == organization)
     }
 
-    /// The organization a read is limited to: the key's own, or for a
-    /// platform key the one asked for (`None`: every organization). An
-    /// organization key asking for another organization is refused.
-    pub fn organization_scope(&self, requested: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
-        match (self.organization, requested) {
-            (Some(own), Some(asked)) if own != asked => Err(ApiError::forbidden(
+    /// What this key may read: its organization's rows, or every
+    /// organization's for a platform key.
+    pub fn org_scope(&self) -> OrgScope {
+        OrgScope::of_key(self.organization)
+    }
+
+    /// What a read is limited to: the key's own organization, or for a
+    /// platform key the one asked for (none asked: every organization).
+    /// `None`: an organization key asked for another organization.
+    pub fn narrowed_scope(&self, requested: Option<Uuid>) -> Option<OrgScope> {
+        match (self.org_scope(), requested) {
+            (OrgScope::Organization(own), Some(asked)) if own != asked => None,
+            (scope @ OrgScope::Organization(_), _) => Some(scope),
+            (OrgScope::Platform, asked) => Some(OrgScope::of_key(asked)),
+        }
+    }
+
+    /// [`Caller::narrowed_scope`] for a list or a change, where asking for
+    /// another organization is refused (a lookup by id answers "not
+    /// found" instead).
+    pub fn organization_scope(&self, requested: Option<Uuid>) -> Result<OrgScope, ApiError> {
+        self.narrowed_scope(requested).ok_or_else(|| {
+            ApiError::forbidden(
                 "organization-forbidden",
                 "this key belongs to another organization",
-            )),
-            (Some(own), _) => Ok(Some(own)),
-            (None, asked) => Ok(asked),
-        }
+            )
+        })
     }
 
     /// Refuses keys bound to an organization: for changes that affect

@@ -164,7 +164,7 @@ pub async fn replay(
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     let mut tx = state.engine.store().begin_read().await?;
-    let delivery = events::get_delivery(&mut tx, caller.organization, id).await?;
+    let delivery = events::get_delivery(&mut tx, caller.org_scope(), id).await?;
     tx.rollback().await?;
     let Some(delivery) = delivery else {
         return Err(ApiError::not_found(
@@ -226,7 +226,7 @@ pub async fn replay_integration(
     Path(integration): Path<String>,
     Query(query): Query<ReplayQuery>,
 ) -> Result<(StatusCode, Json<ReplayedIntegration>), ApiError> {
-    let organization = caller.organization_scope(query.organization_id)?;
+    let scope = caller.organization_scope(query.organization_id)?;
     if state
         .engine
         .generation()
@@ -240,7 +240,7 @@ pub async fn replay_integration(
     }
     let replayed = state
         .engine
-        .replay_integration(&integration, organization)
+        .replay_integration(&integration, scope.organization())
         .await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -21,6 +21,7 @@ use crate::compile::contract::Violation;
 use crate::engine::{PublishError, PublishRequest, Published};
 use crate::envelope::{Envelope, is_event_name, is_product_name};
 use crate::store::events::{self, EventFilter, Status, StoredEvent};
+use crate::store::scope::OrgScope;
 use crate::store::types::Time;
 use crate::store::views;
 
@@ -417,7 +418,7 @@ async fn load_event(
     id: Uuid,
 ) -> Result<Option<StoredEvent>, ApiError> {
     let mut tx = state.engine.store().begin_read().await?;
-    let event = events::get_event(&mut tx, Some(organization), id).await?;
+    let event = events::get_event(&mut tx, OrgScope::Organization(organization), id).await?;
     tx.rollback().await?;
     Ok(event.into_iter().next())
 }
@@ -665,7 +666,7 @@ pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let organization = caller.organization_scope(query.organization_id)?;
+    let scope = caller.organization_scope(query.organization_id)?;
     if let Some(source) = &query.source
         && !is_product_name(source)
     {
@@ -691,7 +692,7 @@ pub async fn list(
     }
     let before_seq = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = EventFilter {
-        organization,
+        scope,
         source: query.source,
         event: query.event,
         status: query.status.map(Status::from),
@@ -706,7 +707,8 @@ pub async fn list(
     let more = found.len() > limit as usize;
     found.truncate(limit as usize);
     let generation = state.engine.generation();
-    let deliveries = views::deliveries(&mut tx, &generation, state.engine.lanes(), &found).await?;
+    let deliveries =
+        views::deliveries(&mut tx, scope, &generation, state.engine.lanes(), &found).await?;
     tx.rollback().await?;
     let mut counts: std::collections::HashMap<
         (Uuid, Uuid),
@@ -773,18 +775,14 @@ pub async fn get(
     // Ids are unique per organization: an organization key reads its own
     // organization's event; another organization's is "not found", so an
     // id does not tell whether it exists elsewhere.
-    let organization = match (caller.organization, query.organization_id) {
-        (Some(own), Some(asked)) if own != asked => {
-            return Err(ApiError::not_found(
-                "event-not-found",
-                format!("there is no event {id} in this key's organization"),
-            ));
-        }
-        (Some(own), _) => Some(own),
-        (None, asked) => asked,
+    let Some(scope) = caller.narrowed_scope(query.organization_id) else {
+        return Err(ApiError::not_found(
+            "event-not-found",
+            format!("there is no event {id} in this key's organization"),
+        ));
     };
     let mut tx = state.engine.store().begin_read().await?;
-    let mut found = events::get_event(&mut tx, organization, id).await?;
+    let mut found = events::get_event(&mut tx, scope, id).await?;
     if found.len() > 1 {
         tx.rollback().await?;
         return Err(ApiError::conflict(
@@ -802,12 +800,13 @@ pub async fn get(
     let generation = state.engine.generation();
     let deliveries = views::deliveries(
         &mut tx,
+        scope,
         &generation,
         state.engine.lanes(),
         std::slice::from_ref(&event),
     )
     .await?;
-    let children = events::children_of(&mut tx, event.envelope.organization_id, id).await?;
+    let children = events::children_of(&mut tx, scope, event.envelope.organization_id, id).await?;
     tx.rollback().await?;
     Ok(Json(EventDetail {
         event: event.into(),

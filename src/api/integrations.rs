@@ -20,6 +20,7 @@ use crate::compile::OnDead;
 use crate::engine::State as IntegrationState;
 use crate::store::events::{self, BlockedKey};
 use crate::store::lanes;
+use crate::store::scope::OrgScope;
 use crate::store::states::Node;
 use crate::store::types::Time;
 
@@ -153,45 +154,36 @@ pub async fn status(
     State(state): State<AppState>,
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<StatusReport>, ApiError> {
-    let organization = caller.organization_scope(query.organization_id)?;
+    let scope = caller.organization_scope(query.organization_id)?;
     let generation = state.engine.generation();
     let backlog = state.engine.backlog(BACKLOG_CAP).await?;
     let now = chrono::Utc::now();
     let mut tx = state.engine.store().begin_read().await?;
-    let counts = events::counts(&mut tx, organization).await?;
-    let mut last_errors = events::last_errors(&mut tx, organization).await?;
-    let last_5m = lanes::delivered_since(
-        &mut tx,
-        organization,
-        Time(now - chrono::Duration::minutes(5)),
-    )
-    .await?;
-    let last_hour = lanes::delivered_since(
-        &mut tx,
-        organization,
-        Time(now - chrono::Duration::hours(1)),
-    )
-    .await?;
+    let counts = events::counts(&mut tx, scope).await?;
+    let mut last_errors = events::last_errors(&mut tx, scope).await?;
+    let last_5m =
+        lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::minutes(5))).await?;
+    let last_hour =
+        lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::hours(1))).await?;
     // Deliveries without a row: the lanes count them (every organization),
     // the per-minute counters per organization (the last week).
-    let first_pass: std::collections::HashMap<String, i64> = match organization {
-        None => {
+    let first_pass: std::collections::HashMap<String, i64> = match scope {
+        OrgScope::Platform => {
             let mut totals = std::collections::HashMap::new();
             for lane in lanes::all(&mut tx).await? {
                 *totals.entry(lane.integration).or_default() += lane.delivered;
             }
             totals
         }
-        Some(_) => {
-            lanes::delivered_since(&mut tx, organization, Time(now - chrono::Duration::days(7)))
-                .await?
+        OrgScope::Organization(_) => {
+            lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::days(7))).await?
         }
     };
     let mut blocked = std::collections::HashMap::new();
     for integration in &generation.integrations {
         let keys = events::blocked_keys(
             &mut tx,
-            organization,
+            scope,
             &integration.id,
             integration.on_dead == OnDead::Block,
             20,
@@ -217,7 +209,7 @@ pub async fn status(
             let mut deliveries = DeliveryCounts::from_map(counts.get(&integration.id));
             // For an organization key the unread backlog is not split by
             // organization: it counts only its own rows then.
-            if organization.is_none() {
+            if scope == OrgScope::Platform {
                 deliveries.pending += unread;
             }
             deliveries.delivered += first_pass.get(&integration.id).copied().unwrap_or(0);
@@ -238,7 +230,11 @@ pub async fn status(
                     OnDead::Continue => "continue".into(),
                     OnDead::Block => "block".into(),
                 },
-                backlog: if organization.is_none() { unread } else { 0 },
+                backlog: if scope == OrgScope::Platform {
+                    unread
+                } else {
+                    0
+                },
                 delivered_last_5m: last_5m.get(&integration.id).copied().unwrap_or(0),
                 delivered_last_hour: last_hour.get(&integration.id).copied().unwrap_or(0),
                 blocked_keys: blocked.remove(&integration.id).unwrap_or_default(),
@@ -257,7 +253,7 @@ pub async fn status(
         .collect();
     Ok(Json(StatusReport {
         generation: generation.number,
-        organization_id: organization,
+        organization_id: scope.organization(),
         integrations,
         reload: (**state.reload.load()).clone(),
         nodes,
@@ -448,7 +444,7 @@ pub async fn reload(
         .await
         .map_err(ApiError::internal)?;
     if outcome.ok {
-        return Ok(Json(ReloadOutcome::from(&outcome)));
+        return Ok(Json(outcome));
     }
     let errors = outcome
         .errors

@@ -39,9 +39,7 @@ use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
-use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -49,12 +47,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
-use utoipa::ToSchema;
 
-use crate::diagnostics::Diagnostic;
 use crate::engine::Engine;
 use crate::telemetry;
 
+/// The last configuration load's outcome, which the status shows.
+pub use crate::reload::{ReloadError, ReloadOutcome};
 pub use auth::{Caller, KeyCache, MAX_STRANGER_LOOKUPS};
 pub use error::{ApiError, FieldError, Problem};
 pub use json::{Json, duplicate_keys};
@@ -129,121 +127,6 @@ impl Default for ApiConfig {
 /// The most events one `POST /api/events` may carry.
 pub const MAX_BATCH: usize = 1000;
 
-/// The outcome of the last configuration load, as `GET
-/// /api/integrations/status` shows it. The initial load sets it; the
-/// reloader replaces it after each reload.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ReloadOutcome {
-    /// The generation live after the load.
-    pub generation: u64,
-    /// Whether the load produced a new generation (false: errors, the
-    /// previous generation stays live).
-    pub ok: bool,
-    pub at: DateTime<Utc>,
-    /// What started it: `startup`, `watch`, `poll`, `signal` or `api`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trigger: Option<String>,
-    /// Whether a new generation went live.
-    #[serde(default)]
-    pub swapped: bool,
-    /// How long reading, compiling and swapping took.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<f64>,
-    /// Files added, changed or removed since the previous generation.
-    #[serde(default)]
-    pub files_changed: Vec<String>,
-    /// Integrations the new generation added, changed and removed.
-    #[serde(default)]
-    pub added: Vec<String>,
-    #[serde(default)]
-    pub changed: Vec<String>,
-    #[serde(default)]
-    pub removed: Vec<String>,
-    /// Every error found (empty when `ok`).
-    pub errors: Vec<ReloadError>,
-}
-
-impl From<&crate::reload::ReloadOutcome> for ReloadOutcome {
-    fn from(outcome: &crate::reload::ReloadOutcome) -> ReloadOutcome {
-        ReloadOutcome {
-            generation: outcome.generation,
-            ok: outcome.ok,
-            at: outcome.at,
-            trigger: serde_json::to_value(outcome.trigger)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned)),
-            swapped: outcome.swapped,
-            duration_ms: Some(outcome.duration_ms),
-            files_changed: outcome
-                .files_changed
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            added: outcome.added.clone(),
-            changed: outcome.changed.clone(),
-            removed: outcome.removed.clone(),
-            errors: ReloadOutcome::failed(outcome.generation, &outcome.errors).errors,
-        }
-    }
-}
-
-/// One problem in the configuration that stopped a reload.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ReloadError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    /// The diagnostic's stable code (`undefined-name`).
-    pub code: String,
-    pub message: String,
-}
-
-impl ReloadOutcome {
-    /// A load that made `generation` live.
-    pub fn loaded(generation: u64) -> ReloadOutcome {
-        ReloadOutcome {
-            generation,
-            ok: true,
-            at: Utc::now(),
-            trigger: Some("startup".into()),
-            swapped: true,
-            duration_ms: None,
-            files_changed: Vec::new(),
-            added: Vec::new(),
-            changed: Vec::new(),
-            removed: Vec::new(),
-            errors: Vec::new(),
-        }
-    }
-
-    /// A load that failed with `diagnostics`; `kept` stays live.
-    pub fn failed(kept: u64, diagnostics: &[Diagnostic]) -> ReloadOutcome {
-        ReloadOutcome {
-            generation: kept,
-            ok: false,
-            at: Utc::now(),
-            trigger: None,
-            swapped: false,
-            duration_ms: None,
-            files_changed: Vec::new(),
-            added: Vec::new(),
-            changed: Vec::new(),
-            removed: Vec::new(),
-            errors: diagnostics
-                .iter()
-                .filter(|d| d.is_error())
-                .map(|d| ReloadError {
-                    file: d.file.display().to_string(),
-                    line: d.position.line,
-                    column: d.position.column,
-                    code: d.code.as_str().to_owned(),
-                    message: d.message.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// What every handler may use: cheap handles, cloned per request.
 #[derive(Clone)]
 pub struct AppState {
@@ -283,7 +166,7 @@ impl AppState {
     /// outcomes in the status.
     pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> AppState {
         let shown = self.reload.clone();
-        reloader.observe(move |outcome| shown.store(Arc::new(ReloadOutcome::from(outcome))));
+        reloader.observe(move |outcome| shown.store(Arc::new(outcome.clone())));
         self.reloader = Some(reloader);
         self
     }

@@ -143,7 +143,7 @@ pub async fn redeliver(
     headers: HeaderMap,
     Json(body): Json<RedeliverBody>,
 ) -> Result<(StatusCode, Json<RedeliverAnswer>), ApiError> {
-    let organization = caller.organization_scope(body.organization_id)?;
+    let scope = caller.organization_scope(body.organization_id)?;
     let request_id = request_id(&headers, body.request_id.as_deref())?;
     if let (Some(since), Some(until)) = (body.since, body.until)
         && since >= until
@@ -163,7 +163,7 @@ pub async fn redeliver(
         since: body.since,
         until: body.until,
         statuses: body.status.into_iter().map(Status::from).collect(),
-        organization,
+        organization: scope.organization(),
     };
     if body.preview {
         let count = state

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use minijinja::machinery::{Token, tokenize};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Value;
@@ -84,7 +84,13 @@ fn filter_json(value: Value) -> Result<String, Error> {
     Ok(json.to_string())
 }
 
-fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
+// The one parser of dates and times in event data: the `date` and
+// `datetime` filters, the values bound to date and timestamp columns
+// (`store::convert`) and `busbar test`'s comparisons all read them here.
+
+/// A timestamp: RFC 3339, or a date and time without an offset (taken as
+/// UTC), with `T` or a space between them.
+pub fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
         return Some(dt.with_timezone(&Utc));
     }
@@ -94,7 +100,18 @@ fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
         .map(|naive| naive.and_utc())
 }
 
-fn parse_date(text: &str) -> Option<NaiveDate> {
+/// A timestamp as [`parse_datetime`] reads it, or a date (`YYYY-MM-DD`) at
+/// midnight UTC: what a timestamp column takes.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    parse_datetime(text).or_else(|| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()
+            .map(|date| date.and_time(NaiveTime::MIN).and_utc())
+    })
+}
+
+/// A date: `YYYY-MM-DD`, or the UTC date of a timestamp.
+pub fn parse_date(text: &str) -> Option<NaiveDate> {
     // A plain date is the common case: `FromStr` is a fixed ISO parser,
     // far cheaper than the strftime-driven `parse_from_str` fallbacks.
     if text.len() == 10
@@ -579,6 +596,26 @@ mod tests {
         let analysis = Analyser::default().analyse(&classify("hello {{ x + }}"));
         assert_eq!(analysis.problems.len(), 1);
         assert_eq!(analysis.problems[0].kind, TemplateProblemKind::Syntax);
+    }
+
+    #[test]
+    fn dates_and_times_are_read_one_way() {
+        let midnight = "2024-03-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(parse_timestamp("2024-03-01"), Some(midnight));
+        assert_eq!(parse_timestamp("2024-03-01 00:00:00"), Some(midnight));
+        assert_eq!(parse_timestamp("2024-03-01T01:00:00+01:00"), Some(midnight));
+        // The `datetime` filter wants a time of day.
+        assert_eq!(parse_datetime("2024-03-01"), None);
+        // A date is the UTC date of a timestamp.
+        assert_eq!(
+            parse_date("2024-03-01T23:30:00-01:00"),
+            NaiveDate::from_ymd_opt(2024, 3, 2)
+        );
+        assert_eq!(
+            parse_date("2024-03-01"),
+            NaiveDate::from_ymd_opt(2024, 3, 1)
+        );
+        assert_eq!(parse_date("yesterday"), None);
     }
 
     #[test]

@@ -178,22 +178,54 @@ impl RouteModel {
     }
 }
 
-/// The keys each step kind allows.
-fn allowed_keys(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "find" => &["find", "where", "missing", "as", "when", "description"],
-        "upsert" => &["upsert", "key", "values", "as", "when", "description"],
-        "update" => &[
-            "update",
-            "where",
-            "set",
-            "missing",
-            "as",
-            "when",
-            "description",
-        ],
-        "delete" => &["delete", "where", "missing", "when", "description"],
-        _ => &["emit", "data", "when", "description"],
+/// A step's kind, named by the key that introduces it (`find: table`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKeyword {
+    Find,
+    Upsert,
+    Update,
+    Delete,
+    Emit,
+}
+
+impl StepKeyword {
+    /// Every kind, in the order a step's keys are looked at.
+    pub const ALL: [StepKeyword; 5] = [
+        StepKeyword::Find,
+        StepKeyword::Upsert,
+        StepKeyword::Update,
+        StepKeyword::Delete,
+        StepKeyword::Emit,
+    ];
+
+    /// The key that introduces a step of this kind.
+    pub fn key(self) -> &'static str {
+        match self {
+            StepKeyword::Find => "find",
+            StepKeyword::Upsert => "upsert",
+            StepKeyword::Update => "update",
+            StepKeyword::Delete => "delete",
+            StepKeyword::Emit => "emit",
+        }
+    }
+
+    /// The keys a step of this kind allows.
+    fn allowed_keys(self) -> &'static [&'static str] {
+        match self {
+            StepKeyword::Find => &["find", "where", "missing", "as", "when", "description"],
+            StepKeyword::Upsert => &["upsert", "key", "values", "as", "when", "description"],
+            StepKeyword::Update => &[
+                "update",
+                "where",
+                "set",
+                "missing",
+                "as",
+                "when",
+                "description",
+            ],
+            StepKeyword::Delete => &["delete", "where", "missing", "when", "description"],
+            StepKeyword::Emit => &["emit", "data", "when", "description"],
+        }
     }
 }
 
@@ -202,27 +234,43 @@ impl StepModel {
     /// ignored here (the schema reports them); a step with no kind, or
     /// with values of the wrong type, is an error.
     pub fn from_value(value: &Value) -> Result<StepModel, serde_json::Error> {
-        let has = |key: &str| value.get(key).is_some();
-        let kind = ["find", "upsert", "update", "delete", "emit"]
+        let kind = StepKeyword::ALL
             .into_iter()
-            .find(|k| has(k))
+            .find(|kind| value.get(kind.key()).is_some())
             .ok_or_else(|| {
                 serde::de::Error::custom("a step needs one of find, upsert, update, delete, emit")
             })?;
         let mut value = value.clone();
         if let Value::Object(object) = &mut value {
-            object.retain(|key, _| allowed_keys(kind).contains(&key.as_str()));
+            object.retain(|key, _| kind.allowed_keys().contains(&key.as_str()));
         }
-        Ok(if has("find") {
-            StepModel::Find(serde_json::from_value(value)?)
-        } else if has("upsert") {
-            StepModel::Upsert(serde_json::from_value(value)?)
-        } else if has("update") {
-            StepModel::Update(serde_json::from_value(value)?)
-        } else if has("delete") {
-            StepModel::Delete(serde_json::from_value(value)?)
-        } else {
-            StepModel::Emit(serde_json::from_value(value)?)
+        Ok(match kind {
+            StepKeyword::Find => StepModel::Find(serde_json::from_value(value)?),
+            StepKeyword::Upsert => StepModel::Upsert(serde_json::from_value(value)?),
+            StepKeyword::Update => StepModel::Update(serde_json::from_value(value)?),
+            StepKeyword::Delete => StepModel::Delete(serde_json::from_value(value)?),
+            StepKeyword::Emit => StepModel::Emit(serde_json::from_value(value)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_step_kind_allows_its_own_key_and_drops_the_keys_of_others() {
+        for kind in StepKeyword::ALL {
+            assert!(kind.allowed_keys().contains(&kind.key()), "{kind:?}");
+        }
+        // `where` belongs to find, update and delete, not to emit: read
+        // leniently, an emit step that has one is still an emit step.
+        let step = json!({"emit": "candidate.hired", "data": {}, "where": {"id": "x"}});
+        assert!(matches!(
+            StepModel::from_value(&step),
+            Ok(StepModel::Emit(_))
+        ));
+        assert!(StepModel::from_value(&json!({"as": "x"})).is_err());
     }
 }

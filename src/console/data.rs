@@ -11,9 +11,8 @@
 //! (v2)"); what has no row is inferred from the lanes' cursors, here as in
 //! the API.
 //!
-//! Every function that reads events or deliveries takes the organization
-//! the caller is limited to (`None`: a platform key, every organization)
-//! and filters by it in SQL. Queries are written for PostgreSQL and
+//! Every function that reads events or deliveries takes the caller's
+//! [`OrgScope`] and filters by it in SQL. Queries are written for PostgreSQL and
 //! rewritten for SQLite by [`Dialect::sql`]; the few that build their text
 //! from a filter add fixed fragments only, and every value is a bound
 //! parameter.
@@ -40,6 +39,7 @@ use crate::render::RenderReport;
 use crate::store::events::{self, BlockedKey, DeliveryView, Status, StoredEvent};
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::store::lanes::{self, ReplayFilter};
+use crate::store::scope::OrgScope;
 use crate::store::types::{Doc, Id, Position, Time};
 use crate::store::{DbTx, Dialect, Store, StoreError, log, views};
 
@@ -352,8 +352,7 @@ pub struct LastErrorView {
     pub step: Option<i32>,
 }
 
-/// The overview's numbers for every integration, for `organization` (or
-/// every organization).
+/// The overview's numbers for every integration, in `scope`.
 ///
 /// Delivered counts come from the per-minute counters
 /// ([`lanes::delivered_since`]), the unread backlog from the lanes'
@@ -364,27 +363,19 @@ pub struct LastErrorView {
 pub async fn flow_numbers(
     engine: &Engine,
     integrations: &[String],
-    organization: Option<Uuid>,
+    scope: OrgScope,
 ) -> Result<HashMap<String, FlowNumbers>, StoreError> {
     let mut out: HashMap<String, FlowNumbers> = HashMap::new();
-    let unread = match organization {
-        None => engine.backlog(BACKLOG_CAP).await?.unread,
-        Some(_) => HashMap::new(),
+    let unread = match scope {
+        OrgScope::Platform => engine.backlog(BACKLOG_CAP).await?.unread,
+        OrgScope::Organization(_) => HashMap::new(),
     };
     let now = Utc::now();
     let mut tx = engine.store().begin_read().await?;
-    let last_5m = lanes::delivered_since(
-        &mut tx,
-        organization,
-        Time(now - chrono::Duration::minutes(5)),
-    )
-    .await?;
-    let last_1h = lanes::delivered_since(
-        &mut tx,
-        organization,
-        Time(now - chrono::Duration::hours(1)),
-    )
-    .await?;
+    let last_5m =
+        lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::minutes(5))).await?;
+    let last_1h =
+        lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::hours(1))).await?;
     let exceptions = tx.dialect().sql(
         "SELECT status, COUNT(*) FROM integrations.deliveries \
           WHERE integration_id = $1 AND status IN ('pending', 'retrying', 'dead') \
@@ -406,7 +397,7 @@ pub async fn flow_numbers(
             exceptions.clone()
         ))
         .bind(integration.as_str())
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
         for (status, count) in rows {
@@ -422,7 +413,7 @@ pub async fn flow_numbers(
         type Row = (Id, Id, String, Option<i32>, Time);
         let row: Option<Row> = on_tx!(&mut tx, |conn| sqlx::query_as(AssertSqlSafe(last.clone()))
             .bind(integration.as_str())
-            .bind(organization.map(Id))
+            .bind(scope.bind())
             .fetch_optional(conn)
             .await)?;
         if let Some((_, event, message, step, at)) = row {
@@ -444,7 +435,7 @@ pub async fn flow_numbers(
 pub async fn blocked_keys(
     engine: &Engine,
     integration: &str,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     limit: i64,
 ) -> Result<Vec<BlockedKey>, StoreError> {
     let generation = engine.generation();
@@ -454,7 +445,7 @@ pub async fn blocked_keys(
     let mut tx = engine.store().begin_read().await?;
     let keys = events::blocked_keys(
         &mut tx,
-        organization,
+        scope,
         integration,
         definition.on_dead == OnDead::Block,
         limit,
@@ -568,12 +559,12 @@ fn delivery_view(row: DeliveryTuple) -> DeliveryView {
     }
 }
 
-/// The newest events (of `organization`, and with `routed`, of that
-/// source and those event names), newest first, at most `limit`.
+/// The newest events in `scope` (and with `routed`, of that source and
+/// those event names), newest first, at most `limit`.
 async fn newest_events(
     engine: &Engine,
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     routed: Option<(&str, &[String])>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
@@ -589,7 +580,7 @@ async fn newest_events(
             .conditions
             .push(format!("e.event_name IN ({})", names.join(", ")));
     }
-    if let Some(organization) = organization {
+    if let OrgScope::Organization(organization) = scope {
         let p = built.arg(Arg::Id(organization));
         built.conditions.push(format!("e.organization_id = {p}"));
     }
@@ -622,7 +613,7 @@ async fn newest_events(
 pub async fn recent_deliveries(
     engine: &Engine,
     integration: &str,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     limit: i64,
 ) -> Result<Vec<DeliveryView>, StoreError> {
     let generation = engine.generation();
@@ -636,12 +627,12 @@ pub async fn recent_deliveries(
     let found = newest_events(
         engine,
         &mut tx,
-        organization,
+        scope,
         Some((&definition.source, &names)),
         limit,
     )
     .await?;
-    let deliveries = views::deliveries(&mut tx, &generation, engine.lanes(), &found).await?;
+    let deliveries = views::deliveries(&mut tx, scope, &generation, engine.lanes(), &found).await?;
     tx.rollback().await?;
     Ok(deliveries
         .into_iter()
@@ -652,13 +643,13 @@ pub async fn recent_deliveries(
 /// The most dead deliveries read for grouping by cause.
 pub const DEAD_LETTER_LIMIT: i64 = 5_000;
 
-/// An integration's dead deliveries (of `organization`), newest first, at
+/// An integration's dead deliveries in `scope`, newest first, at
 /// most [`DEAD_LETTER_LIMIT`]. Dead deliveries are rows (index
 /// `deliveries (integration_id, status)`).
 pub async fn dead_letters(
     store: &Store,
     integration: &str,
-    organization: Option<Uuid>,
+    scope: OrgScope,
 ) -> Result<Vec<DeliveryView>, StoreError> {
     let mut tx = store.begin_read().await?;
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
@@ -668,7 +659,7 @@ pub async fn dead_letters(
     )));
     let rows: Vec<DeliveryTuple> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
         .bind(integration)
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .bind(DEAD_LETTER_LIMIT)
         .fetch_all(conn)
         .await)?;
@@ -846,12 +837,12 @@ async fn epochs(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uuid, i32>, Store
 // ---------------------------------------------------------------------------
 // Events
 
-/// What the events page searches by. Every field is optional.
-#[derive(Debug, Clone, Default)]
+/// What the events page searches by. Every field but the scope is
+/// optional.
+#[derive(Debug, Clone)]
 pub struct EventSearch {
-    /// The organization the caller is limited to, or a platform key's
-    /// choice.
-    pub organization: Option<Uuid>,
+    /// The caller's organization, or a platform key's choice.
+    pub scope: OrgScope,
     pub source: Option<String>,
     pub event: Option<String>,
     /// Only events with a delivery in this state.
@@ -864,6 +855,23 @@ pub struct EventSearch {
     pub field: Option<(Vec<String>, String)>,
     /// Only events published before this one (`seq`): the next page.
     pub before_seq: Option<i64>,
+}
+
+impl EventSearch {
+    /// Every event in `scope`.
+    pub fn all(scope: OrgScope) -> EventSearch {
+        EventSearch {
+            scope,
+            source: None,
+            event: None,
+            status: None,
+            integration: None,
+            since: None,
+            until: None,
+            field: None,
+            before_seq: None,
+        }
+    }
 }
 
 /// An event in a list, with its deliveries counted by state (rows and
@@ -954,7 +962,7 @@ pub async fn search_events(
     let dialect = store.dialect();
     let generation = engine.generation();
     let mut built = Built::default();
-    if let Some(organization) = search.organization {
+    if let OrgScope::Organization(organization) = search.scope {
         let p = built.arg(Arg::Id(organization));
         built.conditions.push(format!("e.organization_id = {p}"));
     }
@@ -1006,7 +1014,7 @@ pub async fn search_events(
                 let q = built.arg(Arg::Text(integration.clone()));
                 narrow.push_str(&format!(" AND d.integration_id = {q}"));
             }
-            if let Some(organization) = search.organization {
+            if let OrgScope::Organization(organization) = search.scope {
                 let q = built.arg(Arg::Id(organization));
                 narrow.push_str(&format!(" AND d.organization_id = {q}"));
             }
@@ -1072,7 +1080,8 @@ pub async fn search_events(
             .fetch_all(conn)
             .await)?;
     let found: Vec<StoredEvent> = rows.into_iter().map(stored_event).collect();
-    let deliveries = views::deliveries(&mut tx, &generation, engine.lanes(), &found).await?;
+    let deliveries =
+        views::deliveries(&mut tx, search.scope, &generation, engine.lanes(), &found).await?;
     tx.rollback().await?;
     let mut counts: HashMap<(Uuid, Uuid), BTreeMap<&'static str, i64>> = HashMap::new();
     for delivery in &deliveries {
@@ -1134,17 +1143,13 @@ pub enum Lookup {
 const TREE_DEPTH: usize = 6;
 const TREE_EVENTS: usize = 100;
 
-/// The event `id` of `organization` (the caller's own, or a platform key's
-/// choice; `None`: any, which may be several since ids are unique per
-/// organization), with its deliveries (rows and inferred, each with what
+/// The event `id` in `scope` (the caller's organization, or a platform
+/// key's choice; for the whole platform, possibly several since ids are
+/// unique per organization), with its deliveries (rows and inferred, each with what
 /// a pending one waits on) and the tree of events they emitted.
-pub async fn event_tree(
-    engine: &Engine,
-    id: Uuid,
-    organization: Option<Uuid>,
-) -> Result<Lookup, StoreError> {
+pub async fn event_tree(engine: &Engine, id: Uuid, scope: OrgScope) -> Result<Lookup, StoreError> {
     let mut tx = engine.store().begin_read().await?;
-    let mut found = events::get_event(&mut tx, organization, id).await?;
+    let mut found = events::get_event(&mut tx, scope, id).await?;
     if found.len() > 1 {
         tx.rollback().await?;
         return Ok(Lookup::Ambiguous(
@@ -1157,13 +1162,24 @@ pub async fn event_tree(
     };
     let generation = engine.generation();
     let mut budget = TREE_EVENTS;
-    let tree = grow(&mut tx, &generation, engine.lanes(), event, 0, &mut budget).await?;
+    let tree = grow(
+        &mut tx,
+        scope,
+        &generation,
+        engine.lanes(),
+        event,
+        0,
+        &mut budget,
+    )
+    .await?;
     tx.rollback().await?;
     Ok(Lookup::Found(Box::new(tree)))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn grow<'a>(
     tx: &'a mut DbTx,
+    scope: OrgScope,
     generation: &'a Generation,
     lanes: i32,
     event: StoredEvent,
@@ -1171,7 +1187,8 @@ fn grow<'a>(
     budget: &'a mut usize,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<EventTree, StoreError>> + Send + 'a>> {
     Box::pin(async move {
-        let views = views::deliveries(tx, generation, lanes, std::slice::from_ref(&event)).await?;
+        let views =
+            views::deliveries(tx, scope, generation, lanes, std::slice::from_ref(&event)).await?;
         let recorded: Vec<Uuid> = views.iter().filter(|d| d.recorded).map(|d| d.id).collect();
         let epochs = epochs(tx, &recorded).await?;
         let deliveries = views
@@ -1183,14 +1200,13 @@ fn grow<'a>(
             .collect();
         let mut children = Vec::new();
         if depth < TREE_DEPTH {
-            for child in
-                events::children_of(tx, event.envelope.organization_id, event.envelope.id).await?
-            {
+            let organization = event.envelope.organization_id;
+            for child in events::children_of(tx, scope, organization, event.envelope.id).await? {
                 if *budget == 0 {
                     break;
                 }
                 *budget -= 1;
-                children.push(grow(tx, generation, lanes, child, depth + 1, budget).await?);
+                children.push(grow(tx, scope, generation, lanes, child, depth + 1, budget).await?);
             }
         }
         Ok(EventTree {
@@ -1223,13 +1239,13 @@ pub struct Activity {
 
 /// Follows what this busbar process publishes and delivers, for the live
 /// tail: the engine's in-process activity feed ([`Engine::subscribe`]),
-/// limited to an organization (or every organization for a platform key).
+/// limited to the viewer's scope.
 /// With several processes on one database, each tail shows its own
 /// process's activity.
 pub struct ActivityFeed {
     engine: Engine,
     receiver: broadcast::Receiver<engine::Activity>,
-    organization: Option<Uuid>,
+    scope: OrgScope,
 }
 
 /// The most activities handed over at once.
@@ -1237,11 +1253,11 @@ const FEED_BATCH: usize = 200;
 
 impl ActivityFeed {
     /// A feed of what happens from now on.
-    pub fn new(engine: &Engine, organization: Option<Uuid>) -> ActivityFeed {
+    pub fn new(engine: &Engine, scope: OrgScope) -> ActivityFeed {
         ActivityFeed {
             receiver: engine.subscribe(),
             engine: engine.clone(),
-            organization,
+            scope,
         }
     }
 
@@ -1322,7 +1338,7 @@ impl ActivityFeed {
                         Status::Dead => "dead",
                         Status::Pending => continue,
                     };
-                    if self.organization.is_some_and(|own| own != organization_id) {
+                    if !self.scope.includes(organization_id) {
                         continue;
                     }
                     if status != Status::Delivered {
@@ -1344,10 +1360,7 @@ impl ActivityFeed {
                     }
                 }
             };
-            if self
-                .organization
-                .is_some_and(|own| own != line.organization_id)
-            {
+            if !self.scope.includes(line.organization_id) {
                 continue;
             }
             out.push(line);
@@ -1356,7 +1369,7 @@ impl ActivityFeed {
             && let Ok(mut tx) = self.engine.store().begin_read().await
         {
             for (index, id) in explain {
-                if let Ok(Some(row)) = events::get_delivery(&mut tx, self.organization, id).await {
+                if let Ok(Some(row)) = events::get_delivery(&mut tx, self.scope, id).await {
                     out[index].attempts = Some(row.attempts);
                     out[index].error = row.last_error;
                 }
@@ -1381,13 +1394,13 @@ pub struct Received {
 /// happens from the moment it connects.
 pub async fn recent_activity(
     engine: &Engine,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     limit: usize,
 ) -> Result<Vec<Activity>, StoreError> {
     let mut tx = engine.store().begin_read().await?;
-    let found = newest_events(engine, &mut tx, organization, None, limit as i64).await?;
+    let found = newest_events(engine, &mut tx, scope, None, limit as i64).await?;
     let deliveries =
-        views::deliveries(&mut tx, &engine.generation(), engine.lanes(), &found).await?;
+        views::deliveries(&mut tx, scope, &engine.generation(), engine.lanes(), &found).await?;
     tx.rollback().await?;
     let mut by_event: HashMap<(Uuid, Uuid), Vec<DeliveryView>> = HashMap::new();
     for delivery in deliveries {

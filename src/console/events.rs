@@ -75,19 +75,18 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 /// The search filter for `form`, limited to what the viewer may see.
 fn filter(viewer: &Viewer, form: &SearchForm) -> Result<(EventSearch, Vec<String>), ConsoleError> {
     let mut problems = Vec::new();
-    let mut search = EventSearch {
-        organization: viewer.organization(),
-        ..EventSearch::default()
-    };
+    let mut search = EventSearch::all(viewer.org_scope());
     if let Some(text) = blank(&form.organization) {
         match text.parse::<Uuid>() {
-            Ok(asked) if viewer.caller.may_act_for(asked) => search.organization = Some(asked),
-            // Asking for another organization is refused, as in the API.
-            Ok(_) => {
-                return Err(ConsoleError::forbidden(
-                    "Your key belongs to another organization; it sees only its own events.",
-                ));
-            }
+            Ok(asked) => match viewer.caller.narrowed_scope(Some(asked)) {
+                Some(scope) => search.scope = scope,
+                // Asking for another organization is refused, as in the API.
+                None => {
+                    return Err(ConsoleError::forbidden(
+                        "Your key belongs to another organization; it sees only its own events.",
+                    ));
+                }
+            },
             Err(_) => problems.push("The organization is not a UUID.".to_owned()),
         }
     }
@@ -163,11 +162,12 @@ pub async fn search(
     let (search, mut problems) = filter(&viewer, &form)?;
     if let Some(id) = blank(&form.id) {
         match id.parse::<Uuid>() {
-            Ok(id) => match data::event_tree(&state.engine, id, search.organization).await? {
+            Ok(id) => match data::event_tree(&state.engine, id, search.scope).await? {
                 Lookup::Found(_) | Lookup::Ambiguous(_) => {
                     let organization = search
-                        .organization
-                        .filter(|_| viewer.organization().is_none())
+                        .scope
+                        .organization()
+                        .filter(|_| viewer.is_platform())
                         .map(|o| format!("?organization={o}"))
                         .unwrap_or_default();
                     return Ok(see_other(&format!("/console/events/{id}{organization}")));
@@ -265,14 +265,13 @@ pub async fn detail(
     let missing =
         || ConsoleError::not_found(format!("There is no event {id} that this key can see."));
     let id: Uuid = id.parse().map_err(|_| missing())?;
-    let organization = match (viewer.organization(), query.organization) {
-        // Asking for another organization is "not found", as if it did
-        // not exist.
-        (Some(own), Some(asked)) if own != asked => return Err(missing()),
-        (Some(own), _) => Some(own),
-        (None, asked) => asked,
-    };
-    let tree = match data::event_tree(&state.engine, id, organization).await? {
+    // Asking for another organization is "not found", as if it did not
+    // exist.
+    let scope = viewer
+        .caller
+        .narrowed_scope(query.organization)
+        .ok_or_else(missing)?;
+    let tree = match data::event_tree(&state.engine, id, scope).await? {
         Lookup::Found(tree) => *tree,
         Lookup::Missing => return Err(missing()),
         Lookup::Ambiguous(organizations) => {
@@ -297,7 +296,7 @@ pub async fn detail(
     );
     let content = DetailPage {
         parent: tree.event.parent_id,
-        organization: organization.filter(|_| viewer.organization().is_none()),
+        organization: scope.organization().filter(|_| viewer.is_platform()),
         root: node(tree),
     };
     Ok(view::page(&viewer, "event.html", "events", &title, content)?.into_response())

@@ -124,12 +124,12 @@ pub async fn page(
         )));
     };
     let store = state.engine.store();
-    let organization = viewer.organization();
-    let dead = data::dead_letters(store, &id, organization).await?;
+    let scope = viewer.org_scope();
+    let dead = data::dead_letters(store, &id, scope).await?;
     let dead_total = dead.len();
     let groups: Vec<GroupView> = causes::group(dead).into_iter().map(Into::into).collect();
-    let blocked = data::blocked_keys(&state.engine, &id, organization, 50).await?;
-    let recent = data::recent_deliveries(&state.engine, &id, organization, 25).await?;
+    let blocked = data::blocked_keys(&state.engine, &id, scope, 50).await?;
+    let recent = data::recent_deliveries(&state.engine, &id, scope, 25).await?;
     let source = data::integration_source(&generation, &id).await;
     let file = integration.file.display().to_string();
     let reload = state.reload.load();
@@ -139,8 +139,9 @@ pub async fn page(
         reload
             .errors
             .iter()
+            .filter(|d| d.is_error())
+            .map(ReloadError::from)
             .filter(|e| same_file(&e.file, &integration.file))
-            .cloned()
             .collect()
     };
     let marked: Vec<usize> = reload_errors.iter().map(|e| e.line).collect();
@@ -220,8 +221,8 @@ pub async fn replay(
         )));
     }
     let key = fields.get("group").unwrap_or("");
-    let organization = viewer.organization();
-    let dead = data::dead_letters(state.engine.store(), &id, organization).await?;
+    let scope = viewer.org_scope();
+    let dead = data::dead_letters(state.engine.store(), &id, scope).await?;
     let Some(group) = causes::group(dead).into_iter().find(|g| g.key == key) else {
         return Err(ConsoleError::bad_request(
             "That group has no dead deliveries any more (already replayed?). Reload the integration's page.",
@@ -283,7 +284,7 @@ pub async fn replay(
             },
         );
     }
-    let replayed = data::replay_deliveries(&state.engine, &ids, organization).await?;
+    let replayed = data::replay_deliveries(&state.engine, &ids, scope.organization()).await?;
     tracing::info!(integration = %id, replayed, key = %viewer.caller.key_id, "console: dead deliveries replayed");
     Ok(see_other(&format!(
         "/console/integrations/{id}?notice=replayed&count={replayed}#dead-letters"

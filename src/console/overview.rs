@@ -49,7 +49,7 @@ pub async fn page(
         .iter()
         .map(|i| i.id.clone())
         .collect();
-    let mut numbers = data::flow_numbers(&state.engine, &ids, viewer.organization()).await?;
+    let mut numbers = data::flow_numbers(&state.engine, &ids, viewer.org_scope()).await?;
     let links = data::emit_links(&generation);
     let flows: Vec<FlowLine> = generation
         .integrations

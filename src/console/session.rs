@@ -65,6 +65,11 @@ impl Viewer {
         self.caller.organization
     }
 
+    /// What this viewer may read, for the store's reads.
+    pub fn org_scope(&self) -> crate::store::scope::OrgScope {
+        self.caller.org_scope()
+    }
+
     pub fn is_admin(&self) -> bool {
         data::has_scope(&self.caller, Scope::Admin)
     }

@@ -63,7 +63,7 @@ pub async fn page(
     State(state): State<AppState>,
     Query(filter): Query<TailFilter>,
 ) -> Result<Html<String>, ConsoleError> {
-    let recent = data::recent_activity(&state.engine, viewer.organization(), 100)
+    let recent = data::recent_activity(&state.engine, viewer.org_scope(), 100)
         .await?
         .into_iter()
         .filter(|a| filter.keeps(a))
@@ -103,7 +103,7 @@ pub async fn stream(
     Query(filter): Query<TailFilter>,
 ) -> Response {
     let tail = Tail {
-        feed: ActivityFeed::new(&state.engine, viewer.organization()),
+        feed: ActivityFeed::new(&state.engine, viewer.org_scope()),
         state,
         filter,
         headers,

@@ -18,7 +18,7 @@ use super::health::ACQUIRE_TIMEOUT;
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 use super::{Activity, PublishError, Published, Shared};
 use crate::store::StoreError;
-use crate::store::events::NewEvent;
+use crate::store::log::NewEvent;
 use crate::store::log::{self, Appended};
 use crate::store::types::Time;
 

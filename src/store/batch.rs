@@ -26,7 +26,7 @@ use sqlx::AssertSqlSafe;
 
 use super::catalog::{Catalog, TableInfo};
 use super::convert::{BindValue, convert_columns};
-use super::target::{Emitted, TargetExecutor, bind_sqlite};
+use super::target::{Emitted, TargetExecutor, bind_all};
 use super::{DbTx, StoreError};
 use crate::compile::Step;
 use crate::compile::ident::{Ident, TableName};
@@ -525,10 +525,8 @@ async fn find_many(
                     if *null {
                         continue;
                     }
-                    let values: Vec<Option<String>> = members
-                        .iter()
-                        .map(|i| lookups[*i].1[column].pg_text())
-                        .collect();
+                    let values: Vec<&BindValue> =
+                        members.iter().map(|i| &lookups[*i].1[column]).collect();
                     query = query.bind(values);
                 }
                 query.fetch_all(&mut **tx).await?
@@ -545,7 +543,7 @@ async fn find_many(
                             .cloned(),
                     );
                 }
-                bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), &params)
+                bind_all(sqlx::query_as(AssertSqlSafe(sql)), &params)
                     .fetch_all(&mut **tx)
                     .await?
             }
@@ -591,10 +589,8 @@ async fn upsert_wave(
         DbTx::Postgres(tx) => {
             let mut query = sqlx::query_as(AssertSqlSafe(sql));
             for column in 0..columns.len() {
-                let values: Vec<Option<String>> = wave
-                    .iter()
-                    .map(|(_, values, _)| values[column].pg_text())
-                    .collect();
+                let values: Vec<&BindValue> =
+                    wave.iter().map(|(_, values, _)| &values[column]).collect();
                 query = query.bind(values);
             }
             query.fetch_all(&mut **tx).await?
@@ -604,7 +600,7 @@ async fn upsert_wave(
                 .iter()
                 .flat_map(|(_, values, _)| values.iter().cloned())
                 .collect();
-            super::target::bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), &params)
+            bind_all(sqlx::query_as(AssertSqlSafe(sql)), &params)
                 .fetch_all(&mut **tx)
                 .await?
         }

@@ -11,14 +11,21 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use serde_json::{Number, Value};
+use sqlx::encode::{Encode, IsNull};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo};
+use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo};
+use sqlx::{Postgres, Sqlite, Type};
 use uuid::Uuid;
 
 use super::StoreError;
 use super::catalog::{ColumnInfo, ColumnType, Limits, Storage};
+use crate::compile::template::parse_timestamp;
 use crate::decimal::{Decimal, FloatMisfit};
 
-/// A value ready to bind. PostgreSQL receives its text form and casts it
-/// to the column type; SQLite receives it natively.
+/// A value ready to bind (`query.bind(&value)` on either database).
+/// PostgreSQL receives its text form and casts it to the column type;
+/// SQLite receives it natively.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BindValue {
     Null,
@@ -37,6 +44,63 @@ impl BindValue {
             BindValue::Int(i) => Some(i.to_string()),
             BindValue::Float(f) => Some(f.to_string()),
             BindValue::Text(s) => Some(s.clone()),
+        }
+    }
+}
+
+// `BindValue` is bound the same way everywhere (one statement at a time,
+// set-based batches, `busbar test`'s given rows): as text on PostgreSQL,
+// which the statement casts to the column's type (`text[]` for a column's
+// values in `UNNEST`), and natively on SQLite. `Null` binds SQL `NULL`.
+
+impl Type<Postgres> for BindValue {
+    fn type_info() -> PgTypeInfo {
+        <String as Type<Postgres>>::type_info()
+    }
+}
+
+impl PgHasArrayType for BindValue {
+    fn array_type_info() -> PgTypeInfo {
+        <String as PgHasArrayType>::array_type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for BindValue {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        match self {
+            BindValue::Null => Ok(IsNull::Yes),
+            BindValue::Text(s) => <&str as Encode<Postgres>>::encode(s, buf),
+            BindValue::Bool(_) | BindValue::Int(_) | BindValue::Float(_) => {
+                <Option<String> as Encode<Postgres>>::encode(self.pg_text(), buf)
+            }
+        }
+    }
+}
+
+impl Type<Sqlite> for BindValue {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+}
+
+impl Encode<'_, Sqlite> for BindValue {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        match self {
+            BindValue::Null => Ok(IsNull::Yes),
+            BindValue::Bool(b) => Encode::<Sqlite>::encode_by_ref(b, buf),
+            BindValue::Int(i) => Encode::<Sqlite>::encode_by_ref(i, buf),
+            BindValue::Float(f) => Encode::<Sqlite>::encode_by_ref(f, buf),
+            BindValue::Text(s) => Encode::<Sqlite>::encode_by_ref(s, buf),
+        }
+    }
+
+    fn produces(&self) -> Option<SqliteTypeInfo> {
+        match self {
+            BindValue::Null => None,
+            BindValue::Bool(_) => Some(<bool as Type<Sqlite>>::type_info()),
+            BindValue::Int(_) => Some(<i64 as Type<Sqlite>>::type_info()),
+            BindValue::Float(_) => Some(<f64 as Type<Sqlite>>::type_info()),
+            BindValue::Text(_) => Some(<String as Type<Sqlite>>::type_info()),
         }
     }
 }
@@ -401,30 +465,6 @@ fn fit_timestamp(text: &str, kept: u8) -> Result<DateTime<Utc>, String> {
         ));
     }
     Ok(time)
-}
-
-/// A timestamp: RFC 3339, or a date and time without offset (taken as UTC),
-/// or a date (midnight UTC).
-pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc());
-        }
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-}
-
-/// A date: `YYYY-MM-DD`, or the UTC date of a timestamp.
-pub fn parse_date(text: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .or_else(|| parse_timestamp(text).map(|t| t.date_naive()))
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! Read models over the engine's own tables: events and the delivery rows
-//! (the exceptions), as the API, the console and the tests see them. The
-//! write paths are in [`super::log`] (the event log) and [`super::lanes`]
-//! (cursors and delivery rows); deliveries without a row are inferred by
-//! [`super::views`].
+//! (the exceptions), as the API, the console and the tests see them, and
+//! the delivery states ([`Status`]) shared with the write paths. Nothing
+//! here writes: the writes are in [`super::log`] (the event log, with
+//! [`super::log::NewEvent`]) and [`super::lanes`] (cursors and delivery
+//! rows); deliveries without a row are inferred by [`super::views`].
 //!
-//! Every read that the API serves takes the caller's organization
-//! (`None`: a platform caller, every organization).
+//! Every read that the API or the console serves takes the caller's
+//! [`OrgScope`] and filters by it in SQL.
 //!
 //! Queries are written once, for PostgreSQL, and rewritten for SQLite by
 //! [`super::Dialect::sql`]; the values that differ in representation go
@@ -17,6 +18,7 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use super::scope::OrgScope;
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, StoreError};
 use crate::envelope::Envelope;
@@ -24,15 +26,6 @@ use crate::on_tx;
 
 /// Rows per multi-row INSERT (well under both databases' parameter limits).
 const CHUNK: usize = 500;
-
-/// An event about to be stored.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub envelope: Envelope,
-    pub idempotency_key: Option<String>,
-    /// The event whose delivery emitted this one.
-    pub parent_id: Option<Uuid>,
-}
 
 /// Delivery states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -133,12 +126,11 @@ fn stored_event(row: EventTuple) -> StoredEvent {
     }
 }
 
-/// The events with id `id` of `organization` (`None`: of every
-/// organization; ids are unique per organization, so a platform caller may
-/// get several).
+/// The events with id `id` in `scope` (ids are unique per organization, so
+/// a platform caller may get several).
 pub async fn get_event(
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     id: Uuid,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
@@ -147,7 +139,7 @@ pub async fn get_event(
     )));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(id))
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
@@ -233,10 +225,10 @@ fn delivery_view(row: DeliveryRow) -> DeliveryView {
     }
 }
 
-/// One delivery's row by id, of `organization` (`None`: any).
+/// One delivery's row by id, in `scope`.
 pub async fn get_delivery(
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     id: Uuid,
 ) -> Result<Option<DeliveryView>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
@@ -245,26 +237,30 @@ pub async fn get_delivery(
     )));
     let row: Option<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(id))
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .fetch_optional(conn)
         .await)?;
     Ok(row.map(delivery_view))
 }
 
-/// The delivery rows of one event (of its organization).
+/// The delivery rows of the event `(organization, event_id)`; none when
+/// `scope` does not include that organization.
 pub async fn deliveries_of(
     tx: &mut DbTx,
+    scope: OrgScope,
     organization: Uuid,
     event_id: Uuid,
 ) -> Result<Vec<DeliveryView>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
           WHERE d.organization_id = $1 AND d.event_id = $2 \
+            AND ($3 IS NULL OR d.organization_id = $3) \
           ORDER BY d.integration_id, d.route_event, d.route_ordinal"
     )));
     let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(organization))
         .bind(Id(event_id))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(delivery_view).collect())
@@ -286,19 +282,19 @@ pub async fn deliveries_with_status(
     Ok(rows.into_iter().map(delivery_view).collect())
 }
 
-/// Counts of delivery rows by integration and status (optionally for one
-/// organization). Deliveries that succeeded on their first pass have no
-/// row: the lanes count them.
+/// Counts of delivery rows in `scope` by integration and status.
+/// Deliveries that succeeded on their first pass have no row: the lanes
+/// count them.
 pub async fn counts(
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
 ) -> Result<HashMap<String, HashMap<Status, i64>>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(
         "SELECT integration_id, status, COUNT(*) FROM integrations.deliveries \
          WHERE ($1 IS NULL OR organization_id = $1) GROUP BY integration_id, status",
     ));
     let rows: Vec<(String, String, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
     let mut out: HashMap<String, HashMap<Status, i64>> = HashMap::new();
@@ -311,10 +307,10 @@ pub async fn counts(
 }
 
 /// Which events [`list_events`] returns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventFilter {
-    /// Only this organization's (`None`: every organization's).
-    pub organization: Option<Uuid>,
+    /// Only the events of these organizations.
+    pub scope: OrgScope,
     pub source: Option<String>,
     pub event: Option<String>,
     /// Only events with at least one delivery in this state.
@@ -327,6 +323,22 @@ pub struct EventFilter {
     pub before_seq: Option<i64>,
     /// Only this event id.
     pub id: Option<Uuid>,
+}
+
+impl EventFilter {
+    /// Every event in `scope`.
+    pub fn all(scope: OrgScope) -> EventFilter {
+        EventFilter {
+            scope,
+            source: None,
+            event: None,
+            status: None,
+            since: None,
+            until: None,
+            before_seq: None,
+            id: None,
+        }
+    }
 }
 
 /// Events matching `filter`, newest first, at most `limit`.
@@ -350,7 +362,7 @@ pub async fn list_events(
           ORDER BY e.seq DESC LIMIT $8"
     )));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(filter.organization.map(Id))
+        .bind(filter.scope.bind())
         .bind(filter.source.as_deref())
         .bind(filter.event.as_deref())
         .bind(filter.since)
@@ -416,10 +428,11 @@ pub struct LastError {
 }
 
 /// For each integration, its most recent failure: a dead delivery, or one
-/// waiting to retry (skip reasons are not failures). `organization` limits it to one organization's deliveries.
+/// waiting to retry (skip reasons are not failures), among the deliveries
+/// in `scope`.
 pub async fn last_errors(
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
 ) -> Result<HashMap<String, LastError>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(
         "SELECT integration_id, id, event_id, last_error, error_step, updated_at FROM ( \
@@ -432,7 +445,7 @@ pub async fn last_errors(
     ));
     type Row = (String, Id, Id, String, Option<i32>, Time);
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
     Ok(rows
@@ -469,19 +482,23 @@ pub async fn open_counts(tx: &mut DbTx) -> Result<HashMap<String, i64>, StoreErr
 }
 
 /// The events emitted by the deliveries of `parent` (an event of
-/// `organization`), oldest first.
+/// `organization`), oldest first; none when `scope` does not include that
+/// organization.
 pub async fn children_of(
     tx: &mut DbTx,
+    scope: OrgScope,
     organization: Uuid,
     parent: Uuid,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(&format!(
         "SELECT {EVENT_COLUMNS} FROM integrations.events e \
-          WHERE e.parent_id = $1 AND e.organization_id = $2 ORDER BY e.seq"
+          WHERE e.parent_id = $1 AND e.organization_id = $2 \
+            AND ($3 IS NULL OR e.organization_id = $3) ORDER BY e.seq"
     )));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(parent))
         .bind(Id(organization))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(stored_event).collect())
@@ -526,10 +543,10 @@ pub struct BlockedKey {
 }
 
 /// The keys of an integration held back by a retrying delivery (or a dead
-/// one, when `dead_blocks`), most recent first, at most `limit`.
+/// one, when `dead_blocks`) in `scope`, most recent first, at most `limit`.
 pub async fn blocked_keys(
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     integration: &str,
     dead_blocks: bool,
     limit: i64,
@@ -555,7 +572,7 @@ pub async fn blocked_keys(
     type Row = (String, Id, Id, String, i32, Time, Option<String>, i64);
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .bind(limit)
         .fetch_all(conn)
         .await)?;

@@ -10,6 +10,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::events::Status;
+use super::scope::OrgScope;
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::envelope::Envelope;
@@ -570,11 +571,10 @@ pub async fn count_delivered(
     Ok(())
 }
 
-/// Deliveries counted per integration since `since` (of one organization,
-/// or all).
+/// Deliveries in `scope` counted per integration since `since`.
 pub async fn delivered_since(
     tx: &mut DbTx,
-    organization: Option<Uuid>,
+    scope: OrgScope,
     since: Time,
 ) -> Result<HashMap<String, i64>, StoreError> {
     let sql = AssertSqlSafe(tx.dialect().sql(
@@ -583,7 +583,7 @@ pub async fn delivered_since(
     ));
     let rows: Vec<(String, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(since)
-        .bind(organization.map(Id))
+        .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().collect())

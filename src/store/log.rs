@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use super::events::NewEvent;
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::compile::OrderKey;
@@ -17,6 +16,15 @@ use crate::on_tx;
 
 /// Rows per multi-row INSERT (well under both databases' parameter limits).
 const CHUNK: usize = 500;
+
+/// An event about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub envelope: Envelope,
+    pub idempotency_key: Option<String>,
+    /// The event whose delivery emitted this one.
+    pub parent_id: Option<Uuid>,
+}
 
 /// What appending one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]

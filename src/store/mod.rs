@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lanes;
 pub mod log;
 pub mod redeliver;
+pub mod scope;
 pub mod states;
 pub mod target;
 pub mod testbed;

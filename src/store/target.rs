@@ -2,10 +2,8 @@
 //! delivery's transaction.
 
 use serde_json::{Map, Value};
-use sqlx::postgres::PgArguments;
-use sqlx::query::Query;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{AssertSqlSafe, Postgres, Sqlite};
+use sqlx::query::QueryAs;
+use sqlx::{AssertSqlSafe, Database, Encode, Type};
 
 use super::catalog::{Catalog, TableInfo};
 use super::convert::{BindValue, convert_columns};
@@ -14,6 +12,7 @@ use super::{DbTx, StoreError};
 use crate::compile::Step;
 use crate::compile::ident::{Ident, TableName};
 use crate::mapping::{Executor, Row};
+use crate::on_tx;
 
 /// An event an `emit` step asked for; the engine stores and routes it in
 /// the same transaction.
@@ -73,18 +72,11 @@ impl<'t> TargetExecutor<'t> {
 
     /// Runs a statement returning rows as JSON text.
     async fn rows(&mut self, sql: String, values: &[BindValue]) -> Result<Vec<Row>, StoreError> {
-        let texts: Vec<(String,)> = match &mut *self.tx {
-            DbTx::Postgres(tx) => {
-                bind_postgres(sqlx::query_as(AssertSqlSafe(sql)), values)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-            DbTx::Sqlite(tx) => {
-                bind_sqlite(sqlx::query_as(AssertSqlSafe(sql)), values)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-        };
+        let texts: Vec<(String,)> = on_tx!(&mut *self.tx, |conn| {
+            bind_all(sqlx::query_as(AssertSqlSafe(sql)), values)
+                .fetch_all(conn)
+                .await
+        })?;
         texts.into_iter().map(|(text,)| parse_row(&text)).collect()
     }
 }
@@ -100,56 +92,17 @@ pub(crate) fn parse_row(text: &str) -> Result<Row, StoreError> {
     }
 }
 
-/// Binds values as text, for `CAST($n AS type)`.
-pub(crate) fn bind_postgres<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, Postgres, O, PgArguments>,
-    values: &[BindValue],
-) -> sqlx::query::QueryAs<'q, Postgres, O, PgArguments> {
+/// Binds `values` in order (see `BindValue`'s `Encode`), on either database.
+pub(crate) fn bind_all<'q, DB, O>(
+    mut query: QueryAs<'q, DB, O, DB::Arguments>,
+    values: &'q [BindValue],
+) -> QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: Database,
+    BindValue: Encode<'q, DB> + Type<DB>,
+{
     for value in values {
-        query = query.bind(value.pg_text());
-    }
-    query
-}
-
-/// Binds values natively.
-pub(crate) fn bind_sqlite<'q, O>(
-    mut query: sqlx::query::QueryAs<'q, Sqlite, O, SqliteArguments>,
-    values: &[BindValue],
-) -> sqlx::query::QueryAs<'q, Sqlite, O, SqliteArguments> {
-    for value in values {
-        query = match value {
-            BindValue::Null => query.bind(None::<String>),
-            BindValue::Bool(b) => query.bind(*b),
-            BindValue::Int(i) => query.bind(*i),
-            BindValue::Float(f) => query.bind(*f),
-            BindValue::Text(s) => query.bind(s.clone()),
-        };
-    }
-    query
-}
-
-pub(crate) fn bind_postgres_plain<'q>(
-    mut query: Query<'q, Postgres, PgArguments>,
-    values: &[BindValue],
-) -> Query<'q, Postgres, PgArguments> {
-    for value in values {
-        query = query.bind(value.pg_text());
-    }
-    query
-}
-
-pub(crate) fn bind_sqlite_plain<'q>(
-    mut query: Query<'q, Sqlite, SqliteArguments>,
-    values: &[BindValue],
-) -> Query<'q, Sqlite, SqliteArguments> {
-    for value in values {
-        query = match value {
-            BindValue::Null => query.bind(None::<String>),
-            BindValue::Bool(b) => query.bind(*b),
-            BindValue::Int(i) => query.bind(*i),
-            BindValue::Float(f) => query.bind(*f),
-            BindValue::Text(s) => query.bind(s.clone()),
-        };
+        query = query.bind(value);
     }
     query
 }
@@ -220,16 +173,13 @@ impl Executor for TargetExecutor<'_> {
         let sql = self.tx.dialect().delete(table, &info, &conditions);
         self.wrote = true;
         let started = std::time::Instant::now();
-        let affected = match &mut *self.tx {
-            DbTx::Postgres(tx) => bind_postgres_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            DbTx::Sqlite(tx) => bind_sqlite_plain(sqlx::query(AssertSqlSafe(sql)), &binds)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-        };
+        let affected = on_tx!(&mut *self.tx, |conn| {
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for value in &binds {
+                query = query.bind(value);
+            }
+            query.execute(conn).await.map(|done| done.rows_affected())
+        })?;
         crate::telemetry::step_finished("delete", started.elapsed());
         Ok(affected)
     }

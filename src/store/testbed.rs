@@ -181,28 +181,13 @@ impl Testbed {
 }
 
 async fn execute(tx: &mut DbTx, sql: String, values: &[BindValue]) -> Result<(), StoreError> {
-    match tx {
-        DbTx::Postgres(tx) => {
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for value in values {
-                query = query.bind(value.pg_text());
-            }
-            query.execute(&mut **tx).await?;
+    on_tx!(tx, |conn| {
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for value in values {
+            query = query.bind(value);
         }
-        DbTx::Sqlite(tx) => {
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for value in values {
-                query = match value {
-                    BindValue::Null => query.bind(None::<String>),
-                    BindValue::Bool(b) => query.bind(*b),
-                    BindValue::Int(i) => query.bind(*i),
-                    BindValue::Float(f) => query.bind(*f),
-                    BindValue::Text(s) => query.bind(s.clone()),
-                };
-            }
-            query.execute(&mut **tx).await?;
-        }
-    }
+        query.execute(conn).await.map(drop)
+    })?;
     Ok(())
 }
 

@@ -12,14 +12,17 @@ use uuid::Uuid;
 use super::events::{self, DeliveryView, Status, StoredEvent};
 use super::lanes::{self, LaneView};
 use super::log;
+use super::scope::OrgScope;
 use super::types::Position;
 use super::{DbTx, Store, StoreError};
 use crate::compile::Generation;
 use crate::engine::delivery_id;
 
-/// Every delivery of `events`, rows and inferred, in event order.
+/// Every delivery of `events` in `scope`, rows and inferred, in event
+/// order (an event outside `scope` has none).
 pub async fn deliveries(
     tx: &mut DbTx,
+    scope: OrgScope,
     generation: &Generation,
     lane_count: i32,
     events: &[StoredEvent],
@@ -32,8 +35,11 @@ pub async fn deliveries(
     let mut out = Vec::new();
     for event in events {
         let envelope = &event.envelope;
+        if !scope.includes(envelope.organization_id) {
+            continue;
+        }
         let mut rows: HashMap<Uuid, DeliveryView> =
-            events::deliveries_of(tx, envelope.organization_id, envelope.id)
+            events::deliveries_of(tx, scope, envelope.organization_id, envelope.id)
                 .await?
                 .into_iter()
                 .map(|row| (row.id, row))

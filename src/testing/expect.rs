@@ -6,10 +6,11 @@
 use serde_json::{Map, Value};
 
 use super::file::{ExpectedDelivery, ExpectedEvent, ListExpectation, Match, TableExpectation};
+use crate::compile::template::{parse_date, parse_timestamp};
 use crate::decimal::Decimal;
 use crate::diagnostics::{Position, did_you_mean};
 use crate::store::catalog::{ColumnInfo, ColumnType, TableInfo};
-use crate::store::convert::{self, parse_date, parse_timestamp};
+use crate::store::convert;
 use crate::store::events::{DeliveryView, Status, StoredEvent};
 
 /// One thing that did not hold.

@@ -16,6 +16,7 @@ use crate::config::{self, ConfigDir};
 use crate::diagnostics::{self, Diagnostic, Position};
 use crate::engine::{Engine, EngineConfig, PublishError};
 use crate::store::events::{self, EventFilter, Status};
+use crate::store::scope::OrgScope;
 use crate::store::testbed::Testbed;
 use crate::store::views;
 use crate::store::{StoreError, example_platform_sql};
@@ -345,11 +346,11 @@ async fn run_on(
         Failure::new(case.position, format!("cannot read the results: {error}"))
     };
     let mut tx = store.begin_read().await.map_err(read)?;
-    let mut all = events::list_events(&mut tx, &EventFilter::default(), i64::MAX)
+    let mut all = events::list_events(&mut tx, &EventFilter::all(OrgScope::Platform), i64::MAX)
         .await
         .map_err(read)?;
     all.reverse();
-    let deliveries = views::deliveries(&mut tx, &generation, lanes, &all)
+    let deliveries = views::deliveries(&mut tx, OrgScope::Platform, &generation, lanes, &all)
         .await
         .map_err(read)?;
     let emitted: Vec<_> = all.into_iter().filter(|e| e.parent_id.is_some()).collect();

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection};
 
 use busbar::store::keys::{self, Scope};
+use busbar::store::scope::OrgScope;
 use busbar::store::{Dialect, Store};
 
 /// The repository root.
@@ -240,13 +241,19 @@ impl Busbar {
                 busbar::serve::load_generation(&self.dir, Some(&root().join("schemas/events")), 1)
                     .expect("the integrations compile");
             let mut tx = self.store.begin_read().await.unwrap();
-            let stored = busbar::store::events::get_event(&mut tx, None, event)
+            let stored = busbar::store::events::get_event(&mut tx, OrgScope::Platform, event)
                 .await
                 .unwrap();
             let lanes = busbar::store::log::lanes_for(self.store.dialect());
-            let deliveries = busbar::store::views::deliveries(&mut tx, &generation, lanes, &stored)
-                .await
-                .unwrap();
+            let deliveries = busbar::store::views::deliveries(
+                &mut tx,
+                OrgScope::Platform,
+                &generation,
+                lanes,
+                &stored,
+            )
+            .await
+            .unwrap();
             tx.rollback().await.ok();
             let now = deliveries
                 .iter()

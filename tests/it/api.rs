@@ -13,9 +13,11 @@ use uuid::Uuid;
 use busbar::api::{self, ApiConfig, AppState, ReloadOutcome};
 use busbar::dev::{ORGANIZATION, ORGANIZATION_WITHOUT_SUBSCRIPTIONS};
 use busbar::engine::Engine;
-use busbar::store::events::Status;
+use busbar::store::events::{self, Status};
 use busbar::store::keys::{self, Scope};
+use busbar::store::scope::OrgScope;
 use busbar::store::types::Time;
+use busbar::store::views;
 
 use crate::support::{TestDb, candidate_hired, on_both_databases, root};
 
@@ -649,6 +651,76 @@ on_both_databases! {
         app.get(&format!("/api/integrations/status?organization_id={ORGANIZATION}"), Some(&k.other))
             .await
             .assert_problem(403, "organization-forbidden");
+        app.stop().await;
+    }
+}
+
+on_both_databases! {
+    async fn an_organization_key_cannot_read_another_organizations_event_or_delivery_by_id(db: TestDb) {
+        let app = spawn_app(db).await;
+        // Organization A's event, whose deliveries go dead (so they have rows).
+        app.db.poison().await;
+        let id = Uuid::now_v7();
+        let theirs = with_id(candidate_hired(ORGANIZATION, "dead-private@acme.example"), id);
+        assert_eq!(app.publish(&theirs).await.status, 202);
+        app.db.settle(SETTLE).await;
+        let dead = app.db.deliveries(Some(Status::Dead)).await;
+        assert!(!dead.is_empty());
+        let other = Some(app.keys.other.as_str());
+
+        // Through the API, organization B's key (every scope) finds nothing
+        // by id, even naming organization A: not found, never forbidden.
+        let event_path = format!("/api/integrations/events/{id}");
+        app.get(&event_path, other).await.assert_problem(404, "event-not-found");
+        app.get(&format!("{event_path}?organization_id={ORGANIZATION}"), other)
+            .await
+            .assert_problem(404, "event-not-found");
+        for delivery in &dead {
+            app.post_empty(&format!("/api/integrations/deliveries/{}/replay", delivery.id), other)
+                .await
+                .assert_problem(404, "delivery-not-found");
+        }
+        assert_eq!(app.db.deliveries(Some(Status::Dead)).await.len(), dead.len(), "nothing was replayed");
+
+        // Organization B's own event with the same id shows only its own.
+        let mine = with_id(candidate_hired(ORGANIZATION_WITHOUT_SUBSCRIPTIONS, "own@globex.example"), id);
+        assert_eq!(app.post("/api/events", other, &mine).await.status, 202);
+        app.db.settle(SETTLE).await;
+        let detail = app.get(&event_path, other).await;
+        assert_eq!(detail.status, 200, "{detail:?}");
+        assert_eq!(detail.body["data"]["candidate"]["email"], "own@globex.example");
+        let text = detail.body.to_string();
+        assert!(!text.contains("dead-private@acme.example"), "{detail:?}");
+        for delivery in &dead {
+            assert!(!text.contains(&delivery.id.to_string()), "{detail:?}");
+        }
+
+        // The store's reads filter by the scope themselves, whatever the
+        // handler asks.
+        let b = OrgScope::Organization(ORGANIZATION_WITHOUT_SUBSCRIPTIONS);
+        let generation = app.engine.generation();
+        let lanes = app.engine.lanes();
+        let mut tx = app.db.store.begin_read().await.unwrap();
+        let found = events::get_event(&mut tx, b, id).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].envelope.organization_id, ORGANIZATION_WITHOUT_SUBSCRIPTIONS);
+        let a_event = events::get_event(&mut tx, OrgScope::Organization(ORGANIZATION), id).await.unwrap();
+        assert_eq!(a_event.len(), 1);
+        for delivery in &dead {
+            assert!(events::get_delivery(&mut tx, b, delivery.id).await.unwrap().is_none());
+            assert!(events::get_delivery(&mut tx, OrgScope::Platform, delivery.id).await.unwrap().is_some());
+        }
+        assert!(events::deliveries_of(&mut tx, b, ORGANIZATION, id).await.unwrap().is_empty());
+        assert!(!events::deliveries_of(&mut tx, OrgScope::Platform, ORGANIZATION, id).await.unwrap().is_empty());
+        assert!(events::children_of(&mut tx, b, ORGANIZATION, id).await.unwrap().is_empty());
+        assert!(views::deliveries(&mut tx, b, &generation, lanes, &a_event).await.unwrap().is_empty());
+        assert!(!views::deliveries(&mut tx, OrgScope::Platform, &generation, lanes, &a_event).await.unwrap().is_empty());
+        let listed = events::list_events(&mut tx, &events::EventFilter::all(b), 100).await.unwrap();
+        assert!(listed.iter().all(|e| e.envelope.organization_id == ORGANIZATION_WITHOUT_SUBSCRIPTIONS));
+        assert!(events::blocked_keys(&mut tx, b, "recruitiq-to-paylinq", true, 10).await.unwrap().is_empty());
+        assert!(events::last_errors(&mut tx, b).await.unwrap().is_empty());
+        assert!(events::counts(&mut tx, b).await.unwrap().values().all(|by_status| by_status.get(&Status::Dead).is_none()));
+        tx.rollback().await.unwrap();
         app.stop().await;
     }
 }

@@ -239,7 +239,7 @@ on_both_databases! {
         assert_eq!(waiting.len(), 3, "key-0's later events wait behind the dead one: {waiting:?}");
         assert!(waiting.iter().all(|d| d.waiting_on == Some(dead[0].id)), "{waiting:?}");
         // The status shows the blocked key and what it waits on.
-        let status = busbar::store::events::blocked_keys(&mut db.store.begin_read().await.unwrap(), None, "counter", true, 10).await.unwrap();
+        let status = busbar::store::events::blocked_keys(&mut db.store.begin_read().await.unwrap(), busbar::store::scope::OrgScope::Platform, "counter", true, 10).await.unwrap();
         assert_eq!(status.len(), 1, "{status:?}");
         assert_eq!((status[0].key.as_str(), status[0].delivery_id, status[0].waiting), ("key-0", dead[0].id, 3));
 

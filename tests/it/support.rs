@@ -13,6 +13,7 @@ use busbar::compile::ident::{Ident, TableName};
 use busbar::engine::{Engine, EngineConfig};
 use busbar::mapping::Executor;
 use busbar::store::events::{self, DeliveryView, Status};
+use busbar::store::scope::OrgScope;
 use busbar::store::target::TargetExecutor;
 use busbar::store::views;
 use busbar::store::{Dialect, Store};
@@ -205,12 +206,16 @@ impl TestDb {
         status: Option<Status>,
     ) -> Vec<DeliveryView> {
         let mut tx = self.store.begin_read().await.expect("read transaction");
-        let mut all = events::list_events(&mut tx, &events::EventFilter::default(), i64::MAX)
-            .await
-            .expect("events");
+        let mut all = events::list_events(
+            &mut tx,
+            &events::EventFilter::all(OrgScope::Platform),
+            i64::MAX,
+        )
+        .await
+        .expect("events");
         all.reverse();
         let lanes = busbar::store::log::lanes_for(self.dialect());
-        let rows = views::deliveries(&mut tx, generation, lanes, &all)
+        let rows = views::deliveries(&mut tx, OrgScope::Platform, generation, lanes, &all)
             .await
             .expect("deliveries");
         tx.rollback().await.ok();
@@ -265,9 +270,9 @@ impl TestDb {
         target: &str,
         due: chrono::DateTime<chrono::Utc>,
     ) -> uuid::Uuid {
-        use busbar::store::events::NewEvent;
         use busbar::store::lanes::{self, DeliveryRow};
         use busbar::store::log;
+        use busbar::store::log::NewEvent;
         use busbar::store::types::{Position, Time};
         let envelope = busbar::envelope::Envelope::from_json(event).expect("a valid event");
         let mut tx = self.store.begin().await.expect("transaction");

@@ -17,6 +17,7 @@ use busbar::engine::{PublishError, PublishRequest};
 use busbar::envelope::Envelope;
 use busbar::store::Dialect;
 use busbar::store::events::{self, Status};
+use busbar::store::scope::OrgScope;
 
 use crate::support::{TestDb, on_both_databases};
 
@@ -404,7 +405,7 @@ const AMOUNTS: &[Case] = &[
 
 fn read_back_matches(column: &str, actual: &Value, expected: &str) -> Result<(), String> {
     let instant = |text: &str| {
-        busbar::store::convert::parse_timestamp(text.trim())
+        busbar::compile::template::parse_timestamp(text.trim())
             .ok_or_else(|| format!("`{text}` is not a timestamp"))
     };
     match column {
@@ -623,12 +624,12 @@ on_both_databases! {
         db.settle(SETTLE).await;
         let mut tx = db.store.begin_read().await.unwrap();
         for (id, number) in ids.iter().zip(numbers) {
-            let stored = events::get_event(&mut tx, None, *id).await.unwrap().pop().expect("stored");
+            let stored = events::get_event(&mut tx, OrgScope::Platform, *id).await.unwrap().pop().expect("stored");
             assert_same_number(&stored.envelope.data["exact"], number);
             assert_same_number(&stored.envelope.data["nested"]["list"][0], number);
             // The delivery's emitted event carries the number as sent, by
             // path and through a template.
-            let children = events::children_of(&mut tx, stored.envelope.organization_id, *id).await.unwrap();
+            let children = events::children_of(&mut tx, OrgScope::Platform, stored.envelope.organization_id, *id).await.unwrap();
             if db.dialect() == Dialect::Postgres || number == "1.50" {
                 assert_eq!(children.len(), 1, "{number}: {children:?}");
                 assert_same_number(&children[0].envelope.data["by_path"], number);
