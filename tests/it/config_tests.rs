@@ -277,6 +277,16 @@ fn exit_codes_say_passed_failed_or_could_not_run() {
         "{}",
         stdout(&output)
     );
+    // A filter that matches no case: could not run, and it says why
+    // (a typo in a CI job's filter must not pass with nothing run).
+    let output = project.test(&["--filter", "makes a customre"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(
+        stdout(&output)
+            .contains("no test case matches --filter `makes a customre` (2 cases in 1 file)"),
+        "{}",
+        stdout(&output)
+    );
     // Integrations that do not compile: could not run.
     project.write(
         "integrations.d/broken.yaml",
