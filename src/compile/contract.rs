@@ -51,6 +51,37 @@ impl Contract {
     pub fn lookup(&self, segments: &[Segment]) -> Lookup<'_> {
         lookup(&self.schema, &self.schema, segments, 0)
     }
+
+    /// Whether every event that fits the contract has the field at
+    /// `segments`: each name along the way is `required` by its object
+    /// (an array item never is, as the array may be short).
+    pub fn always_present(&self, segments: &[Segment]) -> bool {
+        (0..segments.len()).all(|depth| {
+            let (Lookup::Found(parent), Segment::Key(key)) =
+                (self.lookup(&segments[..depth]), &segments[depth])
+            else {
+                return false;
+            };
+            requires(&self.schema, parent, key)
+        })
+    }
+}
+
+/// Whether `schema` requires the property `key`: itself, any branch of an
+/// `allOf`, or every branch of an `anyOf` or a `oneOf`.
+fn requires(root: &Value, schema: &Value, key: &str) -> bool {
+    let schema = resolve(root, schema);
+    let listed = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|names| names.iter().any(|name| name == key));
+    let branches = |keyword: &str| schema.get(keyword).and_then(Value::as_array);
+    listed
+        || branches("allOf").is_some_and(|all| all.iter().any(|b| requires(root, b, key)))
+        || ["anyOf", "oneOf"].iter().any(|keyword| {
+            branches(keyword)
+                .is_some_and(|all| !all.is_empty() && all.iter().all(|b| requires(root, b, key)))
+        })
 }
 
 /// One step into a JSON value.
@@ -396,6 +427,25 @@ mod tests {
             error.message,
             "not a valid JSON Schema: `/properties/é/type` is \"text\", but `type` must be one of \"array\", \"boolean\", \"integer\", \"null\", \"number\", \"object\", \"string\", or a list of them"
         );
+    }
+
+    #[test]
+    fn a_field_is_always_present_when_required_all_the_way_down() {
+        let c = contract(json!({
+            "type": "object",
+            "required": ["candidate"],
+            "properties": {
+                "candidate": {"$ref": "#/$defs/candidate"},
+                "tags": {"type": "array", "items": {"type": "string"}}
+            },
+            "$defs": {"candidate": {
+                "allOf": [{"required": ["email"]}],
+                "properties": {"email": {"type": "string"}, "phone": {"type": "string"}}
+            }}
+        }));
+        assert!(c.always_present(&keys("candidate.email")));
+        assert!(!c.always_present(&keys("candidate.phone")));
+        assert!(!c.always_present(&[Segment::Key("tags".into()), Segment::Index(0)]));
     }
 
     #[test]
