@@ -120,6 +120,12 @@ codes! {
     /// (`check --database-url`) An `upsert` leaves out a `NOT NULL` column that
     /// has no default, so every insert would fail.
     MissingNotNull = "missing-not-null",
+    /// (`check --database-url`, a warning) A contract field that may be
+    /// absent or null feeds a `NOT NULL` column without a default.
+    NullableIntoNotNull = "nullable-into-not-null",
+    /// (`check --database-url`, a warning) A contract string field may be
+    /// longer than its `varchar(n)` or `char(n)` column holds.
+    MayExceedLength = "may-exceed-length",
 }
 
 impl Code {
@@ -131,6 +137,8 @@ impl Code {
         Code::NoUniqueKey,
         Code::TypeMismatch,
         Code::MissingNotNull,
+        Code::NullableIntoNotNull,
+        Code::MayExceedLength,
     ];
 }
 

@@ -24,7 +24,11 @@
 //!   step writes a literal null into a `NOT NULL` column
 //!   (`missing-not-null`). An error: the insert would fail for every event.
 //!   A column a trigger fills should be given a default, which the trigger
-//!   still overrides.
+//!   still overrides;
+//! - warnings, for what only some events would break: a contract field
+//!   that may be null or absent into a `NOT NULL` column without a default
+//!   (`nullable-into-not-null`), and a contract string whose `maxLength`
+//!   (or none) exceeds a `varchar(n)`/`char(n)` column (`may-exceed-length`).
 
 use std::collections::HashMap;
 
@@ -112,6 +116,18 @@ impl StepCheck<'_> {
             message,
         ));
         self.out.last_mut().expect("just pushed")
+    }
+
+    fn warning(
+        &mut self,
+        position: crate::diagnostics::Position,
+        code: Code,
+        message: String,
+        help: String,
+    ) {
+        let mut warning = Diagnostic::warning(&self.integration.file, position, code, message);
+        warning.help = Some(help);
+        self.out.push(warning);
     }
 
     fn run(mut self, tables: &Tables) {
@@ -210,9 +226,17 @@ impl StepCheck<'_> {
                     .help = Some("only json and jsonb columns hold mappings and lists; for text, use the `json` filter in a template".into());
                 }
             }
-            ValueExpr::Path { path, default, .. } => {
+            ValueExpr::Path {
+                path,
+                default,
+                required,
+            } => {
                 if let Some(default) = default.as_ref().filter(|d| !d.is_null()) {
                     self.literal(column, default, span, "the default ");
+                }
+                let covers_absence = *required || default.as_ref().is_some_and(|d| !d.is_null());
+                if writes {
+                    self.contract_field(table, column, path, covers_absence, span);
                 }
                 let segments = path.segments();
                 if let Some((schema, origin)) = self.schema_of(&segments)
@@ -232,6 +256,81 @@ impl StepCheck<'_> {
                 }
             }
             ValueExpr::Template { .. } => {}
+        }
+    }
+
+    /// What only some events of a contract field would break: a field
+    /// that may be absent or null into a `NOT NULL` column without a
+    /// default, a string that may be longer than its column holds.
+    /// `covers_absence`: the path has a `default:` or is `required: true`.
+    fn contract_field(
+        &mut self,
+        table: &TableName,
+        column: &ColumnInfo,
+        path: &crate::mapping::jsonpath::JsonPath,
+        covers_absence: bool,
+        span: &ColumnSpan,
+    ) {
+        let segments = path.segments();
+        let (Some(contract), Some(Segment::Key(first))) = (self.contract, segments.first()) else {
+            return;
+        };
+        if first != "data" {
+            return;
+        }
+        let Lookup::Found(schema) = contract.lookup(&segments[1..]) else {
+            return;
+        };
+        let file = contract.file.display();
+        let path = path.as_str();
+        if !column.nullable && !column.has_default {
+            let why = if allows_null(schema) {
+                Some(format!("may be null (the contract {file} allows null)"))
+            } else if !covers_absence && !contract.always_present(&segments[1..]) {
+                Some(format!(
+                    "may be absent (not `required` by the contract {file})"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.warning(
+                    span.value,
+                    Code::NullableIntoNotNull,
+                    format!(
+                        "`{path}` {why}, and column `{table}.{}` is NOT NULL without a default: such events would go to dead letter",
+                        column.name
+                    ),
+                    "require the field (not null) in the contract, give the path a `default:`, or give the column a default".into(),
+                );
+            }
+        }
+        if let Some(limit) = column.limits.max_chars
+            && is_free_string(schema)
+        {
+            let longest = schema
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .or_else(|| format_length(schema));
+            let what = match longest {
+                Some(longest) if longest > u64::from(limit) => Some(format!(
+                    "is a string of up to {longest} characters (`maxLength` in the contract {file}), and column `{}` ({}) holds at most {limit}",
+                    column.name, column.sql_type
+                )),
+                Some(_) => None,
+                None => Some(format!(
+                    "is a string with no `maxLength` (per the contract {file}), and column `{}` ({}) holds at most {limit} characters",
+                    column.name, column.sql_type
+                )),
+            };
+            if let Some(what) = what {
+                self.warning(
+                    span.value,
+                    Code::MayExceedLength,
+                    format!("`{path}` {what}: longer values would go to dead letter"),
+                    format!("give the field `\"maxLength\": {limit}` in the contract, or widen the column"),
+                );
+            }
         }
     }
 
@@ -342,6 +441,42 @@ impl StepCheck<'_> {
             )
             .help = Some(format!("add {them} to `values`, or give {them} a default in the database"));
         }
+    }
+}
+
+/// Whether a value of `schema` may be null: its `type`, `enum` or `const`
+/// says so.
+fn allows_null(schema: &Value) -> bool {
+    let typed = match schema.get("type") {
+        Some(Value::String(t)) => t == "null",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "null"),
+        _ => false,
+    };
+    let listed = match (schema.get("const"), schema.get("enum")) {
+        (Some(constant), _) => constant.is_null(),
+        (None, Some(Value::Array(items))) => items.iter().any(Value::is_null),
+        _ => false,
+    };
+    typed || listed
+}
+
+/// Whether `schema` is a string of any text (not a `const` or an `enum`,
+/// whose values the type check converts one by one).
+fn is_free_string(schema: &Value) -> bool {
+    let string = match schema.get("type") {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+        _ => false,
+    };
+    string && schema.get("const").is_none() && schema.get("enum").is_none()
+}
+
+/// The longest string a `format` allows, for formats of a fixed length.
+fn format_length(schema: &Value) -> Option<u64> {
+    match schema.get("format").and_then(Value::as_str)? {
+        "uuid" => Some(36),
+        "date" => Some(10),
+        _ => None,
     }
 }
 

@@ -51,6 +51,37 @@ impl Contract {
     pub fn lookup(&self, segments: &[Segment]) -> Lookup<'_> {
         lookup(&self.schema, &self.schema, segments, 0)
     }
+
+    /// Whether every event that fits the contract has the field at
+    /// `segments`: each name along the way is `required` by its object
+    /// (an array item never is, as the array may be short).
+    pub fn always_present(&self, segments: &[Segment]) -> bool {
+        (0..segments.len()).all(|depth| {
+            let (Lookup::Found(parent), Segment::Key(key)) =
+                (self.lookup(&segments[..depth]), &segments[depth])
+            else {
+                return false;
+            };
+            requires(&self.schema, parent, key)
+        })
+    }
+}
+
+/// Whether `schema` requires the property `key`: itself, any branch of an
+/// `allOf`, or every branch of an `anyOf` or a `oneOf`.
+fn requires(root: &Value, schema: &Value, key: &str) -> bool {
+    let schema = resolve(root, schema);
+    let listed = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|names| names.iter().any(|name| name == key));
+    let branches = |keyword: &str| schema.get(keyword).and_then(Value::as_array);
+    listed
+        || branches("allOf").is_some_and(|all| all.iter().any(|b| requires(root, b, key)))
+        || ["anyOf", "oneOf"].iter().any(|keyword| {
+            branches(keyword)
+                .is_some_and(|all| !all.is_empty() && all.iter().all(|b| requires(root, b, key)))
+        })
 }
 
 /// One step into a JSON value.
@@ -240,15 +271,48 @@ fn parse_one(root: &Path, file: &SourceFile) -> Result<Contract, Box<Diagnostic>
     };
     let event = name.trim_end_matches(".json").to_owned();
     let schema: Value = serde_json::from_str(&file.text).map_err(|error| {
+        let line = error.line().max(1);
+        // serde_json counts bytes; a diagnostic's column counts characters.
+        let column = file.text.lines().nth(line - 1).map_or(1, |text| {
+            let bytes = error.column().saturating_sub(1).min(text.len());
+            let before = (0..=bytes).rev().find(|&b| text.is_char_boundary(b));
+            text[..before.unwrap_or(0)].chars().count() + 1
+        });
+        // The position is the diagnostic's own; the message need not repeat it.
+        let message = error.to_string();
+        let suffix = format!(" at line {} column {}", error.line(), error.column());
+        let message = message.strip_suffix(&suffix).unwrap_or(&message);
         bad(
-            Position::new(error.line().max(1), error.column().max(1)),
-            format!("not valid JSON: {error}"),
+            Position::new(line, column),
+            format!("not valid JSON: {message}"),
         )
     })?;
     let validator = jsonschema::draft202012::new(&schema).map_err(|error| {
+        // The error is about a node of the schema (the meta-schema's
+        // instance): report it where that node stands in the file.
+        let pointer = error.instance_path().as_str();
+        let (position, node) = if pointer.is_empty() {
+            (Position::START, String::new())
+        } else {
+            (
+                position_in_json(&file.path, &file.text, pointer),
+                format!(" `{pointer}` is {}", error.instance()),
+            )
+        };
+        let reason = if pointer.ends_with("/type") {
+            // The meta-schema's own words ("not valid under any of the
+            // schemas listed in the 'anyOf' keyword") say nothing useful.
+            format!(
+                "but `type` must be one of {}, or a list of them",
+                JSON_TYPES
+            )
+        } else {
+            error.masked().to_string()
+        };
+        let separator = if node.is_empty() { "" } else { "," };
         bad(
-            Position::START,
-            format!("not a valid JSON Schema: {}", error.masked()),
+            position,
+            format!("not a valid JSON Schema:{node}{separator} {reason}"),
         )
     })?;
     Ok(Contract {
@@ -258,6 +322,19 @@ fn parse_one(root: &Path, file: &SourceFile) -> Result<Contract, Box<Diagnostic>
         schema,
         validator,
     })
+}
+
+/// The names JSON Schema's `type` accepts, as a message lists them.
+const JSON_TYPES: &str = r#""array", "boolean", "integer", "null", "number", "object", "string""#;
+
+/// Where the node at `pointer` stands in a JSON file's text. JSON is YAML
+/// (flow style), so the YAML loader's positions serve; the start of the
+/// file when it cannot tell.
+fn position_in_json(path: &Path, text: &str, pointer: &str) -> Position {
+    match crate::config::yaml::parse(path, text) {
+        (Some(document), _) => document.spans.position(pointer),
+        (None, _) => Position::START,
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +401,51 @@ mod tests {
             closed.lookup(&keys("b")),
             Lookup::Missing { at: 0, .. }
         ));
+    }
+
+    fn parse_error(text: &str) -> Diagnostic {
+        let file = SourceFile {
+            path: "contracts/p/e.json".into(),
+            text: text.into(),
+        };
+        *parse_one(Path::new("contracts"), &file).expect_err("a broken contract")
+    }
+
+    #[test]
+    fn broken_contracts_are_reported_where_they_break_counting_characters() {
+        let error = parse_error("{\"a\": \"é\" x}");
+        assert_eq!(error.position, Position::new(1, 11));
+        assert!(
+            !error.message.contains("line 1"),
+            "the position is not repeated: {}",
+            error.message
+        );
+        let error =
+            parse_error("{\n  \"properties\": {\n    \"é\": { \"type\": \"text\" }\n  }\n}");
+        assert_eq!(error.position, Position::new(3, 20));
+        assert_eq!(
+            error.message,
+            "not a valid JSON Schema: `/properties/é/type` is \"text\", but `type` must be one of \"array\", \"boolean\", \"integer\", \"null\", \"number\", \"object\", \"string\", or a list of them"
+        );
+    }
+
+    #[test]
+    fn a_field_is_always_present_when_required_all_the_way_down() {
+        let c = contract(json!({
+            "type": "object",
+            "required": ["candidate"],
+            "properties": {
+                "candidate": {"$ref": "#/$defs/candidate"},
+                "tags": {"type": "array", "items": {"type": "string"}}
+            },
+            "$defs": {"candidate": {
+                "allOf": [{"required": ["email"]}],
+                "properties": {"email": {"type": "string"}, "phone": {"type": "string"}}
+            }}
+        }));
+        assert!(c.always_present(&keys("candidate.email")));
+        assert!(!c.always_present(&keys("candidate.phone")));
+        assert!(!c.always_present(&[Segment::Key("tags".into()), Segment::Index(0)]));
     }
 
     #[test]

@@ -141,6 +141,20 @@ impl<'a> FileCompiler<'a> {
         }
     }
 
+    /// Whether the node at `pointer` holds `text` as written, on one line
+    /// (not folded or continued over several), so that positions in the
+    /// text are columns in the file.
+    fn written_as_is(&self, pointer: &str, text: &str) -> bool {
+        let document = &self.file.document;
+        document.spans.node(pointer).is_some_and(|node| {
+            !text.contains('\n')
+                && document
+                    .source
+                    .slice(node.start_index, node.end_index)
+                    .contains(text)
+        })
+    }
+
     /// Compiles the file. The integration comes back even when the file
     /// has errors (with the parts that compiled), so that checks across
     /// files still see it; the flag says whether it is fit to run.
@@ -743,7 +757,16 @@ impl<'a> FileCompiler<'a> {
                             .map_or(text.len(), |(byte, _)| byte),
                     )
                 });
-                let position = self.locate(pointer, needle.as_deref(), within);
+                let length = text.chars().count();
+                let position = match error.offset {
+                    // At the end of the path: find the whole path, then
+                    // step past it (a path is written on one line).
+                    Some(offset) if offset >= length && self.written_as_is(pointer, text) => {
+                        let start = self.locate(pointer, Some(text), Some((text, 0)));
+                        Position::new(start.line, start.column + length)
+                    }
+                    _ => self.locate(pointer, needle.as_deref(), within),
+                };
                 self.error(
                     position,
                     Code::InvalidJsonpath,

@@ -157,7 +157,7 @@ fn within_text(text: &str, at: Position) -> Position {
 /// document; structural problems that still leave a usable value (a
 /// duplicate key, say) come back beside the document.
 pub fn parse(file: &Path, text: &str) -> (Option<Document>, Vec<Diagnostic>) {
-    let mut builder = Builder::new(file);
+    let mut builder = Builder::new(file, text);
     for item in Parser::new_from_str(text) {
         match item {
             Ok((event, span)) => {
@@ -167,12 +167,25 @@ pub fn parse(file: &Path, text: &str) -> (Option<Document>, Vec<Diagnostic>) {
                 }
             }
             Err(error) => {
-                let diagnostic = Diagnostic::error(
-                    file,
-                    within_text(text, position(*error.marker())),
-                    Code::YamlSyntax,
-                    format!("YAML syntax error: {}", error.info()),
-                );
+                let at = within_text(text, position(*error.marker()));
+                let reason = format!("YAML syntax error: {}", error.info());
+                let diagnostic = match unquoted_template_on(text, at.line) {
+                    // `{{ data.items[0] }}` unquoted is a flow mapping that
+                    // does not parse: say what was meant.
+                    Some((column, template)) => {
+                        let mut diagnostic = Diagnostic::error(
+                            file,
+                            Position::new(at.line, column),
+                            Code::YamlSyntax,
+                            format!("a template must be quoted: write \"{template}\""),
+                        );
+                        diagnostic.help = Some(format!(
+                            "YAML reads an unquoted `{{{{ ... }}}}` as a mapping ({reason})"
+                        ));
+                        diagnostic
+                    }
+                    None => Diagnostic::error(file, at, Code::YamlSyntax, reason),
+                };
                 builder.diagnostics.push(diagnostic);
                 return (None, builder.diagnostics);
             }
@@ -187,6 +200,22 @@ pub fn parse(file: &Path, text: &str) -> (Option<Document>, Vec<Diagnostic>) {
         source: SourceText::new(text),
     };
     (Some(document), builder.diagnostics)
+}
+
+/// An unquoted template on line `line` (1-based) of `text`: a value that
+/// starts with `{{` (after `key:` or `- `) and ends with `}}`, as its
+/// column and text.
+fn unquoted_template_on(text: &str, line: usize) -> Option<(usize, String)> {
+    let line = text.lines().nth(line.checked_sub(1)?)?;
+    let start = line.find("{{")?;
+    let before = line[..start].trim_end();
+    let starts_a_value = before.is_empty() || before.ends_with(':') || before.ends_with('-');
+    let end = line.rfind("}}")?;
+    if !starts_a_value || end < start + 2 {
+        return None;
+    }
+    let column = line[..start].chars().count() + 1;
+    Some((column, line[start..end + 2].to_owned()))
 }
 
 /// A collection under construction.
@@ -207,6 +236,8 @@ enum Frame {
 
 struct Builder<'f> {
     file: &'f Path,
+    /// The file's characters, to quote an unquoted template.
+    chars: Vec<char>,
     stack: Vec<Frame>,
     root: Option<Value>,
     nodes: HashMap<String, NodeSpan>,
@@ -218,14 +249,27 @@ struct Builder<'f> {
     skip_depth: usize,
     /// Once the complex key being skipped ends, skip its value too.
     skip_value: bool,
+    /// An unquoted template being skipped, read as the string it meant
+    /// once its outer mapping ends.
+    unquoted_template: Option<UnquotedTemplate>,
+}
+
+/// `key: {{ expr }}`, which YAML reads as a flow mapping whose only key is
+/// another flow mapping.
+struct UnquotedTemplate {
+    pointer: String,
+    /// Character index of the first `{`.
+    start_index: usize,
+    anchor: usize,
 }
 
 type Step = Result<(), Box<Diagnostic>>;
 
 impl<'f> Builder<'f> {
-    fn new(file: &'f Path) -> Self {
+    fn new(file: &'f Path, text: &str) -> Self {
         Builder {
             file,
+            chars: text.chars().collect(),
             stack: Vec::new(),
             root: None,
             nodes: HashMap::new(),
@@ -235,6 +279,7 @@ impl<'f> Builder<'f> {
             node_count: 0,
             skip_depth: 0,
             skip_value: false,
+            unquoted_template: None,
         }
     }
 
@@ -253,6 +298,11 @@ impl<'f> Builder<'f> {
                 Event::SequenceStart(..) | Event::MappingStart(..) => self.skip_depth += 1,
                 Event::SequenceEnd | Event::MappingEnd => self.skip_depth -= 1,
                 _ => {}
+            }
+            if self.skip_depth == 0
+                && let Some(template) = self.unquoted_template.take()
+            {
+                return self.finish_unquoted_template(template, span);
             }
             return Ok(());
         }
@@ -285,6 +335,22 @@ impl<'f> Builder<'f> {
                 let pointer = self.child_pointer();
                 self.record(&pointer, span, Some(style));
                 self.finish_node(value, anchor, span)
+            }
+            Event::MappingStart(..) if self.opens_unquoted_template(span) => {
+                let Some(Frame::Mapping {
+                    pointer, anchor, ..
+                }) = self.stack.pop()
+                else {
+                    unreachable!("opens_unquoted_template() checked the frame");
+                };
+                // Skip the inner mapping and the rest of the outer one.
+                self.skip_depth = 2;
+                self.unquoted_template = Some(UnquotedTemplate {
+                    pointer,
+                    start_index: span.start.index() - 1,
+                    anchor,
+                });
+                Ok(())
             }
             Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag)
                 if self.expecting_key() =>
@@ -359,6 +425,55 @@ impl<'f> Builder<'f> {
                 self.attach(value, span)
             }
         }
+    }
+
+    /// Whether a mapping starting at `span` is the second brace of `{{`
+    /// opening an empty flow mapping: a template someone forgot to quote.
+    fn opens_unquoted_template(&self, span: Span) -> bool {
+        let Some(Frame::Mapping {
+            pointer,
+            entries,
+            pending_key: None,
+            ..
+        }) = self.stack.last()
+        else {
+            return false;
+        };
+        let start = span.start.index();
+        entries.is_empty()
+            && start > 0
+            && self.chars.get(start - 1..=start) == Some(&['{', '{'][..])
+            && self
+                .nodes
+                .get(pointer)
+                .is_some_and(|node| node.start_index == start - 1)
+    }
+
+    /// Reports an unquoted template at its first brace, and reads it as
+    /// the string it was meant to be, so that nothing else is reported
+    /// about the mapping YAML made of it.
+    fn finish_unquoted_template(&mut self, template: UnquotedTemplate, end: Span) -> Step {
+        let mut end_index = end.start.index().min(self.chars.len());
+        if self.chars.get(end_index) == Some(&'}') {
+            end_index += 1;
+        }
+        let text: String = self.chars[template.start_index..end_index].iter().collect();
+        let node = self.nodes.get_mut(&template.pointer);
+        let start = node.as_ref().map_or(position(end.start), |node| node.start);
+        if let Some(node) = node {
+            node.end_index = end_index;
+        }
+        let mut diagnostic = Diagnostic::error(
+            self.file,
+            start,
+            Code::YamlUnsupported,
+            format!("a template must be quoted: write \"{text}\""),
+        );
+        diagnostic.help = Some(
+            "YAML reads an unquoted `{{ ... }}` as a mapping; put the whole value in quotes".into(),
+        );
+        self.diagnostics.push(diagnostic);
+        self.finish_node(Value::String(text), template.anchor, end)
     }
 
     fn expecting_key(&self) -> bool {

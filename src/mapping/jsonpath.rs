@@ -35,6 +35,115 @@ pub struct PathSyntaxError {
     pub offset: Option<usize>,
 }
 
+/// What a path may go on with, for messages.
+const GOES_ON_WITH: &str = "`.name`, `[0]`, `['name']`, `[*]` or `..name`";
+
+/// Why `source` does not parse at character `offset` (where the parser
+/// stopped), in the words of someone writing a path, and the character
+/// offset to report it at.
+fn explain(source: &str, offset: usize) -> (String, usize) {
+    let chars: Vec<char> = source.chars().collect();
+    let end = chars.len();
+    let offset = offset.min(end);
+    let at = chars.get(offset).copied();
+    let before: String = chars[..offset].iter().collect();
+    let rest: String = chars[offset..].iter().collect();
+    // The name-like run starting at `offset` (`email` in `[email`).
+    let word: String = chars[offset..]
+        .iter()
+        .take_while(|c| c.is_alphanumeric() || **c == '_' || **c == '-')
+        .collect();
+    if !source.starts_with('$') {
+        return ("a JSONPath starts with `$`".into(), 0);
+    }
+    if offset == 1 {
+        let message = match at {
+            Some(c) if c.is_alphabetic() || c == '_' => format!(
+                "`$` must be followed by `.` or `[`: did you mean `$.{}`?",
+                &source[1..]
+            ),
+            Some(c) => format!("`$` must be followed by `.` or `[`, not `{c}`"),
+            None => "`$` must be followed by `.` or `[`".into(),
+        };
+        return (message, offset);
+    }
+    // An opening bracket not closed before the parser stopped.
+    let open = before.rfind('[').filter(|&i| !before[i..].contains(']'));
+    if let Some(open) = open {
+        if !word.is_empty() && !word.chars().all(|c| c.is_ascii_digit() || c == '-') {
+            return (
+                format!(
+                    "inside `[ ]` write an index (`[0]`), a quoted name (`['{word}']`), `*` or a filter (`[?@.x == 1]`), not `{word}`"
+                ),
+                offset,
+            );
+        }
+        if !source[open..].contains(']') {
+            return ("`[` is not closed by `]`".into(), end);
+        }
+        return (
+            format!(
+                "inside `[ ]` write an index (`[0]`), a quoted name (`['name']`), `*` or a filter (`[?@.x == 1]`){}",
+                at.map(|c| format!(", not `{c}`")).unwrap_or_default()
+            ),
+            offset,
+        );
+    }
+    if before.ends_with("..") {
+        return (
+            "`..` must be followed by a name, `*` or `[ ]`".into(),
+            offset,
+        );
+    }
+    if before.ends_with('.') {
+        let message = match at {
+            None => "`.` must be followed by a name".into(),
+            Some(_) if !word.is_empty() => format!(
+                "`.` must be followed by a name, which starts with a letter or `_`; write `['{word}']` for any other"
+            ),
+            Some(c) => format!(
+                "`.` must be followed by a name (or `*`), not `{c}`; write `['{rest}']` for a name with other characters"
+            ),
+        };
+        return (message, offset);
+    }
+    if source.contains(char::is_whitespace) {
+        return (
+            "a path cannot hold spaces or line breaks; a name with them is written `['first name']`"
+                .into(),
+            offset,
+        );
+    }
+    // `$.data.first-name`: a name with a character names cannot hold.
+    if let (Some(c), Some(dot)) = (at, before.rfind('.'))
+        && matches!(c, '-' | '@' | '#' | '%' | '&' | '+' | '/' | ':' | '~')
+        && before[dot + 1..]
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_')
+        && dot + 1 < before.len()
+    {
+        let tail: String = chars[offset..]
+            .iter()
+            .take_while(|c| !matches!(c, '.' | '['))
+            .collect();
+        let name = format!("{}{tail}", &before[dot + 1..]);
+        return (
+            format!("a name after `.` cannot hold `{c}`; write `['{name}']`"),
+            offset,
+        );
+    }
+    match at {
+        Some(c) => (
+            format!("`{c}` cannot come here: a path goes on with {GOES_ON_WITH}, or ends"),
+            offset,
+        ),
+        None => (
+            format!("the path ends too early: it goes on with {GOES_ON_WITH}"),
+            offset,
+        ),
+    }
+}
+
 /// A path matched several nodes where one value is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("JSONPath `{path}` matched {count} nodes; a value expression must match at most one")]
@@ -52,10 +161,11 @@ impl JsonPath {
                         pest::error::InputLocation::Pos(p) => p,
                         pest::error::InputLocation::Span((p, _)) => p,
                     };
-                    (
-                        format!("{}", pest.variant.message()),
-                        Some(source[..offset.min(source.len())].chars().count()),
-                    )
+                    // The parser's own message names grammar rules
+                    // ("expected EOI or segment"): say it in the user's words.
+                    let (message, offset) =
+                        explain(source, source[..offset.min(source.len())].chars().count());
+                    (message, Some(offset))
                 }
                 other => (other.to_string(), None),
             };
@@ -150,6 +260,41 @@ impl JsonPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn syntax_error(path: &str) -> PathSyntaxError {
+        JsonPath::parse(path).expect_err("a path that does not parse")
+    }
+
+    #[test]
+    fn syntax_errors_say_what_may_be_written_not_the_grammar() {
+        for path in [
+            "$.a[",
+            "$.a[1:",
+            "$.a[?@.x ==]",
+            "$.a['x",
+            "$.a.*x",
+            "$[0]]",
+            "$.a.b-c",
+        ] {
+            let error = syntax_error(path);
+            assert!(
+                !error.message.contains("expected") && !error.message.contains("EOI"),
+                "`{path}`: {}",
+                error.message
+            );
+        }
+        let error = syntax_error("$.data.items[0");
+        assert_eq!(error.message, "`[` is not closed by `]`");
+        assert_eq!(error.offset, Some(14));
+        assert_eq!(
+            syntax_error("$.data.first-name").message,
+            "a name after `.` cannot hold `-`; write `['first-name']`"
+        );
+        assert_eq!(
+            syntax_error("$data.x").message,
+            "`$` must be followed by `.` or `[`: did you mean `$.data.x`?"
+        );
+    }
     use serde_json::json;
 
     #[test]

@@ -88,6 +88,10 @@ pub struct SuiteReport {
     pub sources: HashMap<PathBuf, SourceText>,
     /// Test files found.
     pub test_files: Vec<PathBuf>,
+    /// The `--filter` the cases were chosen by, if any.
+    pub filter: Option<String>,
+    /// Cases in the well-formed test files, before the filter chose.
+    pub cases_found: usize,
     pub cases: Vec<CaseReport>,
     pub duration: Duration,
 }
@@ -107,6 +111,16 @@ impl SuiteReport {
             Some("some files have errors, so their cases did not run".into())
         } else if self.test_files.is_empty() {
             Some("no config tests (*.test.yaml) were found".into())
+        } else if let Some(filter) = &self.filter
+            && self.cases.is_empty()
+        {
+            let files = self.test_files.len();
+            Some(format!(
+                "no test case matches --filter `{filter}` ({} case{} in {files} file{}); it keeps the cases whose name contains it",
+                self.cases_found,
+                if self.cases_found == 1 { "" } else { "s" },
+                if files == 1 { "" } else { "s" },
+            ))
         } else {
             None
         }
@@ -144,7 +158,10 @@ pub async fn run(
     };
     let config = config::read_directory(&options.dir, options.contracts.as_deref())
         .map_err(directory_error)?;
-    let mut report = SuiteReport::default();
+    let mut report = SuiteReport {
+        filter: options.filter.clone(),
+        ..SuiteReport::default()
+    };
     for file in config.integrations.iter().chain(&config.contracts) {
         report
             .sources
@@ -186,6 +203,7 @@ pub async fn run(
         report.diagnostics.extend(found);
         files.extend(file);
     }
+    report.cases_found = files.iter().map(|f| f.cases.len()).sum();
     for file in &files {
         let cases: Vec<&TestCase> = file
             .cases

@@ -277,6 +277,16 @@ fn exit_codes_say_passed_failed_or_could_not_run() {
         "{}",
         stdout(&output)
     );
+    // A filter that matches no case: could not run, and it says why
+    // (a typo in a CI job's filter must not pass with nothing run).
+    let output = project.test(&["--filter", "makes a customre"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(
+        stdout(&output)
+            .contains("no test case matches --filter `makes a customre` (2 cases in 1 file)"),
+        "{}",
+        stdout(&output)
+    );
     // Integrations that do not compile: could not run.
     project.write(
         "integrations.d/broken.yaml",
@@ -437,6 +447,7 @@ routes:
 
 const PERSON_JOINED: &str = r#"{
   "type": "object",
+  "required": ["email"],
   "properties": {
     "email": { "type": "string", "format": "email" },
     "phone": { "type": "string" },
@@ -520,6 +531,83 @@ integrations.d/people.yaml:18:16: error: `$.data.admin` is a boolean (per the co
             stdout(&output),
             "integrations.d/people.yaml:8:17: error: this upsert does not write column `team` of `test.people`, which is NOT NULL without a default: every insert would fail [missing-not-null]\n1 error, 0 warnings in 1 file\n"
         );
+    }
+}
+
+const CONTACTS: &str = "\
+source: shop
+target: crm
+routes:
+  - on: contact.added
+    steps:
+      - upsert: test.contacts
+        key: [email]
+        values:
+          email: $.data.email
+          name: $.data.name
+          phone: $.data.phone
+          code: $.data.code
+          nick: $.data.nick
+          ref: $.data.ref
+          team: { path: $.data.team, default: none }
+          unit: $.data.unit
+";
+
+const CONTACT_ADDED: &str = r#"{
+  "type": "object",
+  "required": ["email", "code", "ref"],
+  "properties": {
+    "email": { "type": "string", "maxLength": 40 },
+    "name": { "type": ["string", "null"], "maxLength": 20 },
+    "phone": { "type": "string", "maxLength": 20 },
+    "code": { "type": "string" },
+    "nick": { "type": "string", "maxLength": 30 },
+    "ref": { "type": "string", "format": "uuid" },
+    "team": { "type": "string", "maxLength": 10 },
+    "unit": { "type": "string", "maxLength": 10 }
+  }
+}"#;
+
+on_both_databases! {
+    /// Contract fields that may be null or absent feeding NOT NULL columns,
+    /// and strings that may be longer than their column, are warnings:
+    /// some events would go to dead letter, not all.
+    async fn check_with_a_database_warns_of_what_some_events_would_break(db: TestDb) {
+        if db.dialect() == busbar::store::Dialect::Postgres {
+            db.execute("CREATE SCHEMA test").await;
+        }
+        db.execute(
+            "CREATE TABLE test.contacts (email VARCHAR(50) NOT NULL PRIMARY KEY, \
+             name VARCHAR(20) NOT NULL, phone VARCHAR(20) NOT NULL DEFAULT '', \
+             code CHAR(3), nick VARCHAR(20), ref VARCHAR(36), team VARCHAR(10) NOT NULL, unit VARCHAR(10) NOT NULL)",
+        )
+        .await;
+        let project = tempfile::tempdir().expect("temp dir");
+        let write = |relative: &str, text: &str| {
+            let path = project.path().join(relative);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        write("integrations.d/contacts.yaml", CONTACTS);
+        write("schemas/events/shop/contact.added.json", CONTACT_ADDED);
+        let output = busbar(
+            project.path(),
+            &["check", "integrations.d", "--format", "short", "--database-url", &db.url],
+        );
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&output.stderr));
+        // Types are named as the database spells them.
+        let text = text
+            .replace("(VARCHAR(20))", "(character varying(20))")
+            .replace("(CHAR(3))", "(character(3))");
+        let expected = "\
+integrations.d/contacts.yaml:10:17: warning: `$.data.name` may be null (the contract schemas/events/shop/contact.added.json allows null), and column `test.contacts.name` is NOT NULL without a default: such events would go to dead letter [nullable-into-not-null]
+integrations.d/contacts.yaml:12:17: warning: `$.data.code` is a string with no `maxLength` (per the contract schemas/events/shop/contact.added.json), and column `code` (character(3)) holds at most 3 characters: longer values would go to dead letter [may-exceed-length]
+integrations.d/contacts.yaml:13:17: warning: `$.data.nick` is a string of up to 30 characters (`maxLength` in the contract schemas/events/shop/contact.added.json), and column `nick` (character varying(20)) holds at most 20: longer values would go to dead letter [may-exceed-length]
+integrations.d/contacts.yaml:16:17: warning: `$.data.unit` may be absent (not `required` by the contract schemas/events/shop/contact.added.json), and column `test.contacts.unit` is NOT NULL without a default: such events would go to dead letter [nullable-into-not-null]
+0 errors, 4 warnings in 1 file
+";
+        assert_eq!(text, expected);
     }
 }
 
