@@ -209,6 +209,9 @@ pub struct KeyCache {
     /// a failure and reading it again (a producer opening 64 connections
     /// at once with a fresh key is one lookup, not 64 failures).
     reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Prefixes whose lookup failed (the database did not answer), and
+    /// when; only while requests wait on that prefix.
+    failed: Mutex<HashMap<String, Instant>>,
     lookups: AtomicU64,
 }
 
@@ -223,6 +226,7 @@ impl KeyCache {
             limit: FailureLimit::new(0, Duration::ZERO),
             strangers: Semaphore::new(MAX_STRANGER_LOOKUPS),
             reading: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
         }
     }
@@ -251,9 +255,15 @@ impl KeyCache {
         let mut known = prefix.and_then(|prefix| self.known(prefix));
         // A prefix busbar cannot trust yet: wait for any lookup of it in
         // flight, then look again (that lookup may have answered for us).
+        // A known key whose entry expired is read again by each request
+        // that finds it so, in parallel: queued one behind another, they
+        // would each wait out a lookup timeout while the database is away.
         let _turn = match (prefix, &known) {
-            (Some(prefix), None | Some((_, _, false))) => {
+            (Some(prefix), None) => {
                 let turn = self.turn(prefix).await;
+                if turn.lookup_failed_recently() {
+                    return Err(unavailable());
+                }
                 known = self.known(prefix);
                 Some(turn)
             }
@@ -347,12 +357,14 @@ impl KeyCache {
             Ok::<_, crate::store::StoreError>(found)
         };
         let found = match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
-            Ok(found) => found?,
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                self.lookup_failed(prefix);
+                return Err(error.into());
+            }
             Err(_) => {
-                return Err(ApiError::unavailable(
-                    "database-unavailable",
-                    "the API key cannot be checked now: the database does not answer; retry later",
-                ));
+                self.lookup_failed(prefix);
+                return Err(unavailable());
             }
         };
         match &found {
@@ -375,6 +387,15 @@ impl KeyCache {
             None => self.forget(prefix),
         }
         Ok(found)
+    }
+
+    /// Remembers that reading `prefix` failed just now, so the requests
+    /// waiting for their turn on it are answered 503 at once.
+    fn lookup_failed(&self, prefix: &str) {
+        self.failed
+            .lock()
+            .expect("key cache lock")
+            .insert(prefix.to_owned(), Instant::now());
     }
 
     /// Forgets a key the database no longer has (deleted, not revoked).
@@ -401,6 +422,17 @@ struct Turn<'c> {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+impl Turn<'_> {
+    /// Whether the lookup of this prefix that just ended (while this
+    /// request waited) failed because the database did not answer.
+    fn lookup_failed_recently(&self) -> bool {
+        let failed = self.cache.failed.lock().expect("key cache lock");
+        failed
+            .get(&self.prefix)
+            .is_some_and(|at| at.elapsed() < LOOKUP_TIMEOUT)
+    }
+}
+
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         self.guard = None;
@@ -408,8 +440,20 @@ impl Drop for Turn<'_> {
         // Ours and the map's: nobody else holds or waits for this gate.
         if Arc::strong_count(&self.gate) == 2 {
             reading.remove(&self.prefix);
+            self.cache
+                .failed
+                .lock()
+                .expect("key cache lock")
+                .remove(&self.prefix);
         }
     }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::unavailable(
+        "database-unavailable",
+        "the API key cannot be checked now: the database does not answer; retry later",
+    )
 }
 
 /// Where failures are counted: an IPv4 address, or an IPv6 /64 (one

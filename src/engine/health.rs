@@ -58,8 +58,12 @@ impl Health {
         if state.down.is_none() {
             tracing::warn!(%error, "the database is unreachable; publishes are answered 503 until it is back");
             state.down = Some((Instant::now(), error.to_string()));
-            state.last_probe = Some(Instant::now());
         }
+        // The next probe is a full interval after this failure ended, not
+        // after it began: a probe takes up to a second and a half, and the
+        // requests that queued behind it must be refused at once, not be
+        // made the next probe.
+        state.last_probe = Some(Instant::now());
     }
 
     /// Records a database success on the publish path.
@@ -73,5 +77,35 @@ impl Health {
     /// Whether the breaker is open.
     pub fn is_down(&self) -> bool {
         self.state.lock().expect("health lock").down.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable() -> StoreError {
+        StoreError::Unreachable("connection refused".to_owned())
+    }
+
+    #[test]
+    fn the_requests_queued_behind_a_failed_probe_are_refused_at_once() {
+        let health = Health::default();
+        assert!(health.refuse().is_none(), "closed: everything goes through");
+        health.failed(&unreachable());
+        assert!(health.refuse().is_some(), "open: refused without trying");
+        // A second later one publish goes through as the probe.
+        health.state.lock().unwrap().last_probe = Some(Instant::now() - PROBE_INTERVAL);
+        assert!(health.refuse().is_none(), "the probe");
+        // The probe fails (after its acquire timeout): the batch queued
+        // behind it is refused, not made the next probe.
+        health.failed(&unreachable());
+        assert!(health.refuse().is_some());
+        // A probe that succeeds closes the breaker.
+        health.state.lock().unwrap().last_probe = Some(Instant::now() - PROBE_INTERVAL);
+        assert!(health.refuse().is_none());
+        health.succeeded();
+        assert!(!health.is_down());
+        assert!(health.refuse().is_none());
     }
 }
