@@ -208,10 +208,9 @@ pub struct KeyCache {
     /// prefix is being read wait for that answer instead of each counting
     /// a failure and reading it again (a producer opening 64 connections
     /// at once with a fresh key is one lookup, not 64 failures).
-    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Prefixes whose lookup failed (the database did not answer), and
-    /// when; only while requests wait on that prefix.
-    failed: Mutex<HashMap<String, Instant>>,
+    /// The gate holds when the last lookup through it failed (the
+    /// database did not answer), so those waiting are answered at once.
+    reading: Mutex<HashMap<String, Gate>>,
     lookups: AtomicU64,
 }
 
@@ -226,7 +225,6 @@ impl KeyCache {
             limit: FailureLimit::new(0, Duration::ZERO),
             strangers: Semaphore::new(MAX_STRANGER_LOOKUPS),
             reading: Mutex::new(HashMap::new()),
-            failed: Mutex::new(HashMap::new()),
             lookups: AtomicU64::new(0),
         }
     }
@@ -258,7 +256,7 @@ impl KeyCache {
         // A known key whose entry expired is read again by each request
         // that finds it so, in parallel: queued one behind another, they
         // would each wait out a lookup timeout while the database is away.
-        let _turn = match (prefix, &known) {
+        let mut turn = match (prefix, &known) {
             (Some(prefix), None) => {
                 let turn = self.turn(prefix).await;
                 if turn.lookup_failed_recently() {
@@ -295,6 +293,9 @@ impl KeyCache {
                             // could not answer.
                             Err(error) => {
                                 self.limit.release(client);
+                                if let Some(turn) = turn.as_mut() {
+                                    turn.lookup_failed();
+                                }
                                 return Err(error);
                             }
                         }
@@ -357,15 +358,8 @@ impl KeyCache {
             Ok::<_, crate::store::StoreError>(found)
         };
         let found = match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(error)) => {
-                self.lookup_failed(prefix);
-                return Err(error.into());
-            }
-            Err(_) => {
-                self.lookup_failed(prefix);
-                return Err(unavailable());
-            }
+            Ok(found) => found?,
+            Err(_) => return Err(unavailable()),
         };
         match &found {
             Some(record) => {
@@ -389,15 +383,6 @@ impl KeyCache {
         Ok(found)
     }
 
-    /// Remembers that reading `prefix` failed just now, so the requests
-    /// waiting for their turn on it are answered 503 at once.
-    fn lookup_failed(&self, prefix: &str) {
-        self.failed
-            .lock()
-            .expect("key cache lock")
-            .insert(prefix.to_owned(), Instant::now());
-    }
-
     /// Forgets a key the database no longer has (deleted, not revoked).
     fn forget(&self, prefix: &str) {
         self.known.lock().expect("key cache lock").remove(prefix);
@@ -418,18 +403,28 @@ impl KeyCache {
 struct Turn<'c> {
     cache: &'c KeyCache,
     prefix: String,
-    gate: Arc<tokio::sync::Mutex<()>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    gate: Gate,
+    guard: Option<tokio::sync::OwnedMutexGuard<Option<Instant>>>,
 }
+
+/// One prefix's gate: when the last lookup through it failed, if it did.
+type Gate = Arc<tokio::sync::Mutex<Option<Instant>>>;
 
 impl Turn<'_> {
     /// Whether the lookup of this prefix that just ended (while this
     /// request waited) failed because the database did not answer.
     fn lookup_failed_recently(&self) -> bool {
-        let failed = self.cache.failed.lock().expect("key cache lock");
-        failed
-            .get(&self.prefix)
+        self.guard
+            .as_deref()
+            .and_then(|failed| *failed)
             .is_some_and(|at| at.elapsed() < LOOKUP_TIMEOUT)
+    }
+
+    /// Tells those waiting for this prefix that its lookup just failed.
+    fn lookup_failed(&mut self) {
+        if let Some(guard) = self.guard.as_mut() {
+            **guard = Some(Instant::now());
+        }
     }
 }
 
@@ -440,11 +435,6 @@ impl Drop for Turn<'_> {
         // Ours and the map's: nobody else holds or waits for this gate.
         if Arc::strong_count(&self.gate) == 2 {
             reading.remove(&self.prefix);
-            self.cache
-                .failed
-                .lock()
-                .expect("key cache lock")
-                .remove(&self.prefix);
         }
     }
 }
