@@ -437,15 +437,20 @@ fn contracts_strict_without_such_a_directory_hints_at_the_contract_policy() {
     assert!(stderr.contains("--contract-policy strict"), "{stderr}");
 }
 
+/// The API's defaults, with `failures` failed authentications allowed per
+/// address in a minute.
+fn failure_limited(failures: u32) -> ApiConfig {
+    ApiConfig {
+        auth_failure_limit: failures,
+        auth_failure_window: Duration::from_secs(60),
+        ..ApiConfig::default()
+    }
+}
+
 on_both_databases! {
     async fn a_flood_of_unknown_keys_reaches_the_database_at_most_the_limit(db: TestDb) {
         const LIMIT: u32 = 5;
-        let config = ApiConfig {
-            auth_failure_limit: LIMIT,
-            auth_failure_window: Duration::from_secs(60),
-            ..ApiConfig::default()
-        };
-        let app = spawn(db, config, None).await;
+        let app = spawn(db, failure_limited(LIMIT), None).await;
         // A key in use from the address about to flood.
         assert_eq!(app.status_with(&app.client, &app.platform).await.status, 200);
         let before = app.keys.lookups();
@@ -519,12 +524,7 @@ on_both_databases! {
         // the key is valid, so none may count as a failed authentication
         // (found by the 64-connection benchmark: 429s for a valid key).
         const LIMIT: u32 = 5;
-        let config = ApiConfig {
-            auth_failure_limit: LIMIT,
-            auth_failure_window: Duration::from_secs(60),
-            ..ApiConfig::default()
-        };
-        let app = spawn(db, config, None).await;
+        let app = spawn(db, failure_limited(LIMIT), None).await;
         let before = app.keys.lookups();
         let mut burst = tokio::task::JoinSet::new();
         for _ in 0..64 {
