@@ -37,14 +37,20 @@ struct Project {
 }
 
 impl Project {
+    /// The shop project the `busbar test` tests share.
     fn new() -> Project {
-        let project = Project {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
+        let project = Project::empty();
         project.write("integrations.d/shop-to-crm.yaml", SHOP_TO_CRM);
         project.write("integrations.d/tests/schema.sql", SCHEMA);
         project.write("schemas/events/shop/order.placed.json", ORDER_PLACED);
         project
+    }
+
+    /// A project with no files yet.
+    fn empty() -> Project {
+        Project {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     fn path(&self) -> &Path {
@@ -467,14 +473,9 @@ on_both_databases! {
         }
         db.execute("CREATE TABLE test.people (email TEXT NOT NULL, nickname TEXT, age INTEGER, team TEXT NOT NULL)")
             .await;
-        let project = tempfile::tempdir().expect("temp dir");
-        let write = |relative: &str, text: &str| {
-            let path = project.path().join(relative);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, text).expect("write");
-        };
-        write("integrations.d/people.yaml", PEOPLE);
-        write("schemas/events/shop/person.joined.json", PERSON_JOINED);
+        let project = Project::empty();
+        project.write("integrations.d/people.yaml", PEOPLE);
+        project.write("schemas/events/shop/person.joined.json", PERSON_JOINED);
 
         // The files alone are fine.
         let output = busbar(project.path(), &["check", "integrations.d", "--format", "short"]);
@@ -582,14 +583,9 @@ on_both_databases! {
              code CHAR(3), nick VARCHAR(20), ref VARCHAR(36), team VARCHAR(10) NOT NULL, unit VARCHAR(10) NOT NULL)",
         )
         .await;
-        let project = tempfile::tempdir().expect("temp dir");
-        let write = |relative: &str, text: &str| {
-            let path = project.path().join(relative);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, text).expect("write");
-        };
-        write("integrations.d/contacts.yaml", CONTACTS);
-        write("schemas/events/shop/contact.added.json", CONTACT_ADDED);
+        let project = Project::empty();
+        project.write("integrations.d/contacts.yaml", CONTACTS);
+        project.write("schemas/events/shop/contact.added.json", CONTACT_ADDED);
         let output = busbar(
             project.path(),
             &["check", "integrations.d", "--format", "short", "--database-url", &db.url],
