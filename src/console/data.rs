@@ -1237,6 +1237,23 @@ pub struct Activity {
     pub error: Option<String>,
 }
 
+impl Activity {
+    /// A line of the tail that says what it did not show, and why.
+    pub fn missed(why: String) -> Activity {
+        Activity {
+            at: Utc::now(),
+            outcome: "missed",
+            event_id: Uuid::nil(),
+            organization_id: Uuid::nil(),
+            source: String::new(),
+            event: String::new(),
+            integration: None,
+            attempts: None,
+            error: Some(why),
+        }
+    }
+}
+
 /// Follows what this busbar process publishes and delivers, for the live
 /// tail: the engine's in-process activity feed ([`Engine::subscribe`]),
 /// limited to the viewer's scope.
@@ -1289,20 +1306,10 @@ impl ActivityFeed {
         let generation = self.engine.generation();
         let mut out = Vec::with_capacity(received.activities.len() + 1);
         if received.missed > 0 {
-            out.push(Activity {
-                at: now,
-                outcome: "missed",
-                event_id: Uuid::nil(),
-                organization_id: Uuid::nil(),
-                source: String::new(),
-                event: String::new(),
-                integration: None,
-                attempts: None,
-                error: Some(format!(
-                    "{} activities went by faster than the tail could show them",
-                    received.missed
-                )),
-            });
+            out.push(Activity::missed(format!(
+                "{} activities went by faster than the tail could show them",
+                received.missed
+            )));
         }
         let mut explain = Vec::new();
         for activity in received.activities {

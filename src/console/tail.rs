@@ -151,7 +151,10 @@ fn activity(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
                 tail.shown = 0;
                 // What the last busy second left out, said once.
                 if tail.left_out > 0 {
-                    kept.push(left_out_line(std::mem::take(&mut tail.left_out)));
+                    kept.push(Activity::missed(format!(
+                        "{} activities not shown: the tail shows at most {LINES_PER_SECOND} a second; filter it to see more of one integration or outcome",
+                        std::mem::take(&mut tail.left_out)
+                    )));
                 }
             }
             kept.extend(
@@ -176,23 +179,6 @@ fn activity(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
         }
     })
     .flatten()
-}
-
-/// The line that says how many activities a busy second left out.
-fn left_out_line(count: usize) -> Activity {
-    Activity {
-        at: chrono::Utc::now(),
-        outcome: "missed",
-        event_id: uuid::Uuid::nil(),
-        organization_id: uuid::Uuid::nil(),
-        source: String::new(),
-        event: String::new(),
-        integration: None,
-        attempts: None,
-        error: Some(format!(
-            "{count} activities not shown: the tail shows at most {LINES_PER_SECOND} a second; filter it to see more of one integration or outcome"
-        )),
-    }
 }
 
 /// Whether the stream's session is still valid (not signed out, expired,
