@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Admin;
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, DatabaseUnavailable, KeyRefused, Problem};
 use super::{AppState, Json, Path, Query};
 use crate::store::events::{self, DeliveryView, Status};
 
@@ -147,14 +147,12 @@ pub struct ReplayQuery {
     params(("id" = Uuid, Path, description = "The delivery id.")),
     responses(
         (status = 202, description = "Queued again.", body = Replayed),
+        KeyRefused,
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such delivery in the caller's organization.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The delivery is not dead: only dead deliveries are replayed.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -210,13 +208,11 @@ pub async fn replay(
     params(("integration" = String, Path, description = "The integration id."), ReplayQuery),
     responses(
         (status = 202, description = "The dead deliveries are queued again (possibly none).", body = ReplayedIntegration),
+        KeyRefused,
         (status = 400, description = "A bad query parameter.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `admin` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in the live generation.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]

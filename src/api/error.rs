@@ -64,6 +64,54 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+/// What any operation behind an API key may answer before it runs, for
+/// the OpenAPI document: `responses(KeyRefused, ...)` in every such
+/// operation, so that none of them can forget one.
+#[derive(utoipa::IntoResponses)]
+pub enum KeyRefused {
+    #[response(
+        status = 401,
+        description = "No valid API key.",
+        content_type = "application/problem+json"
+    )]
+    NoValidKey(Problem),
+    #[response(
+        status = 429,
+        description = "Too many failed authentications from this address: retry after `Retry-After` seconds.",
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))
+    )]
+    TooManyFailures(Problem),
+}
+
+/// The answer of an operation that reads or writes the database while it is
+/// away, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "The database is unavailable.",
+    content_type = "application/problem+json"
+)]
+pub struct DatabaseUnavailable(pub Problem);
+
+/// What an operation that takes a JSON body answers when the body is too
+/// large or not JSON, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+pub enum BodyRefused {
+    #[response(
+        status = 413,
+        description = "The body is larger than the limit.",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "The body is not JSON (`Content-Type: application/json`).",
+        content_type = "application/problem+json"
+    )]
+    NotJson(Problem),
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
         ApiError {

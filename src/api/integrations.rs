@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Admin, Reader};
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, DatabaseUnavailable, KeyRefused, Problem};
 use super::events::DeliveryCounts;
 use super::{AppState, Json, Path, Query, ReloadOutcome};
 use crate::compile::OnDead;
@@ -140,12 +140,10 @@ pub struct StatusQuery {
     params(StatusQuery),
     responses(
         (status = 200, description = "The status of every integration.", body = StatusReport),
+        KeyRefused,
         (status = 400, description = "A bad query parameter.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -271,12 +269,10 @@ pub async fn status(
     ),
     responses(
         (status = 200, description = "Enabled (persisted).", body = Switched),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        KeyRefused,
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -300,12 +296,10 @@ pub async fn enable(
     ),
     responses(
         (status = 200, description = "Disabled (persisted).", body = Switched),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        KeyRefused,
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -329,10 +323,10 @@ pub async fn disable(
     ),
     responses(
         (status = 200, description = "Paused (persisted).", body = Switched),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        KeyRefused,
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -356,10 +350,10 @@ pub async fn pause(
     ),
     responses(
         (status = 200, description = "Resumed (persisted).", body = Switched),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
+        KeyRefused,
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -419,9 +413,7 @@ async fn switch(
     tag = "integrations",
     responses(
         (status = 200, description = "The directory compiled; the new generation is live.", body = ReloadOutcome),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        KeyRefused,
         (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The directory does not compile; the live generation stays. `errors` lists every problem as `file:line:col [code]`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "This server does not reload (no directory is watched).", body = Problem, content_type = "application/problem+json"),

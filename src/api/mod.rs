@@ -54,7 +54,7 @@ use crate::telemetry;
 /// The last configuration load's outcome, which the status shows.
 pub use crate::reload::{ReloadError, ReloadOutcome};
 pub use auth::{Caller, KeyCache, MAX_STRANGER_LOOKUPS};
-pub use error::{ApiError, FieldError, Problem};
+pub use error::{ApiError, BodyRefused, DatabaseUnavailable, FieldError, KeyRefused, Problem};
 pub use json::{Json, duplicate_keys};
 pub use openapi::openapi_json;
 

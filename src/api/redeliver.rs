@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::Admin;
-use super::error::{ApiError, FieldError, Problem};
+use super::error::{ApiError, BodyRefused, DatabaseUnavailable, FieldError, KeyRefused, Problem};
 use super::{AppState, Json, Path};
 use crate::engine::redeliver::{
     RedeliverCount, RedeliverError, RedeliverFilter, RedeliverRequest, Redelivered,
@@ -122,17 +122,14 @@ pub struct RedeliverAnswer {
     responses(
         (status = 200, description = "A preview: how many would be redelivered.", body = RedeliverAnswer),
         (status = 202, description = "Redelivered: the deliveries are queued in their lanes (or, with `repeated`, were by an earlier request with this id).", body = RedeliverAnswer),
+        KeyRefused,
         (status = 400, description = "Malformed JSON, or a bad request id (`invalid-request-id`).", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks the `admin` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration in the live generation.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The integration is disabled (`integration-disabled`), or the request id was used with another filter (`request-id-reused`).", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not JSON (`Content-Type: application/json`).", body = Problem, content_type = "application/problem+json"),
+        BodyRefused,
         (status = 422, description = "An unknown field or a state other than delivered, skipped and dead (`invalid-body`), no route for `event` in the integration (`event-not-routed`), or `since` not before `until` (`empty-time-range`).", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]

@@ -777,15 +777,30 @@ on_both_databases! {
         assert_eq!(paths.len(), 15, "every documented path is served: {:?}", paths.keys());
         // Every body is read through the same extractor, which answers 413
         // and 415 before the handler runs: each operation with a body says so.
+        // Likewise every operation behind a key answers 401 and 429 (with
+        // `Retry-After`) before it runs.
         for (path, item) in paths {
             for (method, operation) in item.as_object().unwrap() {
+                let responses = &operation["responses"];
                 if operation.get("requestBody").is_some() {
                     for status in ["413", "415"] {
                         assert!(
-                            operation["responses"].get(status).is_some(),
+                            responses.get(status).is_some(),
                             "{method} {path} takes a body but does not document {status}"
                         );
                     }
+                }
+                if operation.get("security").is_some() {
+                    for status in ["401", "429"] {
+                        assert!(
+                            responses.get(status).is_some(),
+                            "{method} {path} needs a key but does not document {status}"
+                        );
+                    }
+                    assert!(
+                        responses["429"]["headers"].get("Retry-After").is_some(),
+                        "{method} {path}: 429 without Retry-After"
+                    );
                 }
             }
         }
