@@ -210,12 +210,7 @@ impl Reloader {
         let number = engine.generation().number;
         let outcome = ReloadOutcome {
             duration_ms: Some(0.0),
-            added: engine
-                .generation()
-                .integrations
-                .iter()
-                .map(|i| i.id.clone())
-                .collect(),
+            added: engine.generation().integration_ids(),
             ..ReloadOutcome::loaded(number)
         };
         crate::telemetry::reload(true, number);
@@ -453,12 +448,7 @@ fn diff(old: &Generation, new: &Generation, outcome: &mut ReloadOutcome) {
             Some(_) => {}
         }
     }
-    outcome.removed = old
-        .integrations
-        .iter()
-        .filter(|i| new.integration(&i.id).is_none())
-        .map(|i| i.id.clone())
-        .collect();
+    outcome.removed = old.removed_in(new);
 }
 
 /// Editors' scratch files: their events alone never trigger a reload.

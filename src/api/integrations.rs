@@ -196,12 +196,7 @@ pub async fn status(
         .integrations
         .iter()
         .map(|integration| {
-            let mut events: Vec<String> = Vec::new();
-            for route in &integration.routes {
-                if !events.contains(&route.on) {
-                    events.push(route.on.clone());
-                }
-            }
+            let events = integration.events();
             let effective = state.engine.status(&integration.id).unwrap_or_default();
             let unread = backlog.unread.get(&integration.id).copied().unwrap_or(0);
             let mut deliveries = DeliveryCounts::from_map(counts.get(&integration.id));

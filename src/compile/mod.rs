@@ -64,6 +64,20 @@ impl Generation {
             .ok()
             .map(|i| &self.integrations[i])
     }
+
+    /// The ids of its integrations, sorted.
+    pub fn integration_ids(&self) -> Vec<String> {
+        self.integrations.iter().map(|i| i.id.clone()).collect()
+    }
+
+    /// The ids of its integrations that `next` no longer has.
+    pub fn removed_in(&self, next: &Generation) -> Vec<String> {
+        self.integrations
+            .iter()
+            .filter(|i| next.integration(&i.id).is_none())
+            .map(|i| i.id.clone())
+            .collect()
+    }
 }
 
 /// The result of compiling a directory: the diagnostics, always, and a

@@ -39,6 +39,17 @@ pub struct Integration {
 }
 
 impl Integration {
+    /// The events it listens to, each once, in file order.
+    pub fn events(&self) -> Vec<String> {
+        let mut events: Vec<String> = Vec::new();
+        for route in &self.routes {
+            if !events.contains(&route.on) {
+                events.push(route.on.clone());
+            }
+        }
+        events
+    }
+
     /// The routes that handle `event`, in file order.
     pub fn routes_for<'a>(&'a self, event: &'a str) -> impl Iterator<Item = &'a Route> + 'a {
         self.routes.iter().filter(move |r| r.on == event)

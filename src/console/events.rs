@@ -201,11 +201,7 @@ pub async fn search(
         problems,
         rows,
         next,
-        integrations: generation
-            .integrations
-            .iter()
-            .map(|i| i.id.clone())
-            .collect(),
+        integrations: generation.integration_ids(),
         statuses: Status::ALL.iter().map(|s| s.as_str()).collect(),
         form,
     };

@@ -44,23 +44,14 @@ pub async fn page(
     State(state): State<AppState>,
 ) -> Result<Html<String>, ConsoleError> {
     let generation = state.engine.generation();
-    let ids: Vec<String> = generation
-        .integrations
-        .iter()
-        .map(|i| i.id.clone())
-        .collect();
+    let ids = generation.integration_ids();
     let mut numbers = data::flow_numbers(&state.engine, &ids, viewer.org_scope()).await?;
     let links = data::emit_links(&generation);
     let flows: Vec<FlowLine> = generation
         .integrations
         .iter()
         .map(|integration| {
-            let mut events: Vec<String> = Vec::new();
-            for route in &integration.routes {
-                if !events.contains(&route.on) {
-                    events.push(route.on.clone());
-                }
-            }
+            let events = integration.events();
             let mut emits: Vec<String> = Vec::new();
             for (from, event, to) in &links {
                 if *from == integration.id {

@@ -168,13 +168,7 @@ fn page(
 ) -> Result<Response, ConsoleError> {
     let content = RedeliverPage {
         form,
-        integrations: state
-            .engine
-            .generation()
-            .integrations
-            .iter()
-            .map(|i| i.id.clone())
-            .collect(),
+        integrations: state.engine.generation().integration_ids(),
         statuses: REDELIVERABLE.iter().map(|s| s.as_str()).collect(),
         problems,
         done,

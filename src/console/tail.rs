@@ -78,13 +78,7 @@ pub async fn page(
     let query = serde_urlencoded::to_string(&filter).unwrap_or_default();
     let content = TailPage {
         recent,
-        integrations: state
-            .engine
-            .generation()
-            .integrations
-            .iter()
-            .map(|i| i.id.clone())
-            .collect(),
+        integrations: state.engine.generation().integration_ids(),
         outcomes: OUTCOMES,
         stream: format!("/console/tail/stream?{query}"),
         filter,

@@ -549,12 +549,7 @@ impl Engine {
             let old = shared.generation.swap(Arc::new(generation));
             let new = shared.generation.load_full();
             shared.store.catalog.clear();
-            let removed: Vec<String> = old
-                .integrations
-                .iter()
-                .filter(|i| new.integration(&i.id).is_none())
-                .map(|i| i.id.clone())
-                .collect();
+            let removed = old.removed_in(&new);
             register(&shared, &new, &removed).await?;
             shared.refresh_definitions().await?;
             shared.scheduler.set_lanes(lane_ids(&new, shared.lanes));

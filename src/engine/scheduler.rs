@@ -60,50 +60,32 @@ impl Scheduler {
 
     /// Queues every lane.
     pub fn wake_all(&self) {
-        let mut inner = self.inner.lock().expect("scheduler lock");
-        let lanes = inner.lanes.clone();
-        let mut woke = 0;
-        for lane in &lanes {
-            if inner.enqueue(lane) {
-                woke += 1;
-            }
-        }
-        drop(inner);
-        for _ in 0..woke {
-            self.ready.notify_one();
-        }
+        self.wake(|lanes| lanes.to_vec());
     }
 
     /// Queues the given lanes.
     pub fn wake_lanes(&self, lanes: impl IntoIterator<Item = LaneId>) {
-        let mut inner = self.inner.lock().expect("scheduler lock");
-        let mut woke = 0;
-        for lane in lanes {
-            if inner.enqueue(&lane) {
-                woke += 1;
-            }
-        }
-        drop(inner);
-        for _ in 0..woke {
-            self.ready.notify_one();
-        }
+        let lanes: Vec<LaneId> = lanes.into_iter().collect();
+        self.wake(|_| lanes);
     }
 
     /// Queues every lane of one integration.
     pub fn wake_integration(&self, integration: &str) {
+        self.wake(|lanes| {
+            lanes
+                .iter()
+                .filter(|l| &*l.integration == integration)
+                .cloned()
+                .collect()
+        });
+    }
+
+    /// Queues the lanes `choose` picks from the live ones, and wakes a
+    /// worker for each lane that was not already queued or busy.
+    fn wake(&self, choose: impl FnOnce(&[LaneId]) -> Vec<LaneId>) {
         let mut inner = self.inner.lock().expect("scheduler lock");
-        let lanes: Vec<LaneId> = inner
-            .lanes
-            .iter()
-            .filter(|l| &*l.integration == integration)
-            .cloned()
-            .collect();
-        let mut woke = 0;
-        for lane in &lanes {
-            if inner.enqueue(lane) {
-                woke += 1;
-            }
-        }
+        let chosen = choose(&inner.lanes);
+        let woke = chosen.iter().filter(|lane| inner.enqueue(lane)).count();
         drop(inner);
         for _ in 0..woke {
             self.ready.notify_one();
