@@ -282,6 +282,34 @@ fn check_on_a_broken_directory_prints_each_problem_on_one_line_and_exits_1() {
 }
 
 #[test]
+fn check_colours_its_output_only_for_a_terminal() {
+    let args = [
+        "check",
+        "tests/cases/undefined-name",
+        "--contracts",
+        "schemas/events",
+    ];
+    let run = |force_colour: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
+        command
+            .args(args)
+            .current_dir(manifest_dir())
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        if force_colour {
+            command.env("CLICOLOR_FORCE", "1");
+        }
+        stdout(&command.output().expect("run busbar"))
+    };
+    // The tests' stdout is a pipe, not a terminal.
+    let piped = run(false);
+    assert!(!piped.contains('\x1b'), "{piped}");
+    let coloured = run(true);
+    assert!(coloured.contains('\x1b'), "{coloured}");
+    assert_eq!(anstream::adapter::strip_str(&coloured).to_string(), piped);
+}
+
+#[test]
 fn check_on_the_shipped_integrations_exits_0() {
     let output = busbar(&["check", "integrations.d"]);
     let text = stdout(&output);
