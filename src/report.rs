@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use anstyle::{AnsiColor, Style};
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr;
 
 use crate::config::yaml::SourceText;
 use crate::diagnostics::{Diagnostic, Severity};
@@ -211,17 +212,15 @@ fn columns(out: &mut dyn Write, label: &str, columns: &[(String, Value)]) -> io:
         .max()
         .unwrap_or(0);
     let shown: Vec<String> = columns.iter().map(|(_, value)| show(value)).collect();
-    let value_width = shown
-        .iter()
-        .map(|s| s.chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(60);
+    // Values are padded by the columns they take on a terminal (`{:<n}`
+    // counts characters, and a CJK character or an emoji takes two).
+    let value_width = shown.iter().map(|s| s.width()).max().unwrap_or(0).min(60);
     for (i, ((column, value), shown)) in columns.iter().zip(&shown).enumerate() {
         let label = if i == 0 { label } else { "" };
+        let padding = " ".repeat(value_width.saturating_sub(shown.width()));
         writeln!(
             out,
-            "       {label:<6} {column:<width$}  {shown:<value_width$}  {DIM}{}{DIM:#}",
+            "       {label:<6} {column:<width$}  {shown}{padding}  {DIM}{}{DIM:#}",
             type_of(value)
         )?;
     }
@@ -463,6 +462,21 @@ mod tests {
             text,
             "a.yaml:3:1: error: YAML syntax error: did not find expected node content [yaml-syntax]\n  \
              |\n3 |\n  | ^\n1 error, 0 warnings in 1 file\n"
+        );
+    }
+
+    #[test]
+    fn render_lines_up_values_by_their_width_on_a_terminal() {
+        let values = [
+            ("city".to_owned(), Value::from("東京")),
+            ("note".to_owned(), Value::from("ok")),
+        ];
+        let mut out = Vec::new();
+        columns(&mut out, "values", &values).unwrap();
+        let text = anstream::adapter::strip_str(std::str::from_utf8(&out).unwrap()).to_string();
+        assert_eq!(
+            text,
+            "       values city  \"東京\"  string\n              note  \"ok\"    string\n"
         );
     }
 
