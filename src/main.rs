@@ -700,15 +700,6 @@ fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {
         .with_context(|| format!("cannot read the integrations directory {}", dir.display()))
 }
 
-fn sources(config: &ConfigDir) -> HashMap<PathBuf, SourceText> {
-    config
-        .integrations
-        .iter()
-        .chain(&config.contracts)
-        .map(|file| (file.path.clone(), SourceText::new(&file.text)))
-        .collect()
-}
-
 fn check(
     dir: &Path,
     contracts: Option<&Path>,
@@ -745,7 +736,7 @@ fn check(
         &mut out,
         format,
         &compilation.diagnostics,
-        &sources(&config),
+        &config.sources(),
         compilation.files,
     )?;
     let failed = compilation.errors() > 0 || (deny_warnings && compilation.warnings() > 0);
@@ -818,7 +809,7 @@ fn render(
             &mut err,
             CheckFormat::Text,
             &errors,
-            &sources(&config),
+            &config.sources(),
             files,
         )?;
         return Ok(ExitCode::FAILURE);

@@ -85,12 +85,12 @@ pub fn integration_yaml(i: usize) -> (String, String) {
     let emitted = ENTITIES[(k + 1) % ENTITIES.len()];
     let id = format!("{source}-to-{target}-{i:04}");
     let file = format!("{i:04}-{source}-to-{target}.yaml");
-    let guard = if i % 3 == 0 {
+    let guard = if i.is_multiple_of(3) {
         "    when: \"{{ data.email is defined }}\"\n"
     } else {
         ""
     };
-    let extra = if i % 2 == 0 {
+    let extra = if i.is_multiple_of(2) {
         "          department: { path: $.data.department, default: general }\n          title: $.data.title\n"
     } else {
         "          title: \"{{ data.title | default('unknown') | title }}\"\n"

@@ -10,12 +10,13 @@ pub mod model;
 pub mod schema;
 pub mod yaml;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::diagnostics::{Code, Diagnostic, Position};
 use model::IntegrationModel;
-use yaml::Document;
+use yaml::{Document, SourceText};
 
 /// A configuration file's path and text, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,18 @@ pub struct ConfigDir {
     pub contracts: Vec<SourceFile>,
     /// Files that could not be read.
     pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ConfigDir {
+    /// Every file's text by path, for printing diagnostics with their
+    /// source lines.
+    pub fn sources(&self) -> HashMap<PathBuf, SourceText> {
+        self.integrations
+            .iter()
+            .chain(&self.contracts)
+            .map(|file| (file.path.clone(), SourceText::new(&file.text)))
+            .collect()
+    }
 }
 
 /// Where contracts live by default: `schemas/events` beside the

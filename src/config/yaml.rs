@@ -123,9 +123,12 @@ impl SourceText {
         self.chars[start..end].iter().collect()
     }
 
-    /// The text of one line (1-based), without its newline.
+    /// The text of one line (1-based), without its line ending. After a
+    /// final newline comes an empty last line, where an error at the end of
+    /// the file stands.
     pub fn line(&self, line: usize) -> Option<&str> {
-        self.text.lines().nth(line.checked_sub(1)?)
+        let text = self.text.split('\n').nth(line.checked_sub(1)?)?;
+        Some(text.strip_suffix('\r').unwrap_or(text))
     }
 }
 

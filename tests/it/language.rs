@@ -1,29 +1,13 @@
 //! The integration language, checked against a corpus of broken files.
 //!
-//! Every directory `tests/cases/<case>/` is one case: one or more `*.yaml`
-//! integration files (some cases need several: duplicate ids, conflicting
-//! writes, emit cycles) and a file `expected` listing every diagnostic
-//! `busbar check` must give for that directory, and nothing else.
-//!
-//! # The `expected` format
-//!
-//! One diagnostic per line, in the order the compiler sorts them (by file,
-//! then position):
-//!
-//! ```text
-//! # Comments and blank lines are ignored.
-//! a.yaml:12:20: error [undefined-name] `employe` is not defined
-//! contracts/nexus/employee.created.json:1:1: error [invalid-contract]
-//! .:1:1: warning [no-integrations]
-//! ```
-//!
-//! - `FILE` is relative to the case directory, with `/` separators; `.` is
-//!   the case directory itself.
-//! - `LINE:COL` are 1-based, columns counting characters.
-//! - `SEVERITY` is `error` or `warning`; `CODE` is the stable code.
-//! - Anything after `]` is optional: when present, it must appear in the
-//!   diagnostic's message (a substring, so messages may be reworded around
-//!   it). Codes and positions are matched exactly.
+//! Every directory `tests/cases/<case>/` is one case: a `README.md` saying
+//! what the case is about, one or more `*.yaml` integration files (some
+//! cases need several: duplicate ids, conflicting writes, emit cycles) and
+//! an insta snapshot, `expected.snap`, of what `busbar check` prints for
+//! that directory in its text format (without colours): every diagnostic,
+//! its exact `FILE:LINE:COL`, severity, message, code, source line, caret
+//! and help, then the summary. File names are relative to the case
+//! directory, with `/` separators; `.` is the case directory itself.
 //!
 //! # Contracts
 //!
@@ -31,21 +15,30 @@
 //! `schemas/events/`, unless the case directory has its own `contracts/`
 //! folder, which is then used instead (for invalid and missing contracts).
 //!
-//! # Adding a case
+//! # Adding a case, or changing what one says
 //!
-//! Make the directory, write the YAML and an empty `expected`, and run
-//! `BUSBAR_BLESS=1 cargo test --test it every_broken_case`: every failing
-//! case's `expected` is rewritten with what the compiler says (comments and
-//! message substrings of lines that still match are kept). Then check every
-//! position by hand against the file before committing it.
+//! Make the directory, write the YAML and a `README.md`, and run
+//! `cargo test --test it every_broken_case`: it fails, printing the
+//! diagnostics of each case that has no snapshot or a different one, and
+//! writes them beside the case as `expected.snap.new` (ignored by git).
+//! To accept them, run
+//! `INSTA_UPDATE=always cargo test --test it every_broken_case` (or
+//! `cargo insta review`, if you have cargo-insta), then read the change
+//! with `git diff tests/cases` (or the new `expected.snap`), checking every
+//! caret against the line above it, before committing.
+//!
+//! With `CI` set (or `INSTA_UPDATE=no`) nothing is written, and a
+//! mismatch fails as it does everywhere else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use busbar::compile::{self, Compilation};
 use busbar::config::{self, ConfigDir};
 use busbar::diagnostics::{Code, Diagnostic};
+use busbar::report::{CheckFormat, print_diagnostics};
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -79,170 +72,121 @@ fn read_case(dir: &Path) -> ConfigDir {
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", dir.display()))
 }
 
-/// One line of an `expected` file.
-#[derive(Debug, Clone)]
-struct Expected {
-    /// `FILE:LINE:COL: SEVERITY [CODE]`
-    head: String,
-    /// Text the message must contain (may be empty).
-    message: String,
-    code: String,
-}
-
-fn parse_expected(text: &str, file: &Path) -> Vec<Expected> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let end = line.find(']').unwrap_or_else(|| {
-                panic!(
-                    "{}: `{line}` is not `FILE:LINE:COL: SEVERITY [CODE] message`",
-                    file.display()
-                )
-            });
-            let head = &line[..=end];
-            let code = head
-                .rsplit_once('[')
-                .map(|(_, code)| code.trim_end_matches(']').to_owned())
-                .unwrap_or_default();
-            Expected {
-                head: head.to_owned(),
-                message: line[end + 1..].trim().to_owned(),
-                code,
-            }
-        })
-        .collect()
-}
-
-/// A diagnostic as an `expected` line head, its file relative to `dir`.
-fn head(dir: &Path, diagnostic: &Diagnostic) -> String {
-    let file = match diagnostic.file.strip_prefix(dir) {
-        Ok(relative) if relative.as_os_str().is_empty() => ".".to_owned(),
-        Ok(relative) => relative
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/"),
-        Err(_) => diagnostic.file.display().to_string(),
-    };
-    format!(
-        "{file}:{}:{}: {} [{}]",
-        diagnostic.position.line, diagnostic.position.column, diagnostic.severity, diagnostic.code
-    )
-}
-
-fn matches(expected: &Expected, actual_head: &str, actual: &Diagnostic) -> bool {
-    expected.head == actual_head && actual.message.contains(&expected.message)
-}
-
-/// A line diff of expected against actual (longest common subsequence),
-/// or `None` when they agree.
-fn diff(expected: &[Expected], actual: &[(String, &Diagnostic)]) -> Option<String> {
-    let (n, m) = (expected.len(), actual.len());
-    // lcs[i][j]: the longest common subsequence of expected[i..], actual[j..].
-    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if matches(&expected[i], &actual[j].0, actual[j].1) {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
+/// `path` relative to the case directory `dir` (or else to the
+/// repository), with `/` separators, so that snapshots are the same on
+/// every machine.
+fn relative(dir: &Path, path: &Path) -> PathBuf {
+    let relative = path
+        .strip_prefix(dir)
+        .or_else(|_| path.strip_prefix(manifest_dir()))
+        .unwrap_or(path);
+    if relative.as_os_str().is_empty() {
+        return PathBuf::from(".");
     }
-    if lcs[0][0] == n && n == m {
-        return None;
-    }
-    let mut out = String::new();
-    let (mut i, mut j) = (0, 0);
-    let actual_line = |j: usize| format!("{} {}", actual[j].0, actual[j].1.message);
-    while i < n || j < m {
-        if i < n && j < m && matches(&expected[i], &actual[j].0, actual[j].1) {
-            out.push_str(&format!("      {}\n", actual_line(j)));
-            i += 1;
-            j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push_str(&format!("    + {}\n", actual_line(j)));
-            j += 1;
-        } else {
-            let e = &expected[i];
-            out.push_str(&format!("    - {} {}\n", e.head, e.message));
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
-/// Rewrites a case's `expected` with what the compiler says, keeping its
-/// comments and the message substrings of lines that still match.
-fn bless(file: &Path, old_text: &str, old: &[Expected], actual: &[(String, &Diagnostic)]) {
-    let mut text: String = old_text
-        .lines()
-        .take_while(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
-        .map(|line| format!("{line}\n"))
+    let parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
-    for (head, diagnostic) in actual {
-        let kept = old.iter().find(|e| {
-            e.head == *head && !e.message.is_empty() && diagnostic.message.contains(&e.message)
-        });
-        match kept {
-            Some(e) => text.push_str(&format!("{head} {}\n", e.message)),
-            None => text.push_str(&format!("{head}\n")),
+    PathBuf::from(parts.join("/"))
+}
+
+/// What `busbar check --format text` prints for a case, without colours,
+/// its paths relative to the case directory.
+fn check_output(dir: &Path, case: &ConfigDir, compilation: &Compilation) -> String {
+    let diagnostics: Vec<Diagnostic> = compilation
+        .diagnostics
+        .iter()
+        .map(|d| Diagnostic {
+            file: relative(dir, &d.file),
+            ..d.clone()
+        })
+        .collect();
+    let sources: HashMap<_, _> = case
+        .sources()
+        .into_iter()
+        .map(|(path, source)| (relative(dir, &path), source))
+        .collect();
+    let mut out = Vec::new();
+    print_diagnostics(
+        &mut out,
+        CheckFormat::Text,
+        &diagnostics,
+        &sources,
+        compilation.files,
+    )
+    .expect("write to a Vec");
+    let text = String::from_utf8(out).expect("UTF-8 output");
+    // Messages name contract files by their full path.
+    let repository = format!("{}{}", manifest_dir().display(), std::path::MAIN_SEPARATOR);
+    anstream::adapter::strip_str(&text)
+        .to_string()
+        .replace(&repository, "")
+}
+
+/// What is wrong with a case apart from its snapshot.
+fn case_problems(dir: &Path, compilation: &Compilation) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !dir.join("README.md").is_file() {
+        problems.push("no README.md saying what the case is about".to_owned());
+    }
+    if compilation.diagnostics.is_empty() {
+        problems.push("no diagnostic; a case is a broken file".to_owned());
+    }
+    for d in &compilation.diagnostics {
+        if d.message.contains(['\n', '\r']) {
+            let at = relative(dir, &d.file);
+            problems.push(format!(
+                "{}:{}:{}: the message is not one line",
+                at.display(),
+                d.position.line,
+                d.position.column
+            ));
         }
     }
-    std::fs::write(file, text).expect("write expected");
+    let has_errors = compilation.errors() > 0;
+    if has_errors == compilation.generation.is_some() {
+        problems.push(format!(
+            "{} errors, yet {} generation",
+            compilation.errors(),
+            if has_errors { "a" } else { "no" }
+        ));
+    }
+    problems
 }
 
 #[test]
 fn every_broken_case_gives_exactly_its_expected_diagnostics() {
-    let blessing = std::env::var_os("BUSBAR_BLESS").is_some();
-    let mut failures = Vec::new();
     let dirs = case_dirs();
     assert!(dirs.len() >= 35, "only {} cases in tests/cases", dirs.len());
+    let mut failures = Vec::new();
     for dir in &dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let expected_file = dir.join("expected");
-        let expected_text = std::fs::read_to_string(&expected_file).unwrap_or_default();
-        let expected = parse_expected(&expected_text, &expected_file);
-        let compilation = compile::compile(&read_case(dir), 0);
-        let actual: Vec<(String, &Diagnostic)> = compilation
-            .diagnostics
-            .iter()
-            .map(|d| (head(dir, d), d))
-            .collect();
-        for (head, diagnostic) in &actual {
-            if diagnostic.message.contains(['\n', '\r']) {
-                failures.push(format!(
-                    "case `{name}`: {head}: the message is not one line"
-                ));
-            }
+        let case = read_case(dir);
+        let compilation = compile::compile(&case, 0);
+        for problem in case_problems(dir, &compilation) {
+            failures.push(format!("case `{name}`: {problem}"));
         }
-        if let Some(diff) = diff(&expected, &actual) {
+        let output = check_output(dir, &case, &compilation);
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path(dir);
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        // One case's mismatch must not hide the next ones': insta has
+        // printed its diff (and written `expected.snap.new`) when it panics.
+        let snapshot = catch_unwind(AssertUnwindSafe(|| {
+            settings.bind(|| insta::assert_snapshot!("expected", output));
+        }));
+        if snapshot.is_err() {
             failures.push(format!(
-                "case `{name}` ({}):\n{diff}",
-                expected_file.display()
-            ));
-            if blessing {
-                bless(&expected_file, &expected_text, &expected, &actual);
-            }
-        }
-        let has_errors = compilation.errors() > 0;
-        if has_errors == compilation.generation.is_some() {
-            failures.push(format!(
-                "case `{name}`: {} errors, yet {} generation",
-                compilation.errors(),
-                if has_errors { "a" } else { "no" }
-            ));
-        }
-        if expected.is_empty() {
-            failures.push(format!(
-                "case `{name}`: `expected` lists no diagnostic; a case is a broken file"
+                "case `{name}`: the output differs from {}",
+                dir.join("expected.snap").display()
             ));
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases failed (`-` expected but not given, `+` given but not expected):\n\n{}",
+        "{} of {} cases failed (see the diffs above; to accept new output, \
+         INSTA_UPDATE=always cargo test --test it every_broken_case):\n{}",
         failures.len(),
         dirs.len(),
         failures.join("\n")
@@ -251,18 +195,13 @@ fn every_broken_case_gives_exactly_its_expected_diagnostics() {
 
 #[test]
 fn the_cases_cover_every_diagnostic_code() {
-    let mut covered = BTreeSet::new();
-    for dir in case_dirs() {
-        let file = dir.join("expected");
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        for line in parse_expected(&text, &file) {
-            let code = Code::ALL
-                .iter()
-                .find(|c| c.as_str() == line.code)
-                .unwrap_or_else(|| panic!("{}: unknown code `{}`", file.display(), line.code));
-            covered.insert(*code);
-        }
-    }
+    // The snapshots pin each case's diagnostics, so the codes the compiler
+    // gives for the cases are the codes the snapshots hold.
+    let covered: BTreeSet<Code> = case_dirs()
+        .iter()
+        .flat_map(|dir| compile::compile(&read_case(dir), 0).diagnostics)
+        .map(|d| d.code)
+        .collect();
     // `io` is covered by `not-utf8`: a file that is not UTF-8 cannot be read
     // as text, which stays true when the tests run as root (unlike a file
     // without read permission).
@@ -340,6 +279,34 @@ fn check_on_a_broken_directory_prints_each_problem_on_one_line_and_exits_1() {
     );
     // The text format shows the source line under each problem.
     assert!(text.contains("employee_id: \"{{ employe.id }}\""), "{text}");
+}
+
+#[test]
+fn check_colours_its_output_only_for_a_terminal() {
+    let args = [
+        "check",
+        "tests/cases/undefined-name",
+        "--contracts",
+        "schemas/events",
+    ];
+    let run = |force_colour: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
+        command
+            .args(args)
+            .current_dir(manifest_dir())
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        if force_colour {
+            command.env("CLICOLOR_FORCE", "1");
+        }
+        stdout(&command.output().expect("run busbar"))
+    };
+    // The tests' stdout is a pipe, not a terminal.
+    let piped = run(false);
+    assert!(!piped.contains('\x1b'), "{piped}");
+    let coloured = run(true);
+    assert!(coloured.contains('\x1b'), "{coloured}");
+    assert_eq!(anstream::adapter::strip_str(&coloured).to_string(), piped);
 }
 
 #[test]
