@@ -9,9 +9,8 @@
 //! - Rows come back as one JSON text: `to_jsonb(t.*)` on PostgreSQL,
 //!   `json_object(...)` over the catalog's columns on SQLite.
 
+use std::fmt;
 use std::sync::OnceLock;
-
-use regex::Regex;
 
 use super::catalog::{ColumnType, TableInfo};
 use crate::compile::ident::{Ident, TableName, quote};
@@ -22,11 +21,135 @@ pub enum Dialect {
     Sqlite,
 }
 
+/// busbar's own tables (`migrations/`), in schema `integrations` on
+/// PostgreSQL and named `"integrations.<table>"` on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineTable {
+    Events,
+    Lanes,
+    Deliveries,
+    DeliveryStats,
+    IntegrationState,
+    Definitions,
+    Nodes,
+    ApiKeys,
+    Redeliveries,
+    ConsoleSessions,
+}
+
+impl EngineTable {
+    /// The table's name in PostgreSQL and in SQLite SQL text.
+    const fn names(self) -> (&'static str, &'static str) {
+        match self {
+            EngineTable::Events => ("integrations.events", "\"integrations.events\""),
+            EngineTable::Lanes => ("integrations.lanes", "\"integrations.lanes\""),
+            EngineTable::Deliveries => ("integrations.deliveries", "\"integrations.deliveries\""),
+            EngineTable::DeliveryStats => (
+                "integrations.delivery_stats",
+                "\"integrations.delivery_stats\"",
+            ),
+            EngineTable::IntegrationState => (
+                "integrations.integration_state",
+                "\"integrations.integration_state\"",
+            ),
+            EngineTable::Definitions => {
+                ("integrations.definitions", "\"integrations.definitions\"")
+            }
+            EngineTable::Nodes => ("integrations.nodes", "\"integrations.nodes\""),
+            EngineTable::ApiKeys => ("integrations.api_keys", "\"integrations.api_keys\""),
+            EngineTable::Redeliveries => {
+                ("integrations.redeliveries", "\"integrations.redeliveries\"")
+            }
+            EngineTable::ConsoleSessions => (
+                "integrations.console_sessions",
+                "\"integrations.console_sessions\"",
+            ),
+        }
+    }
+}
+
+/// A numbered placeholder: `$n` on PostgreSQL, `?n` on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    dialect: Dialect,
+    n: usize,
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.dialect {
+            Dialect::Postgres => write!(f, "${}", self.n),
+            Dialect::Sqlite => write!(f, "?{}", self.n),
+        }
+    }
+}
+
+/// An engine statement built once per dialect, the first time it runs on
+/// it, by a function that writes its SQL with the dialect's placeholders
+/// and table names:
+///
+/// ```ignore
+/// static SQL: Statement = Statement::new(|d| {
+///     let lanes = d.engine_table(EngineTable::Lanes);
+///     let [p1] = d.params();
+///     format!("DELETE FROM {lanes} WHERE integration_id = {p1}")
+/// });
+/// sqlx::query(SQL.get(tx.dialect()))
+/// ```
+///
+/// The text is made of fixed fragments only (no value, no name from
+/// configuration), so it is a `&'static str` that sqlx takes as is.
+pub struct Statement {
+    build: fn(Dialect) -> String,
+    postgres: OnceLock<String>,
+    sqlite: OnceLock<String>,
+}
+
+impl Statement {
+    pub const fn new(build: fn(Dialect) -> String) -> Statement {
+        Statement {
+            build,
+            postgres: OnceLock::new(),
+            sqlite: OnceLock::new(),
+        }
+    }
+
+    /// The statement's text for `dialect`.
+    pub fn get(&'static self, dialect: Dialect) -> &'static str {
+        let cell = match dialect {
+            Dialect::Postgres => &self.postgres,
+            Dialect::Sqlite => &self.sqlite,
+        };
+        cell.get_or_init(|| (self.build)(dialect))
+    }
+}
+
 /// One `column = value` condition; `None` means the value is null, which
 /// SQL spells `IS NULL`.
 pub type Condition<'a> = (&'a Ident, Option<usize>);
 
 impl Dialect {
+    /// One of busbar's own tables in SQL: `integrations.events` on
+    /// PostgreSQL, `"integrations.events"` on SQLite.
+    pub const fn engine_table(self, table: EngineTable) -> &'static str {
+        let (postgres, sqlite) = table.names();
+        match self {
+            Dialect::Postgres => postgres,
+            Dialect::Sqlite => sqlite,
+        }
+    }
+
+    /// Placeholder number `n` (from 1).
+    pub const fn param(self, n: usize) -> Param {
+        Param { dialect: self, n }
+    }
+
+    /// Placeholders 1 to `N`, to name in a statement:
+    /// `let [p1, p2] = d.params();`.
+    pub fn params<const N: usize>(self) -> [Param; N] {
+        std::array::from_fn(|i| self.param(i + 1))
+    }
+
     /// A target table's name in SQL.
     pub fn table(self, table: &TableName) -> String {
         match (self, &table.schema) {
@@ -35,23 +158,6 @@ impl Dialect {
             }
             (Dialect::Sqlite, Some(schema)) => quote(&format!("{schema}.{}", table.name)),
             (_, None) => quote(table.name.as_str()),
-        }
-    }
-
-    /// Rewrites an engine query written for PostgreSQL (`$1`, and table
-    /// names as `integrations.events`) into this dialect.
-    pub fn sql(self, postgres: &str) -> String {
-        match self {
-            Dialect::Postgres => postgres.to_owned(),
-            Dialect::Sqlite => {
-                static PARAM: OnceLock<Regex> = OnceLock::new();
-                static TABLE: OnceLock<Regex> = OnceLock::new();
-                let param = PARAM.get_or_init(|| Regex::new(r"\$(\d+)").expect("valid regex"));
-                let table = TABLE
-                    .get_or_init(|| Regex::new(r"\bintegrations\.([a-z_]+)").expect("valid regex"));
-                let sql = param.replace_all(postgres, "?$1");
-                table.replace_all(&sql, "\"integrations.$1\"").into_owned()
-            }
         }
     }
 
@@ -363,12 +469,42 @@ mod tests {
         assert_eq!(Dialect::Sqlite.table(&table), "\"hris.employees\"");
     }
 
+    /// A literal that looks like a placeholder, an engine table or a JSON
+    /// path reaches the database as written: statements are built per
+    /// dialect, never rewritten.
+    #[tokio::test]
+    async fn string_literals_reach_sqlite_untouched() {
+        static PROBE: Statement = Statement::new(|d| {
+            let [p1] = d.params();
+            format!(
+                "SELECT '$1 FROM integrations.events', json_extract('{{\"a\":[5,6]}}', '$.a[1]'), {p1}"
+            )
+        });
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let row: (String, i64, i64) = sqlx::query_as(PROBE.get(Dialect::Sqlite))
+            .bind(7)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(row, ("$1 FROM integrations.events".to_owned(), 6, 7));
+    }
+
     #[test]
-    fn engine_queries_are_rewritten_for_sqlite() {
+    fn engine_tables_and_placeholders_differ_by_database() {
+        static SQL: Statement = Statement::new(|d| {
+            let events = d.engine_table(EngineTable::Events);
+            let [p1, p2] = d.params();
+            format!("SELECT id FROM {events} WHERE id = {p1} AND x = {p2} AND y = {p2}")
+        });
         assert_eq!(
-            Dialect::Sqlite.sql("SELECT * FROM integrations.events WHERE id = $1 AND x = $12"),
-            "SELECT * FROM \"integrations.events\" WHERE id = ?1 AND x = ?12"
+            SQL.get(Dialect::Postgres),
+            "SELECT id FROM integrations.events WHERE id = $1 AND x = $2 AND y = $2"
         );
+        assert_eq!(
+            SQL.get(Dialect::Sqlite),
+            "SELECT id FROM \"integrations.events\" WHERE id = ?1 AND x = ?2 AND y = ?2"
+        );
+        assert_eq!(Dialect::Sqlite.param(12).to_string(), "?12");
     }
 
     #[test]
