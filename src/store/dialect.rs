@@ -12,7 +12,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use super::catalog::{ColumnType, TableInfo};
+use super::catalog::{ColumnInfo, ColumnType, TableInfo};
 use crate::compile::ident::{Ident, TableName, quote};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,21 +154,33 @@ impl Dialect {
     pub fn table(self, table: &TableName) -> String {
         match (self, &table.schema) {
             (Dialect::Postgres, Some(schema)) => {
-                format!("{}.{}", quote(schema.as_str()), quote(table.name.as_str()))
+                format!("{}.{}", quote(schema), quote(&table.name))
             }
-            (Dialect::Sqlite, Some(schema)) => quote(&format!("{schema}.{}", table.name)),
-            (_, None) => quote(table.name.as_str()),
+            (Dialect::Sqlite, Some(_)) => quote(&table.sqlite_name()),
+            (_, None) => quote(&table.name),
         }
     }
 
     /// A placeholder for a value of `column`.
     fn value(self, n: usize, info: &TableInfo, column: &Ident) -> String {
-        match self {
-            Dialect::Postgres => match info.column(column.as_str()) {
-                Some(column) => format!("CAST(${n} AS {})", column.cast_type),
-                None => format!("${n}"),
-            },
-            Dialect::Sqlite => format!("?{n}"),
+        match info.column(column.as_str()) {
+            Some(column) => self.bound(n, column),
+            None => self.param(n).to_string(),
+        }
+    }
+
+    /// Placeholder `n` for a value of `column`: cast to the column's type
+    /// on PostgreSQL (values are bound as text), as is on SQLite.
+    pub fn bound(self, n: usize, column: &ColumnInfo) -> String {
+        self.cast(&self.param(n).to_string(), column)
+    }
+
+    /// `CAST(expression AS <column type>)` on PostgreSQL; `expression` on
+    /// SQLite.
+    fn cast(self, expression: &str, column: &ColumnInfo) -> String {
+        match (self, &column.cast_type) {
+            (Dialect::Postgres, Some(ty)) => format!("CAST({expression} AS {ty})"),
+            _ => expression.to_owned(),
         }
     }
 
@@ -187,7 +199,7 @@ impl Dialect {
                         } else {
                             name
                         };
-                        format!("'{}', {value}", c.name.replace('\'', "''"))
+                        format!("'{}', {value}", c.name.as_str().replace('\'', "''"))
                     })
                     .collect();
                 format!("json_object({})", pairs.join(", "))
@@ -202,12 +214,8 @@ impl Dialect {
         conditions
             .iter()
             .map(|(column, param)| match param {
-                Some(n) => format!(
-                    "{} = {}",
-                    quote(column.as_str()),
-                    self.value(*n, info, column)
-                ),
-                None => format!("{} IS NULL", quote(column.as_str())),
+                Some(n) => format!("{} = {}", quote(*column), self.value(*n, info, column)),
+                None => format!("{} IS NULL", quote(*column)),
             })
             .collect::<Vec<_>>()
             .join(" AND ")
@@ -232,17 +240,17 @@ impl Dialect {
         key: &[Ident],
         columns: &[Ident],
     ) -> String {
-        let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
+        let names: Vec<String> = columns.iter().map(quote).collect();
         let values: Vec<String> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| self.value(i + 1, info, c))
             .collect();
-        let key_names: Vec<String> = key.iter().map(|c| quote(c.as_str())).collect();
+        let key_names: Vec<String> = key.iter().map(quote).collect();
         let mut updates: Vec<String> = columns
             .iter()
             .filter(|c| !key.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", quote(c.as_str())))
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
             .collect();
         if updates.is_empty() {
             // Every column is part of the key: a no-op update still returns
@@ -276,7 +284,7 @@ impl Dialect {
         let assignments: Vec<String> = set
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{} = {}", quote(c.as_str()), self.value(i + 1, info, c)))
+            .map(|(i, c)| format!("{} = {}", quote(c), self.value(i + 1, info, c)))
             .collect();
         let alias = match self {
             Dialect::Postgres => " AS t",
@@ -330,14 +338,14 @@ impl Dialect {
             .zip(nulls)
             .map(|(column, null)| {
                 if *null {
-                    return format!("t.{} IS NULL", quote(column.as_str()));
+                    return format!("t.{} IS NULL", quote(column));
                 }
                 next += 1;
                 let input = match self {
-                    Dialect::Postgres => self.cast(&format!("u.c{}", next - 1), info, column),
+                    Dialect::Postgres => self.cast_to(&format!("u.c{}", next - 1), info, column),
                     Dialect::Sqlite => format!("v.column{}", next + 1),
                 };
-                format!("t.{} = {input}", quote(column.as_str()))
+                format!("t.{} = {input}", quote(column))
             })
             .collect();
         let conditions = if conditions.is_empty() {
@@ -377,10 +385,10 @@ impl Dialect {
         }
     }
 
-    /// `CAST(expr AS <column type>)` on PostgreSQL.
-    fn cast(self, expression: &str, info: &TableInfo, column: &Ident) -> String {
+    /// `CAST(expression AS <type of column>)` on PostgreSQL.
+    fn cast_to(self, expression: &str, info: &TableInfo, column: &Ident) -> String {
         match info.column(column.as_str()) {
-            Some(column) => format!("CAST({expression} AS {})", column.cast_type),
+            Some(column) => self.cast(expression, column),
             None => expression.to_owned(),
         }
     }
@@ -397,13 +405,13 @@ impl Dialect {
         columns: &[Ident],
         rows: usize,
     ) -> String {
-        let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
+        let names: Vec<String> = columns.iter().map(quote).collect();
         let source = match self {
             Dialect::Postgres => {
                 let casts: Vec<String> = columns
                     .iter()
                     .enumerate()
-                    .map(|(k, c)| self.cast(&format!("u.c{k}"), info, c))
+                    .map(|(k, c)| self.cast_to(&format!("u.c{k}"), info, c))
                     .collect();
                 let arrays: Vec<String> = (0..columns.len())
                     .map(|k| format!("${}::text[]", k + 1))
@@ -421,11 +429,11 @@ impl Dialect {
                 format!("VALUES {}", vec![row; rows].join(", "))
             }
         };
-        let key_names: Vec<String> = key.iter().map(|c| quote(c.as_str())).collect();
+        let key_names: Vec<String> = key.iter().map(quote).collect();
         let mut updates: Vec<String> = columns
             .iter()
             .filter(|c| !key.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", quote(c.as_str())))
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
             .collect();
         if updates.is_empty() {
             updates.push(format!("{0} = excluded.{0}", key_names[0]));
@@ -556,6 +564,19 @@ mod tests {
             sql,
             "INSERT INTO \"t\" (\"email\", \"id\") VALUES (?, ?), (?, ?) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\" \
              RETURNING json_object('id', \"id\", 'email', \"email\", 'meta', json(\"meta\"))"
+        );
+    }
+
+    #[test]
+    fn catalog_column_names_are_quoted_and_escaped() {
+        let info = TableInfo::new(vec![ColumnInfo::new(
+            "first\"Name'",
+            ColumnType::Text,
+            "text",
+        )]);
+        assert_eq!(
+            Dialect::Sqlite.row_json(&info),
+            r#"json_object('first"Name''', "first""Name'")"#
         );
     }
 
