@@ -1,11 +1,21 @@
 //! The SQL that differs between PostgreSQL and SQLite, in one place.
 //!
-//! - Table names: `"hris"."employees"` on PostgreSQL; on SQLite, which has
-//!   no schemas, the single quoted name `"hris.employees"`.
-//! - Placeholders: `$1` and `?1`.
+//! Every statement is built for one database, never translated from the
+//! other's text: its placeholders and table names come from the
+//! [`Dialect`], and where a statement differs beyond those, the caller
+//! writes both in a `match`. Engine statements of fixed text are
+//! [`Statement`]s, built once per database.
+//!
+//! - busbar's own tables ([`EngineTable`]): `integrations.events` on
+//!   PostgreSQL, `"integrations.events"` on SQLite.
+//! - Target tables ([`Dialect::table`], the one way a [`TableName`] becomes
+//!   SQL): `"hris"."employees"` on PostgreSQL; on SQLite, which has no
+//!   schemas, the single quoted name `"hris.employees"`.
+//! - Placeholders ([`Dialect::param`]): `$1` and `?1`.
 //! - Values for target tables are bound as text on PostgreSQL and cast to
-//!   the column's type in SQL (`CAST($1 AS uuid)`), so any column type the
-//!   catalog reports works; SQLite binds native values.
+//!   the column's type in SQL (`CAST($1 AS uuid)`, [`Dialect::bound`], the
+//!   type a validated [`crate::compile::ident::SqlType`]), so any column
+//!   type the catalog reports works; SQLite binds native values.
 //! - Rows come back as one JSON text: `to_jsonb(t.*)` on PostgreSQL,
 //!   `json_object(...)` over the catalog's columns on SQLite.
 

@@ -8,9 +8,9 @@
 //! Every read that the API or the console serves takes the caller's
 //! [`OrgScope`] and filters by it in SQL.
 //!
-//! Queries are written once, for PostgreSQL, and rewritten for SQLite by
-//! [`super::Dialect::sql`]; the values that differ in representation go
-//! through [`Id`], [`Time`] and [`Doc`].
+//! Each query is written once with the dialect's placeholders and table
+//! names (a [`Statement`], built once per database); the values that
+//! differ in representation go through [`Id`], [`Time`] and [`Doc`].
 
 use std::collections::HashMap;
 
