@@ -146,10 +146,12 @@ pub async fn probe_latency(
 ) -> Vec<Duration> {
     let table =
         busbar::compile::ident::TableName::parse("payroll.employee_records").expect("a table name");
-    let sql = store.dialect().sql(&format!(
-        "SELECT COUNT(*) FROM {} WHERE email = $1",
-        store.dialect().table(&table)
-    ));
+    let dialect = store.dialect();
+    let sql = format!(
+        "SELECT COUNT(*) FROM {} WHERE email = {}",
+        dialect.table(&table),
+        dialect.param(1)
+    );
     let mut samples = Vec::new();
     let mut n = 0;
     while !stop.is_cancelled() {

@@ -421,7 +421,7 @@ impl StepCheck<'_> {
             .columns
             .iter()
             .filter(|c| !c.nullable && !c.has_default)
-            .filter(|c| !values.iter().any(|(name, _)| name.as_str() == c.name))
+            .filter(|c| !values.iter().any(|(name, _)| c.name == name.as_str()))
             .map(|c| format!("`{}`", c.name))
             .collect();
         if !missing.is_empty() {

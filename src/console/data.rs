@@ -12,10 +12,10 @@
 //! the API.
 //!
 //! Every function that reads events or deliveries takes the caller's
-//! [`OrgScope`] and filters by it in SQL. Queries are written for PostgreSQL and
-//! rewritten for SQLite by [`Dialect::sql`]; the few that build their text
-//! from a filter add fixed fragments only, and every value is a bound
-//! parameter.
+//! [`OrgScope`] and filters by it in SQL. Each statement is built per
+//! database with the dialect's placeholders and table names (fixed ones
+//! once, as a [`Statement`]); the few that build their text from a filter
+//! add fixed fragments only, and every value is a bound parameter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -36,6 +36,7 @@ use crate::engine::{self, Engine, State};
 use crate::envelope::Envelope;
 use crate::on_tx;
 use crate::render::RenderReport;
+use crate::store::dialect::{EngineTable, Statement};
 use crate::store::events::{self, BlockedKey, DeliveryView, Status, StoredEvent};
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::store::lanes::{self, ReplayFilter};
@@ -57,18 +58,27 @@ enum Arg {
     Doc(Value),
 }
 
-/// A query text and its arguments, `$n` numbered in order.
-#[derive(Default)]
+/// A query's conditions and their arguments, numbered in order with the
+/// dialect's placeholders.
 struct Built {
+    dialect: Dialect,
     conditions: Vec<String>,
     args: Vec<Arg>,
 }
 
 impl Built {
+    fn new(dialect: Dialect) -> Built {
+        Built {
+            dialect,
+            conditions: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
     /// Adds an argument; returns its placeholder.
     fn arg(&mut self, arg: Arg) -> String {
         self.args.push(arg);
-        format!("${}", self.args.len())
+        self.dialect.param(self.args.len()).to_string()
     }
 }
 
@@ -175,19 +185,26 @@ pub async fn open_session(
 ) -> Result<(), StoreError> {
     let now = Time::now();
     let mut tx = store.begin().await?;
-    let purge = AssertSqlSafe(
-        tx.dialect()
-            .sql("DELETE FROM integrations.console_sessions WHERE expires_at <= $1"),
-    );
+    static PURGE: Statement = Statement::new(|d| {
+        let console_sessions = d.engine_table(EngineTable::ConsoleSessions);
+        let [p1] = d.params();
+        format!("DELETE FROM {console_sessions} WHERE expires_at <= {p1}")
+    });
+    let purge = PURGE.get(tx.dialect());
     on_tx!(&mut tx, |conn| sqlx::query(purge)
         .bind(now)
         .execute(conn)
         .await
         .map(|_| ()))?;
-    let insert = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.console_sessions (token_hash, key_id, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4)",
-    ));
+    static INSERT: Statement = Statement::new(|d| {
+        let console_sessions = d.engine_table(EngineTable::ConsoleSessions);
+        let [p1, p2, p3, p4] = d.params();
+        format!(
+            "INSERT INTO {console_sessions} (token_hash, key_id, created_at, expires_at) \
+             VALUES ({p1}, {p2}, {p3}, {p4})"
+        )
+    });
+    let insert = INSERT.get(tx.dialect());
     on_tx!(&mut tx, |conn| sqlx::query(insert)
         .bind(token_hash)
         .bind(Id(key_id))
@@ -207,11 +224,17 @@ pub async fn find_session(
     token_hash: &str,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let mut tx = store.begin_read().await?;
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT k.id, k.prefix, k.name, k.organization_id, k.scopes, s.expires_at \
-           FROM integrations.console_sessions s JOIN integrations.api_keys k ON k.id = s.key_id \
-          WHERE s.token_hash = $1 AND s.expires_at > $2 AND k.revoked_at IS NULL",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let console_sessions = d.engine_table(EngineTable::ConsoleSessions);
+        let api_keys = d.engine_table(EngineTable::ApiKeys);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT k.id, k.prefix, k.name, k.organization_id, k.scopes, s.expires_at \
+               FROM {console_sessions} s JOIN {api_keys} k ON k.id = s.key_id \
+              WHERE s.token_hash = {p1} AND s.expires_at > {p2} AND k.revoked_at IS NULL"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     type Row = (Id, String, Option<String>, Option<Id>, String, Time);
     let row: Option<Row> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
         .bind(token_hash)
@@ -239,10 +262,12 @@ pub async fn find_session(
 /// Ends a session (signing out).
 pub async fn close_session(store: &Store, token_hash: &str) -> Result<(), StoreError> {
     let mut tx = store.begin().await?;
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("DELETE FROM integrations.console_sessions WHERE token_hash = $1"),
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let console_sessions = d.engine_table(EngineTable::ConsoleSessions);
+        let [p1] = d.params();
+        format!("DELETE FROM {console_sessions} WHERE token_hash = {p1}")
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut tx, |conn| sqlx::query(sql)
         .bind(token_hash)
         .execute(conn)
@@ -376,30 +401,38 @@ pub async fn flow_numbers(
         lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::minutes(5))).await?;
     let last_1h =
         lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::hours(1))).await?;
-    let exceptions = tx.dialect().sql(
-        "SELECT status, COUNT(*) FROM integrations.deliveries \
-          WHERE integration_id = $1 AND status IN ('pending', 'retrying', 'dead') \
-            AND ($2 IS NULL OR organization_id = $2) \
-          GROUP BY status",
-    );
+    static EXCEPTIONS: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT status, COUNT(*) FROM {deliveries} \
+              WHERE integration_id = {p1} AND status IN ('pending', 'retrying', 'dead') \
+                AND ({p2} IS NULL OR organization_id = {p2}) \
+              GROUP BY status"
+        )
+    });
+    let exceptions = EXCEPTIONS.get(tx.dialect());
     // One indexed look per integration (there are few) rather than a
     // window over every exception row.
-    let last = tx.dialect().sql(
-        "SELECT d.id, d.event_id, d.last_error, d.error_step, d.updated_at \
-           FROM integrations.deliveries d \
-          WHERE d.integration_id = $1 AND d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
-            AND ($2 IS NULL OR d.organization_id = $2) \
-          ORDER BY d.updated_at DESC, d.id DESC LIMIT 1",
-    );
+    static LAST: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT d.id, d.event_id, d.last_error, d.error_step, d.updated_at \
+               FROM {deliveries} d \
+              WHERE d.integration_id = {p1} AND d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
+                AND ({p2} IS NULL OR d.organization_id = {p2}) \
+              ORDER BY d.updated_at DESC, d.id DESC LIMIT 1"
+        )
+    });
+    let last = LAST.get(tx.dialect());
     for integration in integrations {
         let numbers = out.entry(integration.clone()).or_default();
-        let rows: Vec<(String, i64)> = on_tx!(&mut tx, |conn| sqlx::query_as(AssertSqlSafe(
-            exceptions.clone()
-        ))
-        .bind(integration.as_str())
-        .bind(scope.bind())
-        .fetch_all(conn)
-        .await)?;
+        let rows: Vec<(String, i64)> = on_tx!(&mut tx, |conn| sqlx::query_as(exceptions)
+            .bind(integration.as_str())
+            .bind(scope.bind())
+            .fetch_all(conn)
+            .await)?;
         for (status, count) in rows {
             match Status::parse(&status) {
                 Some(Status::Dead) => numbers.dead += count,
@@ -411,7 +444,7 @@ pub async fn flow_numbers(
         numbers.delivered_5m = last_5m.get(integration).copied().unwrap_or(0);
         numbers.delivered_1h = last_1h.get(integration).copied().unwrap_or(0);
         type Row = (Id, Id, String, Option<i32>, Time);
-        let row: Option<Row> = on_tx!(&mut tx, |conn| sqlx::query_as(AssertSqlSafe(last.clone()))
+        let row: Option<Row> = on_tx!(&mut tx, |conn| sqlx::query_as(last)
             .bind(integration.as_str())
             .bind(scope.bind())
             .fetch_optional(conn)
@@ -562,13 +595,13 @@ fn delivery_view(row: DeliveryTuple) -> DeliveryView {
 /// The newest events in `scope` (and with `routed`, of that source and
 /// those event names), newest first, at most `limit`.
 async fn newest_events(
-    engine: &Engine,
     tx: &mut DbTx,
     scope: OrgScope,
     routed: Option<(&str, &[String])>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut built = Built::default();
+    let dialect = tx.dialect();
+    let mut built = Built::new(dialect);
     if let Some((source, names)) = routed {
         let p = built.arg(Arg::Text(source.to_owned()));
         built.conditions.push(format!("e.source_product = {p}"));
@@ -588,10 +621,11 @@ async fn newest_events(
         built.conditions.push("1 = 1".to_owned());
     }
     let limit_param = built.arg(Arg::Int(limit));
-    let sql = AssertSqlSafe(engine.store().dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE {} ORDER BY e.seq DESC LIMIT {limit_param}",
+    let events = dialect.engine_table(EngineTable::Events);
+    let sql = AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM {events} e WHERE {} ORDER BY e.seq DESC LIMIT {limit_param}",
         built.conditions.join(" AND ")
-    )));
+    ));
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| bind_args!(
         sqlx::query_as(sql),
         &built.args
@@ -624,14 +658,7 @@ pub async fn recent_deliveries(
     names.sort();
     names.dedup();
     let mut tx = engine.store().begin_read().await?;
-    let found = newest_events(
-        engine,
-        &mut tx,
-        scope,
-        Some((&definition.source, &names)),
-        limit,
-    )
-    .await?;
+    let found = newest_events(&mut tx, scope, Some((&definition.source, &names)), limit).await?;
     let deliveries = views::deliveries(&mut tx, scope, &generation, engine.lanes(), &found).await?;
     tx.rollback().await?;
     Ok(deliveries
@@ -652,11 +679,16 @@ pub async fn dead_letters(
     scope: OrgScope,
 ) -> Result<Vec<DeliveryView>, StoreError> {
     let mut tx = store.begin_read().await?;
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
-          WHERE d.integration_id = $1 AND d.status = 'dead' AND ($2 IS NULL OR d.organization_id = $2) \
-          ORDER BY d.updated_at DESC, d.id DESC LIMIT $3"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {deliveries} d \
+              WHERE d.integration_id = {p1} AND d.status = 'dead' AND ({p2} IS NULL OR d.organization_id = {p2}) \
+              ORDER BY d.updated_at DESC, d.id DESC LIMIT {p3}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<DeliveryTuple> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(scope.bind())
@@ -817,11 +849,13 @@ pub fn delivery_timeline(delivery: &DeliveryView, epoch: i32) -> Vec<TimelineEnt
 async fn epochs(tx: &mut DbTx, ids: &[Uuid]) -> Result<HashMap<Uuid, i32>, StoreError> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(200) {
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-            "SELECT id, epoch FROM integrations.deliveries WHERE id IN ({}) AND epoch > 0",
+        let d = tx.dialect();
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let params: Vec<String> = (1..=chunk.len()).map(|i| d.param(i).to_string()).collect();
+        let sql = AssertSqlSafe(format!(
+            "SELECT id, epoch FROM {deliveries} WHERE id IN ({}) AND epoch > 0",
             params.join(", ")
-        )));
+        ));
         let rows: Vec<(Id, i32)> = on_tx!(&mut *tx, |conn| {
             let mut query = sqlx::query_as(sql);
             for id in chunk {
@@ -909,14 +943,16 @@ fn delivered_condition(built: &mut Built, integration: &Integration, lanes: i32)
     } else {
         "0".to_owned()
     };
+    let deliveries = built.dialect.engine_table(EngineTable::Deliveries);
+    let lanes = built.dialect.engine_table(EngineTable::Lanes);
     format!(
         "(e.source_product = {source} AND e.event_name IN ({names}) AND \
-          (EXISTS (SELECT 1 FROM integrations.deliveries d WHERE d.organization_id = e.organization_id \
+          (EXISTS (SELECT 1 FROM {deliveries} d WHERE d.organization_id = e.organization_id \
                      AND d.event_id = e.id AND d.integration_id = {id} AND d.status = 'delivered') \
            OR (e.processed_at IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM integrations.deliveries d WHERE d.organization_id = e.organization_id \
+               AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.organization_id = e.organization_id \
                                  AND d.event_id = e.id AND d.integration_id = {id}) \
-               AND EXISTS (SELECT 1 FROM integrations.lanes l WHERE l.integration_id = {id} AND l.lane = {lane} \
+               AND EXISTS (SELECT 1 FROM {lanes} l WHERE l.integration_id = {id} AND l.lane = {lane} \
                              AND (e.xid, e.seq) <= (l.cursor_xid, l.cursor_seq) \
                              AND (e.xid, e.seq) > (l.origin_xid, l.origin_seq)))))",
         names = names.join(", ")
@@ -961,7 +997,7 @@ pub async fn search_events(
     let store = engine.store();
     let dialect = store.dialect();
     let generation = engine.generation();
-    let mut built = Built::default();
+    let mut built = Built::new(dialect);
     if let OrgScope::Organization(organization) = search.scope {
         let p = built.arg(Arg::Id(organization));
         built.conditions.push(format!("e.organization_id = {p}"));
@@ -1018,9 +1054,10 @@ pub async fn search_events(
                 let q = built.arg(Arg::Id(organization));
                 narrow.push_str(&format!(" AND d.organization_id = {q}"));
             }
+            let deliveries = dialect.engine_table(EngineTable::Deliveries);
             hits = format!(
                 "WITH hits AS MATERIALIZED (SELECT DISTINCT d.organization_id, d.event_id \
-                   FROM integrations.deliveries d WHERE d.status <> 'delivered' AND d.status = {p}{narrow}) "
+                   FROM {deliveries} d WHERE d.status <> 'delivered' AND d.status = {p}{narrow}) "
             );
             built.conditions.push(
                 "(e.organization_id, e.id) IN (SELECT organization_id, event_id FROM hits)"
@@ -1070,10 +1107,11 @@ pub async fn search_events(
     } else {
         "e.seq DESC"
     };
-    let sql = AssertSqlSafe(dialect.sql(&format!(
-        "{hits}SELECT {EVENT_COLUMNS} FROM integrations.events e WHERE {condition} \
+    let events = dialect.engine_table(EngineTable::Events);
+    let sql = AssertSqlSafe(format!(
+        "{hits}SELECT {EVENT_COLUMNS} FROM {events} e WHERE {condition} \
           ORDER BY {order} LIMIT {limit_param}"
-    )));
+    ));
     let mut tx = store.begin_read().await?;
     let rows: Vec<EventTuple> =
         on_tx!(&mut tx, |conn| bind_args!(sqlx::query_as(sql), &built.args)
@@ -1405,7 +1443,7 @@ pub async fn recent_activity(
     limit: usize,
 ) -> Result<Vec<Activity>, StoreError> {
     let mut tx = engine.store().begin_read().await?;
-    let found = newest_events(engine, &mut tx, scope, None, limit as i64).await?;
+    let found = newest_events(&mut tx, scope, None, limit as i64).await?;
     let deliveries =
         views::deliveries(&mut tx, scope, &engine.generation(), engine.lanes(), &found).await?;
     tx.rollback().await?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use sqlx::Row as _;
 
 use super::{DbTx, StoreError};
-use crate::compile::ident::TableName;
+use crate::compile::ident::{CatalogName, SqlType, SqlTypeError, TableName};
 
 /// The kinds of column busbar converts values for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,17 +263,19 @@ pub enum Storage {
 /// One column of a target table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
-    pub name: String,
+    /// The name as the catalog has it (quoted, never parsed, when it goes
+    /// into SQL).
+    pub name: CatalogName,
     pub ty: ColumnType,
     /// The type as the database spells it, for messages
     /// (`character varying(50)`).
     pub sql_type: String,
-    /// The type values are cast to on PostgreSQL. Without the modifier
-    /// where an explicit cast to it would truncate or round
-    /// (`CAST('…' AS varchar(50))` cuts the text at 50 characters):
-    /// busbar checks the limits itself, and assigning to the column
-    /// checks them again.
-    pub cast_type: String,
+    /// The type values are cast to on PostgreSQL; `None` on SQLite, which
+    /// binds native values. Without the modifier where an explicit cast to
+    /// it would truncate or round (`CAST('…' AS varchar(50))` cuts the text
+    /// at 50 characters): busbar checks the limits itself, and assigning to
+    /// the column checks them again.
+    pub cast_type: Option<SqlType>,
     /// Lengths, ranges and precisions.
     pub limits: Limits,
     pub storage: Storage,
@@ -283,13 +285,14 @@ pub struct ColumnInfo {
 
 impl ColumnInfo {
     /// A PostgreSQL-like column of `sql_type`, its limits read from the
-    /// type's text.
+    /// type's text, cast to `sql_type` when that is a type name
+    /// ([`SqlType::parse`]).
     pub fn new(name: &str, ty: ColumnType, sql_type: &str) -> ColumnInfo {
         ColumnInfo {
-            name: name.to_owned(),
+            name: CatalogName::new(name),
             ty,
             sql_type: sql_type.to_owned(),
-            cast_type: sql_type.to_owned(),
+            cast_type: SqlType::parse(sql_type).ok(),
             limits: Limits::declared(sql_type),
             storage: Storage::Postgres,
             nullable: true,
@@ -316,12 +319,12 @@ fn without_arguments(name: &str) -> String {
 /// The type PostgreSQL casts a value of base type `typname` to: without
 /// the modifier for the types whose explicit casts truncate or round
 /// (`bpchar`, not `character`, which means `character(1)`).
-fn postgres_cast_type(typname: &str, sql_type: &str) -> String {
-    match typname {
-        "varchar" | "bpchar" | "numeric" | "timestamp" | "timestamptz" => typname.to_owned(),
-        "bit" | "varbit" => "varbit".to_owned(),
-        _ => sql_type.to_owned(),
-    }
+fn postgres_cast_type(typname: &str, sql_type: &str) -> Result<SqlType, SqlTypeError> {
+    SqlType::parse(match typname {
+        "varchar" | "bpchar" | "numeric" | "timestamp" | "timestamptz" => typname,
+        "bit" | "varbit" => "varbit",
+        _ => sql_type,
+    })
 }
 
 /// A target table's columns and unique column sets.
@@ -419,6 +422,7 @@ pub async fn read_table(tx: &mut DbTx, table: &TableName) -> Result<TableInfo, S
             let columns = rows
                 .iter()
                 .map(|row| {
+                    let name: String = row.get(0);
                     let typname: String = row.get(2);
                     let sql_type: String = row.get(1);
                     // Arrays are passed through as text.
@@ -430,18 +434,21 @@ pub async fn read_table(tx: &mut DbTx, table: &TableName) -> Result<TableInfo, S
                             Limits::postgres(&typname, row.get(5), row.get(6), row.get(7)),
                         )
                     };
-                    ColumnInfo {
-                        name: row.get(0),
+                    let cast_type = postgres_cast_type(&typname, &sql_type).map_err(|error| {
+                        StoreError::Invalid(format!("table {table}, column `{name}`: {error}"))
+                    })?;
+                    Ok(ColumnInfo {
+                        name: CatalogName::new(name),
                         ty,
-                        cast_type: postgres_cast_type(&typname, &sql_type),
+                        cast_type: Some(cast_type),
                         sql_type,
                         limits,
                         storage: Storage::Postgres,
                         nullable: row.get(3),
                         has_default: row.get(4),
-                    }
+                    })
                 })
-                .collect();
+                .collect::<Result<_, StoreError>>()?;
             let unique_rows = sqlx::query(
                 "SELECT array_agg(a.attname::text ORDER BY a.attname)
                    FROM pg_index i
@@ -462,10 +469,7 @@ pub async fn read_table(tx: &mut DbTx, table: &TableName) -> Result<TableInfo, S
             }
         }
         DbTx::Sqlite(tx) => {
-            let name = match &table.schema {
-                Some(schema) => format!("{schema}.{}", table.name),
-                None => table.name.to_string(),
-            };
+            let name = table.sqlite_name().to_string();
             let rows = sqlx::query(
                 "SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1) ORDER BY cid",
             )
@@ -488,9 +492,9 @@ pub async fn read_table(tx: &mut DbTx, table: &TableName) -> Result<TableInfo, S
                         limits.integer_bits = 64;
                     }
                     ColumnInfo {
-                        name: row.get(0),
+                        name: CatalogName::new(row.get::<String, _>(0)),
                         ty: ColumnType::from_name(&declared),
-                        cast_type: declared.clone(),
+                        cast_type: None,
                         storage: Storage::Sqlite(Affinity::of(&declared)),
                         limits,
                         sql_type: declared,

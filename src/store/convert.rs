@@ -153,7 +153,7 @@ pub fn show(value: &Value) -> String {
 /// the form to bind.
 pub fn convert(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreError> {
     let fail = |reason: String| StoreError::Conversion {
-        column: column.name.clone(),
+        column: column.name.to_string(),
         value: show(value),
         ty: column.sql_type.clone(),
         reason,

@@ -1,19 +1,28 @@
 //! The SQL that differs between PostgreSQL and SQLite, in one place.
 //!
-//! - Table names: `"hris"."employees"` on PostgreSQL; on SQLite, which has
-//!   no schemas, the single quoted name `"hris.employees"`.
-//! - Placeholders: `$1` and `?1`.
+//! Every statement is built for one database, never translated from the
+//! other's text: its placeholders and table names come from the
+//! [`Dialect`], and where a statement differs beyond those, the caller
+//! writes both in a `match`. Engine statements of fixed text are
+//! [`Statement`]s, built once per database.
+//!
+//! - busbar's own tables ([`EngineTable`]): `integrations.events` on
+//!   PostgreSQL, `"integrations.events"` on SQLite.
+//! - Target tables ([`Dialect::table`], the one way a [`TableName`] becomes
+//!   SQL): `"hris"."employees"` on PostgreSQL; on SQLite, which has no
+//!   schemas, the single quoted name `"hris.employees"`.
+//! - Placeholders ([`Dialect::param`]): `$1` and `?1`.
 //! - Values for target tables are bound as text on PostgreSQL and cast to
-//!   the column's type in SQL (`CAST($1 AS uuid)`), so any column type the
-//!   catalog reports works; SQLite binds native values.
+//!   the column's type in SQL (`CAST($1 AS uuid)`, [`Dialect::bound`], the
+//!   type a validated [`crate::compile::ident::SqlType`]), so any column
+//!   type the catalog reports works; SQLite binds native values.
 //! - Rows come back as one JSON text: `to_jsonb(t.*)` on PostgreSQL,
 //!   `json_object(...)` over the catalog's columns on SQLite.
 
+use std::fmt;
 use std::sync::OnceLock;
 
-use regex::Regex;
-
-use super::catalog::{ColumnType, TableInfo};
+use super::catalog::{ColumnInfo, ColumnType, TableInfo};
 use crate::compile::ident::{Ident, TableName, quote};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,47 +31,166 @@ pub enum Dialect {
     Sqlite,
 }
 
+/// busbar's own tables (`migrations/`), in schema `integrations` on
+/// PostgreSQL and named `"integrations.<table>"` on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineTable {
+    Events,
+    Lanes,
+    Deliveries,
+    DeliveryStats,
+    IntegrationState,
+    Definitions,
+    Nodes,
+    ApiKeys,
+    Redeliveries,
+    ConsoleSessions,
+}
+
+impl EngineTable {
+    /// The table's name in PostgreSQL and in SQLite SQL text.
+    const fn names(self) -> (&'static str, &'static str) {
+        match self {
+            EngineTable::Events => ("integrations.events", "\"integrations.events\""),
+            EngineTable::Lanes => ("integrations.lanes", "\"integrations.lanes\""),
+            EngineTable::Deliveries => ("integrations.deliveries", "\"integrations.deliveries\""),
+            EngineTable::DeliveryStats => (
+                "integrations.delivery_stats",
+                "\"integrations.delivery_stats\"",
+            ),
+            EngineTable::IntegrationState => (
+                "integrations.integration_state",
+                "\"integrations.integration_state\"",
+            ),
+            EngineTable::Definitions => {
+                ("integrations.definitions", "\"integrations.definitions\"")
+            }
+            EngineTable::Nodes => ("integrations.nodes", "\"integrations.nodes\""),
+            EngineTable::ApiKeys => ("integrations.api_keys", "\"integrations.api_keys\""),
+            EngineTable::Redeliveries => {
+                ("integrations.redeliveries", "\"integrations.redeliveries\"")
+            }
+            EngineTable::ConsoleSessions => (
+                "integrations.console_sessions",
+                "\"integrations.console_sessions\"",
+            ),
+        }
+    }
+}
+
+/// A numbered placeholder: `$n` on PostgreSQL, `?n` on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    dialect: Dialect,
+    n: usize,
+}
+
+impl fmt::Display for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.dialect {
+            Dialect::Postgres => write!(f, "${}", self.n),
+            Dialect::Sqlite => write!(f, "?{}", self.n),
+        }
+    }
+}
+
+/// An engine statement built once per dialect, the first time it runs on
+/// it, by a function that writes its SQL with the dialect's placeholders
+/// and table names:
+///
+/// ```ignore
+/// static SQL: Statement = Statement::new(|d| {
+///     let lanes = d.engine_table(EngineTable::Lanes);
+///     let [p1] = d.params();
+///     format!("DELETE FROM {lanes} WHERE integration_id = {p1}")
+/// });
+/// sqlx::query(SQL.get(tx.dialect()))
+/// ```
+///
+/// The text is made of fixed fragments only (no value, no name from
+/// configuration), so it is a `&'static str` that sqlx takes as is.
+pub struct Statement {
+    build: fn(Dialect) -> String,
+    postgres: OnceLock<String>,
+    sqlite: OnceLock<String>,
+}
+
+impl Statement {
+    pub const fn new(build: fn(Dialect) -> String) -> Statement {
+        Statement {
+            build,
+            postgres: OnceLock::new(),
+            sqlite: OnceLock::new(),
+        }
+    }
+
+    /// The statement's text for `dialect`.
+    pub fn get(&'static self, dialect: Dialect) -> &'static str {
+        let cell = match dialect {
+            Dialect::Postgres => &self.postgres,
+            Dialect::Sqlite => &self.sqlite,
+        };
+        cell.get_or_init(|| (self.build)(dialect))
+    }
+}
+
 /// One `column = value` condition; `None` means the value is null, which
 /// SQL spells `IS NULL`.
 pub type Condition<'a> = (&'a Ident, Option<usize>);
 
 impl Dialect {
+    /// One of busbar's own tables in SQL: `integrations.events` on
+    /// PostgreSQL, `"integrations.events"` on SQLite.
+    pub const fn engine_table(self, table: EngineTable) -> &'static str {
+        let (postgres, sqlite) = table.names();
+        match self {
+            Dialect::Postgres => postgres,
+            Dialect::Sqlite => sqlite,
+        }
+    }
+
+    /// Placeholder number `n` (from 1).
+    pub const fn param(self, n: usize) -> Param {
+        Param { dialect: self, n }
+    }
+
+    /// Placeholders 1 to `N`, to name in a statement:
+    /// `let [p1, p2] = d.params();`.
+    pub fn params<const N: usize>(self) -> [Param; N] {
+        std::array::from_fn(|i| self.param(i + 1))
+    }
+
     /// A target table's name in SQL.
     pub fn table(self, table: &TableName) -> String {
         match (self, &table.schema) {
             (Dialect::Postgres, Some(schema)) => {
-                format!("{}.{}", quote(schema.as_str()), quote(table.name.as_str()))
+                format!("{}.{}", quote(schema), quote(&table.name))
             }
-            (Dialect::Sqlite, Some(schema)) => quote(&format!("{schema}.{}", table.name)),
-            (_, None) => quote(table.name.as_str()),
-        }
-    }
-
-    /// Rewrites an engine query written for PostgreSQL (`$1`, and table
-    /// names as `integrations.events`) into this dialect.
-    pub fn sql(self, postgres: &str) -> String {
-        match self {
-            Dialect::Postgres => postgres.to_owned(),
-            Dialect::Sqlite => {
-                static PARAM: OnceLock<Regex> = OnceLock::new();
-                static TABLE: OnceLock<Regex> = OnceLock::new();
-                let param = PARAM.get_or_init(|| Regex::new(r"\$(\d+)").expect("valid regex"));
-                let table = TABLE
-                    .get_or_init(|| Regex::new(r"\bintegrations\.([a-z_]+)").expect("valid regex"));
-                let sql = param.replace_all(postgres, "?$1");
-                table.replace_all(&sql, "\"integrations.$1\"").into_owned()
-            }
+            (Dialect::Sqlite, Some(_)) => quote(&table.sqlite_name()),
+            (_, None) => quote(&table.name),
         }
     }
 
     /// A placeholder for a value of `column`.
     fn value(self, n: usize, info: &TableInfo, column: &Ident) -> String {
-        match self {
-            Dialect::Postgres => match info.column(column.as_str()) {
-                Some(column) => format!("CAST(${n} AS {})", column.cast_type),
-                None => format!("${n}"),
-            },
-            Dialect::Sqlite => format!("?{n}"),
+        match info.column(column.as_str()) {
+            Some(column) => self.bound(n, column),
+            None => self.param(n).to_string(),
+        }
+    }
+
+    /// Placeholder `n` for a value of `column`: cast to the column's type
+    /// on PostgreSQL (values are bound as text), as is on SQLite.
+    pub fn bound(self, n: usize, column: &ColumnInfo) -> String {
+        self.cast(&self.param(n).to_string(), column)
+    }
+
+    /// `CAST(expression AS <column type>)` on PostgreSQL; `expression` on
+    /// SQLite.
+    fn cast(self, expression: &str, column: &ColumnInfo) -> String {
+        match (self, &column.cast_type) {
+            (Dialect::Postgres, Some(ty)) => format!("CAST({expression} AS {ty})"),
+            _ => expression.to_owned(),
         }
     }
 
@@ -81,7 +209,7 @@ impl Dialect {
                         } else {
                             name
                         };
-                        format!("'{}', {value}", c.name.replace('\'', "''"))
+                        format!("'{}', {value}", c.name.as_str().replace('\'', "''"))
                     })
                     .collect();
                 format!("json_object({})", pairs.join(", "))
@@ -96,12 +224,8 @@ impl Dialect {
         conditions
             .iter()
             .map(|(column, param)| match param {
-                Some(n) => format!(
-                    "{} = {}",
-                    quote(column.as_str()),
-                    self.value(*n, info, column)
-                ),
-                None => format!("{} IS NULL", quote(column.as_str())),
+                Some(n) => format!("{} = {}", quote(*column), self.value(*n, info, column)),
+                None => format!("{} IS NULL", quote(*column)),
             })
             .collect::<Vec<_>>()
             .join(" AND ")
@@ -126,17 +250,17 @@ impl Dialect {
         key: &[Ident],
         columns: &[Ident],
     ) -> String {
-        let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
+        let names: Vec<String> = columns.iter().map(quote).collect();
         let values: Vec<String> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| self.value(i + 1, info, c))
             .collect();
-        let key_names: Vec<String> = key.iter().map(|c| quote(c.as_str())).collect();
+        let key_names: Vec<String> = key.iter().map(quote).collect();
         let mut updates: Vec<String> = columns
             .iter()
             .filter(|c| !key.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", quote(c.as_str())))
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
             .collect();
         if updates.is_empty() {
             // Every column is part of the key: a no-op update still returns
@@ -170,7 +294,7 @@ impl Dialect {
         let assignments: Vec<String> = set
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{} = {}", quote(c.as_str()), self.value(i + 1, info, c)))
+            .map(|(i, c)| format!("{} = {}", quote(c), self.value(i + 1, info, c)))
             .collect();
         let alias = match self {
             Dialect::Postgres => " AS t",
@@ -224,14 +348,14 @@ impl Dialect {
             .zip(nulls)
             .map(|(column, null)| {
                 if *null {
-                    return format!("t.{} IS NULL", quote(column.as_str()));
+                    return format!("t.{} IS NULL", quote(column));
                 }
                 next += 1;
                 let input = match self {
-                    Dialect::Postgres => self.cast(&format!("u.c{}", next - 1), info, column),
+                    Dialect::Postgres => self.cast_to(&format!("u.c{}", next - 1), info, column),
                     Dialect::Sqlite => format!("v.column{}", next + 1),
                 };
-                format!("t.{} = {input}", quote(column.as_str()))
+                format!("t.{} = {input}", quote(column))
             })
             .collect();
         let conditions = if conditions.is_empty() {
@@ -271,10 +395,10 @@ impl Dialect {
         }
     }
 
-    /// `CAST(expr AS <column type>)` on PostgreSQL.
-    fn cast(self, expression: &str, info: &TableInfo, column: &Ident) -> String {
+    /// `CAST(expression AS <type of column>)` on PostgreSQL.
+    fn cast_to(self, expression: &str, info: &TableInfo, column: &Ident) -> String {
         match info.column(column.as_str()) {
-            Some(column) => format!("CAST({expression} AS {})", column.cast_type),
+            Some(column) => self.cast(expression, column),
             None => expression.to_owned(),
         }
     }
@@ -291,13 +415,13 @@ impl Dialect {
         columns: &[Ident],
         rows: usize,
     ) -> String {
-        let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
+        let names: Vec<String> = columns.iter().map(quote).collect();
         let source = match self {
             Dialect::Postgres => {
                 let casts: Vec<String> = columns
                     .iter()
                     .enumerate()
-                    .map(|(k, c)| self.cast(&format!("u.c{k}"), info, c))
+                    .map(|(k, c)| self.cast_to(&format!("u.c{k}"), info, c))
                     .collect();
                 let arrays: Vec<String> = (0..columns.len())
                     .map(|k| format!("${}::text[]", k + 1))
@@ -315,11 +439,11 @@ impl Dialect {
                 format!("VALUES {}", vec![row; rows].join(", "))
             }
         };
-        let key_names: Vec<String> = key.iter().map(|c| quote(c.as_str())).collect();
+        let key_names: Vec<String> = key.iter().map(quote).collect();
         let mut updates: Vec<String> = columns
             .iter()
             .filter(|c| !key.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", quote(c.as_str())))
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
             .collect();
         if updates.is_empty() {
             updates.push(format!("{0} = excluded.{0}", key_names[0]));
@@ -363,12 +487,42 @@ mod tests {
         assert_eq!(Dialect::Sqlite.table(&table), "\"hris.employees\"");
     }
 
+    /// A literal that looks like a placeholder, an engine table or a JSON
+    /// path reaches the database as written: statements are built per
+    /// dialect, never rewritten.
+    #[tokio::test]
+    async fn string_literals_reach_sqlite_untouched() {
+        static PROBE: Statement = Statement::new(|d| {
+            let [p1] = d.params();
+            format!(
+                "SELECT '$1 FROM integrations.events', json_extract('{{\"a\":[5,6]}}', '$.a[1]'), {p1}"
+            )
+        });
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let row: (String, i64, i64) = sqlx::query_as(PROBE.get(Dialect::Sqlite))
+            .bind(7)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(row, ("$1 FROM integrations.events".to_owned(), 6, 7));
+    }
+
     #[test]
-    fn engine_queries_are_rewritten_for_sqlite() {
+    fn engine_tables_and_placeholders_differ_by_database() {
+        static SQL: Statement = Statement::new(|d| {
+            let events = d.engine_table(EngineTable::Events);
+            let [p1, p2] = d.params();
+            format!("SELECT id FROM {events} WHERE id = {p1} AND x = {p2} AND y = {p2}")
+        });
         assert_eq!(
-            Dialect::Sqlite.sql("SELECT * FROM integrations.events WHERE id = $1 AND x = $12"),
-            "SELECT * FROM \"integrations.events\" WHERE id = ?1 AND x = ?12"
+            SQL.get(Dialect::Postgres),
+            "SELECT id FROM integrations.events WHERE id = $1 AND x = $2 AND y = $2"
         );
+        assert_eq!(
+            SQL.get(Dialect::Sqlite),
+            "SELECT id FROM \"integrations.events\" WHERE id = ?1 AND x = ?2 AND y = ?2"
+        );
+        assert_eq!(Dialect::Sqlite.param(12).to_string(), "?12");
     }
 
     #[test]
@@ -420,6 +574,19 @@ mod tests {
             sql,
             "INSERT INTO \"t\" (\"email\", \"id\") VALUES (?, ?), (?, ?) ON CONFLICT (\"id\") DO UPDATE SET \"email\" = excluded.\"email\" \
              RETURNING json_object('id', \"id\", 'email', \"email\", 'meta', json(\"meta\"))"
+        );
+    }
+
+    #[test]
+    fn catalog_column_names_are_quoted_and_escaped() {
+        let info = TableInfo::new(vec![ColumnInfo::new(
+            "first\"Name'",
+            ColumnType::Text,
+            "text",
+        )]);
+        assert_eq!(
+            Dialect::Sqlite.row_json(&info),
+            r#"json_object('first"Name''', "first""Name'")"#
         );
     }
 

@@ -8,9 +8,9 @@
 //! Every read that the API or the console serves takes the caller's
 //! [`OrgScope`] and filters by it in SQL.
 //!
-//! Queries are written once, for PostgreSQL, and rewritten for SQLite by
-//! [`super::Dialect::sql`]; the values that differ in representation go
-//! through [`Id`], [`Time`] and [`Doc`].
+//! Each query is written once with the dialect's placeholders and table
+//! names (a [`Statement`], built once per database); the values that
+//! differ in representation go through [`Id`], [`Time`] and [`Doc`].
 
 use std::collections::HashMap;
 
@@ -18,9 +18,10 @@ use serde::Serialize;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use super::dialect::{EngineTable, Statement};
 use super::scope::OrgScope;
 use super::types::{Doc, Id, Position, Time};
-use super::{DbTx, StoreError};
+use super::{DbTx, Dialect, StoreError};
 use crate::envelope::Envelope;
 use crate::on_tx;
 
@@ -133,10 +134,15 @@ pub async fn get_event(
     scope: OrgScope,
     id: Uuid,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e \
-          WHERE e.id = $1 AND ($2 IS NULL OR e.organization_id = $2) ORDER BY e.seq"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let events = d.engine_table(EngineTable::Events);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM {events} e \
+              WHERE e.id = {p1} AND ({p2} IS NULL OR e.organization_id = {p2}) ORDER BY e.seq"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(id))
         .bind(scope.bind())
@@ -231,10 +237,15 @@ pub async fn get_delivery(
     scope: OrgScope,
     id: Uuid,
 ) -> Result<Option<DeliveryView>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
-          WHERE d.id = $1 AND ($2 IS NULL OR d.organization_id = $2)"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {deliveries} d \
+              WHERE d.id = {p1} AND ({p2} IS NULL OR d.organization_id = {p2})"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(id))
         .bind(scope.bind())
@@ -251,12 +262,17 @@ pub async fn deliveries_of(
     organization: Uuid,
     event_id: Uuid,
 ) -> Result<Vec<DeliveryView>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d \
-          WHERE d.organization_id = $1 AND d.event_id = $2 \
-            AND ($3 IS NULL OR d.organization_id = $3) \
-          ORDER BY d.integration_id, d.route_event, d.route_ordinal"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {deliveries} d \
+              WHERE d.organization_id = {p1} AND d.event_id = {p2} \
+                AND ({p3} IS NULL OR d.organization_id = {p3}) \
+              ORDER BY d.integration_id, d.route_event, d.route_ordinal"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(organization))
         .bind(Id(event_id))
@@ -271,10 +287,15 @@ pub async fn deliveries_with_status(
     tx: &mut DbTx,
     status: Option<Status>,
 ) -> Result<Vec<DeliveryView>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM integrations.deliveries d WHERE ($1 IS NULL OR d.status = $1) \
-         ORDER BY d.created_at, d.id"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1] = d.params();
+        format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {deliveries} d WHERE ({p1} IS NULL OR d.status = {p1}) \
+             ORDER BY d.created_at, d.id"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(status.map(Status::as_str))
         .fetch_all(conn)
@@ -289,10 +310,15 @@ pub async fn counts(
     tx: &mut DbTx,
     scope: OrgScope,
 ) -> Result<HashMap<String, HashMap<Status, i64>>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, status, COUNT(*) FROM integrations.deliveries \
-         WHERE ($1 IS NULL OR organization_id = $1) GROUP BY integration_id, status",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1] = d.params();
+        format!(
+            "SELECT integration_id, status, COUNT(*) FROM {deliveries} \
+             WHERE ({p1} IS NULL OR organization_id = {p1}) GROUP BY integration_id, status"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<(String, String, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(scope.bind())
         .fetch_all(conn)
@@ -347,20 +373,26 @@ pub async fn list_events(
     filter: &EventFilter,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e \
-          WHERE ($1 IS NULL OR e.organization_id = $1) \
-            AND ($2 IS NULL OR e.source_product = $2) \
-            AND ($3 IS NULL OR e.event_name = $3) \
-            AND ($4 IS NULL OR e.created_at >= $4) \
-            AND ($5 IS NULL OR e.created_at < $5) \
-            AND ($6 IS NULL OR e.seq < $6) \
-            AND ($7 IS NULL OR EXISTS (SELECT 1 FROM integrations.deliveries d \
+    static SQL: Statement = Statement::new(|d| {
+        let events = d.engine_table(EngineTable::Events);
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3, p4, p5, p6, p7, p8, p9] = d.params();
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM {events} e \
+              WHERE ({p1} IS NULL OR e.organization_id = {p1}) \
+                AND ({p2} IS NULL OR e.source_product = {p2}) \
+                AND ({p3} IS NULL OR e.event_name = {p3}) \
+                AND ({p4} IS NULL OR e.created_at >= {p4}) \
+                AND ({p5} IS NULL OR e.created_at < {p5}) \
+                AND ({p6} IS NULL OR e.seq < {p6}) \
+                AND ({p7} IS NULL OR EXISTS (SELECT 1 FROM {deliveries} d \
                                         WHERE d.organization_id = e.organization_id AND d.event_id = e.id \
-                                          AND d.status = $7)) \
-            AND ($9 IS NULL OR e.id = $9) \
-          ORDER BY e.seq DESC LIMIT $8"
-    )));
+                                          AND d.status = {p7})) \
+                AND ({p9} IS NULL OR e.id = {p9}) \
+              ORDER BY e.seq DESC LIMIT {p8}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(filter.scope.bind())
         .bind(filter.source.as_deref())
@@ -384,20 +416,19 @@ pub async fn delivery_counts_of(
 ) -> Result<HashMap<(Uuid, Uuid), HashMap<Status, i64>>, StoreError> {
     let mut out: HashMap<(Uuid, Uuid), HashMap<Status, i64>> = HashMap::new();
     for chunk in events.chunks(CHUNK / 2) {
-        let params: Vec<String> = (0..chunk.len())
+        let d = tx.dialect();
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let events: Vec<String> = (0..chunk.len())
             .map(|i| {
-                format!(
-                    "(organization_id = ${} AND event_id = ${})",
-                    2 * i + 1,
-                    2 * i + 2
-                )
+                let (organization, event) = (d.param(2 * i + 1), d.param(2 * i + 2));
+                format!("(organization_id = {organization} AND event_id = {event})")
             })
             .collect();
-        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-            "SELECT organization_id, event_id, status, COUNT(*) FROM integrations.deliveries WHERE {} \
+        let sql = AssertSqlSafe(format!(
+            "SELECT organization_id, event_id, status, COUNT(*) FROM {deliveries} WHERE {} \
              GROUP BY organization_id, event_id, status",
-            params.join(" OR ")
-        )));
+            events.join(" OR ")
+        ));
         let rows: Vec<(Id, Id, String, i64)> = on_tx!(&mut *tx, |conn| {
             let mut query = sqlx::query_as(sql);
             for (organization, id) in chunk {
@@ -434,15 +465,20 @@ pub async fn last_errors(
     tx: &mut DbTx,
     scope: OrgScope,
 ) -> Result<HashMap<String, LastError>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, id, event_id, last_error, error_step, updated_at FROM ( \
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1] = d.params();
+        format!(
+            "SELECT integration_id, id, event_id, last_error, error_step, updated_at FROM ( \
              SELECT d.integration_id, d.id, d.event_id, d.last_error, d.error_step, d.updated_at, \
                     ROW_NUMBER() OVER (PARTITION BY d.integration_id ORDER BY d.updated_at DESC, d.id DESC) AS n \
-               FROM integrations.deliveries d \
+               FROM {deliveries} d \
               WHERE d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
-                AND ($1 IS NULL OR d.organization_id = $1)) latest \
-          WHERE n = 1",
-    ));
+                AND ({p1} IS NULL OR d.organization_id = {p1})) latest \
+              WHERE n = 1"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     type Row = (String, Id, Id, String, Option<i32>, Time);
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(scope.bind())
@@ -472,10 +508,14 @@ pub async fn open_count(tx: &mut DbTx) -> Result<i64, StoreError> {
 
 /// How many delivery rows are open (pending or retrying), by integration.
 pub async fn open_counts(tx: &mut DbTx) -> Result<HashMap<String, i64>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, COUNT(*) FROM integrations.deliveries \
-          WHERE status IN ('pending', 'retrying') GROUP BY integration_id",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        format!(
+            "SELECT integration_id, COUNT(*) FROM {deliveries} \
+              WHERE status IN ('pending', 'retrying') GROUP BY integration_id"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<(String, i64)> =
         on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows.into_iter().collect())
@@ -490,11 +530,16 @@ pub async fn children_of(
     organization: Uuid,
     parent: Uuid,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {EVENT_COLUMNS} FROM integrations.events e \
-          WHERE e.parent_id = $1 AND e.organization_id = $2 \
-            AND ($3 IS NULL OR e.organization_id = $3) ORDER BY e.seq"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let events = d.engine_table(EngineTable::Events);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM {events} e \
+              WHERE e.parent_id = {p1} AND e.organization_id = {p2} \
+                AND ({p3} IS NULL OR e.organization_id = {p3}) ORDER BY e.seq"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<EventTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(parent))
         .bind(Id(organization))
@@ -511,13 +556,18 @@ pub async fn waiting_on(tx: &mut DbTx, view: &DeliveryView) -> Result<Option<Uui
     let Some(key) = &view.order_key else {
         return Ok(None);
     };
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT d.id FROM integrations.deliveries d \
-          WHERE d.integration_id = $1 AND d.order_key = $2 AND d.status IN ('retrying', 'dead', 'pending') \
-            AND d.id <> $3 \
-            AND (d.event_xid, d.event_seq) <= (SELECT x.event_xid, x.event_seq FROM integrations.deliveries x WHERE x.id = $3) \
-          ORDER BY d.event_xid, d.event_seq LIMIT 1",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "SELECT d.id FROM {deliveries} d \
+              WHERE d.integration_id = {p1} AND d.order_key = {p2} AND d.status IN ('retrying', 'dead', 'pending') \
+                AND d.id <> {p3} \
+                AND (d.event_xid, d.event_seq) <= (SELECT x.event_xid, x.event_seq FROM {deliveries} x WHERE x.id = {p3}) \
+              ORDER BY d.event_xid, d.event_seq LIMIT 1"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<(Id,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(view.integration.as_str())
         .bind(key.as_str())
@@ -551,24 +601,32 @@ pub async fn blocked_keys(
     dead_blocks: bool,
     limit: i64,
 ) -> Result<Vec<BlockedKey>, StoreError> {
-    let statuses = if dead_blocks {
-        "('retrying', 'dead')"
-    } else {
-        "('retrying')"
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT h.order_key, h.id, h.event_id, h.status, h.attempts, h.next_attempt_at, h.last_error, \
-                (SELECT COUNT(*) FROM integrations.deliveries p \
+    fn blocked_keys_sql(d: Dialect, statuses: &str) -> String {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "SELECT h.order_key, h.id, h.event_id, h.status, h.attempts, h.next_attempt_at, h.last_error, \
+                (SELECT COUNT(*) FROM {deliveries} p \
                   WHERE p.integration_id = h.integration_id AND p.lane = h.lane AND p.order_key = h.order_key \
                     AND p.status = 'pending') AS waiting \
-           FROM integrations.deliveries h \
-          WHERE h.integration_id = $1 AND h.status IN {statuses} AND h.order_key IS NOT NULL \
-            AND ($2 IS NULL OR h.organization_id = $2) \
-            AND (h.status = 'retrying' OR EXISTS (SELECT 1 FROM integrations.deliveries q \
+           FROM {deliveries} h \
+          WHERE h.integration_id = {p1} AND h.status IN {statuses} AND h.order_key IS NOT NULL \
+            AND ({p2} IS NULL OR h.organization_id = {p2}) \
+            AND (h.status = 'retrying' OR EXISTS (SELECT 1 FROM {deliveries} q \
                   WHERE q.integration_id = h.integration_id AND q.lane = h.lane AND q.order_key = h.order_key \
                     AND q.status = 'pending')) \
-          ORDER BY h.updated_at DESC LIMIT $3"
-    )));
+          ORDER BY h.updated_at DESC LIMIT {p3}"
+        )
+    }
+    static RETRYING: Statement = Statement::new(|d| blocked_keys_sql(d, "('retrying')"));
+    static RETRYING_OR_DEAD: Statement =
+        Statement::new(|d| blocked_keys_sql(d, "('retrying', 'dead')"));
+    let sql = if dead_blocks {
+        &RETRYING_OR_DEAD
+    } else {
+        &RETRYING
+    }
+    .get(tx.dialect());
     type Row = (String, Id, Id, String, i32, Time, Option<String>, i64);
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)

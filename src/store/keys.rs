@@ -19,10 +19,10 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::AssertSqlSafe;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use super::dialect::{EngineTable, Statement};
 use super::types::{Id, Time};
 use super::{DbTx, Store, StoreError};
 use crate::on_tx;
@@ -176,10 +176,15 @@ pub async fn create(
         created_at: now.0,
         revoked_at: None,
     };
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.api_keys (id, prefix, secret_hash, name, organization_id, scopes, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let api_keys = d.engine_table(EngineTable::ApiKeys);
+        let [p1, p2, p3, p4, p5, p6, p7] = d.params();
+        format!(
+            "INSERT INTO {api_keys} (id, prefix, secret_hash, name, organization_id, scopes, created_at) \
+             VALUES ({p1}, {p2}, {p3}, {p4}, {p5}, {p6}, {p7})"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let scope_text = scope_list(&record.scopes);
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(Id(record.id))
@@ -234,9 +239,12 @@ fn key_record(row: KeyTuple) -> KeyRecord {
 
 /// The key with this public prefix, revoked or not.
 pub async fn find_by_prefix(tx: &mut DbTx, prefix: &str) -> Result<Option<KeyRecord>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {KEY_COLUMNS} FROM integrations.api_keys WHERE prefix = $1"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let api_keys = d.engine_table(EngineTable::ApiKeys);
+        let [p1] = d.params();
+        format!("SELECT {KEY_COLUMNS} FROM {api_keys} WHERE prefix = {p1}")
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<KeyTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(prefix)
         .fetch_optional(conn)
@@ -246,9 +254,11 @@ pub async fn find_by_prefix(tx: &mut DbTx, prefix: &str) -> Result<Option<KeyRec
 
 /// Every key, oldest first.
 pub async fn list(tx: &mut DbTx) -> Result<Vec<KeyRecord>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {KEY_COLUMNS} FROM integrations.api_keys ORDER BY created_at, id"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let api_keys = d.engine_table(EngineTable::ApiKeys);
+        format!("SELECT {KEY_COLUMNS} FROM {api_keys} ORDER BY created_at, id")
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<KeyTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows.into_iter().map(key_record).collect())
 }
@@ -256,9 +266,12 @@ pub async fn list(tx: &mut DbTx) -> Result<Vec<KeyRecord>, StoreError> {
 /// Revokes a key. Returns false when there is no such key or it was
 /// already revoked.
 pub async fn revoke(tx: &mut DbTx, id: Uuid, now: Time) -> Result<bool, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let api_keys = d.engine_table(EngineTable::ApiKeys);
+        let [p1, p2] = d.params();
+        format!("UPDATE {api_keys} SET revoked_at = {p2} WHERE id = {p1} AND revoked_at IS NULL")
+    });
+    let sql = SQL.get(tx.dialect());
     let changed = on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(Id(id))
         .bind(now)
@@ -270,9 +283,12 @@ pub async fn revoke(tx: &mut DbTx, id: Uuid, now: Time) -> Result<bool, StoreErr
 
 /// Revokes every unrevoked key with this name; returns how many.
 pub async fn revoke_named(tx: &mut DbTx, name: &str, now: Time) -> Result<u64, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.api_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let api_keys = d.engine_table(EngineTable::ApiKeys);
+        let [p1, p2] = d.params();
+        format!("UPDATE {api_keys} SET revoked_at = {p2} WHERE name = {p1} AND revoked_at IS NULL")
+    });
+    let sql = SQL.get(tx.dialect());
     let changed = on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(name)
         .bind(now)

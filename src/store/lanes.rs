@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use super::dialect::{EngineTable, Statement};
 use super::events::Status;
 use super::scope::OrgScope;
 use super::types::{Doc, Id, Position, Time};
@@ -34,12 +35,17 @@ pub async fn ensure(
     lanes: i32,
     start: Position,
 ) -> Result<(), StoreError> {
-    let sql = tx.dialect().sql(
-        "INSERT INTO integrations.lanes (integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq) \
-         VALUES ($1, $2, $3, $4, $3, $4) ON CONFLICT DO NOTHING",
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1, p2, p3, p4] = d.params();
+        format!(
+            "INSERT INTO {lanes} (integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq) \
+             VALUES ({p1}, {p2}, {p3}, {p4}, {p3}, {p4}) ON CONFLICT DO NOTHING"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     for lane in 0..lanes {
-        on_tx!(&mut *tx, |conn| sqlx::query(AssertSqlSafe(sql.clone()))
+        on_tx!(&mut *tx, |conn| sqlx::query(sql)
             .bind(integration)
             .bind(lane)
             .bind(start.xid)
@@ -53,10 +59,11 @@ pub async fn ensure(
 
 /// The integrations that have lanes, with how many.
 pub async fn existing(tx: &mut DbTx) -> Result<HashMap<String, i32>, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("SELECT integration_id, COUNT(*) FROM integrations.lanes GROUP BY integration_id"),
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        format!("SELECT integration_id, COUNT(*) FROM {lanes} GROUP BY integration_id")
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<(String, i64)> =
         on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows.into_iter().map(|(id, n)| (id, n as i32)).collect())
@@ -70,14 +77,19 @@ pub async fn lock(
     integration: &str,
     lane: i32,
 ) -> Result<Option<LaneRow>, StoreError> {
-    let lock = match tx.dialect() {
-        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-        Dialect::Sqlite => "",
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT cursor_xid, cursor_seq, delivered FROM integrations.lanes \
-         WHERE integration_id = $1 AND lane = $2{lock}"
-    )));
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1, p2] = d.params();
+        let select = format!(
+            "SELECT cursor_xid, cursor_seq, delivered FROM {lanes} \
+             WHERE integration_id = {p1} AND lane = {p2}"
+        );
+        match d {
+            Dialect::Postgres => format!("{select} FOR UPDATE SKIP LOCKED"),
+            Dialect::Sqlite => select,
+        }
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<(i64, i64, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
@@ -98,10 +110,15 @@ pub async fn advance(
     delivered: i64,
     now: Time,
 ) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.lanes SET cursor_xid = $3, cursor_seq = $4, delivered = delivered + $5, updated_at = $6 \
-         WHERE integration_id = $1 AND lane = $2",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1, p2, p3, p4, p5, p6] = d.params();
+        format!(
+            "UPDATE {lanes} SET cursor_xid = {p3}, cursor_seq = {p4}, delivered = delivered + {p5}, updated_at = {p6} \
+             WHERE integration_id = {p1} AND lane = {p2}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(integration)
         .bind(lane)
@@ -129,10 +146,14 @@ pub struct LaneView {
 
 /// Every lane of every integration.
 pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq, delivered, updated_at \
-           FROM integrations.lanes",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        format!(
+            "SELECT integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq, delivered, updated_at \
+               FROM {lanes}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     type Row = (String, i32, i64, i64, i64, i64, i64, Time);
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows
@@ -245,6 +266,22 @@ struct OpenTuple {
     e_occurred: Time,
 }
 
+/// The statement of [`open_rows`] for rows in `statuses`.
+fn open_rows_sql(d: Dialect, statuses: &str) -> String {
+    let deliveries = d.engine_table(EngineTable::Deliveries);
+    let events = d.engine_table(EngineTable::Events);
+    let [p1, p2, p3] = d.params();
+    format!(
+        "SELECT {ROW_COLUMNS}, e.source_product AS e_source, e.event_name AS e_event, e.event_data AS e_data, \
+                e.occurred_at AS e_occurred \
+           FROM {deliveries} d \
+           JOIN {events} e ON e.organization_id = d.organization_id AND e.id = d.event_id \
+          WHERE d.integration_id = {p1} AND d.lane = {p2} AND d.status IN {statuses} \
+          ORDER BY d.event_xid, d.event_seq, d.route_ordinal, d.route_event \
+          LIMIT {p3}"
+    )
+}
+
 /// A lane's open rows in position order, with their events: `pending` and
 /// `retrying` rows, and `dead` ones too when `dead_blocks`. At most
 /// `limit`.
@@ -255,20 +292,10 @@ pub async fn open_rows(
     dead_blocks: bool,
     limit: i64,
 ) -> Result<Vec<OpenRow>, StoreError> {
-    let statuses = if dead_blocks {
-        "('pending', 'retrying', 'dead')"
-    } else {
-        "('pending', 'retrying')"
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT {ROW_COLUMNS}, e.source_product AS e_source, e.event_name AS e_event, e.event_data AS e_data, \
-                e.occurred_at AS e_occurred \
-           FROM integrations.deliveries d \
-           JOIN integrations.events e ON e.organization_id = d.organization_id AND e.id = d.event_id \
-          WHERE d.integration_id = $1 AND d.lane = $2 AND d.status IN {statuses} \
-          ORDER BY d.event_xid, d.event_seq, d.route_ordinal, d.route_event \
-          LIMIT $3"
-    )));
+    static OPEN: Statement = Statement::new(|d| open_rows_sql(d, "('pending', 'retrying')"));
+    static OPEN_OR_DEAD: Statement =
+        Statement::new(|d| open_rows_sql(d, "('pending', 'retrying', 'dead')"));
+    let sql = if dead_blocks { &OPEN_OR_DEAD } else { &OPEN }.get(tx.dialect());
     let rows: Vec<OpenTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
@@ -300,15 +327,18 @@ pub async fn blocked_keys(
     lane: i32,
     dead_blocks: bool,
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let statuses = if dead_blocks {
-        "('pending', 'retrying', 'dead')"
-    } else {
-        "('pending', 'retrying')"
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT DISTINCT order_key FROM integrations.deliveries \
-          WHERE integration_id = $1 AND lane = $2 AND status IN {statuses} AND order_key IS NOT NULL"
-    )));
+    fn blocked_keys_sql(d: Dialect, statuses: &str) -> String {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT DISTINCT order_key FROM {deliveries} \
+              WHERE integration_id = {p1} AND lane = {p2} AND status IN {statuses} AND order_key IS NOT NULL"
+        )
+    }
+    static OPEN: Statement = Statement::new(|d| blocked_keys_sql(d, "('pending', 'retrying')"));
+    static OPEN_OR_DEAD: Statement =
+        Statement::new(|d| blocked_keys_sql(d, "('pending', 'retrying', 'dead')"));
+    let sql = if dead_blocks { &OPEN_OR_DEAD } else { &OPEN }.get(tx.dialect());
     let rows: Vec<(String,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
@@ -434,10 +464,15 @@ pub async fn skip_open(
     reason: &str,
     now: Time,
 ) -> Result<u64, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.deliveries SET status = 'skipped', last_error = $2, updated_at = $3, completed_at = $3 \
-         WHERE integration_id = $1 AND status IN ('pending', 'retrying')",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "UPDATE {deliveries} SET status = 'skipped', last_error = {p2}, updated_at = {p3}, completed_at = {p3} \
+             WHERE integration_id = {p1} AND status IN ('pending', 'retrying')"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let count = on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(integration)
         .bind(reason)
@@ -476,20 +511,24 @@ pub async fn replay(
         None => vec![None],
     };
     for chunk in chunks {
+        let d = tx.dialect();
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
         let id_clause = match &chunk {
             Some(ids) => {
-                let params: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 4)).collect();
+                let params: Vec<String> =
+                    (0..ids.len()).map(|i| d.param(i + 4).to_string()).collect();
                 format!(" AND id IN ({})", params.join(", "))
             }
             None => String::new(),
         };
-        let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-            "UPDATE integrations.deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, \
-                    updated_at = $1, completed_at = NULL \
-              WHERE status = 'dead' AND ($2 IS NULL OR integration_id = $2) \
-                AND ($3 IS NULL OR organization_id = $3){id_clause} \
+        let sql = AssertSqlSafe(format!(
+            "UPDATE {deliveries} SET status = 'pending', attempts = 0, next_attempt_at = {p1}, \
+                    updated_at = {p1}, completed_at = NULL \
+              WHERE status = 'dead' AND ({p2} IS NULL OR integration_id = {p2}) \
+                AND ({p3} IS NULL OR organization_id = {p3}){id_clause} \
               RETURNING integration_id, lane"
-        )));
+        ));
         let rows: Vec<(String, i32)> = on_tx!(&mut *tx, |conn| {
             let mut query = sqlx::query_as(sql)
                 .bind(now)
@@ -510,10 +549,12 @@ pub async fn replay(
 /// Removes an integration's lanes (it was removed from the configuration:
 /// if it comes back, it starts from the events published then).
 pub async fn remove(tx: &mut DbTx, integration: &str) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("DELETE FROM integrations.lanes WHERE integration_id = $1"),
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1] = d.params();
+        format!("DELETE FROM {lanes} WHERE integration_id = {p1}")
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(integration)
         .execute(conn)
@@ -577,10 +618,15 @@ pub async fn delivered_since(
     scope: OrgScope,
     since: Time,
 ) -> Result<HashMap<String, i64>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, CAST(SUM(delivered) AS BIGINT) FROM integrations.delivery_stats \
-          WHERE bucket >= $1 AND ($2 IS NULL OR organization_id = $2) GROUP BY integration_id",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let delivery_stats = d.engine_table(EngineTable::DeliveryStats);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT integration_id, CAST(SUM(delivered) AS BIGINT) FROM {delivery_stats} \
+              WHERE bucket >= {p1} AND ({p2} IS NULL OR organization_id = {p2}) GROUP BY integration_id"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<(String, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(since)
         .bind(scope.bind())
@@ -591,10 +637,12 @@ pub async fn delivered_since(
 
 /// Drops per-minute counters older than `before`.
 pub async fn prune_stats(tx: &mut DbTx, before: Time) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("DELETE FROM integrations.delivery_stats WHERE bucket < $1"),
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let delivery_stats = d.engine_table(EngineTable::DeliveryStats);
+        let [p1] = d.params();
+        format!("DELETE FROM {delivery_stats} WHERE bucket < {p1}")
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(before)
         .execute(conn)

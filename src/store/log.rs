@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use super::dialect::{EngineTable, Statement};
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::compile::OrderKey;
@@ -209,10 +210,15 @@ fn existing((id, source, event, data): ExistingRow) -> Existing {
 }
 
 async fn find(tx: &mut DbTx, organization: Uuid, id: Uuid) -> Result<Option<Existing>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT id, source_product, event_name, event_data FROM integrations.events \
-         WHERE organization_id = $1 AND id = $2",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let events = d.engine_table(EngineTable::Events);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT id, source_product, event_name, event_data FROM {events} \
+             WHERE organization_id = {p1} AND id = {p2}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<ExistingRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(organization))
         .bind(Id(id))
@@ -226,10 +232,15 @@ async fn find_by_key(
     organization: Uuid,
     key: &str,
 ) -> Result<Option<Existing>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT id, source_product, event_name, event_data FROM integrations.events \
-         WHERE organization_id = $1 AND idempotency_key = $2",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let events = d.engine_table(EngineTable::Events);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT id, source_product, event_name, event_data FROM {events} \
+             WHERE organization_id = {p1} AND idempotency_key = {p2}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<ExistingRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(organization))
         .bind(key)

@@ -3,10 +3,11 @@
 //! integrations write to.
 //!
 //! The SQL that differs between the databases lives in [`dialect`]; values
-//! that differ in representation go through [`types`]; queries whose text
-//! is the same are written once and run on either connection with
-//! [`on_tx!`]. Every identifier in SQL text passes through
-//! [`crate::compile::ident::quote`]; every value is a bound parameter.
+//! that differ in representation go through [`types`]; a query written
+//! once with the dialect's placeholders and table names
+//! ([`dialect::Statement`]) runs on either connection with [`on_tx!`].
+//! Every name in SQL text passes through [`crate::compile::ident::quote`],
+//! which takes only typed names; every value is a bound parameter.
 
 pub mod batch;
 pub mod catalog;

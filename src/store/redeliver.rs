@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use super::dialect::{EngineTable, Statement};
 use super::events::Status;
 use super::log;
 use super::types::{Doc, Id, Position, Time};
@@ -119,14 +120,21 @@ pub async fn lanes(
     integration: &str,
     lock: bool,
 ) -> Result<HashMap<i32, LaneMark>, StoreError> {
-    let lock = match (tx.dialect(), lock) {
-        (Dialect::Postgres, true) => " FOR UPDATE",
-        _ => "",
-    };
-    let sql = AssertSqlSafe(tx.dialect().sql(&format!(
-        "SELECT lane, cursor_xid, cursor_seq, origin_xid, origin_seq FROM integrations.lanes \
-          WHERE integration_id = $1 ORDER BY lane{lock}"
-    )));
+    fn lanes_sql(d: Dialect) -> String {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1] = d.params();
+        format!(
+            "SELECT lane, cursor_xid, cursor_seq, origin_xid, origin_seq FROM {lanes} \
+              WHERE integration_id = {p1} ORDER BY lane"
+        )
+    }
+    static READ: Statement = Statement::new(lanes_sql);
+    // SQLite's write transaction already excludes every other writer.
+    static LOCK: Statement = Statement::new(|d| match d {
+        Dialect::Postgres => format!("{} FOR UPDATE", lanes_sql(d)),
+        Dialect::Sqlite => lanes_sql(d),
+    });
+    let sql = if lock { &LOCK } else { &READ }.get(tx.dialect());
     let rows: Vec<(i32, i64, i64, i64, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .fetch_all(conn)
@@ -654,11 +662,16 @@ type RecordRow = (
 
 /// The record of `request_id` in `scope`, if any.
 pub async fn find_record(tx: &mut DbTx, key: RequestKey<'_>) -> Result<Option<Record>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT filter, state, events, deliveries, bound_xid, bound_seq, progress_xid, progress_seq, run_id, \
+    static SQL: Statement = Statement::new(|d| {
+        let redeliveries = d.engine_table(EngineTable::Redeliveries);
+        let [p1, p2] = d.params();
+        format!(
+            "SELECT filter, state, events, deliveries, bound_xid, bound_seq, progress_xid, progress_seq, run_id, \
                 created_at, updated_at, finished_at \
-           FROM integrations.redeliveries WHERE scope = $1 AND request_id = $2",
-    ));
+               FROM {redeliveries} WHERE scope = {p1} AND request_id = {p2}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<RecordRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(key.scope)
         .bind(key.id)
@@ -698,20 +711,27 @@ pub async fn create_record(
     now: Time,
     forget_before: Time,
 ) -> Result<bool, StoreError> {
-    let purge = AssertSqlSafe(
-        tx.dialect()
-            .sql("DELETE FROM integrations.redeliveries WHERE created_at < $1 AND state = 'done'"),
-    );
+    static PURGE: Statement = Statement::new(|d| {
+        let redeliveries = d.engine_table(EngineTable::Redeliveries);
+        let [p1] = d.params();
+        format!("DELETE FROM {redeliveries} WHERE created_at < {p1} AND state = 'done'")
+    });
+    let purge = PURGE.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(purge)
         .bind(forget_before)
         .execute(conn)
         .await
         .map(|_| ()))?;
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.redeliveries (scope, request_id, integration_id, filter, state, events, deliveries, \
-            bound_xid, bound_seq, progress_xid, progress_seq, run_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'running', 0, 0, $5, $6, 0, 0, $7, $8, $8) ON CONFLICT DO NOTHING",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let redeliveries = d.engine_table(EngineTable::Redeliveries);
+        let [p1, p2, p3, p4, p5, p6, p7, p8] = d.params();
+        format!(
+            "INSERT INTO {redeliveries} (scope, request_id, integration_id, filter, state, events, deliveries, \
+                bound_xid, bound_seq, progress_xid, progress_seq, run_id, created_at, updated_at) \
+             VALUES ({p1}, {p2}, {p3}, {p4}, 'running', 0, 0, {p5}, {p6}, 0, 0, {p7}, {p8}, {p8}) ON CONFLICT DO NOTHING"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let json = serde_json::to_value(filter.normalized())
         .map_err(|e| StoreError::Invalid(format!("cannot record a redelivery filter: {e}")))?;
     let inserted = on_tx!(&mut *tx, |conn| sqlx::query(sql)
@@ -738,10 +758,15 @@ pub async fn take_over(
     run: Uuid,
     now: Time,
 ) -> Result<bool, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.redeliveries SET run_id = $3, updated_at = $4 \
-          WHERE scope = $1 AND request_id = $2 AND state = 'running' AND updated_at = $5",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let redeliveries = d.engine_table(EngineTable::Redeliveries);
+        let [p1, p2, p3, p4, p5] = d.params();
+        format!(
+            "UPDATE {redeliveries} SET run_id = {p3}, updated_at = {p4} \
+              WHERE scope = {p1} AND request_id = {p2} AND state = 'running' AND updated_at = {p5}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let updated = on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(key.scope)
         .bind(key.id)
@@ -775,13 +800,18 @@ pub async fn record_progress(
     progress: Progress,
     now: Time,
 ) -> Result<bool, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "UPDATE integrations.redeliveries SET progress_xid = $4, progress_seq = $5, events = events + $6, \
-                deliveries = deliveries + $7, updated_at = $8, \
-                state = CASE WHEN $9 THEN 'done' ELSE state END, \
-                finished_at = CASE WHEN $9 THEN $8 ELSE finished_at END \
-          WHERE scope = $1 AND request_id = $2 AND run_id = $3",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let redeliveries = d.engine_table(EngineTable::Redeliveries);
+        let [p1, p2, p3, p4, p5, p6, p7, p8, p9] = d.params();
+        format!(
+            "UPDATE {redeliveries} SET progress_xid = {p4}, progress_seq = {p5}, events = events + {p6}, \
+                deliveries = deliveries + {p7}, updated_at = {p8}, \
+                state = CASE WHEN {p9} THEN 'done' ELSE state END, \
+                finished_at = CASE WHEN {p9} THEN {p8} ELSE finished_at END \
+              WHERE scope = {p1} AND request_id = {p2} AND run_id = {p3}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let updated = on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(key.scope)
         .bind(key.id)

@@ -5,8 +5,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::AssertSqlSafe;
-
+use super::dialect::{EngineTable, Statement};
 use super::types::{Position, Time};
 use super::{DbTx, StoreError};
 use crate::engine::State;
@@ -36,9 +35,11 @@ fn persisted((_, state, xid, seq): &Row) -> Persisted {
 
 /// Every persisted state.
 pub async fn load(tx: &mut DbTx) -> Result<HashMap<String, Persisted>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, state, skip_xid, skip_seq FROM integrations.integration_state",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let integration_state = d.engine_table(EngineTable::IntegrationState);
+        format!("SELECT integration_id, state, skip_xid, skip_seq FROM {integration_state}")
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows
         .iter()
@@ -48,10 +49,15 @@ pub async fn load(tx: &mut DbTx) -> Result<HashMap<String, Persisted>, StoreErro
 
 /// One integration's persisted state, if any.
 pub async fn load_one(tx: &mut DbTx, integration: &str) -> Result<Option<Persisted>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT integration_id, state, skip_xid, skip_seq FROM integrations.integration_state \
-         WHERE integration_id = $1",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let integration_state = d.engine_table(EngineTable::IntegrationState);
+        let [p1] = d.params();
+        format!(
+            "SELECT integration_id, state, skip_xid, skip_seq FROM {integration_state} \
+             WHERE integration_id = {p1}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     let row: Option<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .fetch_optional(conn)
@@ -67,12 +73,17 @@ pub async fn save(
     skip_before: Option<Position>,
     now: Time,
 ) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.integration_state (integration_id, state, skip_xid, skip_seq, updated_at) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (integration_id) DO UPDATE SET state = excluded.state, skip_xid = excluded.skip_xid, \
-            skip_seq = excluded.skip_seq, updated_at = excluded.updated_at",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let integration_state = d.engine_table(EngineTable::IntegrationState);
+        let [p1, p2, p3, p4, p5] = d.params();
+        format!(
+            "INSERT INTO {integration_state} (integration_id, state, skip_xid, skip_seq, updated_at) \
+             VALUES ({p1}, {p2}, {p3}, {p4}, {p5}) \
+             ON CONFLICT (integration_id) DO UPDATE SET state = excluded.state, skip_xid = excluded.skip_xid, \
+                skip_seq = excluded.skip_seq, updated_at = excluded.updated_at"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(integration)
         .bind(state.as_str())
@@ -93,12 +104,17 @@ pub async fn define(
     node: &str,
     now: Time,
 ) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.definitions (integration_id, fingerprint, loaded_at, loaded_by) \
-         VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (integration_id) DO UPDATE SET fingerprint = excluded.fingerprint, \
-            loaded_at = excluded.loaded_at, loaded_by = excluded.loaded_by",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let definitions = d.engine_table(EngineTable::Definitions);
+        let [p1, p2, p3, p4] = d.params();
+        format!(
+            "INSERT INTO {definitions} (integration_id, fingerprint, loaded_at, loaded_by) \
+             VALUES ({p1}, {p2}, {p3}, {p4}) \
+             ON CONFLICT (integration_id) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                loaded_at = excluded.loaded_at, loaded_by = excluded.loaded_by"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(integration)
         .bind(fingerprint)
@@ -112,10 +128,11 @@ pub async fn define(
 
 /// Every integration's current definition.
 pub async fn definitions(tx: &mut DbTx) -> Result<HashMap<String, Option<String>>, StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("SELECT integration_id, fingerprint FROM integrations.definitions"),
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let definitions = d.engine_table(EngineTable::Definitions);
+        format!("SELECT integration_id, fingerprint FROM {definitions}")
+    });
+    let sql = SQL.get(tx.dialect());
     let rows: Vec<(String, Option<String>)> =
         on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows.into_iter().collect())
@@ -141,12 +158,17 @@ pub async fn heartbeat(
     workers: i32,
     now: Time,
 ) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "INSERT INTO integrations.nodes (id, name, started_at, heartbeat_at, generation, workers) \
-         VALUES ($1, $2, $3, $3, $4, $5) \
-         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, generation = excluded.generation, \
-            workers = excluded.workers",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let nodes = d.engine_table(EngineTable::Nodes);
+        let [p1, p2, p3, p4, p5] = d.params();
+        format!(
+            "INSERT INTO {nodes} (id, name, started_at, heartbeat_at, generation, workers) \
+             VALUES ({p1}, {p2}, {p3}, {p3}, {p4}, {p5}) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, generation = excluded.generation, \
+                workers = excluded.workers"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(super::types::Id(id))
         .bind(name)
@@ -162,10 +184,12 @@ pub async fn heartbeat(
 /// Removes a process (it stopped), and any whose heartbeat is older than
 /// `stale`.
 pub async fn leave(tx: &mut DbTx, id: uuid::Uuid, stale: Time) -> Result<(), StoreError> {
-    let sql = AssertSqlSafe(
-        tx.dialect()
-            .sql("DELETE FROM integrations.nodes WHERE id = $1 OR heartbeat_at < $2"),
-    );
+    static SQL: Statement = Statement::new(|d| {
+        let nodes = d.engine_table(EngineTable::Nodes);
+        let [p1, p2] = d.params();
+        format!("DELETE FROM {nodes} WHERE id = {p1} OR heartbeat_at < {p2}")
+    });
+    let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(super::types::Id(id))
         .bind(stale)
@@ -177,10 +201,15 @@ pub async fn leave(tx: &mut DbTx, id: uuid::Uuid, stale: Time) -> Result<(), Sto
 
 /// The processes whose heartbeat is newer than `since`.
 pub async fn nodes(tx: &mut DbTx, since: Time) -> Result<Vec<Node>, StoreError> {
-    let sql = AssertSqlSafe(tx.dialect().sql(
-        "SELECT id, name, started_at, heartbeat_at, generation, workers FROM integrations.nodes \
-         WHERE heartbeat_at >= $1 ORDER BY started_at",
-    ));
+    static SQL: Statement = Statement::new(|d| {
+        let nodes = d.engine_table(EngineTable::Nodes);
+        let [p1] = d.params();
+        format!(
+            "SELECT id, name, started_at, heartbeat_at, generation, workers FROM {nodes} \
+             WHERE heartbeat_at >= {p1} ORDER BY started_at"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
     type NodeRow = (
         super::types::Id,
         String,

@@ -18,7 +18,7 @@ use sqlx::{AssertSqlSafe, Connection};
 use super::catalog::{TableInfo, read_table};
 use super::convert::{BindValue, convert};
 use super::{DbTx, Dialect, Store, StoreError};
-use crate::compile::ident::{TableName, quote};
+use crate::compile::ident::{Ident, TableName, quote};
 use crate::on_tx;
 
 /// A database that exists for one test case.
@@ -31,7 +31,7 @@ enum Cleanup {
     /// The temporary directory holding the SQLite file.
     Sqlite(PathBuf),
     /// The server to connect to for the drop, and the database's name.
-    Postgres { admin_url: String, name: String },
+    Postgres { admin_url: String, name: Ident },
 }
 
 impl Testbed {
@@ -39,10 +39,12 @@ impl Testbed {
     /// temporary SQLite file, or a new database on the PostgreSQL server
     /// `server` names.
     pub async fn create(server: Option<&str>) -> Result<Testbed, StoreError> {
-        let name = format!("busbar_test_{}", uuid::Uuid::new_v4().simple());
+        // A fixed prefix and hex digits: an identifier as it is.
+        let name = Ident::parse(&format!("busbar_test_{}", uuid::Uuid::new_v4().simple()))
+            .expect("a valid identifier");
         let (store, cleanup) = match server {
             None => {
-                let dir = std::env::temp_dir().join(&name);
+                let dir = std::env::temp_dir().join(name.as_str());
                 std::fs::create_dir_all(&dir).map_err(|e| {
                     StoreError::Invalid(format!("cannot create {}: {e}", dir.display()))
                 })?;
@@ -51,12 +53,11 @@ impl Testbed {
             }
             Some(admin_url) => {
                 let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-                // The name is ours: a fixed prefix and hex digits.
-                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {}", quote(&name))))
                     .execute(&mut admin)
                     .await?;
                 admin.close().await.ok();
-                let url = with_database(admin_url, &name);
+                let url = with_database(admin_url, name.as_str());
                 let cleanup = Cleanup::Postgres {
                     admin_url: admin_url.to_owned(),
                     name,
@@ -97,7 +98,8 @@ impl Testbed {
             Cleanup::Postgres { admin_url, name } => {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
                     let _ = sqlx::query(AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote(name)
                     )))
                     .execute(&mut admin)
                     .await;
@@ -134,10 +136,7 @@ impl Testbed {
                 values.push(convert(column, value).map_err(|e| (index, e))?);
                 let n = values.len();
                 columns.push(quote(&column.name));
-                placeholders.push(match dialect {
-                    Dialect::Postgres => format!("CAST(${n} AS {})", column.cast_type),
-                    Dialect::Sqlite => format!("?{n}"),
-                });
+                placeholders.push(dialect.bound(n, column));
             }
             let sql = if columns.is_empty() {
                 format!("INSERT INTO {} DEFAULT VALUES", dialect.table(table))

@@ -846,10 +846,35 @@ on_both_databases! {
         let short = info.column("short").unwrap();
         assert_eq!(short.ty, ColumnType::Text, "a domain is read as its base type");
         assert_eq!(short.limits, Limits { max_chars: Some(5), ..none });
+        let cast_type = |name: &str| {
+            info.column(name).unwrap().cast_type.as_ref().map(|t| t.as_str().to_owned())
+        };
         if postgres {
-            assert_eq!(short.cast_type, "varchar", "casts never carry a truncating modifier");
-            assert_eq!(info.column("code").unwrap().cast_type, "bpchar");
+            assert_eq!(
+                cast_type("short").as_deref(),
+                Some("varchar"),
+                "casts never carry a truncating modifier"
+            );
+            assert_eq!(cast_type("code").as_deref(), Some("bpchar"));
             assert_eq!(info.column("name").unwrap().sql_type, "character varying(100)");
+            // Type names as `format_type` writes them, quoted where needed,
+            // are cast to; catalog column names need not be identifiers.
+            db.execute(r#"CREATE TYPE test."Mood" AS ENUM ('ok', 'not ok')"#).await;
+            db.execute(r#"CREATE TABLE test.moods (m test."Mood", tags TEXT[], "firstName" TEXT)"#)
+                .await;
+            let mut tx = db.store.begin_read().await.unwrap();
+            let info = catalog::read_table(&mut tx, &TableName::parse("test.moods").unwrap())
+                .await
+                .unwrap();
+            tx.rollback().await.ok();
+            let cast_type = |name: &str| {
+                info.column(name).unwrap().cast_type.as_ref().map(|t| t.as_str().to_owned())
+            };
+            assert_eq!(cast_type("m").as_deref(), Some(r#"test."Mood""#));
+            assert_eq!(cast_type("tags").as_deref(), Some("text[]"));
+            assert_eq!(cast_type("firstName").as_deref(), Some("text"));
+        } else {
+            assert_eq!(cast_type("short"), None, "SQLite binds native values");
         }
     }
 }
