@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::compile::contract::Violation;
 use crate::decimal::Decimal;
 
 /// The fields of an envelope, as templates and paths see them.
@@ -22,6 +21,15 @@ pub const ENVELOPE_FIELDS: [&str; 6] = [
     "occurred_at",
     "data",
 ];
+
+/// A problem with a published event — its envelope, or its `data`
+/// against the event's contract — as a JSON pointer into the event and a
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub pointer: String,
+    pub message: String,
+}
 
 /// An event as stored and routed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
