@@ -9,6 +9,8 @@
 //!   organization scoping); `tests/browser.rs` drives it in Chromium.
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
+//! - `layers`: every module uses only the modules below it (the one
+//!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
@@ -30,6 +32,7 @@ mod console;
 mod crash;
 mod engine;
 mod language;
+mod layers;
 mod ordering;
 mod redeliver;
 mod reload;
