@@ -12,6 +12,8 @@
 //! - `layers`: every module uses only the modules below it (the one
 //!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
+//! - `envelope`: the OpenAPI document's `EventInput` and
+//!   `Envelope::from_json` accept exactly the same events.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
 //! - `ordering`: delivery v2's order per key under publishers, workers,
@@ -31,6 +33,7 @@ mod config_tests;
 mod console;
 mod crash;
 mod engine;
+mod envelope;
 mod language;
 mod layers;
 mod ordering;
