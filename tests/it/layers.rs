@@ -50,11 +50,6 @@ const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
         "`store::events::Status`, the delivery outcomes' label set, belongs in a leaf",
     ),
     (
-        "api",
-        "console",
-        "`api::router` merges `console::router()`; the composition belongs above both",
-    ),
-    (
         "dev",
         "serve",
         "`serve::redact` (a database URL without its password) belongs in store",
