@@ -97,7 +97,7 @@ async fn run(label: &str, url: &str, options: &Options) {
         .expect("bind");
     let endpoint = format!("http://{}/api/events", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api::router(state), async move {
+    let server = tokio::spawn(api::serve(listener, busbar::serve::app(state), async move {
         let _ = stopped.await;
     }));
 

@@ -1,19 +1,28 @@
 //! The event envelope: `{id, source, event, organization_id, occurred_at, data}`.
 //!
-//! Producers send JSON (the id and time are optional); busbar validates it
-//! into an [`Envelope`] with [`Envelope::from_json`], reporting every
-//! problem at once as JSON pointers, and that envelope is what mappings see
-//! as `event`.
+//! Producers send JSON (the id and time are optional). [`SentEvent`] is the
+//! one definition of that JSON: the OpenAPI document's schema is derived
+//! from it (`utoipa::ToSchema`), and [`Envelope::from_json`] reads events
+//! with its `serde` deserializer, reporting every problem at once as JSON
+//! pointers, so the document and the validation cannot say different
+//! things. The envelope it gives is what mappings see as `event`.
+//!
+//! A leaf: it uses nothing of busbar's but `decimal`.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Timelike, Utc};
+use serde::de::value::{MapAccessDeserializer, StrDeserializer};
+use serde::de::{self, DeserializeSeed, MapAccess};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
-use crate::compile::contract::Violation;
 use crate::decimal::Decimal;
 
-/// The fields of an envelope, as templates and paths see them.
+/// The fields of an envelope, as templates and paths see them (the
+/// properties of [`SentEvent`], in order).
 pub const ENVELOPE_FIELDS: [&str; 6] = [
     "id",
     "source",
@@ -22,6 +31,135 @@ pub const ENVELOPE_FIELDS: [&str; 6] = [
     "occurred_at",
     "data",
 ];
+
+/// A problem with a published event — its envelope, or its `data`
+/// against the event's contract — as a JSON pointer into the event and a
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub pointer: String,
+    pub message: String,
+}
+
+/// An event as a producer sends it. Only `source`, `event` and
+/// `organization_id` are required; busbar gives an event without `id` a new
+/// UUIDv7 and one without `occurred_at` the current time.
+///
+/// The one definition of the envelope's JSON: the OpenAPI document's
+/// `EventInput` is derived from it, and [`Envelope::from_json`] reads
+/// events with its deserializer.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = EventInput)]
+pub struct SentEvent {
+    /// Supply it to make publishing idempotent: a second publish with the
+    /// same id returns the stored event and creates nothing.
+    #[serde(default, deserialize_with = "optional_uuid")]
+    id: Option<Uuid>,
+    /// The publishing product.
+    source: ProductName,
+    /// The dotted event name.
+    event: EventName,
+    /// The organization the event belongs to.
+    #[serde(deserialize_with = "uuid")]
+    organization_id: Uuid,
+    /// When the business fact happened (RFC 3339).
+    #[serde(default, deserialize_with = "optional_timestamp")]
+    occurred_at: Option<DateTime<Utc>>,
+    /// The payload, checked against the event's contract
+    /// (`schemas/events/<source>/<event>.json`) when there is one.
+    #[serde(default, deserialize_with = "optional_object")]
+    data: Option<Map<String, Value>>,
+}
+
+/// A product's name, as an event's `source`: lowercase letters, digits
+/// and `_`, at most 50 (`recruitiq`, `nexus`). Its schema and its
+/// deserializer are written side by side, from the same limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductName(String);
+
+/// An event's name: dotted product names, at most 100 characters
+/// (`candidate.hired`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventName(String);
+
+/// The longest product name.
+const MAX_PRODUCT_NAME: usize = 50;
+/// The longest event name.
+const MAX_EVENT_NAME: usize = 100;
+
+impl PartialSchema for ProductName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("A product's name: lowercase letters, digits and `_`."))
+            .pattern(Some("^[a-z][a-z0-9_]*$"))
+            .max_length(Some(MAX_PRODUCT_NAME))
+            .examples(["recruitiq"])
+            .into()
+    }
+}
+
+impl ToSchema for ProductName {}
+
+impl PartialSchema for EventName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A dotted event name: product names (each at most 50 characters) joined by `.`.",
+            ))
+            // Each word is a product name, at most MAX_PRODUCT_NAME long.
+            .pattern(Some("^[a-z][a-z0-9_]{0,49}(\\.[a-z][a-z0-9_]{0,49})*$"))
+            .max_length(Some(MAX_EVENT_NAME))
+            .examples(["candidate.hired"])
+            .into()
+    }
+}
+
+impl ToSchema for EventName {}
+
+impl From<ProductName> for String {
+    fn from(name: ProductName) -> String {
+        name.0
+    }
+}
+
+impl From<EventName> for String {
+    fn from(name: EventName) -> String {
+        name.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ProductName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ProductName, D::Error> {
+        read(deserializer, |value| {
+            let name = string(value)?;
+            if is_product_name(&name) {
+                Ok(ProductName(name))
+            } else {
+                Err(format!(
+                    "`{name}` is not a product name (lowercase letters, digits and `_`, at most {MAX_PRODUCT_NAME})"
+                ))
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for EventName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<EventName, D::Error> {
+        read(deserializer, |value| {
+            let name = string(value)?;
+            if is_event_name(&name) {
+                Ok(EventName(name))
+            } else {
+                Err(format!(
+                    "`{name}` is not an event name such as `candidate.hired` (at most {MAX_EVENT_NAME} characters)"
+                ))
+            }
+        })
+    }
+}
 
 /// An event as stored and routed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,146 +205,267 @@ impl Envelope {
         Value::Object(map)
     }
 
-    /// Validates an event as a producer sent it. Missing `id` gets a new
-    /// UUIDv7 and missing `occurred_at` the current time; everything else
-    /// must be present and well-formed. Returns every violation at once.
+    /// Validates an event as a producer sent it, as [`SentEvent`] says.
+    /// Missing `id` gets a new UUIDv7 and missing `occurred_at` the current
+    /// time. Beyond the schema, `data` may hold nothing a database could not
+    /// store (U+0000, numbers beyond `numeric`'s range). Returns every
+    /// violation at once.
     pub fn from_json(value: &Value) -> Result<Envelope, Vec<Violation>> {
-        let mut violations = Vec::new();
-        let mut bad = |pointer: &str, message: String| {
-            violations.push(Violation {
-                pointer: pointer.to_owned(),
-                message,
-            })
+        // Only an object: serde would also read a struct from an array of
+        // its fields' values, in order.
+        let Value::Object(object) = value else {
+            return Err(vec![violation("", "an event must be a JSON object".into())]);
         };
-        let Some(object) = value.as_object() else {
-            bad("", "an event must be a JSON object".into());
-            return Err(violations);
+        let input = match SentEvent::deserialize(value) {
+            Ok(input) => input,
+            Err(error) => return Err(every_violation(object, &error)),
         };
-        for key in object.keys() {
-            if !ENVELOPE_FIELDS.contains(&key.as_str()) {
-                bad(
-                    &format!("/{key}"),
-                    format!(
-                        "unknown field `{key}`; an event has {}",
-                        ENVELOPE_FIELDS.join(", ")
-                    ),
-                );
-            }
+        let data = Value::Object(input.data.unwrap_or_default());
+        let unstorable = unstorable(&data);
+        if !unstorable.is_empty() {
+            return Err(unstorable);
         }
-        let text = |key: &str, bad: &mut dyn FnMut(&str, String)| -> Option<String> {
-            match object.get(key) {
-                None | Some(Value::Null) => {
-                    bad(&format!("/{key}"), format!("`{key}` is required"));
-                    None
+        Ok(Envelope {
+            id: input.id.unwrap_or_else(Uuid::now_v7),
+            source: input.source.0,
+            event: input.event.0,
+            organization_id: input.organization_id,
+            occurred_at: input.occurred_at.unwrap_or_else(Utc::now),
+            data,
+        })
+    }
+}
+
+/// Every way `object` is not a [`SentEvent`], for an object its
+/// deserializer refused (`error`, its first problem): unknown fields, then
+/// each field of the schema in order — missing, or refused by its own
+/// deserializer, read alone — then what `data` holds that no database can
+/// store.
+fn every_violation(object: &Map<String, Value>, error: &serde_json::Error) -> Vec<Violation> {
+    let schema = input_schema();
+    let mut violations: Vec<Violation> = object
+        .keys()
+        .filter(|key| !schema.properties.contains_key(key.as_str()))
+        .map(|key| {
+            let fields: Vec<&str> = schema.properties.keys().map(String::as_str).collect();
+            violation(
+                &format!("/{key}"),
+                format!("unknown field `{key}`; an event has {}", fields.join(", ")),
+            )
+        })
+        .collect();
+    for field in schema.properties.keys() {
+        let pointer = format!("/{field}");
+        let required = schema.required.contains(field);
+        match object.get(field) {
+            None | Some(Value::Null) if required => {
+                violations.push(violation(&pointer, format!("`{field}` is required")));
+            }
+            None => {}
+            Some(value) => {
+                if let Some(message) = field_problem(field, value) {
+                    violations.push(violation(&pointer, message));
                 }
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => {
-                    bad(&format!("/{key}"), format!("`{key}` must be a string"));
-                    None
-                }
             }
-        };
-        let source = text("source", &mut bad).filter(|s| {
-            let ok = is_product_name(s);
-            if !ok {
-                bad(
-                    "/source",
-                    format!("`{s}` is not a product name (lowercase letters, digits and `_`)"),
-                );
-            }
-            ok
-        });
-        let event = text("event", &mut bad).filter(|s| {
-            let ok = is_event_name(s);
-            if !ok {
-                bad(
-                    "/event",
-                    format!("`{s}` is not an event name such as `candidate.hired`"),
-                );
-            }
-            ok
-        });
-        let organization_id =
-            text("organization_id", &mut bad).and_then(|s| match Uuid::parse_str(&s) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    bad("/organization_id", format!("`{s}` is not a UUID"));
-                    None
-                }
-            });
-        let id = match object.get("id") {
-            None | Some(Value::Null) => Some(Uuid::now_v7()),
-            Some(Value::String(s)) => match Uuid::parse_str(s) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    bad("/id", format!("`{s}` is not a UUID"));
-                    None
-                }
-            },
-            Some(_) => {
-                bad("/id", "`id` must be a UUID string".into());
-                None
-            }
-        };
-        let occurred_at = match object.get("occurred_at") {
-            None | Some(Value::Null) => Some(Utc::now()),
-            Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
-                Ok(at) => Some(at.with_timezone(&Utc)),
-                Err(error) => {
-                    bad(
-                        "/occurred_at",
-                        format!("`{s}` is not an RFC 3339 timestamp: {error}"),
-                    );
-                    None
-                }
-            },
-            Some(_) => {
-                bad(
-                    "/occurred_at",
-                    "`occurred_at` must be an RFC 3339 timestamp string".into(),
-                );
-                None
-            }
-        };
-        let data = match object.get("data") {
-            None | Some(Value::Null) => Some(Value::Object(Map::new())),
-            Some(data @ Value::Object(_)) => {
-                // What no database can store is refused here, on every
-                // database, so an event means the same everywhere and a
-                // publish never fails at commit: PostgreSQL cannot store
-                // U+0000 in text or JSON, nor a number beyond `numeric`'s
-                // range in `jsonb`.
-                let mut unstorable = Vec::new();
-                find_unstorable(data, "/data", &mut unstorable);
-                for (pointer, message) in unstorable {
-                    bad(&pointer, message);
-                }
-                Some(data.clone())
-            }
-            Some(_) => {
-                bad("/data", "`data` must be a JSON object".into());
-                None
-            }
-        };
-        match (id, source, event, organization_id, occurred_at, data) {
-            (
-                Some(id),
-                Some(source),
-                Some(event),
-                Some(organization_id),
-                Some(occurred_at),
-                Some(data),
-            ) if violations.is_empty() => Ok(Envelope {
-                id,
-                source,
-                event,
-                organization_id,
-                occurred_at,
-                data,
-            }),
-            _ => Err(violations),
         }
     }
+    if let Some(data @ Value::Object(_)) = object.get("data") {
+        violations.extend(unstorable(data));
+    }
+    if violations.is_empty() {
+        // The fields are each fine alone, yet the whole was refused: say
+        // what the deserializer said rather than nothing.
+        violations.push(violation("", error.to_string()));
+    }
+    violations
+}
+
+fn violation(pointer: &str, message: String) -> Violation {
+    Violation {
+        pointer: pointer.to_owned(),
+        message,
+    }
+}
+
+/// The properties and required fields of [`SentEvent`]'s schema.
+struct InputSchema {
+    properties: Map<String, Value>,
+    required: Vec<String>,
+}
+
+fn input_schema() -> InputSchema {
+    let schema = serde_json::to_value(SentEvent::schema()).unwrap_or_default();
+    let required = schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|name| name.as_str().map(str::to_owned))
+        .collect();
+    let properties = schema["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    InputSchema {
+        properties,
+        required,
+    }
+}
+
+/// What [`SentEvent`]'s deserializer says of `field`'s `value` read
+/// alone (`None`: the value is fine).
+fn field_problem(field: &str, value: &Value) -> Option<String> {
+    let mut problem = None;
+    let alone = OneField {
+        field: Some(field),
+        value,
+        problem: &mut problem,
+    };
+    // Only the value's own error matters: the others are missing fields.
+    let _ = SentEvent::deserialize(MapAccessDeserializer::new(alone));
+    problem
+}
+
+/// A map of one entry, which remembers the error of its value.
+struct OneField<'de, 'p> {
+    field: Option<&'de str>,
+    value: &'de Value,
+    problem: &'p mut Option<String>,
+}
+
+impl<'de> MapAccess<'de> for OneField<'de, '_> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, serde_json::Error> {
+        match self.field.take() {
+            Some(field) => seed.deserialize(StrDeserializer::new(field)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        seed.deserialize(self.value).inspect_err(|error| {
+            *self.problem = Some(error.to_string());
+        })
+    }
+}
+
+/// Reads a value with `parse`, whose error is the message.
+fn read<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    parse: impl FnOnce(Value) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    parse(Value::deserialize(deserializer)?).map_err(de::Error::custom)
+}
+
+/// Like [`read`], with `null` (and, with `#[serde(default)]`, absence) as
+/// `None`.
+fn read_optional<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    parse: impl FnOnce(Value) -> Result<T, String>,
+) -> Result<Option<T>, D::Error> {
+    match Value::deserialize(deserializer)? {
+        Value::Null => Ok(None),
+        value => parse(value).map(Some).map_err(de::Error::custom),
+    }
+}
+
+fn uuid<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+    read(deserializer, parse_uuid)
+}
+
+fn optional_uuid<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Uuid>, D::Error> {
+    read_optional(deserializer, parse_uuid)
+}
+
+fn optional_timestamp<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    read_optional(deserializer, parse_timestamp)
+}
+
+fn optional_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Map<String, Value>>, D::Error> {
+    read_optional(deserializer, |value| match value {
+        Value::Object(map) => Ok(map),
+        other => Err(format!("must be a JSON object, not {}", kind(&other))),
+    })
+}
+
+/// A UUID in its hyphenated form (8-4-4-4-12 hexadecimal digits), as the
+/// schema's `format: uuid` says.
+fn parse_uuid(value: Value) -> Result<Uuid, String> {
+    let text = string(value)?;
+    match Uuid::try_parse(&text) {
+        Ok(id) if text.len() == 36 => Ok(id),
+        _ => Err(format!(
+            "`{text}` is not a UUID (8-4-4-4-12 hexadecimal digits)"
+        )),
+    }
+}
+
+/// An RFC 3339 timestamp, as the schema's `format: date-time` says (with
+/// `T` between date and time and `:60` only at a leap second, which chrono
+/// alone would not insist on).
+fn parse_timestamp(value: Value) -> Result<DateTime<Utc>, String> {
+    let text = string(value)?;
+    match DateTime::parse_from_rfc3339(&text) {
+        Err(error) => Err(format!("`{text}` is not an RFC 3339 timestamp: {error}")),
+        Ok(_) if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) => Err(format!(
+            "`{text}` is not an RFC 3339 timestamp: `T` must separate the date and the time"
+        )),
+        Ok(at) => {
+            let at = at.with_timezone(&Utc);
+            // chrono reads `:60` at any minute; RFC 3339 has it only at a
+            // leap second, 23:59:60 in UTC.
+            let leap = at.nanosecond() >= 1_000_000_000;
+            if leap && (at.hour(), at.minute()) != (23, 59) {
+                Err(format!(
+                    "`{text}` is not an RFC 3339 timestamp: second 60 is only 23:59:60 UTC"
+                ))
+            } else {
+                Ok(at)
+            }
+        }
+    }
+}
+
+fn string(value: Value) -> Result<String, String> {
+    match value {
+        Value::String(text) => Ok(text),
+        other => Err(format!("must be a string, not {}", kind(&other))),
+    }
+}
+
+/// A JSON value's type, for messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What no database can store is refused here, on every database, so an
+/// event means the same everywhere and a publish never fails at commit:
+/// PostgreSQL cannot store U+0000 in text or JSON, nor a number beyond
+/// `numeric`'s range in `jsonb`.
+fn unstorable(data: &Value) -> Vec<Violation> {
+    let mut found = Vec::new();
+    find_unstorable(data, "/data", &mut found);
+    found
+        .into_iter()
+        .map(|(pointer, message)| Violation { pointer, message })
+        .collect()
 }
 
 /// Collects pointers to strings (and keys) that contain U+0000, and to
@@ -244,7 +503,7 @@ fn find_unstorable(value: &Value, pointer: &str, out: &mut Vec<(String, String)>
 
 /// `recruitiq`, `nexus`: lowercase letters, digits, `_`, at most 50.
 pub fn is_product_name(name: &str) -> bool {
-    name.len() <= 50
+    name.len() <= MAX_PRODUCT_NAME
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name
             .chars()
@@ -253,7 +512,7 @@ pub fn is_product_name(name: &str) -> bool {
 
 /// `candidate.hired`: dotted product-style words, at most 100 characters.
 pub fn is_event_name(name: &str) -> bool {
-    name.len() <= 100 && name.split('.').all(is_product_name)
+    name.len() <= MAX_EVENT_NAME && name.split('.').all(is_product_name)
 }
 
 #[cfg(test)]

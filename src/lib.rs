@@ -26,8 +26,12 @@
 //! - [`console`]: the operations console in the browser (`/console`),
 //!   server-rendered on the same port, signed in with an API key.
 //!
-//! [`decimal`] reads numbers exactly: busbar keeps every number as the
-//! digits it arrived with, from the request body to the target column.
+//! Below them all, shared leaves: [`decimal`] reads numbers exactly
+//! (busbar keeps every number as the digits it arrived with, from the
+//! request body to the target column); [`envelope`] is the published
+//! event; [`jsonpath`] and [`value`] are the paths and values that
+//! `compile` and `mapping` share. A module uses only those below it
+//! (ARCHITECTURE.md, "Layers").
 //!
 //! `check`, `render` and the server all go through the same compile and
 //! mapping code; the CLI in `main.rs` only parses arguments and prints.
@@ -44,6 +48,7 @@ pub mod dev;
 pub mod diagnostics;
 pub mod engine;
 pub mod envelope;
+pub mod jsonpath;
 pub mod mapping;
 pub mod reload;
 pub mod render;
@@ -52,3 +57,4 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
+pub mod value;

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::api::{self, ApiConfig, AppState, ReloadOutcome};
 use crate::compile;
 use crate::config;
+use crate::console;
 use crate::dev::DevKey;
 use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
@@ -152,7 +153,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     }
     tracing::info!(database = %redact(&options.database_url), %address, "busbar is running");
     let draining = state.draining.clone();
-    let result = api::serve(listener, api::router(state), async move {
+    let result = api::serve(listener, app(state), async move {
         shutdown_signal().await;
         draining.cancel();
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -255,6 +256,12 @@ pub async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
+}
+
+/// What busbar serves on its port: the API and the operations console,
+/// whose pages go through the API's middleware.
+pub fn app(state: AppState) -> axum::Router {
+    api::router(state, console::router())
 }
 
 /// A database URL without its password, for logs.

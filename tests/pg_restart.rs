@@ -194,9 +194,13 @@ async fn publishers_are_answered_within_two_seconds_while_postgres_is_down() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api::router(state), async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(api::serve(
+        listener,
+        busbar::serve::app(state),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     // (status, latency, id, retry-after) of every request.
     type Answer = (u16, Duration, String, bool);

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::compile::contract::Violation;
+use crate::envelope::Violation;
 use crate::store::StoreError;
 
 /// How long a client should wait before retrying after a 503, in seconds.

@@ -17,9 +17,8 @@ use super::auth::{Publisher, Reader};
 use super::deliveries::{Delivery, DeliveryStatus};
 use super::error::{ApiError, FieldError, Problem};
 use super::{AppState, ContractPolicy, Json, MAX_BATCH, Path, Query};
-use crate::compile::contract::Violation;
 use crate::engine::{PublishError, PublishRequest, Published};
-use crate::envelope::{Envelope, is_event_name, is_product_name};
+use crate::envelope::{Envelope, EventName, ProductName, SentEvent, Violation};
 use crate::store::events::{self, EventFilter, Status, StoredEvent};
 use crate::store::scope::OrgScope;
 use crate::store::types::Time;
@@ -35,43 +34,13 @@ const DEFAULT_LIMIT: u32 = 50;
 /// The most events per page.
 const MAX_LIMIT: u32 = 500;
 
-/// An event as a producer sends it. Only `source`, `event` and
-/// `organization_id` are required; busbar gives an event without `id` a new
-/// UUIDv7 and one without `occurred_at` the current time.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // The handler validates the raw JSON; this type documents it.
-pub struct EventInput {
-    /// Supply it to make publishing idempotent: a second publish with the
-    /// same id returns the stored event and creates nothing.
-    id: Option<Uuid>,
-    /// The publishing product: lowercase letters, digits and `_`.
-    #[schema(pattern = "^[a-z][a-z0-9_]*$", max_length = 50, example = "recruitiq")]
-    source: String,
-    /// The dotted event name.
-    #[schema(
-        pattern = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$",
-        max_length = 100,
-        example = "candidate.hired"
-    )]
-    event: String,
-    /// The organization the event belongs to.
-    organization_id: Uuid,
-    /// When the business fact happened (RFC 3339).
-    occurred_at: Option<DateTime<Utc>>,
-    /// The payload, checked against the event's contract
-    /// (`schemas/events/<source>/<event>.json`) when there is one.
-    #[schema(value_type = Option<Object>)]
-    data: Option<Value>,
-}
-
 /// Several events, committed together: all are stored or none.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct EventBatch {
     #[schema(min_items = 1, max_items = 1000)]
-    events: Vec<EventInput>,
+    events: Vec<SentEvent>,
 }
 
 /// The body of `POST /api/events`: one event, or a batch.
@@ -79,7 +48,7 @@ pub struct EventBatch {
 #[serde(untagged)]
 #[allow(dead_code)]
 pub enum PublishBody {
-    Event(EventInput),
+    Event(SentEvent),
     Batch(EventBatch),
 }
 
@@ -240,11 +209,9 @@ pub struct EmittedEvent {
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events from this product.
-    #[param(pattern = "^[a-z][a-z0-9_]*$", max_length = 50)]
-    source: Option<String>,
+    source: Option<ProductName>,
     /// Only events with this name.
-    #[param(pattern = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$", max_length = 100)]
-    event: Option<String>,
+    event: Option<EventName>,
     /// Only events with at least one delivery in this state.
     status: Option<DeliveryStatus>,
     /// Only events stored at or after this time (RFC 3339).
@@ -667,22 +634,6 @@ pub async fn list(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
     let scope = caller.organization_scope(query.organization_id)?;
-    if let Some(source) = &query.source
-        && !is_product_name(source)
-    {
-        return Err(ApiError::bad_request(
-            "invalid-query",
-            format!("`source` must be a product name such as `recruitiq`, not `{source}`"),
-        ));
-    }
-    if let Some(event) = &query.event
-        && !is_event_name(event)
-    {
-        return Err(ApiError::bad_request(
-            "invalid-query",
-            format!("`event` must be an event name such as `candidate.hired`, not `{event}`"),
-        ));
-    }
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -693,8 +644,8 @@ pub async fn list(
     let before_seq = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = EventFilter {
         scope,
-        source: query.source,
-        event: query.event,
+        source: query.source.map(String::from),
+        event: query.event.map(String::from),
         status: query.status.map(Status::from),
         since: query.since.map(Time),
         until: query.until.map(Time),

@@ -172,9 +172,11 @@ impl AppState {
     }
 }
 
-/// The whole API, with its middleware: request ids, tracing, timeouts,
-/// body limit, panics caught as opaque 500s, and request metrics.
-pub fn router(state: AppState) -> Router {
+/// The whole API and `pages` (the console's, merged by
+/// [`crate::serve::app`]), with the API's middleware: request ids,
+/// tracing, timeouts, body limit, panics caught as opaque 500s, and
+/// request metrics.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let config = state.config;
     Router::new()
         .route("/api/events", post(events::publish))
@@ -214,7 +216,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::document))
-        .merge(crate::console::router())
+        .merge(pages)
         .route_layer(middleware::from_fn(detached))
         .route_layer(middleware::from_fn(record_request))
         .fallback(not_found)

@@ -34,10 +34,11 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::compile::contract::{Contract, Lookup, Segment};
+use crate::compile::contract::{Contract, Lookup};
 use crate::compile::ident::TableName;
 use crate::compile::{ColumnSpan, Columns, Generation, Integration, Step, StepKind, ValueExpr};
 use crate::diagnostics::{self, Code, Diagnostic, did_you_mean};
+use crate::jsonpath::Segment;
 use crate::store::StoreError;
 use crate::store::catalog::{ColumnInfo, ColumnType, TableInfo};
 use crate::store::convert::{self, show};
@@ -267,7 +268,7 @@ impl StepCheck<'_> {
         &mut self,
         table: &TableName,
         column: &ColumnInfo,
-        path: &crate::mapping::jsonpath::JsonPath,
+        path: &crate::jsonpath::JsonPath,
         covers_absence: bool,
         span: &ColumnSpan,
     ) {

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use crate::config::SourceFile;
 use crate::diagnostics::{Code, Diagnostic, Position};
+use crate::envelope::Violation;
+use crate::jsonpath::Segment;
 
 /// One event's contract.
 #[derive(Debug)]
@@ -26,13 +28,6 @@ pub struct Contract {
     pub file: PathBuf,
     pub schema: Value,
     validator: Validator,
-}
-
-/// A problem with a payload, as a JSON pointer into `data` and a message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Violation {
-    pub pointer: String,
-    pub message: String,
 }
 
 impl Contract {
@@ -82,15 +77,6 @@ fn requires(root: &Value, schema: &Value, key: &str) -> bool {
             branches(keyword)
                 .is_some_and(|all| !all.is_empty() && all.iter().all(|b| requires(root, b, key)))
         })
-}
-
-/// One step into a JSON value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    Key(String),
-    Index(i64),
-    /// A wildcard, slice or filter: any child.
-    Any,
 }
 
 /// What a contract says about a field path.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use saphyr_parser::ScalarStyle;
 use serde_json::{Map, Value};
 
-use super::contract::{Contract, Contracts, Lookup, Segment};
+use super::contract::{Contract, Contracts, Lookup};
 use super::ident::{Ident, TableName};
 use super::route::{
     ColumnSpan, Columns, Guard, Integration, OnDead, OrderKey, RetryPolicy, Route, Step, StepKind,
@@ -20,7 +20,7 @@ use crate::config::model::{Missing, RouteModel, StepModel};
 use crate::config::yaml::escape_pointer_token;
 use crate::diagnostics::{Code, Diagnostic, Position, did_you_mean};
 use crate::envelope::ENVELOPE_FIELDS;
-use crate::mapping::jsonpath::JsonPath;
+use crate::jsonpath::{JsonPath, Segment};
 
 /// Names a template may use that no step defines.
 const CONTEXT_NAMES: [&str; 2] = ["event", "data"];

@@ -11,7 +11,7 @@ use super::ident::{Ident, TableName};
 use super::template::TemplateId;
 use crate::config::model::Missing;
 use crate::diagnostics::Position;
-use crate::mapping::jsonpath::JsonPath;
+use crate::jsonpath::JsonPath;
 
 /// One compiled integration file.
 #[derive(Debug)]

@@ -79,7 +79,7 @@ fn filter_datetime(value: &str) -> Result<String, Error> {
 
 /// `{{ value | json }}`: the value serialized as JSON text.
 fn filter_json(value: Value) -> Result<String, Error> {
-    let json = crate::mapping::convert::to_json(&value)
+    let json = crate::value::to_json(&value)
         .map_err(|message| Error::new(ErrorKind::InvalidOperation, message))?;
     Ok(json.to_string())
 }
@@ -416,7 +416,7 @@ pub struct TemplateSet {
 /// `employee["id"]`, `data.items[0]`. Its value is a node of the JSON the
 /// context was built from, which the mapping takes as it is, so that a
 /// number passes through exactly (minijinja computes with 64-bit floats;
-/// see [`crate::mapping::convert::from_json`]).
+/// see [`crate::value::from_json`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {
     /// The context name it starts from (`data`, `event`, an `as` name).

@@ -53,7 +53,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
-/// The console's routes, to merge into the API's router.
+/// The console's routes, which `serve::app` merges into the API's router.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(overview::page))

@@ -34,9 +34,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::compile::contract::Violation;
 use crate::compile::{Generation, Integration};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Violation};
 use crate::store::events::Status;
 use crate::store::lanes::{self, ReplayFilter};
 use crate::store::log::NewEvent;

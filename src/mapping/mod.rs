@@ -5,8 +5,6 @@
 //! need the target database go through the [`Executor`] the caller passes
 //! in — a SQL transaction in the engine, a simulation in `render`.
 
-pub mod convert;
-pub mod jsonpath;
 mod route;
 
 use std::sync::Arc;
@@ -17,7 +15,8 @@ use serde_json::{Map, Value};
 use crate::compile::template::{Lookup, LookupStep, TemplateSet, describe_error};
 use crate::compile::{Guard, ValueExpr};
 use crate::envelope::Envelope;
-pub use jsonpath::MultipleMatches;
+use crate::jsonpath::MultipleMatches;
+use crate::value;
 pub use route::{
     Executor, RouteError, RouteOutcome, RouteRun, Row, StepStatus, StepTrace, describe_step,
     placeholder, run_route,
@@ -59,8 +58,8 @@ impl EventInput {
     /// From an envelope already in JSON form.
     pub fn from_json(json: Value) -> Self {
         let json = Arc::new(json);
-        let event = convert::view(json.clone());
-        let data = convert::view_key(json.clone(), "data");
+        let event = value::view(json.clone());
+        let data = value::view_key(json.clone(), "data");
         EventInput { json, event, data }
     }
 }
@@ -163,7 +162,7 @@ impl<'a> Scope<'a> {
                 {
                     return Ok(number.clone());
                 }
-                convert::to_json(&value).map_err(|reason| MappingError::NotJson {
+                value::to_json(&value).map_err(|reason| MappingError::NotJson {
                     template: source.clone(),
                     reason,
                 })
@@ -198,7 +197,7 @@ impl<'a> Scope<'a> {
                     .1
             }
         };
-        let mut node = root.downcast_object_ref::<convert::JsonView>()?.node();
+        let mut node = root.downcast_object_ref::<value::JsonView>()?.node();
         for step in &lookup.steps {
             node = match (step, node) {
                 (LookupStep::Key(key), Value::Object(map)) => map.get(key)?,

@@ -9,11 +9,12 @@ use minijinja::value::{Enumerator, Object, Value as JinjaValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{EventInput, MappingError, Scope, convert};
+use super::{EventInput, MappingError, Scope};
 use crate::compile::ident::{Ident, TableName};
 use crate::compile::template::TemplateSet;
 use crate::compile::{Columns, Route, Step, StepKind};
 use crate::config::model::Missing;
+use crate::value;
 
 /// A row read or written by a step: column to value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,13 +39,13 @@ impl Row {
         match &self.simulated {
             // A view over the row's JSON, so that a template that only looks
             // a number up gives it with every digit (`Scope::eval`).
-            None => convert::view(Arc::new(Value::Object(self.columns.clone()))),
+            None => value::view(Arc::new(Value::Object(self.columns.clone()))),
             Some(label) => JinjaValue::from_object(SimulatedRow {
                 label: label.clone(),
                 known: self
                     .columns
                     .iter()
-                    .map(|(k, v)| (k.clone(), convert::from_json(v)))
+                    .map(|(k, v)| (k.clone(), value::from_json(v)))
                     .collect(),
             }),
         }

@@ -116,9 +116,13 @@ async fn spawn(db: TestDb, config: ApiConfig, integrations: Option<&Path>) -> Ap
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api::router(state), async move {
-        let _ = stop.await;
-    }));
+    let server = tokio::spawn(api::serve(
+        listener,
+        busbar::serve::app(state),
+        async move {
+            let _ = stop.await;
+        },
+    ));
     App {
         base,
         client: reqwest::Client::new(),

@@ -35,7 +35,7 @@ async fn serve(db: &TestDb) -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(api::serve(
         listener,
-        api::router(state),
+        busbar::serve::app(state),
         std::future::pending(),
     ));
     Server { base, engine, task }

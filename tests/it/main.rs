@@ -9,7 +9,11 @@
 //!   organization scoping); `tests/browser.rs` drives it in Chromium.
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
+//! - `layers`: every module uses only the modules below it (the one
+//!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
+//! - `envelope`: the OpenAPI document's `EventInput` and
+//!   `Envelope::from_json` accept exactly the same events.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
 //!   SQLite and PostgreSQL (`support`: fresh databases per test).
 //! - `ordering`: delivery v2's order per key under publishers, workers,
@@ -29,7 +33,9 @@ mod config_tests;
 mod console;
 mod crash;
 mod engine;
+mod envelope;
 mod language;
+mod layers;
 mod ordering;
 mod redeliver;
 mod reload;

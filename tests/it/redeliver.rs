@@ -134,7 +134,7 @@ async fn serve(db: &TestDb, dir: &Path) -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(api::serve(
         listener,
-        api::router(state),
+        busbar::serve::app(state),
         std::future::pending(),
     ));
     let key = async |organization: Option<Uuid>| {

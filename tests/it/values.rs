@@ -737,7 +737,7 @@ on_both_databases! {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(api::serve(listener, api::router(state), async move {
+        let server = tokio::spawn(api::serve(listener, busbar::serve::app(state), async move {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::new();

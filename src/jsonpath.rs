@@ -4,13 +4,24 @@
 //! (`$.data.candidate.email`); those are evaluated by walking the value
 //! directly. Anything else (wildcards, filters, descendants) goes through
 //! `jsonpath-rust`'s full evaluator, with the query parsed once.
+//!
+//! A leaf: `compile` parses paths and asks contracts about their
+//! [`Segment`]s, `mapping` evaluates them; it uses nothing of busbar's.
 
 use jsonpath_rust::parser::model::{JpQuery, Segment as JpSegment, Selector};
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
 
-use crate::compile::contract::Segment;
+/// One step into a JSON value: what a path's simple chain names, and
+/// what `compile::contract` is asked about (`Contract::lookup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(i64),
+    /// A wildcard, slice or filter: any child.
+    Any,
+}
 
 /// A parsed JSONPath.
 #[derive(Debug, Clone)]

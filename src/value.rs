@@ -8,6 +8,10 @@
 //! template work with. A template that only looks a number up
 //! (`{{ data.amount }}`, a [`crate::compile::template::Lookup`]) gives the
 //! JSON number itself, every digit kept ([`crate::mapping::Scope::eval`]).
+//!
+//! A leaf below `compile` (template results become JSON) and `mapping`
+//! (events become template context): it uses nothing of busbar's but
+//! `decimal`, and must never use either of them.
 
 use std::collections::BTreeMap;
 
