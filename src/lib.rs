@@ -40,6 +40,7 @@
 
 pub mod api;
 pub mod check;
+pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod console;

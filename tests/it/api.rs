@@ -19,7 +19,7 @@ use busbar::store::scope::OrgScope;
 use busbar::store::types::Time;
 use busbar::store::views;
 
-use crate::support::{TestDb, candidate_hired, on_both_databases, root};
+use crate::support::{TestDb, busbar_cli_async, candidate_hired, on_both_databases, root};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -1050,16 +1050,16 @@ on_both_databases! {
 on_both_databases! {
     async fn keys_from_the_command_line_work_and_revoked_keys_are_refused(db: TestDb) {
         let app = spawn_app(db).await;
+        let url = app.db.url.clone();
         let busbar = |args: &[&str]| {
-            let output = std::process::Command::new(env!("CARGO_BIN_EXE_busbar"))
-                .args(args)
-                .args(["--database-url", &app.db.url])
-                .env("BUSBAR_LOG", "error")
-                .output()
-                .expect("busbar runs");
-            (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+            let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            args.extend(["--database-url".to_owned(), url.clone()]);
+            async move {
+                let output = busbar_cli_async(root(), args).await;
+                (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+            }
         };
-        let (code, key, err) = busbar(&["keys", "create", "--org", &ORGANIZATION.to_string(), "--scope", "read", "--name", "dashboard"]);
+        let (code, key, err) = busbar(&["keys", "create", "--org", &ORGANIZATION.to_string(), "--scope", "read", "--name", "dashboard"]).await;
         assert_eq!(code, Some(0), "{err}");
         let key = key.trim().to_owned();
         assert!(keys::prefix_of(&key).is_some(), "{key}");
@@ -1068,24 +1068,24 @@ on_both_databases! {
         assert_eq!(app.get("/api/integrations/events/00000000-0000-0000-0000-000000000000", Some(&key)).await.status, 404);
         app.post("/api/events", Some(&key), &candidate_hired(ORGANIZATION, "x@acme.example")).await.assert_problem(403, "missing-scope");
 
-        let (code, list, _) = busbar(&["keys", "list"]);
+        let (code, list, _) = busbar(&["keys", "list"]).await;
         assert_eq!(code, Some(0));
         let line = list.lines().find(|l| l.ends_with("dashboard")).expect("the key is listed");
         assert!(!list.contains(&key), "the secret is never shown again");
         let id = line.split_whitespace().next().unwrap().to_owned();
         assert!(line.contains("read") && line.contains(&ORGANIZATION.to_string()), "{line}");
 
-        let (code, _, err) = busbar(&["keys", "revoke", &id]);
+        let (code, _, err) = busbar(&["keys", "revoke", &id]).await;
         assert_eq!(code, Some(0), "{err}");
         app.get("/api/integrations/status", Some(&key)).await.assert_problem(401, "invalid-key");
-        let (code, _, err) = busbar(&["keys", "revoke", &id]);
+        let (code, _, err) = busbar(&["keys", "revoke", &id]).await;
         assert_eq!(code, Some(2), "revoking twice fails: {err}");
 
-        let (code, _, err) = busbar(&["keys", "create", "--scope", "read"]);
+        let (code, _, err) = busbar(&["keys", "create", "--scope", "read"]).await;
         assert_eq!(code, Some(2), "an owner is required: {err}");
-        let (code, _, err) = busbar(&["keys", "create", "--platform", "--scope", "write"]);
+        let (code, _, err) = busbar(&["keys", "create", "--platform", "--scope", "write"]).await;
         assert_eq!(code, Some(2), "unknown scopes are refused: {err}");
-        let (code, key, _) = busbar(&["keys", "create", "--platform", "--scope", "admin", "--scope", "read"]);
+        let (code, key, _) = busbar(&["keys", "create", "--platform", "--scope", "admin", "--scope", "read"]).await;
         assert_eq!(code, Some(0));
         assert_eq!(app.get("/api/integrations/status", Some(key.trim())).await.status, 200);
         app.stop().await;

@@ -10,23 +10,16 @@
 //! types do not fit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::support::{on_both_databases, root};
+use crate::support::{CliOutput, busbar_cli, on_both_databases, root};
 
-/// Runs the busbar binary in `dir`, without colors.
-fn busbar(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_busbar"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("the busbar binary runs")
+/// Runs `busbar` (in process) in `dir`.
+fn busbar(dir: &Path, args: &[&str]) -> CliOutput {
+    busbar_cli(dir, args)
 }
 
-fn stdout(output: &Output) -> String {
+fn stdout(output: &CliOutput) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -63,7 +56,7 @@ impl Project {
         std::fs::write(path, text).expect("write");
     }
 
-    fn test(&self, args: &[&str]) -> Output {
+    fn test(&self, args: &[&str]) -> CliOutput {
         let mut all = vec!["test", "integrations.d"];
         all.extend_from_slice(args);
         busbar(self.path(), &all)

@@ -33,12 +33,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use busbar::compile::{self, Compilation};
 use busbar::config::{self, ConfigDir};
 use busbar::diagnostics::{Code, Diagnostic};
 use busbar::report::{CheckFormat, print_diagnostics};
+
+use crate::support::{CliOutput, busbar_cli};
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -238,17 +240,12 @@ fn the_shipped_integrations_compile_cleanly() {
     assert_eq!(generation.routes("recruitiq", "candidate.hired").count(), 2);
 }
 
-/// Runs the `busbar` binary from the repository root.
-fn busbar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_busbar"))
-        .args(args)
-        .current_dir(manifest_dir())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run busbar")
+/// Runs `busbar` (in process) from the repository root.
+fn busbar(args: &[&str]) -> CliOutput {
+    busbar_cli(manifest_dir(), args)
 }
 
-fn stdout(output: &Output) -> String {
+fn stdout(output: &CliOutput) -> String {
     String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
 }
 
@@ -299,7 +296,7 @@ fn check_colours_its_output_only_for_a_terminal() {
         if force_colour {
             command.env("CLICOLOR_FORCE", "1");
         }
-        stdout(&command.output().expect("run busbar"))
+        String::from_utf8(command.output().expect("run busbar").stdout).expect("UTF-8 output")
     };
     // The tests' stdout is a pipe, not a terminal.
     let piped = run(false);

@@ -27,7 +27,7 @@ use busbar::store::Dialect;
 use busbar::store::events::Status;
 use busbar::store::keys::{self, Scope};
 
-use crate::support::{TestDb, on_both_databases};
+use crate::support::{TestDb, busbar_cli_async, on_both_databases};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -488,6 +488,14 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
             .stdin(std::process::Stdio::null());
         command.output().expect("busbar runs")
     };
+    // The rest in process (stdin plays no part with --yes).
+    let redeliver = |args: &[&str]| {
+        let mut all: Vec<String> = vec!["redeliver".into()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(["--database-url".into(), db.url.clone(), "--dir".into()]);
+        all.push(dir.path().display().to_string());
+        busbar_cli_async(dir.path().to_path_buf(), all)
+    };
     // Without --yes and without a terminal, it asks nothing and does nothing.
     let refused = busbar(&["--integration", "trace", "--status", "delivered"]);
     assert!(!refused.status.success());
@@ -495,7 +503,7 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
         String::from_utf8_lossy(&refused.stderr).contains("--yes"),
         "{refused:?}"
     );
-    let done = busbar(&[
+    let done = redeliver(&[
         "--integration",
         "trace",
         "--status",
@@ -503,7 +511,8 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
         "--yes",
         "--request-id",
         "cli-1",
-    ]);
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "{done:?}");
     assert!(stdout.contains("3 events of trace match"), "{stdout}");
@@ -514,7 +523,7 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
     db.settle(SETTLE).await;
     assert_eq!(trace(&db, "a").await, (",0,1,2,0,1,2".into(), "v2".into()));
     // The same request id again: nothing more.
-    let again = busbar(&[
+    let again = redeliver(&[
         "--integration",
         "trace",
         "--status",
@@ -522,7 +531,8 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
         "--yes",
         "--request-id",
         "cli-1",
-    ]);
+    ])
+    .await;
     assert!(again.status.success(), "{again:?}");
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("used already"),
@@ -530,7 +540,7 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
     );
     // A directory that differs from the running definition is refused.
     write_trace(dir.path(), "v3");
-    let differs = busbar(&["--integration", "trace", "--yes"]);
+    let differs = redeliver(&["--integration", "trace", "--yes"]).await;
     assert!(!differs.status.success());
     assert!(
         String::from_utf8_lossy(&differs.stderr).contains("differs"),

@@ -532,3 +532,72 @@ pub fn candidate_hired(organization: uuid::Uuid, email: &str) -> Value {
         }
     })
 }
+
+/// What a `busbar` command line printed, and its exit status.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: CliStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A command's exit status, asked like `std::process::ExitStatus`.
+#[derive(Debug, Clone, Copy)]
+pub struct CliStatus(u8);
+
+impl CliStatus {
+    pub fn code(self) -> Option<i32> {
+        Some(self.0.into())
+    }
+
+    pub fn success(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Runs `busbar <args>` in this process: `busbar::cli::main`, which is all
+/// the binary does besides choosing the allocator, on a thread of its own
+/// (commands start their own runtime), with styles dropped. Relative paths
+/// among `args` are taken from `dir`, and `dir/` is taken out of what the
+/// command prints, so its output reads as if it had run in `dir`.
+pub fn busbar_cli(dir: &Path, args: &[&str]) -> CliOutput {
+    let mut argv = vec![std::ffi::OsString::from("busbar")];
+    for arg in args {
+        let path = dir.join(arg);
+        if !arg.starts_with('-') && !arg.contains("://") && path.exists() {
+            argv.push(path.into());
+        } else {
+            argv.push(arg.into());
+        }
+    }
+    let (code, stdout, stderr) = std::thread::spawn(move || {
+        let mut out = anstream::StripStream::new(Vec::new());
+        let mut err = anstream::StripStream::new(Vec::new());
+        let code = busbar::cli::main(argv, &mut out, &mut err);
+        (code, out.into_inner(), err.into_inner())
+    })
+    .join()
+    .expect("the command does not panic");
+    let prefix = format!("{}/", dir.display());
+    let relative = |bytes: Vec<u8>| {
+        String::from_utf8(bytes)
+            .expect("UTF-8 output")
+            .replace(&prefix, "")
+            .into_bytes()
+    };
+    CliOutput {
+        status: CliStatus(code),
+        stdout: relative(stdout),
+        stderr: relative(stderr),
+    }
+}
+
+/// [`busbar_cli`] from an async test, off its runtime's threads.
+pub async fn busbar_cli_async(dir: PathBuf, args: Vec<String>) -> CliOutput {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        busbar_cli(&dir, &args)
+    })
+    .await
+    .expect("the command does not panic")
+}
