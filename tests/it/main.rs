@@ -29,6 +29,7 @@
 
 mod api;
 mod api_hardening;
+mod cli;
 mod config_tests;
 mod console;
 mod crash;
