@@ -588,7 +588,10 @@ pub fn deliveries(
     {
         let mut failure = Failure::new(
             expectation.position,
-            format!("there were {} deliveries, not {count}", actual.len()),
+            match actual.len() {
+                1 => format!("there was 1 delivery, not {count}"),
+                n => format!("there were {n} deliveries, not {count}"),
+            },
         );
         all(&mut failure);
         failures.push(failure);

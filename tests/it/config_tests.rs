@@ -627,3 +627,94 @@ fn check_never_creates_a_sqlite_database() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("there is no SQLite database at"));
     assert!(!missing.exists());
 }
+
+/// Every kind of mismatch `busbar test` reports, each at its expectation's
+/// line and column: an unknown column (with a suggestion), rows the test
+/// does not list under `match: exact`, a wrong `count`, an event emitted
+/// with other data or not at all, a delivery with another status. The
+/// cases publish the same two orders; only the expectations differ.
+#[test]
+fn each_kind_of_mismatch_is_reported_at_its_expectation() {
+    let project = Project::new();
+    project.write(
+        "integrations.d/tests/orders.test.yaml",
+        "\
+schema: schema.sql
+defaults: { source: shop, event: order.placed }
+cases:
+  - name: unknown column
+    publish: [{ data: { email: a@x.example, name: A, count: 1 } }]
+    expect:
+      rows:
+        customers: [{ emial: a@x.example }]
+  - name: rows and counts
+    publish:
+      - { data: { email: a@x.example, name: A, count: 1 } }
+      - { data: { email: b@x.example, name: B, count: 2 } }
+    expect:
+      rows:
+        customers:
+          match: exact
+          count: 3
+          rows: [{ email: a@x.example }]
+  - name: events
+    publish:
+      - { data: { email: a@x.example, name: A, count: 1 } }
+      - { data: { email: b@x.example, name: B, count: 2 } }
+    expect:
+      events:
+        match: exact
+        count: 3
+        events:
+          - { event: customer.updated, source: crm, data: { email: c@x.example } }
+          - { event: customer.deleted }
+  - name: deliveries
+    publish: [{ data: { email: a@x.example, name: A, count: 1 } }]
+    expect:
+      deliveries:
+        count: 2
+        deliveries:
+          - { integration: shop-to-crm, status: skipped, reason: 'no such thing' }
+",
+    );
+    let output = project.test(&[]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let file = "integrations.d/tests/orders.test.yaml";
+    for expected in [
+        format!("{file}:8:21: `customers` has no column `emial`"),
+        "did you mean `email`?".to_owned(),
+        format!("{file}:15:9: `customers` holds a row the test does not list"),
+        "+ {email: \"b@x.example\"}".to_owned(),
+        format!("{file}:15:9: `customers` holds 2 rows, not 3"),
+        format!("{file}:28:13: no emitted `customer.updated` event matches this one"),
+        "- data.email: \"c@x.example\"".to_owned(),
+        "+ data.email: \"a@x.example\"".to_owned(),
+        format!("{file}:29:13: no emitted `customer.deleted` event matches this one"),
+        format!("{file}:24:7: an event was emitted that the test does not list"),
+        format!("{file}:24:7: 2 events were emitted, not 3"),
+        format!("{file}:36:13: no delivery matches this one"),
+        "- integration shop-to-crm, status skipped, reason /no such thing/".to_owned(),
+        "+ shop-to-crm (order.placed): delivered".to_owned(),
+        format!("{file}:33:7: there was 1 delivery, not 2"),
+    ] {
+        assert!(text.contains(&expected), "no `{expected}` in:\n{text}");
+    }
+    assert!(text.ends_with("0 passed, 4 failed\n"), "{text}");
+
+    // The same failures as GitHub annotations, one per failure.
+    let github = stdout(&project.test(&["--format", "github"]));
+    assert!(
+        github.contains(&format!(
+            "::error file={file},line=8,col=21,title=busbar test%3A unknown column::"
+        )),
+        "{github}"
+    );
+    assert_eq!(
+        github.lines().filter(|l| l.starts_with("::error ")).count(),
+        text.lines()
+            .filter(|l| l.starts_with(&format!("    {file}:")))
+            .count(),
+        "{github}"
+    );
+}
