@@ -32,6 +32,8 @@ const LAYERS: &[&str] = &[
     "console",
     "dev",
     "serve",
+    // The command line: every command, over all of the above.
+    "cli",
 ];
 
 /// Uses against the order that are known and not yet removed, each with
