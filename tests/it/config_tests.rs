@@ -718,3 +718,80 @@ cases:
         "{github}"
     );
 }
+
+/// Deletes, a route's guard, `missing: fail` on a delete, and a template
+/// that fails on one event's data, through the real engine: what each
+/// leaves in the table and the reason each delivery gives.
+#[test]
+fn deletes_guards_and_failing_templates_leave_their_reasons() {
+    let project = Project::empty();
+    project.write(
+        "integrations.d/shop-to-crm.yaml",
+        "\
+source: shop
+target: crm
+routes:
+  - on: customer.added
+    steps:
+      - upsert: customers
+        key: [email]
+        values:
+          email: $.data.email
+          orders: \"{{ 100 // data.share }}\"
+  - on: customer.removed
+    when: \"{{ data.confirmed }}\"
+    steps:
+      - delete: customers
+        where: { email: $.data.email }
+        missing: fail
+",
+    );
+    project.write("integrations.d/tests/schema.sql", SCHEMA);
+    project.write(
+        "integrations.d/tests/lifecycle.test.yaml",
+        "\
+schema: schema.sql
+defaults: { source: shop }
+cases:
+  - name: a confirmed removal deletes the row
+    publish:
+      - { event: customer.added, data: { email: a@x.example, share: 4 } }
+      - { event: customer.removed, data: { email: a@x.example, confirmed: true } }
+    expect:
+      rows: { customers: { count: 0 } }
+      deliveries:
+        match: exact
+        deliveries:
+          - { event: customer.added, status: delivered }
+          - { event: customer.removed, status: delivered }
+  - name: an unconfirmed removal is skipped by the route's guard
+    publish:
+      - { event: customer.added, data: { email: b@x.example, share: 4 } }
+      - { event: customer.removed, data: { email: b@x.example, confirmed: false } }
+    expect:
+      rows: { customers: [{ email: b@x.example, orders: 25 }] }
+      deliveries:
+        - { event: customer.removed, status: skipped, reason: \"the route's guard `\\\\{\\\\{ data.confirmed \\\\}\\\\}` is false\" }
+  - name: removing a customer that is not there fails
+    publish: { event: customer.removed, data: { email: nobody@x.example, confirmed: true } }
+    expect:
+      deliveries:
+        - { event: customer.removed, status: dead, reason: '^step 1 \\(delete customers\\): ' }
+  - name: a template that fails on the data is a dead letter naming step and column
+    publish: { event: customer.added, data: { email: c@x.example, share: 0 } }
+    expect:
+      rows: { customers: { count: 0 } }
+      deliveries:
+        - { event: customer.added, status: dead, reason: '^step 1 \\(upsert customers\\), `orders`: ' }
+",
+    );
+    let output = project.test(&[]);
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.ends_with("4 passed, 0 failed\n"), "{text}");
+}
