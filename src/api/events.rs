@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::auth::{Publisher, Reader};
 use super::deliveries::{Delivery, DeliveryStatus};
-use super::error::{ApiError, FieldError, Problem};
+use super::error::{ApiError, BodyRefused, DatabaseUnavailable, FieldError, KeyRefused, Problem};
 use super::{AppState, ContractPolicy, Json, MAX_BATCH, Path, Query};
 use crate::engine::{PublishError, PublishRequest, Published};
 use crate::envelope::{Envelope, EventName, ProductName, SentEvent, Violation};
@@ -249,14 +249,11 @@ pub struct EventsQuery {
     responses(
         (status = 202, description = "Stored (a batch: at least one event was new).", body = PublishAnswer),
         (status = 200, description = "Already stored: nothing was created. A single event comes back as stored.", body = PublishAnswer),
+        KeyRefused,
         (status = 400, description = "Malformed JSON (`malformed-json`), a key repeated within an object (`duplicate-key`), or a bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `publish` scope or belongs to another organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The event id belongs to an event stored for another organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is larger than the limit.", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id (or Idempotency-Key) was used by another event of this organization (`id-reused`): nothing was stored; `detail` says what differs.", body = Problem, content_type = "application/problem+json"),
+        BodyRefused,
         (status = 422, description = "Nothing was stored: the envelope or the data breaks its contract (`invalid-event`, every violation listed), two events of a batch have the same id (`duplicate-id`), or, with `--contract-policy strict`, an event has no contract (`no-contract`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database cannot take the event now: nothing was stored; retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
@@ -619,12 +616,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     params(EventsQuery),
     responses(
         (status = 200, description = "A page of events.", body = EventPage),
+        KeyRefused,
         (status = 400, description = "A bad filter, cursor or limit.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope, or asks for another organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
@@ -706,14 +701,12 @@ pub async fn list(
     ),
     responses(
         (status = 200, description = "The event and its deliveries.", body = EventDetail),
+        KeyRefused,
         (status = 409, description = "A platform key asked for an id that two organizations use: add `organization_id`.", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key.", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed authentications from this address: retry after `Retry-After` seconds.", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
         (status = 403, description = "The key lacks the `read` scope.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such event in the caller's organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable.", body = Problem, content_type = "application/problem+json"),
+        DatabaseUnavailable,
     ),
     security(("api_key" = []))
 )]
