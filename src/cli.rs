@@ -93,12 +93,8 @@ enum Command {
         /// Only this integration's routes.
         #[arg(long)]
         integration: Option<String>,
-        /// The integrations directory.
-        #[arg(long, default_value = "integrations.d")]
-        dir: PathBuf,
-        /// Where event contracts live [default: DIR/../schemas/events].
-        #[arg(long)]
-        contracts: Option<PathBuf>,
+        #[command(flatten)]
+        integrations: IntegrationsArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = RenderFormat::Text)]
         format: RenderFormat,
@@ -120,12 +116,8 @@ enum Command {
         new_key: bool,
         #[command(flatten)]
         database: DatabaseArgs,
-        /// The integrations directory.
-        #[arg(long, default_value = "integrations.d")]
-        dir: PathBuf,
-        /// Where event contracts live [default: DIR/../schemas/events].
-        #[arg(long)]
-        contracts: Option<PathBuf>,
+        #[command(flatten)]
+        integrations: IntegrationsArgs,
         /// Which events publishing accepts: every well-formed one (open),
         /// or only those with a contract (strict). Events with a contract
         /// must fit it either way.
@@ -203,12 +195,9 @@ enum Command {
         request_id: Option<String>,
         #[command(flatten)]
         database: DatabaseArgs,
-        /// The integrations directory (the definition the running busbar uses).
-        #[arg(long, default_value = "integrations.d")]
-        dir: PathBuf,
-        /// Where event contracts live [default: DIR/../schemas/events].
-        #[arg(long)]
-        contracts: Option<PathBuf>,
+        // The integrations directory and contracts the running busbar uses.
+        #[command(flatten)]
+        integrations: IntegrationsArgs,
     },
     /// Apply busbar's database migrations and exit.
     Migrate {
@@ -261,6 +250,17 @@ enum KeysCommand {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// `--dir` and `--contracts`, for the commands that load integrations.
+#[derive(Debug, clap::Args)]
+struct IntegrationsArgs {
+    /// The integrations directory.
+    #[arg(long, default_value = "integrations.d")]
+    dir: PathBuf,
+    /// Where event contracts live [default: DIR/../schemas/events].
+    #[arg(long)]
+    contracts: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -359,8 +359,7 @@ pub fn main(
         Command::Render {
             event,
             integration,
-            dir,
-            contracts,
+            integrations: IntegrationsArgs { dir, contracts },
             format,
         } => render(
             out,
@@ -378,8 +377,7 @@ pub fn main(
             dev,
             new_key,
             database,
-            dir,
-            contracts,
+            integrations: IntegrationsArgs { dir, contracts },
             contract_policy,
             workers,
             listen,
@@ -421,8 +419,7 @@ pub fn main(
             yes,
             request_id,
             database,
-            dir,
-            contracts,
+            integrations: IntegrationsArgs { dir, contracts },
         } => redeliver(
             out,
             crate::engine::redeliver::RedeliverFilter {
