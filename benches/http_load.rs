@@ -97,9 +97,13 @@ async fn run(label: &str, url: &str, options: &Options) {
         .expect("bind");
     let endpoint = format!("http://{}/api/events", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, busbar::serve::app(state), async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(api::serve(
+        listener,
+        busbar::serve::app(state),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     let batch = options.batch.max(1);
     let requests_per_client = options.events / batch / options.concurrency;
