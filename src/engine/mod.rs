@@ -43,11 +43,11 @@ use crate::store::log::{self, LaneFilter};
 use crate::store::types::{Position, Time};
 use crate::store::{Dialect, Store, StoreError, states};
 
+pub use crate::delivery::delivery_id;
 pub use crate::store::states::State;
 pub use crate::store::views::Backlog;
 pub use health::Health;
 pub(crate) use lane::LaneId;
-pub use lane::delivery_id;
 
 /// Tuning knobs.
 #[derive(Debug, Clone)]
