@@ -80,7 +80,7 @@ pub fn dev_key_file(database_url: &str) -> Option<PathBuf> {
             path => Some(Path::new(path).with_extension("dev-key")),
         };
     }
-    let hash = keys::hash(&crate::serve::redact(database_url));
+    let hash = keys::hash(&crate::store::redact(database_url));
     Some(Path::new("data").join(format!("dev-key-{}", &hash[..16])))
 }
 
@@ -187,7 +187,7 @@ fn write_key_file(file: &Path, key: &str, database: &str) -> std::io::Result<()>
         "# The API key `busbar serve --dev` prints for {}.\n\
          # Kept so that it survives restarts; delete this file, or run `serve --dev --new-key`, for a new one.\n\
          {key}\n",
-        crate::serve::redact(database)
+        crate::store::redact(database)
     );
     std::io::Write::write_all(&mut out, text.as_bytes())
 }
