@@ -80,7 +80,7 @@ pub fn dev_key_file(database_url: &str) -> Option<PathBuf> {
             path => Some(Path::new(path).with_extension("dev-key")),
         };
     }
-    let hash = keys::hash(&crate::serve::redact(database_url));
+    let hash = keys::hash(&crate::store::redact(database_url));
     Some(Path::new("data").join(format!("dev-key-{}", &hash[..16])))
 }
 
@@ -187,7 +187,44 @@ fn write_key_file(file: &Path, key: &str, database: &str) -> std::io::Result<()>
         "# The API key `busbar serve --dev` prints for {}.\n\
          # Kept so that it survives restarts; delete this file, or run `serve --dev --new-key`, for a new one.\n\
          {key}\n",
-        crate::serve::redact(database)
+        crate::store::redact(database)
     );
     std::io::Write::write_all(&mut out, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The files `serve --dev` wrote before `redact` learnt to hide query
+    /// passwords must still be found: for URLs without one, the name is
+    /// pinned here.
+    #[test]
+    fn the_dev_key_file_of_a_postgres_url_keeps_its_name() {
+        for (url, file) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "data/dev-key-cdcd40e27ae6b5a2",
+            ),
+            (
+                "postgres://busbar:secret@localhost:5432/busbar",
+                "data/dev-key-31b456751511c9c5",
+            ),
+            (
+                "postgresql://busbar:s%40cr%3At@db.internal/busbar?sslmode=require",
+                "data/dev-key-66546e492ba3c78e",
+            ),
+        ] {
+            assert_eq!(dev_key_file(url), Some(PathBuf::from(file)), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_dev_key_file_of_a_sqlite_url_is_beside_the_database() {
+        assert_eq!(
+            dev_key_file("sqlite://data/busbar.db?mode=rwc"),
+            Some(PathBuf::from("data/busbar.dev-key"))
+        );
+        assert_eq!(dev_key_file("sqlite::memory:"), None);
+    }
 }

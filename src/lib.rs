@@ -28,7 +28,9 @@
 //!
 //! Below them all, shared leaves: [`decimal`] reads numbers exactly
 //! (busbar keeps every number as the digits it arrived with, from the
-//! request body to the target column); [`envelope`] is the published
+//! request body to the target column); [`delivery`] is a delivery's id
+//! and states, which the store, the engine and telemetry share;
+//! [`envelope`] is the published
 //! event; [`jsonpath`] and [`value`] are the paths and values that
 //! `compile` and `mapping` share. A module uses only those below it
 //! (ARCHITECTURE.md, "Layers").
@@ -45,6 +47,7 @@ pub mod compile;
 pub mod config;
 pub mod console;
 pub mod decimal;
+pub mod delivery;
 pub mod dev;
 pub mod diagnostics;
 pub mod engine;

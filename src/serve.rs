@@ -19,6 +19,10 @@ use crate::engine::{Engine, EngineConfig};
 use crate::store::Store;
 use crate::telemetry;
 
+/// A database URL without its password, for logs: kept here for the
+/// callers that name it `serve::redact`; it lives in the store.
+pub use crate::store::redact;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -262,18 +266,4 @@ pub async fn shutdown_signal() {
 /// whose pages go through the API's middleware.
 pub fn app(state: AppState) -> axum::Router {
     api::router(state, console::router())
-}
-
-/// A database URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

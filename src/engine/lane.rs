@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::{Shared, State, retry};
 use crate::compile::{Generation, Integration, OnDead, Route};
+use crate::delivery::delivery_id;
 use crate::envelope::Envelope;
 use crate::mapping::{EventInput, RouteError, RouteOutcome, run_route};
 use crate::store::batch::{self, Accesses, BatchedExecutor, SharedQueue};
@@ -39,9 +40,6 @@ use crate::store::log::NewEvent;
 use crate::store::target::{Emitted, TargetExecutor};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
-
-/// Namespace for delivery ids: `uuid5(organization/event/integration/route)`.
-const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d64_656c_6976_6572_7921);
 
 /// Namespace for the ids of emitted events: `uuid5(delivery id + step)`,
 /// so the same delivery step always emits the same event id.
@@ -78,20 +76,6 @@ pub(crate) struct Memory {
     pub scanned: Position,
     /// When the stored cursor was last written.
     pub written: Option<Instant>,
-}
-
-/// The id of a delivery: the same whether or not it has a row.
-pub fn delivery_id(
-    organization: Uuid,
-    event: Uuid,
-    integration: &str,
-    route_event: &str,
-    ordinal: usize,
-) -> Uuid {
-    Uuid::new_v5(
-        &DELIVERY_NAMESPACE,
-        format!("{organization}/{event}/{integration}/{route_event}/{ordinal}").as_bytes(),
-    )
 }
 
 /// One delivery of a batch.

@@ -43,10 +43,11 @@ use crate::store::log::{self, LaneFilter};
 use crate::store::types::{Position, Time};
 use crate::store::{Dialect, Store, StoreError, states};
 
+pub use crate::delivery::delivery_id;
+pub use crate::store::states::State;
 pub use crate::store::views::Backlog;
 pub use health::Health;
 pub(crate) use lane::LaneId;
-pub use lane::delivery_id;
 
 /// Tuning knobs.
 #[derive(Debug, Clone)]
@@ -141,36 +142,6 @@ pub struct Published {
 pub struct PublishRequest {
     pub envelope: Envelope,
     pub idempotency_key: Option<String>,
-}
-
-/// An integration's state, as persisted through the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Delivering.
-    #[default]
-    Enabled,
-    /// Holding its events: nothing runs, nothing is skipped; `resume`
-    /// continues from where it stopped.
-    Paused,
-    /// Not delivering: its deliveries are recorded as skipped.
-    Disabled,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Enabled => "enabled",
-            State::Paused => "paused",
-            State::Disabled => "disabled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<State> {
-        [State::Enabled, State::Paused, State::Disabled]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
 }
 
 /// An integration's effective state: its YAML (`enabled: false` is

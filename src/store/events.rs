@@ -1,6 +1,6 @@
 //! Read models over the engine's own tables: events and the delivery rows
 //! (the exceptions), as the API, the console and the tests see them, and
-//! the delivery states ([`Status`]) shared with the write paths. Nothing
+//! the delivery states ([`Status`], defined in [`crate::delivery`]). Nothing
 //! here writes: the writes are in [`super::log`] (the event log, with
 //! [`super::log::NewEvent`]) and [`super::lanes`] (cursors and delivery
 //! rows); deliveries without a row are inferred by [`super::views`].
@@ -22,48 +22,12 @@ use super::dialect::{EngineTable, Statement};
 use super::scope::OrgScope;
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
+pub use crate::delivery::Status;
 use crate::envelope::Envelope;
 use crate::on_tx;
 
 /// Rows per multi-row INSERT (well under both databases' parameter limits).
 const CHUNK: usize = 500;
-
-/// Delivery states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Waiting for its turn: behind a blocked key, or replayed.
-    Pending,
-    /// Failed transiently; tried again at `next_attempt_at`. Blocks its key.
-    Retrying,
-    Delivered,
-    Skipped,
-    Dead,
-}
-
-impl Status {
-    pub const ALL: [Status; 5] = [
-        Status::Pending,
-        Status::Retrying,
-        Status::Delivered,
-        Status::Skipped,
-        Status::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Retrying => "retrying",
-            Status::Delivered => "delivered",
-            Status::Skipped => "skipped",
-            Status::Dead => "dead",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-}
 
 /// A stored event, as read back.
 #[derive(Debug, Clone, Serialize)]

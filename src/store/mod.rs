@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod convert;
+mod database_url;
 pub mod dialect;
 pub mod events;
 pub mod inspect;
@@ -36,6 +37,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Postgres, Sqlite, Transaction};
 
+pub use database_url::redact;
 pub use dialect::Dialect;
 
 /// Runs the same expression on whichever database a transaction is on:

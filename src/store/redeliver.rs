@@ -30,7 +30,7 @@ use super::log;
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::compile::Integration;
-use crate::engine::delivery_id;
+use crate::delivery::delivery_id;
 use crate::envelope::Envelope;
 use crate::on_tx;
 

@@ -5,11 +5,44 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
+
 use super::dialect::{EngineTable, Statement};
 use super::types::{Position, Time};
 use super::{DbTx, StoreError};
-use crate::engine::State;
 use crate::on_tx;
+
+/// An integration's state, as persisted through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Delivering.
+    #[default]
+    Enabled,
+    /// Holding its events: nothing runs, nothing is skipped; `resume`
+    /// continues from where it stopped.
+    Paused,
+    /// Not delivering: its deliveries are recorded as skipped.
+    Disabled,
+}
+
+impl State {
+    /// Its name, as stored and as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Enabled => "enabled",
+            State::Paused => "paused",
+            State::Disabled => "disabled",
+        }
+    }
+
+    /// The state named `text` by [`State::as_str`].
+    pub fn parse(text: &str) -> Option<State> {
+        [State::Enabled, State::Paused, State::Disabled]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
 
 /// A state set through the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::scope::OrgScope;
 use super::types::Position;
 use super::{DbTx, Store, StoreError};
 use crate::compile::Generation;
-use crate::engine::delivery_id;
+use crate::delivery::delivery_id;
 
 /// Every delivery of `events` in `scope`, rows and inferred, in event
 /// order (an event outside `scope` has none).

@@ -1,0 +1,69 @@
+//! A delivery's identity and outcome: [`delivery_id`] (the same whether or
+//! not the delivery has a row) and [`Status`] (its states). Pure values,
+//! shared by the store, which persists them, the engine, which decides
+//! them, and telemetry, which counts them. A leaf: it uses no other module.
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Namespace for delivery ids: `uuid5(organization/event/integration/route)`.
+const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d64_656c_6976_6572_7921);
+
+/// Delivery states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for its turn: behind a blocked key, or replayed.
+    Pending,
+    /// Failed transiently; tried again at `next_attempt_at`. Blocks its key.
+    Retrying,
+    /// Its route ran and its writes committed.
+    Delivered,
+    /// Passed over on purpose, with a reason (the route skipped the event,
+    /// the integration was disabled or no longer routes it).
+    Skipped,
+    /// Failed for good: a dead letter, until it is redelivered.
+    Dead,
+}
+
+impl Status {
+    /// Every state: the label set of `busbar_deliveries_total` and what
+    /// [`Status::parse`] accepts.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Retrying,
+        Status::Delivered,
+        Status::Skipped,
+        Status::Dead,
+    ];
+
+    /// Its name, as stored, served and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Retrying => "retrying",
+            Status::Delivered => "delivered",
+            Status::Skipped => "skipped",
+            Status::Dead => "dead",
+        }
+    }
+
+    /// The state named `text` by [`Status::as_str`].
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// The id of a delivery: the same whether or not it has a row.
+pub fn delivery_id(
+    organization: Uuid,
+    event: Uuid,
+    integration: &str,
+    route_event: &str,
+    ordinal: usize,
+) -> Uuid {
+    Uuid::new_v5(
+        &DELIVERY_NAMESPACE,
+        format!("{organization}/{event}/{integration}/{route_event}/{ordinal}").as_bytes(),
+    )
+}
