@@ -3,26 +3,31 @@
 //! shared by the store, which persists them, the engine, which decides
 //! them, and telemetry, which counts them. A leaf: it uses no other module.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Namespace for delivery ids: `uuid5(organization/event/integration/route)`.
 const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d64_656c_6976_6572_7921);
 
-/// Delivery states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// A delivery's state (in the API: `DeliveryStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = DeliveryStatus)]
 pub enum Status {
     /// Waiting for its turn: behind a blocked key, or replayed.
     Pending,
-    /// Failed transiently; tried again at `next_attempt_at`. Blocks its key.
+    /// Failed for a reason that may pass (a lost connection, a lock
+    /// timeout); tried again at `next_attempt_at`. The later events of its
+    /// order key wait behind it.
     Retrying,
     /// Its route ran and its writes committed.
     Delivered,
-    /// Passed over on purpose, with a reason (the route skipped the event,
-    /// the integration was disabled or no longer routes it).
+    /// Passed over on purpose, with a reason (a guard was false, a
+    /// `missing: skip` found nothing, the integration was disabled or no
+    /// longer routes the event).
     Skipped,
-    /// Failed for good: a dead letter, until it is redelivered.
+    /// Failed permanently, or ran out of retries: a dead letter, until it
+    /// is replayed or redelivered.
     Dead,
 }
 

@@ -7,7 +7,6 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -15,103 +14,12 @@ use uuid::Uuid;
 use super::auth::Admin;
 use super::error::{ApiError, DatabaseUnavailable, KeyRefused, Problem};
 use super::{AppState, Json, Path, Query};
-use crate::store::events::{self, DeliveryView, Status};
+use crate::store::events::{self, Status};
 
-/// A delivery's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    /// Waiting to run (new, or a retry is scheduled).
-    Pending,
-    /// Failed for a reason that may pass (a lost connection, a lock
-    /// timeout); tried again at `next_attempt_at`. The later events of its
-    /// order key wait behind it.
-    Retrying,
-    /// Applied to the target tables.
-    Delivered,
-    /// Not applied, on purpose: a guard was false, a `missing: skip` found
-    /// nothing, or the integration is disabled.
-    Skipped,
-    /// Failed permanently, or ran out of retries; may be replayed.
-    Dead,
-}
-
-impl From<Status> for DeliveryStatus {
-    fn from(status: Status) -> DeliveryStatus {
-        match status {
-            Status::Pending => DeliveryStatus::Pending,
-            Status::Retrying => DeliveryStatus::Retrying,
-            Status::Delivered => DeliveryStatus::Delivered,
-            Status::Skipped => DeliveryStatus::Skipped,
-            Status::Dead => DeliveryStatus::Dead,
-        }
-    }
-}
-
-impl From<DeliveryStatus> for Status {
-    fn from(status: DeliveryStatus) -> Status {
-        match status {
-            DeliveryStatus::Pending => Status::Pending,
-            DeliveryStatus::Retrying => Status::Retrying,
-            DeliveryStatus::Delivered => Status::Delivered,
-            DeliveryStatus::Skipped => Status::Skipped,
-            DeliveryStatus::Dead => Status::Dead,
-        }
-    }
-}
-
-/// One event handed to one route of one integration.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Delivery {
-    pub id: Uuid,
-    pub event_id: Uuid,
-    pub organization_id: Uuid,
-    /// The integration's id.
-    pub integration: String,
-    /// The route: the `route_ordinal`-th route of the integration for
-    /// `route_event`.
-    pub route_event: String,
-    pub route_ordinal: i32,
-    pub source: String,
-    pub target: String,
-    pub status: DeliveryStatus,
-    pub attempts: i32,
-    /// When it runs next, if pending.
-    pub next_attempt_at: DateTime<Utc>,
-    /// Why it failed or was skipped.
-    pub last_error: Option<String>,
-    /// The step (1-based) it failed at, when known.
-    pub error_step: Option<i32>,
-    /// The generation that last ran it.
-    pub generation: Option<i64>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-impl From<DeliveryView> for Delivery {
-    fn from(view: DeliveryView) -> Delivery {
-        Delivery {
-            id: view.id,
-            event_id: view.event_id,
-            organization_id: view.organization_id,
-            integration: view.integration,
-            route_event: view.route_event,
-            route_ordinal: view.route_ordinal,
-            source: view.source,
-            target: view.target,
-            status: view.status.into(),
-            attempts: view.attempts,
-            next_attempt_at: view.next_attempt_at,
-            last_error: view.last_error,
-            error_step: view.error_step,
-            generation: view.generation,
-            created_at: view.created_at,
-            updated_at: view.updated_at,
-            completed_at: view.completed_at,
-        }
-    }
-}
+/// A delivery, as answers show it (`Delivery` in the OpenAPI document).
+pub use crate::store::events::DeliveryView as Delivery;
+/// A delivery's state (`DeliveryStatus` in the OpenAPI document).
+pub use crate::store::events::Status as DeliveryStatus;
 
 /// A replayed delivery.
 #[derive(Debug, Serialize, ToSchema)]

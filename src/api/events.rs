@@ -641,7 +641,7 @@ pub async fn list(
         scope,
         source: query.source.map(String::from),
         event: query.event.map(String::from),
-        status: query.status.map(Status::from),
+        status: query.status,
         since: query.since.map(Time),
         until: query.until.map(Time),
         before_seq,
@@ -754,7 +754,7 @@ pub async fn get(
     tx.rollback().await?;
     Ok(Json(EventDetail {
         event: event.into(),
-        deliveries: deliveries.into_iter().map(Delivery::from).collect(),
+        deliveries,
         emitted: children
             .into_iter()
             .map(|child| EmittedEvent {

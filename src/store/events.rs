@@ -115,27 +115,36 @@ pub async fn get_event(
     Ok(rows.into_iter().map(stored_event).collect())
 }
 
-/// A delivery as the API and tests show it.
-#[derive(Debug, Clone, Serialize)]
+/// One event handed to one route of one integration, as the API
+/// (`Delivery`), the console and `busbar test` show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Delivery)]
 pub struct DeliveryView {
     pub id: Uuid,
     pub event_id: Uuid,
     pub organization_id: Uuid,
+    /// The integration's id.
     pub integration: String,
+    /// The route: the `route_ordinal`-th route of the integration for
+    /// `route_event`.
     pub route_event: String,
     pub route_ordinal: i32,
     pub source: String,
     pub target: String,
     pub status: Status,
     pub attempts: i32,
+    /// When it runs next, if pending or retrying.
     pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    /// Why it failed or was skipped.
     pub last_error: Option<String>,
+    /// The step (1-based) it failed at, when known.
     pub error_step: Option<i32>,
+    /// The generation that last ran it.
     pub generation: Option<i64>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The integration's order key of the event.
+    /// The integration's order key of the event (`order_by:`).
     pub order_key: Option<String>,
     /// Whether the delivery has a row (false: it succeeded on its first
     /// pass, or has not run yet, and its state is inferred from its lane).

@@ -238,6 +238,14 @@ on_both_databases! {
         integrations.sort();
         assert_eq!(integrations, ["recruitiq-to-nexus", "recruitiq-to-paylinq"]);
         assert!(deliveries.iter().all(|d| d["status"] == "delivered" && d["last_error"].is_null()), "{deliveries:?}");
+        // As docs/API.md says: a first-pass success has no row, its order
+        // key is the candidate (the shipped integrations' `order_by`), and
+        // it waits on nothing.
+        for delivery in deliveries {
+            assert_eq!(delivery["recorded"], false, "{delivery}");
+            assert_eq!(delivery["order_key"], event["data"]["candidate"]["id"], "{delivery}");
+            assert!(delivery["waiting_on"].is_null(), "{delivery}");
+        }
 
         // The emitted employee.created, and through it the payroll delivery.
         let emitted = detail.body["emitted"].as_array().unwrap();
