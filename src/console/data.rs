@@ -37,7 +37,9 @@ use crate::envelope::Envelope;
 use crate::on_tx;
 use crate::render::RenderReport;
 use crate::store::dialect::{EngineTable, Statement};
-use crate::store::events::{self, BlockedKey, DeliveryView, Status, StoredEvent};
+use crate::store::events::{
+    self, BlockedKey, DELIVERY_COLUMNS, DeliveryView, DeliveryViewRow, Status, StoredEvent,
+};
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::store::lanes::{self, ReplayFilter};
 use crate::store::scope::OrgScope;
@@ -540,58 +542,6 @@ pub fn emit_links(generation: &Generation) -> Vec<(String, String, String)> {
 // ---------------------------------------------------------------------------
 // Deliveries and dead letters
 
-const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
-     d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
-     d.generation, d.created_at, d.updated_at, d.completed_at, d.order_key";
-
-/// A row of `integrations.deliveries`, as the console reads it.
-#[derive(sqlx::FromRow)]
-struct DeliveryTuple {
-    id: Id,
-    event_id: Id,
-    organization_id: Id,
-    integration_id: String,
-    route_event: String,
-    route_ordinal: i32,
-    source_product: String,
-    target_product: String,
-    status: String,
-    attempts: i32,
-    next_attempt_at: Time,
-    last_error: Option<String>,
-    error_step: Option<i32>,
-    generation: Option<i64>,
-    created_at: Time,
-    updated_at: Time,
-    completed_at: Option<Time>,
-    order_key: Option<String>,
-}
-
-fn delivery_view(row: DeliveryTuple) -> DeliveryView {
-    DeliveryView {
-        id: row.id.0,
-        event_id: row.event_id.0,
-        organization_id: row.organization_id.0,
-        integration: row.integration_id,
-        route_event: row.route_event,
-        route_ordinal: row.route_ordinal,
-        source: row.source_product,
-        target: row.target_product,
-        status: Status::parse(&row.status).unwrap_or(Status::Pending),
-        attempts: row.attempts,
-        next_attempt_at: row.next_attempt_at.0,
-        last_error: row.last_error,
-        error_step: row.error_step,
-        generation: row.generation,
-        created_at: row.created_at.0,
-        updated_at: row.updated_at.0,
-        completed_at: row.completed_at.map(|t| t.0),
-        order_key: row.order_key,
-        recorded: true,
-        waiting_on: None,
-    }
-}
-
 /// The newest events in `scope` (and with `routed`, of that source and
 /// those event names), newest first, at most `limit`.
 async fn newest_events(
@@ -689,14 +639,14 @@ pub async fn dead_letters(
         )
     });
     let sql = SQL.get(tx.dialect());
-    let rows: Vec<DeliveryTuple> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
+    let rows: Vec<DeliveryViewRow> = on_tx!(&mut tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(scope.bind())
         .bind(DEAD_LETTER_LIMIT)
         .fetch_all(conn)
         .await)?;
     tx.rollback().await?;
-    Ok(rows.into_iter().map(delivery_view).collect())
+    Ok(rows.into_iter().map(DeliveryView::from).collect())
 }
 
 /// Puts dead deliveries back in their lanes (those of `ids` that are dead

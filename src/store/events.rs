@@ -153,8 +153,10 @@ pub struct DeliveryView {
     pub waiting_on: Option<Uuid>,
 }
 
+/// A row of `integrations.deliveries` as read for a [`DeliveryView`]:
+/// select [`DELIVERY_COLUMNS`] from `deliveries d`.
 #[derive(sqlx::FromRow)]
-struct DeliveryRow {
+pub(crate) struct DeliveryViewRow {
     id: Id,
     event_id: Id,
     organization_id: Id,
@@ -175,32 +177,34 @@ struct DeliveryRow {
     order_key: Option<String>,
 }
 
-const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
+pub(crate) const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
      d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
      d.generation, d.created_at, d.updated_at, d.completed_at, d.order_key";
 
-fn delivery_view(row: DeliveryRow) -> DeliveryView {
-    DeliveryView {
-        id: row.id.0,
-        event_id: row.event_id.0,
-        organization_id: row.organization_id.0,
-        integration: row.integration_id,
-        route_event: row.route_event,
-        route_ordinal: row.route_ordinal,
-        source: row.source_product,
-        target: row.target_product,
-        status: Status::parse(&row.status).unwrap_or(Status::Pending),
-        attempts: row.attempts,
-        next_attempt_at: row.next_attempt_at.0,
-        last_error: row.last_error,
-        error_step: row.error_step,
-        generation: row.generation,
-        created_at: row.created_at.0,
-        updated_at: row.updated_at.0,
-        completed_at: row.completed_at.map(|t| t.0),
-        order_key: row.order_key,
-        recorded: true,
-        waiting_on: None,
+impl From<DeliveryViewRow> for DeliveryView {
+    fn from(row: DeliveryViewRow) -> DeliveryView {
+        DeliveryView {
+            id: row.id.0,
+            event_id: row.event_id.0,
+            organization_id: row.organization_id.0,
+            integration: row.integration_id,
+            route_event: row.route_event,
+            route_ordinal: row.route_ordinal,
+            source: row.source_product,
+            target: row.target_product,
+            status: Status::parse(&row.status).unwrap_or(Status::Pending),
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at.0,
+            last_error: row.last_error,
+            error_step: row.error_step,
+            generation: row.generation,
+            created_at: row.created_at.0,
+            updated_at: row.updated_at.0,
+            completed_at: row.completed_at.map(|t| t.0),
+            order_key: row.order_key,
+            recorded: true,
+            waiting_on: None,
+        }
     }
 }
 
@@ -219,12 +223,12 @@ pub async fn get_delivery(
         )
     });
     let sql = SQL.get(tx.dialect());
-    let row: Option<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+    let row: Option<DeliveryViewRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(id))
         .bind(scope.bind())
         .fetch_optional(conn)
         .await)?;
-    Ok(row.map(delivery_view))
+    Ok(row.map(DeliveryView::from))
 }
 
 /// The delivery rows of the event `(organization, event_id)`; none when
@@ -246,13 +250,13 @@ pub async fn deliveries_of(
         )
     });
     let sql = SQL.get(tx.dialect());
-    let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+    let rows: Vec<DeliveryViewRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(Id(organization))
         .bind(Id(event_id))
         .bind(scope.bind())
         .fetch_all(conn)
         .await)?;
-    Ok(rows.into_iter().map(delivery_view).collect())
+    Ok(rows.into_iter().map(DeliveryView::from).collect())
 }
 
 /// Delivery rows in any state, for tests and tools: `status` filters.
@@ -269,11 +273,11 @@ pub async fn deliveries_with_status(
         )
     });
     let sql = SQL.get(tx.dialect());
-    let rows: Vec<DeliveryRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+    let rows: Vec<DeliveryViewRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(status.map(Status::as_str))
         .fetch_all(conn)
         .await)?;
-    Ok(rows.into_iter().map(delivery_view).collect())
+    Ok(rows.into_iter().map(DeliveryView::from).collect())
 }
 
 /// Counts of delivery rows in `scope` by integration and status.
