@@ -253,20 +253,46 @@ pub async fn status(
     }))
 }
 
+/// The integrations an enable, disable, pause or resume applies to: every
+/// one from `source` to `target`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ProductPair {
+    /// The source product.
+    source: String,
+    /// The target product.
+    target: String,
+}
+
+/// What enable, disable, pause and resume answer besides the answers of
+/// every keyed operation, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "a description of answers, never built")]
+pub enum SwitchRefused {
+    #[response(
+        status = 403,
+        description = "The key lacks the `admin` scope, or is bound to an organization.",
+        content_type = "application/problem+json"
+    )]
+    NotAdmin(Problem),
+    #[response(
+        status = 404,
+        description = "No integration goes from `source` to `target`.",
+        content_type = "application/problem+json"
+    )]
+    NoIntegration(Problem),
+}
+
 /// Enable every integration from `source` to `target`.
 #[utoipa::path(
     post,
     path = "/api/integrations/{source}/{target}/enable",
     tag = "integrations",
-    params(
-        ("source" = String, Path, description = "The source product."),
-        ("target" = String, Path, description = "The target product."),
-    ),
+    params(ProductPair),
     responses(
         (status = 200, description = "Enabled (persisted).", body = Switched),
         KeyRefused,
-        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
+        SwitchRefused,
         DatabaseUnavailable,
     ),
     security(("api_key" = []))
@@ -274,7 +300,7 @@ pub async fn status(
 pub async fn enable(
     Admin(caller): Admin,
     State(state): State<AppState>,
-    Path((source, target)): Path<(String, String)>,
+    Path(ProductPair { source, target }): Path<ProductPair>,
 ) -> Result<Json<Switched>, ApiError> {
     switch(caller, state, source, target, IntegrationState::Enabled).await
 }
@@ -285,15 +311,11 @@ pub async fn enable(
     post,
     path = "/api/integrations/{source}/{target}/disable",
     tag = "integrations",
-    params(
-        ("source" = String, Path, description = "The source product."),
-        ("target" = String, Path, description = "The target product."),
-    ),
+    params(ProductPair),
     responses(
         (status = 200, description = "Disabled (persisted).", body = Switched),
         KeyRefused,
-        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
+        SwitchRefused,
         DatabaseUnavailable,
     ),
     security(("api_key" = []))
@@ -301,7 +323,7 @@ pub async fn enable(
 pub async fn disable(
     Admin(caller): Admin,
     State(state): State<AppState>,
-    Path((source, target)): Path<(String, String)>,
+    Path(ProductPair { source, target }): Path<ProductPair>,
 ) -> Result<Json<Switched>, ApiError> {
     switch(caller, state, source, target, IntegrationState::Disabled).await
 }
@@ -312,15 +334,11 @@ pub async fn disable(
     post,
     path = "/api/integrations/{source}/{target}/pause",
     tag = "integrations",
-    params(
-        ("source" = String, Path, description = "The source product."),
-        ("target" = String, Path, description = "The target product."),
-    ),
+    params(ProductPair),
     responses(
         (status = 200, description = "Paused (persisted).", body = Switched),
         KeyRefused,
-        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
+        SwitchRefused,
         DatabaseUnavailable,
     ),
     security(("api_key" = []))
@@ -328,7 +346,7 @@ pub async fn disable(
 pub async fn pause(
     Admin(caller): Admin,
     State(state): State<AppState>,
-    Path((source, target)): Path<(String, String)>,
+    Path(ProductPair { source, target }): Path<ProductPair>,
 ) -> Result<Json<Switched>, ApiError> {
     switch(caller, state, source, target, IntegrationState::Paused).await
 }
@@ -339,15 +357,11 @@ pub async fn pause(
     post,
     path = "/api/integrations/{source}/{target}/resume",
     tag = "integrations",
-    params(
-        ("source" = String, Path, description = "The source product."),
-        ("target" = String, Path, description = "The target product."),
-    ),
+    params(ProductPair),
     responses(
         (status = 200, description = "Resumed (persisted).", body = Switched),
         KeyRefused,
-        (status = 403, description = "The key lacks the `admin` scope, or is bound to an organization.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No integration goes from `source` to `target`.", body = Problem, content_type = "application/problem+json"),
+        SwitchRefused,
         DatabaseUnavailable,
     ),
     security(("api_key" = []))
@@ -355,7 +369,7 @@ pub async fn pause(
 pub async fn resume(
     Admin(caller): Admin,
     State(state): State<AppState>,
-    Path((source, target)): Path<(String, String)>,
+    Path(ProductPair { source, target }): Path<ProductPair>,
 ) -> Result<Json<Switched>, ApiError> {
     switch(caller, state, source, target, IntegrationState::Enabled).await
 }
