@@ -250,36 +250,13 @@ impl Dialect {
         key: &[Ident],
         columns: &[Ident],
     ) -> String {
-        let names: Vec<String> = columns.iter().map(quote).collect();
         let values: Vec<String> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| self.value(i + 1, info, c))
             .collect();
-        let key_names: Vec<String> = key.iter().map(quote).collect();
-        let mut updates: Vec<String> = columns
-            .iter()
-            .filter(|c| !key.contains(c))
-            .map(|c| format!("{0} = excluded.{0}", quote(c)))
-            .collect();
-        if updates.is_empty() {
-            // Every column is part of the key: a no-op update still returns
-            // the row, which `DO NOTHING` would not.
-            updates.push(format!("{0} = excluded.{0}", key_names[0]));
-        }
-        let alias = match self {
-            Dialect::Postgres => " AS t",
-            Dialect::Sqlite => "",
-        };
-        format!(
-            "INSERT INTO {}{alias} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {} RETURNING {}",
-            self.table(table),
-            names.join(", "),
-            values.join(", "),
-            key_names.join(", "),
-            updates.join(", "),
-            self.row_json(info)
-        )
+        let source = format!("VALUES ({})", values.join(", "));
+        self.insert_or_update(table, info, key, columns, &source)
     }
 
     /// `UPDATE ... SET ... WHERE ... RETURNING <row>`; the `set` values are
@@ -403,9 +380,8 @@ impl Dialect {
         }
     }
 
-    /// A multi-row `INSERT ... ON CONFLICT (key) DO UPDATE` without
-    /// `RETURNING` (the rows are read back with [`Dialect::find_many`] on the
-    /// key). Parameters as for `find_many` without the input numbers: one
+    /// A multi-row `INSERT ... ON CONFLICT (key) DO UPDATE ... RETURNING
+    /// <row>`. Parameters as for `find_many` without the input numbers: one
     /// `text[]` per column on PostgreSQL, row by row on SQLite.
     pub fn upsert_many(
         self,
@@ -415,7 +391,6 @@ impl Dialect {
         columns: &[Ident],
         rows: usize,
     ) -> String {
-        let names: Vec<String> = columns.iter().map(quote).collect();
         let source = match self {
             Dialect::Postgres => {
                 let casts: Vec<String> = columns
@@ -439,6 +414,22 @@ impl Dialect {
                 format!("VALUES {}", vec![row; rows].join(", "))
             }
         };
+        self.insert_or_update(table, info, key, columns, &source)
+    }
+
+    /// `INSERT INTO table (columns) <source> ON CONFLICT (key) DO UPDATE
+    /// SET` every other column `RETURNING <row>`. When every column is in
+    /// the key, a no-op update of the first still returns the row, which
+    /// `DO NOTHING` would not.
+    fn insert_or_update(
+        self,
+        table: &TableName,
+        info: &TableInfo,
+        key: &[Ident],
+        columns: &[Ident],
+        source: &str,
+    ) -> String {
+        let names: Vec<String> = columns.iter().map(quote).collect();
         let key_names: Vec<String> = key.iter().map(quote).collect();
         let mut updates: Vec<String> = columns
             .iter()
