@@ -7,6 +7,9 @@
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `console`: the operations console over HTTP (sessions, CSRF,
 //!   organization scoping); `tests/browser.rs` drives it in Chromium.
+//! - `console_pages`: what the console's pages list and do over HTTP
+//!   (searches, event trees, dead letters and replays, blocked keys,
+//!   integration states, redelivery, try an event, the live tail).
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
 //! - `layers`: every module uses only the modules below it (the one
@@ -31,6 +34,7 @@ mod api;
 mod api_hardening;
 mod config_tests;
 mod console;
+mod console_pages;
 mod crash;
 mod engine;
 mod envelope;
