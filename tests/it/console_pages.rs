@@ -601,3 +601,243 @@ on_both_databases! {
         server.stop().await;
     }
 }
+
+on_both_databases! {
+    async fn redeliver_counts_first_then_runs_once_however_often_the_confirmation_is_sent(db: TestDb) {
+        db.seed().await;
+        let server = serve(&db).await;
+        let admin = keys::create_key(&db.store, None, &Scope::ALL, None).await.unwrap();
+        let org_admin = keys::create_key(&db.store, Some(ORGANIZATION), &Scope::ALL, None).await.unwrap();
+        let reader = keys::create_key(&db.store, None, &[Scope::Read], None).await.unwrap();
+        let ada = publish(&server, &candidate_hired(ORGANIZATION, "ada@example.com")).await;
+        publish(&server, &candidate_hired(ORGANIZATION_WITHOUT_SUBSCRIPTIONS, "bob@example.com")).await;
+        db.settle(SETTLE).await;
+        let cookie = session(&server.base, &admin.key).await;
+
+        // A link fills the form in.
+        let (status, html) = page(&server, "/console/redeliver?integration=recruitiq-to-paylinq&status=skipped,dead", &cookie).await;
+        assert_eq!(status, 200);
+        assert!(html.contains(r#"<option value="recruitiq-to-paylinq" selected>"#), "{html}");
+        assert!(html.contains(r#"value="skipped" id="r-status-skipped" checked>"#));
+        assert!(!html.contains(r#"value="delivered" id="r-status-delivered" checked>"#));
+        let csrf = csrf_field(&html);
+        let submit = async |fields: &[(&str, &str)]| {
+            let mut all = vec![("csrf", csrf.as_str())];
+            all.extend_from_slice(fields);
+            let answer = post(&server, "/console/redeliver", &cookie, &all).await;
+            assert_eq!(answer.status(), 200, "{fields:?}");
+            unescape(&answer.text().await.unwrap())
+        };
+
+        // What is wrong with a form is said on it.
+        let hour_ago = minutes_from_now(-60);
+        let in_an_hour = minutes_from_now(60);
+        for (fields, problem) in [
+            (vec![], "Choose an integration of the live generation."),
+            (vec![("integration", "nope")], "Choose an integration of the live generation."),
+            (vec![("integration", "recruitiq-to-paylinq"), ("status", "retrying")], "`retrying` cannot be chosen: redeliver delivered, skipped or dead deliveries."),
+            (vec![("integration", "recruitiq-to-paylinq"), ("event", "employee.created")], "recruitiq-to-paylinq has no route for `employee.created`."),
+            (vec![("integration", "recruitiq-to-paylinq"), ("since", "soon")], "The `from` time `soon` is not a time"),
+            (vec![("integration", "recruitiq-to-paylinq"), ("since", &in_an_hour), ("until", &hour_ago)], "The time range is empty: `from` must be before `to`."),
+            (vec![("integration", "recruitiq-to-paylinq"), ("since", &in_an_hour)], "No delivery matches this filter"),
+            (vec![("integration", "recruitiq-to-paylinq"), ("status", "dead")], "No delivery matches this filter"),
+        ] {
+            let html = submit(&fields).await;
+            assert!(html.contains(problem), "{fields:?}: {html}");
+            assert!(!html.contains("Redeliver 1"), "{fields:?}");
+        }
+
+        // The count: delivered (Ada's), skipped (Bob's), or either.
+        let html = submit(&[("integration", "recruitiq-to-paylinq")]).await;
+        assert!(html.contains("Redeliver 2 events through recruitiq-to-paylinq?"), "{html}");
+        assert!(html.contains("whose delivery is delivered or skipped or dead"), "{html}");
+        let html = submit(&[("integration", "recruitiq-to-paylinq"), ("status", "skipped")]).await;
+        assert!(html.contains("Redeliver 1 event through recruitiq-to-paylinq?"), "{html}");
+        let html = submit(&[("integration", "recruitiq-to-paylinq"), ("event", "candidate.hired"), ("status", "delivered"), ("since", &hour_ago), ("until", &in_an_hour)]).await;
+        assert!(html.contains("Redeliver 1 event through recruitiq-to-paylinq?"), "{html}");
+        assert!(html.contains("Matching: candidate.hired, whose delivery is delivered, stored from"), "{html}");
+        let confirmation = html;
+
+        // Confirmed: Ada's row, changed since, is written again.
+        db.execute("UPDATE payroll.new_hires SET first_name = 'Changed'").await;
+        let done = confirm(&server, "/console/redeliver", &cookie, &confirmation).await;
+        assert_eq!(done.status(), 200);
+        let done = unescape(&done.text().await.unwrap());
+        assert!(done.contains("1 event queued to run again through recruitiq-to-paylinq."), "{done}");
+        db.settle(SETTLE).await;
+        let row = db.find("payroll.new_hires", &[("email", "ada@example.com".into())]).await.unwrap();
+        assert_eq!(row["first_name"], "Ada");
+        let (_, html) = page(&server, &format!("/console/events/{ada}"), &cookie).await;
+        assert!(html.contains("redelivered 1×"), "{html}");
+
+        // The same confirmation again (a reload, a double click): nothing more.
+        db.execute("UPDATE payroll.new_hires SET first_name = 'Changed again'").await;
+        let again = confirm(&server, "/console/redeliver", &cookie, &confirmation).await;
+        let again = unescape(&again.text().await.unwrap());
+        assert!(again.contains("This redelivery was already made (1 event); nothing more was queued."), "{again}");
+        db.settle(SETTLE).await;
+        let row = db.find("payroll.new_hires", &[("email", "ada@example.com".into())]).await.unwrap();
+        assert_eq!(row["first_name"], "Changed again");
+
+        // An organization's key counts only its organization's deliveries.
+        let ours = session(&server.base, &org_admin.key).await;
+        let token = csrf_field(&page(&server, "/console/redeliver", &ours).await.1);
+        let answer = post(&server, "/console/redeliver", &ours, &[("csrf", &token), ("integration", "recruitiq-to-paylinq"), ("status", "skipped")]).await;
+        assert!(unescape(&answer.text().await.unwrap()).contains("No delivery matches this filter"));
+        let answer = post(&server, "/console/redeliver", &ours, &[("csrf", &token), ("integration", "recruitiq-to-paylinq")]).await;
+        assert!(unescape(&answer.text().await.unwrap()).contains("Redeliver 1 event through recruitiq-to-paylinq?"));
+
+        // Paused: said before; disabled: refused.
+        server.engine.set_state("recruitiq-to-paylinq", busbar::engine::State::Paused).await.unwrap();
+        let html = submit(&[("integration", "recruitiq-to-paylinq")]).await;
+        assert!(html.contains("recruitiq-to-paylinq is paused: the redelivered deliveries wait until it is resumed."), "{html}");
+        // Disabled: the count is shown, and the confirmation refused (the
+        // engine refuses to redeliver into a disabled integration).
+        server.engine.set_state("recruitiq-to-paylinq", busbar::engine::State::Disabled).await.unwrap();
+        let html = submit(&[("integration", "recruitiq-to-paylinq")]).await;
+        assert!(html.contains("Redeliver 2 events through recruitiq-to-paylinq?"), "{html}");
+        let refused = confirm(&server, "/console/redeliver", &cookie, &html).await;
+        assert_eq!(refused.status(), 200);
+        let refused = unescape(&refused.text().await.unwrap());
+        assert!(refused.contains("recruitiq-to-paylinq is disabled: its redelivered deliveries would be skipped at once."), "{refused}");
+        assert!(!refused.contains("queued to run again"));
+
+        // A read key, or a form without its token: refused.
+        let read = session(&server.base, &reader.key).await;
+        let (_, html) = page(&server, "/console/redeliver", &read).await;
+        assert!(html.contains("Redelivering needs a key with the admin scope."));
+        let refused = post(&server, "/console/redeliver", &read, &[("csrf", &csrf_field(&html)), ("integration", "recruitiq-to-nexus")]).await;
+        assert_eq!(refused.status(), 403);
+        let refused = post(&server, "/console/redeliver", &cookie, &[("integration", "recruitiq-to-nexus")]).await;
+        assert_eq!(refused.status(), 403);
+        server.stop().await;
+    }
+}
+
+on_both_databases! {
+    async fn trying_an_event_shows_each_route_and_writes_nothing(db: TestDb) {
+        db.seed().await;
+        let server = serve(&db).await;
+        let reader = keys::create_key(&db.store, None, &[Scope::Read], None).await.unwrap();
+        let cookie = session(&server.base, &reader.key).await;
+        let (status, html) = page(&server, "/console/try", &cookie).await;
+        assert_eq!(status, 200);
+        let example = std::fs::read_to_string(root().join("examples/events/candidate.hired.json")).unwrap();
+        assert!(html.contains(example.trim()), "the form starts with the shipped example");
+        let csrf = csrf_field(&html);
+        let try_event = async |text: &str| {
+            let answer = post(&server, "/console/try", &cookie, &[("csrf", csrf.as_str()), ("event", text)]).await;
+            assert_eq!(answer.status(), 200);
+            unescape(&answer.text().await.unwrap())
+        };
+
+        let html = try_event(&example).await;
+        assert!(html.contains("On generation 1"), "{html}");
+        for integration in ["recruitiq-to-nexus", "recruitiq-to-paylinq"] {
+            assert!(html.contains(&format!(r#"<a href="/console/integrations/{integration}">{integration}</a>"#)), "{html}");
+        }
+        assert!(html.contains("<strong>upsert hris.employees</strong> on (organization_id, email)"), "{html}");
+        assert!(html.contains("<strong>upsert payroll.new_hires</strong>"));
+        assert!(html.contains("<strong>emit employee.created</strong>"), "{html}");
+        // The values as the mapping makes them (trimmed, lower-cased), with their types.
+        assert!(html.contains(r#"<th scope="row"><code>email</code></th><td><code>ada.lovelace@example.com</code></td><td class="sub">text</td>"#), "{html}");
+        assert!(!html.contains("Publishing would refuse it"));
+        // Nothing was written.
+        assert_eq!(db.count("integrations.events").await, 0);
+        assert_eq!(db.count("hris.employees").await, 0);
+
+        let html = try_event("{ not json").await;
+        assert!(html.contains("This is not a valid event:") && html.contains("not JSON"), "{html}");
+        let html = try_event(r#"{"source": "recruitiq"}"#).await;
+        assert!(html.contains("This is not a valid event:") && html.contains("<code>/event</code>"), "{html}");
+        let mut broken: Value = serde_json::from_str(&example).unwrap();
+        broken["data"]["candidate"].as_object_mut().unwrap().remove("email");
+        let html = try_event(&broken.to_string()).await;
+        assert!(html.contains("Publishing would refuse it: its data breaks the contract"), "{html}");
+        assert!(html.contains("/candidate"), "{html}");
+        let mut unrouted: Value = serde_json::from_str(&example).unwrap();
+        unrouted["source"] = "paylinq".into();
+        unrouted["event"] = "payslip.issued".into();
+        let html = try_event(&unrouted.to_string()).await;
+        assert!(html.contains("No integration routes this event"), "{html}");
+        assert_eq!(db.count("integrations.events").await, 0);
+
+        let refused = post(&server, "/console/try", &cookie, &[("event", example.as_str())]).await;
+        assert_eq!(refused.status(), 403);
+        server.stop().await;
+    }
+}
+
+/// Reads a Server-Sent Events stream until a chunk read so far contains
+/// `wanted`, or fails after 30 seconds; returns everything read.
+async fn read_stream_until(stream: &mut reqwest::Response, wanted: &str) -> String {
+    let start = Instant::now();
+    let mut read = String::new();
+    while !read.contains(wanted) {
+        let left = SETTLE.saturating_sub(start.elapsed());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {wanted} in the stream after {SETTLE:?}: {read}"))
+            .unwrap()
+            .expect("the stream goes on");
+        read.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    read
+}
+
+on_both_databases! {
+    async fn the_live_tail_shows_recent_activity_then_streams_what_happens_in_the_viewers_organization(db: TestDb) {
+        db.seed().await;
+        let server = serve(&db).await;
+        let reader = keys::create_key(&db.store, None, &[Scope::Read], None).await.unwrap();
+        let theirs_key = keys::create_key(&db.store, Some(ORGANIZATION_WITHOUT_SUBSCRIPTIONS), &[Scope::Read], None)
+            .await
+            .unwrap();
+        let ada = publish(&server, &candidate_hired(ORGANIZATION, "ada@example.com")).await;
+        let bob = publish(&server, &candidate_hired(ORGANIZATION_WITHOUT_SUBSCRIPTIONS, "bob@example.com")).await;
+        db.settle(SETTLE).await;
+        let cookie = session(&server.base, &reader.key).await;
+        let lines = |html: &str, outcome: &str| html.matches(&format!(r#"<li class="activity outcome-{outcome}">"#)).count();
+
+        // The first screen, from the database.
+        let (status, html) = page(&server, "/console/tail", &cookie).await;
+        assert_eq!(status, 200);
+        // Ada, Bob and the employee.created Ada's hire emitted.
+        assert_eq!(lines(&html, "published"), 3, "{html}");
+        // Ada's two deliveries and the emitted event's one; Bob's two skipped.
+        assert_eq!(lines(&html, "delivered"), 3, "{html}");
+        assert_eq!(lines(&html, "skipped"), 2, "{html}");
+        assert!(html.contains(r#"data-stream="/console/tail/stream?integration=&outcome=""#), "{html}");
+        let (_, html) = page(&server, "/console/tail?outcome=skipped", &cookie).await;
+        assert_eq!((lines(&html, "skipped"), lines(&html, "published"), lines(&html, "delivered")), (2, 0, 0));
+        assert!(html.contains(&format!("/console/events/{bob}")) && !html.contains(&format!("/console/events/{ada}")));
+        let (_, html) = page(&server, "/console/tail?integration=recruitiq-to-nexus&outcome=delivered", &cookie).await;
+        assert_eq!(lines(&html, "delivered"), 1, "{html}");
+        assert!(html.contains("→ recruitiq-to-nexus") && !html.contains("→ recruitiq-to-paylinq"));
+        let theirs = session(&server.base, &theirs_key.key).await;
+        let (_, html) = page(&server, "/console/tail", &theirs).await;
+        assert!(html.contains(&format!("/console/events/{bob}")) && !html.contains(&format!("/console/events/{ada}")), "{html}");
+
+        // The stream: what happens from now on, in the viewer's organization.
+        let open = async |cookie: &str, query: &str| {
+            let stream = get(&server.base, &format!("/console/tail/stream?{query}"), cookie).await;
+            assert_eq!(stream.status(), 200);
+            assert_eq!(stream.headers()["content-type"], "text/event-stream");
+            stream
+        };
+        let mut everything = open(&cookie, "").await;
+        let mut published = open(&cookie, "outcome=published").await;
+        let mut their_stream = open(&theirs, "").await;
+        let hidden = publish(&server, &candidate_hired(ORGANIZATION, "carol@example.com")).await;
+        let shown = publish(&server, &candidate_hired(ORGANIZATION_WITHOUT_SUBSCRIPTIONS, "dan@example.com")).await;
+        let read = read_stream_until(&mut everything, &format!(r#""event_id":"{shown}","organization_id":"{ORGANIZATION_WITHOUT_SUBSCRIPTIONS}","source":"recruitiq","event":"candidate.hired","integration":"recruitiq-to-paylinq""#)).await;
+        assert!(read.contains("event: activity"), "{read}");
+        assert!(read.contains(&format!(r#""outcome":"published","event_id":"{hidden}""#)), "{read}");
+        let read = read_stream_until(&mut published, &format!(r#""event_id":"{shown}""#)).await;
+        assert!(read.contains(&hidden.to_string()));
+        assert!(!read.contains(r#""outcome":"delivered""#) && !read.contains(r#""outcome":"skipped""#), "{read}");
+        let read = read_stream_until(&mut their_stream, &format!(r#""outcome":"skipped","event_id":"{shown}""#)).await;
+        assert!(!read.contains(&hidden.to_string()), "another organization's event never shows: {read}");
+        server.stop().await;
+    }
+}
