@@ -25,6 +25,8 @@
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
+//! - `serve`: `busbar serve --dev` run in-process: an event over HTTP
+//!   with the dev key, applied; a clean stop; configurations it refuses.
 //! - `upgrade`: a database of the release before delivery v2 is migrated
 //!   with its deliveries intact, and finished by the new engine.
 //! - `values`: values that do not fit their column are refused, never
@@ -44,6 +46,7 @@ mod ordering;
 mod redeliver;
 mod reload;
 mod robustness;
+mod serve;
 mod support;
 mod upgrade;
 mod values;
