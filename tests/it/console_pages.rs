@@ -841,3 +841,42 @@ on_both_databases! {
         server.stop().await;
     }
 }
+
+on_both_databases! {
+    async fn signing_out_ends_the_session_and_a_stale_sign_in_form_is_refused(db: TestDb) {
+        db.seed().await;
+        let server = serve(&db).await;
+        let key = keys::create_key(&db.store, None, &[Scope::Read], None).await.unwrap();
+        let cookie = session(&server.base, &key.key).await;
+        let csrf = csrf_field(&page(&server, "/console", &cookie).await.1);
+
+        // The assets need no session; an unknown one is not found.
+        let css = client().get(format!("{}/console/assets/console.css", server.base)).send().await.unwrap();
+        assert_eq!(css.status(), 200);
+        assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+        let missing = client().get(format!("{}/console/assets/secrets.txt", server.base)).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+
+        // A sign-in form posted without its own cookie (expired, or forged).
+        let stale = client()
+            .post(format!("{}/console/sign-in", server.base))
+            .form(&[("csrf", "made-up"), ("key", key.key.as_str()), ("next", "/console")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stale.status(), 403);
+        assert!(unescape(&stale.text().await.unwrap()).contains("The form had expired. Paste the key again."));
+
+        // Signing out needs the token, then ends the session.
+        let refused = post(&server, "/console/sign-out", &cookie, &[]).await;
+        assert_eq!(refused.status(), 403);
+        assert_eq!(get(&server.base, "/console", &cookie).await.status(), 200);
+        let out = post(&server, "/console/sign-out", &cookie, &[("csrf", &csrf)]).await;
+        assert_eq!(out.status(), 303);
+        assert_eq!(out.headers()[LOCATION], "/console/sign-in");
+        let after = get(&server.base, "/console/events", &cookie).await;
+        assert_eq!(after.status(), 303);
+        assert_eq!(after.headers()[LOCATION], "/console/sign-in?next=%2Fconsole%2Fevents");
+        server.stop().await;
+    }
+}

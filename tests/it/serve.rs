@@ -200,3 +200,66 @@ on_both_databases! {
         assert!(error.contains("use --contract-policy strict"), "{error}");
     }
 }
+
+on_both_databases! {
+    async fn a_failed_reload_is_shown_in_the_console_where_it_points_and_the_live_generation_stays(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["recruitiq-to-nexus.yaml", "recruitiq-to-paylinq.yaml", "nexus-to-paylinq.yaml"] {
+            std::fs::copy(root().join("integrations.d").join(name), dir.path().join(name)).unwrap();
+        }
+        let file = dir.path().join("recruitiq-to-paylinq.yaml");
+        let good = std::fs::read_to_string(&file).unwrap();
+        let running = start(options(&db.url, dir.path().to_owned())).await;
+        let base = format!("http://{}", running.listening.address);
+        let key = running.listening.dev_key.clone().unwrap();
+        let reload = async || {
+            reqwest::Client::new()
+                .post(format!("{base}/api/integrations/reload"))
+                .bearer_auth(&key.key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        };
+
+        // A filter that does not exist, on a line we know.
+        let broken = good.replace("          status: pending", "          status: \"{{ 'x' | no_such_filter }}\"");
+        assert_ne!(broken, good);
+        let line = broken.lines().position(|l| l.contains("no_such_filter")).unwrap() + 1;
+        std::fs::write(&file, &broken).unwrap();
+        assert_eq!(reload().await, 422);
+
+        let cookie = crate::console::session(&base, &key.key).await;
+        let overview = crate::console::get(&base, "/console", &cookie).await.text().await.unwrap();
+        assert!(overview.contains("The last reload failed"), "{overview}");
+        assert!(overview.contains("generation 1 stays live"), "{overview}");
+        let position = regex::Regex::new(&format!(r"recruitiq-to-paylinq\.yaml:{line}:\d+</code>")).unwrap();
+        assert!(position.is_match(&overview), "file:line:col of the error: {overview}");
+        let page = crate::console::get(&base, "/console/integrations/recruitiq-to-paylinq", &cookie)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("The last reload found errors in this file"), "{page}");
+        assert!(position.is_match(&page));
+        assert!(page.contains(&format!(r#"<span class="line marked" id="L{line}">"#)), "the line is marked");
+        // Another file's page says nothing of it.
+        let other = crate::console::get(&base, "/console/integrations/recruitiq-to-nexus", &cookie)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(!other.contains("The last reload found errors in this file"));
+
+        // Fixed: generation 2 goes live, and the overview says so.
+        std::fs::write(&file, &good).unwrap();
+        assert_eq!(reload().await, 200);
+        let overview = crate::console::get(&base, "/console", &cookie).await.text().await.unwrap();
+        assert!(overview.contains("Generation <strong>2</strong> went live"), "{overview}");
+        assert!(!overview.contains("The last reload failed"));
+        running.stop().await;
+        if let Some(file) = &key.file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
