@@ -1,7 +1,8 @@
 //! `busbar serve`: connects, migrates, compiles the integrations directory,
 //! starts the engine and the HTTP API, and runs until SIGINT or SIGTERM;
 //! then stops accepting requests, lets those in flight finish, and stops
-//! the engine.
+//! the engine. `serve_until` is the same run ended by any future (the
+//! tests run it in-process, on port 0).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,8 +90,35 @@ pub fn compile_or_fail(config: &config::ConfigDir, number: u64) -> Result<compil
     }
 }
 
-/// Runs busbar until a shutdown signal.
+/// What a server that has started listening tells its caller.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// The address it listens on (the port chosen when asked for port 0).
+    pub address: SocketAddr,
+    /// With `dev`: the dev key, which the binary prints.
+    pub dev_key: Option<DevKey>,
+}
+
+/// Runs busbar until a shutdown signal (SIGINT or SIGTERM); with `dev`,
+/// prints the dev key and how to use it once it listens.
 pub async fn serve(options: ServeOptions) -> Result<()> {
+    serve_until(options, shutdown_signal(), |listening| {
+        if let Some(key) = &listening.dev_key {
+            println!("{}", dev_instructions(listening.address, key));
+        }
+    })
+    .await
+}
+
+/// Runs busbar until `shutdown` completes, then stops accepting requests,
+/// finishes those in flight and stops the engine. `on_listening` is called
+/// once, when the API listens and before it answers (so a test that binds
+/// port 0 learns the address). What `serve` runs, in-process for tests.
+pub async fn serve_until(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(Listening),
+) -> Result<()> {
     check_contracts_option(options.contracts.as_deref())?;
     // Before anything that counts.
     telemetry::install();
@@ -143,7 +171,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let stop_watching = tokio_util::sync::CancellationToken::new();
     let watchers = reloader.spawn(options.watch, options.poll_interval, stop_watching.clone());
     let state = AppState::new(engine.clone(), reload, options.api).with_reloader(reloader);
-    if options.dev {
+    let dev_key = if options.dev {
         let file = crate::dev::dev_key_file(&options.database_url);
         let key = crate::dev::dev_key(
             &store,
@@ -153,12 +181,15 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         )
         .await
         .context("cannot make the dev API key")?;
-        println!("{}", dev_instructions(address, &key));
-    }
+        Some(key)
+    } else {
+        None
+    };
+    on_listening(Listening { address, dev_key });
     tracing::info!(database = %redact(&options.database_url), %address, "busbar is running");
     let draining = state.draining.clone();
     let result = api::serve(listener, app(state), async move {
-        shutdown_signal().await;
+        shutdown.await;
         draining.cancel();
         tracing::info!("shutting down: no new connections; finishing requests in flight");
     })

@@ -19,14 +19,19 @@ use busbar::store::keys::{self, Scope};
 use crate::support::{TestDb, candidate_hired, on_both_databases};
 
 /// A busbar API (with the console) on a free port, on `db`.
-struct Server {
-    base: String,
-    engine: Engine,
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) engine: Engine,
     task: JoinHandle<std::io::Result<()>>,
 }
 
-async fn serve(db: &TestDb) -> Server {
-    let engine = db.engine().await;
+/// The API and the console on `db`, with the shipped integrations.
+pub(crate) async fn serve(db: &TestDb) -> Server {
+    serve_engine(db.engine().await).await
+}
+
+/// The API and the console over `engine`.
+pub(crate) async fn serve_engine(engine: Engine) -> Server {
     let reload = Arc::new(arc_swap::ArcSwap::from_pointee(ReloadOutcome::loaded(
         engine.generation().number,
     )));
@@ -42,13 +47,13 @@ async fn serve(db: &TestDb) -> Server {
 }
 
 impl Server {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.task.abort();
         self.engine.shutdown().await;
     }
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
@@ -67,13 +72,13 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, Strin
 }
 
 /// The value of the first hidden `csrf` field in a page.
-fn csrf_field(html: &str) -> String {
+pub(crate) fn csrf_field(html: &str) -> String {
     let start = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
     html[start..].split('"').next().unwrap().to_owned()
 }
 
 /// Signs in with `key`; returns the session cookie and its header.
-async fn sign_in(base: &str, key: &str, https: bool) -> reqwest::Response {
+pub(crate) async fn sign_in(base: &str, key: &str, https: bool) -> reqwest::Response {
     let http = client();
     let form = http
         .get(format!("{base}/console/sign-in"))
@@ -92,13 +97,13 @@ async fn sign_in(base: &str, key: &str, https: bool) -> reqwest::Response {
     request.send().await.unwrap()
 }
 
-async fn session(base: &str, key: &str) -> String {
+pub(crate) async fn session(base: &str, key: &str) -> String {
     let answer = sign_in(base, key, false).await;
     assert_eq!(answer.status(), 303);
     set_cookie(&answer, "busbar_console").unwrap().0
 }
 
-async fn get(base: &str, path: &str, cookie: &str) -> reqwest::Response {
+pub(crate) async fn get(base: &str, path: &str, cookie: &str) -> reqwest::Response {
     client()
         .get(format!("{base}{path}"))
         .header(COOKIE, cookie)

@@ -7,6 +7,9 @@
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `console`: the operations console over HTTP (sessions, CSRF,
 //!   organization scoping); `tests/browser.rs` drives it in Chromium.
+//! - `console_pages`: what the console's pages list and do over HTTP
+//!   (searches, event trees, dead letters and replays, blocked keys,
+//!   integration states, redelivery, try an event, the live tail).
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
 //! - `layers`: every module uses only the modules below it (the one
@@ -22,6 +25,8 @@
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
+//! - `serve`: `busbar serve --dev` run in-process: an event over HTTP
+//!   with the dev key, applied; a clean stop; configurations it refuses.
 //! - `upgrade`: a database of the release before delivery v2 is migrated
 //!   with its deliveries intact, and finished by the new engine.
 //! - `values`: values that do not fit their column are refused, never
@@ -32,6 +37,7 @@ mod api_hardening;
 mod cli;
 mod config_tests;
 mod console;
+mod console_pages;
 mod crash;
 mod engine;
 mod envelope;
@@ -41,6 +47,7 @@ mod ordering;
 mod redeliver;
 mod reload;
 mod robustness;
+mod serve;
 mod support;
 mod upgrade;
 mod values;
