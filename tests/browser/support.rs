@@ -353,11 +353,20 @@ pub struct Browser {
 
 impl Browser {
     /// Starts chromedriver and a browser session, or `None` (with the
-    /// reason printed) when chromedriver or Chromium is not installed.
+    /// reason printed) when chromedriver or Chromium is not installed —
+    /// unless `BUSBAR_REQUIRE_BROWSER` is set (`.ci/run` sets it), when a
+    /// missing browser fails the test instead of skipping it.
     pub async fn start(test: &str) -> Option<Browser> {
+        let skip = |why: &str| {
+            assert!(
+                std::env::var_os("BUSBAR_REQUIRE_BROWSER").is_none(),
+                "{test}: {why}, and BUSBAR_REQUIRE_BROWSER says the browser tests must run"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+        };
         let Some(driver_path) = program("CHROMEDRIVER", &["chromedriver"]) else {
-            eprintln!(
-                "SKIPPED {test}: chromedriver is not installed (apt-get install chromium chromium-driver, or set CHROMEDRIVER)"
+            skip(
+                "chromedriver is not installed (apt-get install chromium chromium-driver, or set CHROMEDRIVER)",
             );
             return None;
         };
@@ -365,9 +374,7 @@ impl Browser {
             "CHROME_BIN",
             &["chromium", "chromium-browser", "google-chrome"],
         ) else {
-            eprintln!(
-                "SKIPPED {test}: Chromium is not installed (apt-get install chromium, or set CHROME_BIN)"
-            );
+            skip("Chromium is not installed (apt-get install chromium, or set CHROME_BIN)");
             return None;
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
