@@ -15,7 +15,7 @@
 # produced no report.
 #
 # Not measured: code run only in child processes (`busbar serve` started by
-# the crash and multi-process tests, the CLI tests), the browser tests and
+# the crash and multi-process tests), the browser tests and
 # tests/pg_restart.rs (they restart the database or drive Chromium, which
 # ptrace slows past their deadlines).
 set -euo pipefail
