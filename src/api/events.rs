@@ -39,6 +39,7 @@ const MAX_LIMIT: u32 = 500;
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct EventBatch {
+    // max_items is `MAX_BATCH` (a literal here; a test keeps them equal).
     #[schema(min_items = 1, max_items = 1000)]
     events: Vec<SentEvent>,
 }

@@ -229,3 +229,15 @@ fn unstorable_data_is_the_one_thing_only_the_validator_refuses() {
         assert_eq!(pointers, [pointer]);
     }
 }
+
+#[test]
+fn the_documented_batch_size_is_the_one_publishing_enforces() {
+    let document: Value = serde_json::from_str(busbar::api::openapi_json()).unwrap();
+    let events = &document["components"]["schemas"]["EventBatch"]["properties"]["events"];
+    assert_eq!(events["minItems"], 1, "{events}");
+    assert_eq!(
+        events["maxItems"],
+        busbar::api::MAX_BATCH,
+        "EventBatch's max_items must be api::MAX_BATCH: {events}"
+    );
+}
