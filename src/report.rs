@@ -174,14 +174,14 @@ pub fn summary(out: &mut dyn Write, diagnostics: &[Diagnostic], files: usize) ->
 }
 
 /// GitHub's escaping for the message part of an annotation.
-fn escape_data(text: &str) -> String {
+pub fn escape_data(text: &str) -> String {
     text.replace('%', "%25")
         .replace('\r', "%0D")
         .replace('\n', "%0A")
 }
 
 /// GitHub's escaping for annotation properties.
-fn escape_property(text: &str) -> String {
+pub fn escape_property(text: &str) -> String {
     escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 

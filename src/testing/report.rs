@@ -10,7 +10,7 @@ use anstyle::{AnsiColor, Style};
 use super::expect::{Failure, Line};
 use super::run::{CaseReport, Progress, SuiteReport};
 use crate::config::yaml::SourceText;
-use crate::report::{CheckFormat, print_diagnostics};
+use crate::report::{CheckFormat, escape_data, escape_property, print_diagnostics};
 
 const ERROR: Style = AnsiColor::Red.on_default().bold();
 const RED: Style = AnsiColor::Red.on_default();
@@ -293,18 +293,6 @@ fn xml(text: &str) -> String {
         }
     }
     out
-}
-
-/// GitHub's escaping for the message part of an annotation.
-fn escape_data(text: &str) -> String {
-    text.replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
-}
-
-/// GitHub's escaping for annotation properties.
-fn escape_property(text: &str) -> String {
-    escape_data(text).replace(':', "%3A").replace(',', "%2C")
 }
 
 #[cfg(test)]
