@@ -1064,7 +1064,7 @@ on_both_databases! {
             args.extend(["--database-url".to_owned(), url.clone()]);
             async move {
                 let output = busbar_cli_async(root(), args).await;
-                (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+                (output.status.code(), output.stdout, output.stderr)
             }
         };
         let (code, key, err) = busbar(&["keys", "create", "--org", &ORGANIZATION.to_string(), "--scope", "read", "--name", "dashboard"]).await;

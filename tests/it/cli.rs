@@ -9,19 +9,6 @@ use serde_json::{Value, json};
 
 use crate::support::{CliOutput, busbar_cli, root};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn show(output: &CliOutput) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
-
 /// The example event, changed by `edit`, written to `dir/event.json`.
 fn event_file(dir: &Path, edit: impl FnOnce(&mut Value)) -> String {
     let example = std::fs::read_to_string(root().join("examples/events/candidate.hired.json"))
@@ -46,24 +33,22 @@ fn render_says_why_an_event_cannot_be_rendered() {
 
     // No such file: could not run.
     let missing = render(&["--event", "nowhere.json"]);
-    assert_eq!(missing.status.code(), Some(2), "{}", show(&missing));
+    assert_eq!(missing.status.code(), Some(2), "{}", missing.show());
     assert!(
-        text(&missing.stderr).contains("cannot read the event file nowhere.json"),
+        missing
+            .stderr
+            .contains("cannot read the event file nowhere.json"),
         "{}",
-        show(&missing)
+        missing.show()
     );
 
     // Not YAML or JSON: the problem at its line and column.
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{\"id\": \"x\",\n  \"source\": [\n").unwrap();
     let output = render(&["--event", &broken.display().to_string()]);
-    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    assert!(
-        text(&output.stderr).contains("broken.json:"),
-        "{}",
-        show(&output)
-    );
-    assert!(text(&output.stdout).is_empty(), "{}", show(&output));
+    assert_eq!(output.status.code(), Some(1), "{}", output.show());
+    assert!(output.stderr.contains("broken.json:"), "{}", output.show());
+    assert!(output.stdout.is_empty(), "{}", output.show());
 
     // Not an event: every violation, by pointer.
     let path = event_file(dir.path(), |event| {
@@ -71,11 +56,11 @@ fn render_says_why_an_event_cannot_be_rendered() {
         event.as_object_mut().unwrap().remove("source");
     });
     let output = render(&["--event", &path]);
-    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    let err = text(&output.stderr);
-    assert!(err.contains("not a valid event:"), "{}", show(&output));
-    assert!(err.contains("  /id: "), "{}", show(&output));
-    assert!(err.contains("source"), "{}", show(&output));
+    assert_eq!(output.status.code(), Some(1), "{}", output.show());
+    let err = &output.stderr;
+    assert!(err.contains("not a valid event:"), "{}", output.show());
+    assert!(err.contains("  /id: "), "{}", output.show());
+    assert!(err.contains("source"), "{}", output.show());
 
     // Data that breaks its contract: rendered, but the exit says publishing
     // would refuse it.
@@ -83,18 +68,18 @@ fn render_says_why_an_event_cannot_be_rendered() {
         event["data"]["candidate"]["firstName"] = json!("");
     });
     let output = render(&["--event", &path]);
-    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    let err = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", output.show());
+    let err = &output.stderr;
     assert!(
         err.contains("publishing would refuse this event: its data breaks the contract"),
         "{}",
-        show(&output)
+        output.show()
     );
-    assert!(err.contains("/candidate/firstName"), "{}", show(&output));
+    assert!(err.contains("/candidate/firstName"), "{}", output.show());
     assert!(
-        text(&output.stdout).contains("hris.employees"),
+        output.stdout.contains("hris.employees"),
         "{}",
-        show(&output)
+        output.show()
     );
 
     // An integration that does not exist: could not run.
@@ -104,11 +89,11 @@ fn render_says_why_an_event_cannot_be_rendered() {
         "--integration",
         "nope",
     ]);
-    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", output.show());
     assert!(
-        text(&output.stderr).contains("there is no integration `nope`"),
+        output.stderr.contains("there is no integration `nope`"),
         "{}",
-        show(&output)
+        output.show()
     );
 }
 
@@ -135,22 +120,22 @@ fn render_of_integrations_that_do_not_compile_shows_their_errors_only() {
             &root().join("schemas/events").display().to_string(),
         ],
     );
-    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
-    let err = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", output.show());
+    let err = &output.stderr;
     assert!(
         err.contains("the integrations do not compile, so there is nothing to render:"),
         "{}",
-        show(&output)
+        output.show()
     );
     assert!(
         err.contains("integrations.d/broken.yaml:9:"),
         "the error at its file, line and column: {}",
-        show(&output)
+        output.show()
     );
     assert!(
         err.contains("1 error, 0 warnings in 1 file"),
         "{}",
-        show(&output)
+        output.show()
     );
 }
 
@@ -162,8 +147,8 @@ fn render_json_is_one_document_with_each_routes_outcome() {
         "--format",
         "json",
     ]);
-    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
-    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(output.status.code(), Some(0), "{}", output.show());
+    let report: Value = serde_json::from_str(&output.stdout).expect("one JSON document");
     let routes = report["routes"].as_array().expect("routes");
     assert!(!routes.is_empty(), "{report}");
     for route in routes {
@@ -174,8 +159,8 @@ fn render_json_is_one_document_with_each_routes_outcome() {
 #[test]
 fn schema_prints_the_integration_files_json_schema() {
     let output = busbar_cli(&root(), &["schema"]);
-    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
-    let schema: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(output.status.code(), Some(0), "{}", output.show());
+    let schema: Value = serde_json::from_str(&output.stdout).expect("JSON");
     assert_eq!(
         schema["$schema"],
         "https://json-schema.org/draft/2020-12/schema"
@@ -190,28 +175,20 @@ fn schema_prints_the_integration_files_json_schema() {
 #[test]
 fn help_and_version_go_to_stdout_and_a_wrong_argument_exits_2() {
     let version = busbar_cli(&root(), &["--version"]);
-    assert_eq!(version.status.code(), Some(0), "{}", show(&version));
+    assert_eq!(version.status.code(), Some(0), "{}", version.show());
     assert_eq!(
-        text(&version.stdout).trim(),
+        version.stdout.trim(),
         format!("busbar {}", env!("CARGO_PKG_VERSION"))
     );
 
     let help = busbar_cli(&root(), &["check", "--help"]);
-    assert_eq!(help.status.code(), Some(0), "{}", show(&help));
-    assert!(
-        text(&help.stdout).contains("--deny-warnings"),
-        "{}",
-        show(&help)
-    );
+    assert_eq!(help.status.code(), Some(0), "{}", help.show());
+    assert!(help.stdout.contains("--deny-warnings"), "{}", help.show());
 
     let wrong = busbar_cli(&root(), &["check", "--no-such-flag"]);
-    assert_eq!(wrong.status.code(), Some(2), "{}", show(&wrong));
-    assert!(
-        text(&wrong.stderr).contains("--no-such-flag"),
-        "{}",
-        show(&wrong)
-    );
-    assert!(text(&wrong.stdout).is_empty(), "{}", show(&wrong));
+    assert_eq!(wrong.status.code(), Some(2), "{}", wrong.show());
+    assert!(wrong.stderr.contains("--no-such-flag"), "{}", wrong.show());
+    assert!(wrong.stdout.is_empty(), "{}", wrong.show());
 }
 
 #[test]
@@ -222,41 +199,37 @@ fn migrate_makes_a_database_that_check_can_read_the_example_platform_from() {
         &root(),
         &["migrate", "--example-platform", "--database-url", &url],
     );
-    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", output.show());
     assert!(
-        text(&output.stdout).contains("migrations applied to sqlite://"),
+        output.stdout.contains("migrations applied to sqlite://"),
         "{}",
-        show(&output)
+        output.show()
     );
     // Twice is fine: migrations are applied once.
     let again = busbar_cli(
         &root(),
         &["migrate", "--example-platform", "--database-url", &url],
     );
-    assert_eq!(again.status.code(), Some(0), "{}", show(&again));
+    assert_eq!(again.status.code(), Some(0), "{}", again.show());
     // The shipped integrations fit the tables it made.
     let check = busbar_cli(
         &root(),
         &["check", "integrations.d", "--database-url", &url],
     );
-    assert_eq!(check.status.code(), Some(0), "{}", show(&check));
+    assert_eq!(check.status.code(), Some(0), "{}", check.show());
     assert!(
-        text(&check.stdout).contains("0 errors, 0 warnings"),
+        check.stdout.contains("0 errors, 0 warnings"),
         "{}",
-        show(&check)
+        check.show()
     );
     // Without the example platform, the same check finds no tables.
     let bare = format!("sqlite://{}/bare.db", dir.path().display());
     let output = busbar_cli(&root(), &["migrate", "--database-url", &bare]);
-    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", output.show());
     let check = busbar_cli(
         &root(),
         &["check", "integrations.d", "--database-url", &bare],
     );
-    assert_eq!(check.status.code(), Some(1), "{}", show(&check));
-    assert!(
-        text(&check.stdout).contains("unknown-table"),
-        "{}",
-        show(&check)
-    );
+    assert_eq!(check.status.code(), Some(1), "{}", check.show());
+    assert!(check.stdout.contains("unknown-table"), "{}", check.show());
 }

@@ -19,10 +19,6 @@ fn busbar(dir: &Path, args: &[&str]) -> CliOutput {
     busbar_cli(dir, args)
 }
 
-fn stdout(output: &CliOutput) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// A project directory: `integrations.d/` with files, and contracts in
 /// `schemas/events/`.
 struct Project {
@@ -121,13 +117,8 @@ fn a_passing_suite_prints_each_case_and_exits_0() {
     let project = Project::new();
     project.write("integrations.d/tests/orders.test.yaml", PASSING);
     let output = project.test(&[]);
-    let text = stdout(&output);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = &output.stdout;
+    assert_eq!(output.status.code(), Some(0), "{text}{}", output.stderr);
     assert!(
         text.contains("integrations.d/tests/orders.test.yaml\n"),
         "{text}"
@@ -157,7 +148,7 @@ cases:
 ",
     );
     let output = project.test(&[]);
-    let text = stdout(&output);
+    let text = &output.stdout;
     assert_eq!(output.status.code(), Some(1), "{text}");
     let expected = "\
   ✗ the customer keeps the name from the order (";
@@ -190,7 +181,7 @@ cases:
 ",
     );
     let output = project.test(&[]);
-    let text = stdout(&output);
+    let text = &output.stdout;
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
         text.contains("integrations.d/tests/orders.test.yaml:3:5: a delivery of `shop-to-crm` went to dead letter"),
@@ -227,7 +218,7 @@ cases:
 ",
     );
     let output = busbar(project.path(), &["test", "integrations.d"]);
-    let text = stdout(&output);
+    let text = &output.stdout;
     assert_eq!(output.status.code(), Some(2), "{text}");
     for line in [
         "integrations.d/tests/orders.test.yaml:4:5: error: unknown key `expcet` [unknown-key]",
@@ -250,7 +241,7 @@ cases:
 ",
     );
     let output = busbar(project.path(), &["test", "integrations.d"]);
-    let text = stdout(&output);
+    let text = &output.stdout;
     assert_eq!(output.status.code(), Some(2), "{text}");
     for line in [
         "integrations.d/tests/orders.test.yaml:6:9: error: table `Customers`: `Customers` is not a valid SQL identifier",
@@ -272,19 +263,21 @@ fn exit_codes_say_passed_failed_or_could_not_run() {
     // A filter that matches one case runs only that one.
     let output = project.test(&["--filter", "makes a customer"]);
     assert!(
-        stdout(&output).ends_with("1 passed, 0 failed\n"),
+        output.stdout.ends_with("1 passed, 0 failed\n"),
         "{}",
-        stdout(&output)
+        output.stdout
     );
     // A filter that matches no case: could not run, and it says why
     // (a typo in a CI job's filter must not pass with nothing run).
     let output = project.test(&["--filter", "makes a customre"]);
-    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", output.stdout);
     assert!(
-        stdout(&output)
+        output
+            .stdout
+            .clone()
             .contains("no test case matches --filter `makes a customre` (2 cases in 1 file)"),
         "{}",
-        stdout(&output)
+        output.stdout
     );
     // Integrations that do not compile: could not run.
     project.write(
@@ -292,11 +285,14 @@ fn exit_codes_say_passed_failed_or_could_not_run() {
         "source: shop\ntarget: crm\nroutes: 3\n",
     );
     let output = project.test(&[]);
-    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", output.stdout);
     assert!(
-        stdout(&output).contains("integrations.d/broken.yaml:3:9: error:"),
+        output
+            .stdout
+            .clone()
+            .contains("integrations.d/broken.yaml:3:9: error:"),
         "{}",
-        stdout(&output)
+        output.stdout
     );
     // A directory that does not exist.
     assert_eq!(
@@ -311,7 +307,7 @@ fn junit_output_lists_every_case_with_its_failures() {
     let failing = PASSING.replace("name: Ada, orders: 2", "name: Grace, orders: 2");
     project.write("integrations.d/tests/orders.test.yaml", &failing);
     let output = project.test(&["--format", "junit"]);
-    let xml = stdout(&output);
+    let xml = output.stdout.clone();
     assert_eq!(output.status.code(), Some(1), "{xml}");
     assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"busbar test\" tests=\"2\" failures=\"1\" errors=\"0\""), "{xml}");
     assert!(
@@ -357,7 +353,7 @@ fn the_shipped_config_tests_fail_with_a_diff_when_a_mapping_breaks() {
         project.path(),
         &["test", "integrations.d", "--filter", "becomes an employee"],
     );
-    let text = stdout(&output);
+    let text = &output.stdout;
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(
         text.contains(
@@ -472,14 +468,14 @@ on_both_databases! {
 
         // The files alone are fine.
         let output = busbar(project.path(), &["check", "integrations.d", "--format", "short"]);
-        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        assert_eq!(output.status.code(), Some(0), "{}", output.stdout);
 
         let output = busbar(
             project.path(),
             &["check", "integrations.d", "--format", "short", "--database-url", &db.url],
         );
-        let text = stdout(&output);
-        assert_eq!(output.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&output.stderr));
+        let text = &output.stdout;
+        assert_eq!(output.status.code(), Some(1), "{text}{}", output.stderr);
         // Column types are named as the database spells them: SQLite keeps
         // the declared `INTEGER`, PostgreSQL says `integer`.
         let text = text.replace("(INTEGER)", "(integer)");
@@ -499,7 +495,7 @@ integrations.d/people.yaml:18:16: error: `$.data.admin` is a boolean (per the co
             project.path(),
             &["check", "integrations.d", "--format", "json", "--database-url", &db.url],
         );
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let json: serde_json::Value = serde_json::from_str(&output.stdout).expect("JSON");
         let codes: Vec<&str> = json
             .as_array()
             .expect("an array")
@@ -522,7 +518,7 @@ integrations.d/people.yaml:18:16: error: `$.data.admin` is a boolean (per the co
             &["check", "integrations.d", "--format", "short", "--database-url", &db.url],
         );
         assert_eq!(
-            stdout(&output),
+            output.stdout,
             "integrations.d/people.yaml:8:17: error: this upsert does not write column `team` of `test.people`, which is NOT NULL without a default: every insert would fail [missing-not-null]\n1 error, 0 warnings in 1 file\n"
         );
     }
@@ -583,8 +579,8 @@ on_both_databases! {
             project.path(),
             &["check", "integrations.d", "--format", "short", "--database-url", &db.url],
         );
-        let text = stdout(&output);
-        assert_eq!(output.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&output.stderr));
+        let text = &output.stdout;
+        assert_eq!(output.status.code(), Some(0), "{text}{}", output.stderr);
         // Types are named as the database spells them.
         let text = text
             .replace("(VARCHAR(20))", "(character varying(20))")
@@ -605,8 +601,8 @@ on_both_databases! {
     async fn the_shipped_integrations_fit_the_example_platform(db: TestDb) {
         db.seed().await;
         let output = busbar(&root(), &["check", "integrations.d", "--database-url", &db.url]);
-        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-        assert_eq!(stdout(&output), "0 errors, 0 warnings in 3 files\n");
+        assert_eq!(output.status.code(), Some(0), "{}", output.stdout);
+        assert_eq!(output.stdout, "0 errors, 0 warnings in 3 files\n");
     }
 }
 
@@ -624,7 +620,7 @@ fn check_never_creates_a_sqlite_database() {
         ],
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("there is no SQLite database at"));
+    assert!(output.stderr.contains("there is no SQLite database at"));
     assert!(!missing.exists());
 }
 
@@ -678,7 +674,7 @@ cases:
 ",
     );
     let output = project.test(&[]);
-    let text = stdout(&output);
+    let text = &output.stdout;
     assert_eq!(output.status.code(), Some(1), "{text}");
     let file = "integrations.d/tests/orders.test.yaml";
     for expected in [
@@ -703,7 +699,7 @@ cases:
     assert!(text.ends_with("0 passed, 4 failed\n"), "{text}");
 
     // The same failures as GitHub annotations, one per failure.
-    let github = stdout(&project.test(&["--format", "github"]));
+    let github = project.test(&["--format", "github"]).stdout;
     assert!(
         github.contains(&format!(
             "::error file={file},line=8,col=21,title=busbar test%3A unknown column::"
@@ -786,12 +782,7 @@ cases:
 ",
     );
     let output = project.test(&[]);
-    let text = stdout(&output);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = &output.stdout;
+    assert_eq!(output.status.code(), Some(0), "{text}{}", output.stderr);
     assert!(text.ends_with("4 passed, 0 failed\n"), "{text}");
 }

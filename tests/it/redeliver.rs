@@ -513,7 +513,7 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
         "cli-1",
     ])
     .await;
-    let stdout = String::from_utf8_lossy(&done.stdout);
+    let stdout = &done.stdout;
     assert!(done.status.success(), "{done:?}");
     assert!(stdout.contains("3 events of trace match"), "{stdout}");
     assert!(
@@ -534,18 +534,12 @@ async fn the_command_line_redelivers_with_yes_on_sqlite() {
     ])
     .await;
     assert!(again.status.success(), "{again:?}");
-    assert!(
-        String::from_utf8_lossy(&again.stdout).contains("used already"),
-        "{again:?}"
-    );
+    assert!(again.stdout.contains("used already"), "{again:?}");
     // A directory that differs from the running definition is refused.
     write_trace(dir.path(), "v3");
     let differs = redeliver(&["--integration", "trace", "--yes"]).await;
     assert!(!differs.status.success());
-    assert!(
-        String::from_utf8_lossy(&differs.stderr).contains("differs"),
-        "{differs:?}"
-    );
+    assert!(differs.stderr.contains("differs"), "{differs:?}");
     db.settle(SETTLE).await;
     assert_eq!(trace(&db, "a").await.0, ",0,1,2,0,1,2");
     engine.shutdown().await;

@@ -537,8 +537,20 @@ pub fn candidate_hired(organization: uuid::Uuid, email: &str) -> Value {
 #[derive(Debug)]
 pub struct CliOutput {
     pub status: CliStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// The exit status and both streams, for assertion messages.
+    pub fn show(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
 }
 
 /// A command's exit status, asked like `std::process::ExitStatus`.
@@ -583,7 +595,6 @@ pub fn busbar_cli(dir: &Path, args: &[&str]) -> CliOutput {
         String::from_utf8(bytes)
             .expect("UTF-8 output")
             .replace(&prefix, "")
-            .into_bytes()
     };
     CliOutput {
         status: CliStatus(code),
