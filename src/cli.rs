@@ -447,7 +447,7 @@ pub fn main(
             writeln!(
                 out,
                 "migrations applied to {}",
-                crate::serve::redact(&database.database_url)
+                crate::store::redact(&database.database_url)
             )?;
             store.close().await;
             Ok(())
@@ -747,7 +747,7 @@ fn check(
                 let found = runtime
                     .block_on(crate::check::database::check_database(generation, url))
                     .with_context(|| {
-                        format!("cannot read the catalog of {}", crate::serve::redact(url))
+                        format!("cannot read the catalog of {}", crate::store::redact(url))
                     })?;
                 compilation.diagnostics.extend(found);
                 crate::diagnostics::sort(&mut compilation.diagnostics);

@@ -17,12 +17,8 @@ use crate::config;
 use crate::console;
 use crate::dev::DevKey;
 use crate::engine::{Engine, EngineConfig};
-use crate::store::Store;
+use crate::store::{Store, redact};
 use crate::telemetry;
-
-/// A database URL without its password, for logs: kept here for the
-/// callers that name it `serve::redact`; it lives in the store.
-pub use crate::store::redact;
 
 /// How to run.
 #[derive(Debug, Clone)]

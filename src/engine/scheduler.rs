@@ -85,7 +85,12 @@ impl Scheduler {
     fn wake(&self, choose: impl FnOnce(&[LaneId]) -> Vec<LaneId>) {
         let mut inner = self.inner.lock().expect("scheduler lock");
         let chosen = choose(&inner.lanes);
-        let woke = chosen.iter().filter(|lane| inner.enqueue(lane)).count();
+        let mut woke = 0;
+        for lane in &chosen {
+            if inner.enqueue(lane) {
+                woke += 1;
+            }
+        }
         drop(inner);
         for _ in 0..woke {
             self.ready.notify_one();
