@@ -158,7 +158,8 @@ pub async fn status(
     let now = chrono::Utc::now();
     let mut tx = state.engine.store().begin_read().await?;
     let counts = events::counts(&mut tx, scope).await?;
-    let mut last_errors = events::last_errors(&mut tx, scope).await?;
+    let mut last_errors =
+        events::last_errors(&mut tx, scope, &generation.integration_ids()).await?;
     let last_5m =
         lanes::delivered_since(&mut tx, scope, Time(now - chrono::Duration::minutes(5))).await?;
     let last_hour =

@@ -38,7 +38,8 @@ use crate::on_tx;
 use crate::render::RenderReport;
 use crate::store::dialect::{EngineTable, Statement};
 use crate::store::events::{
-    self, BlockedKey, DELIVERY_COLUMNS, DeliveryView, DeliveryViewRow, Status, StoredEvent,
+    self, BlockedKey, DELIVERY_COLUMNS, DeliveryView, DeliveryViewRow, LastError, Status,
+    StoredEvent,
 };
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::store::lanes::{self, ReplayFilter};
@@ -367,16 +368,7 @@ pub struct FlowNumbers {
     /// waits with them).
     pub retrying: i64,
     pub dead: i64,
-    pub last_error: Option<LastErrorView>,
-}
-
-/// An integration's most recent failure.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastErrorView {
-    pub message: String,
-    pub at: DateTime<Utc>,
-    pub event_id: Uuid,
-    pub step: Option<i32>,
+    pub last_error: Option<LastError>,
 }
 
 /// The overview's numbers for every integration, in `scope`.
@@ -414,20 +406,6 @@ pub async fn flow_numbers(
         )
     });
     let exceptions = EXCEPTIONS.get(tx.dialect());
-    // One indexed look per integration (there are few) rather than a
-    // window over every exception row.
-    static LAST: Statement = Statement::new(|d| {
-        let deliveries = d.engine_table(EngineTable::Deliveries);
-        let [p1, p2] = d.params();
-        format!(
-            "SELECT d.id, d.event_id, d.last_error, d.error_step, d.updated_at \
-               FROM {deliveries} d \
-              WHERE d.integration_id = {p1} AND d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
-                AND ({p2} IS NULL OR d.organization_id = {p2}) \
-              ORDER BY d.updated_at DESC, d.id DESC LIMIT 1"
-        )
-    });
-    let last = LAST.get(tx.dialect());
     for integration in integrations {
         let numbers = out.entry(integration.clone()).or_default();
         let rows: Vec<(String, i64)> = on_tx!(&mut tx, |conn| sqlx::query_as(exceptions)
@@ -445,20 +423,9 @@ pub async fn flow_numbers(
         numbers.backlog += unread.get(integration).copied().unwrap_or(0);
         numbers.delivered_5m = last_5m.get(integration).copied().unwrap_or(0);
         numbers.delivered_1h = last_1h.get(integration).copied().unwrap_or(0);
-        type Row = (Id, Id, String, Option<i32>, Time);
-        let row: Option<Row> = on_tx!(&mut tx, |conn| sqlx::query_as(last)
-            .bind(integration.as_str())
-            .bind(scope.bind())
-            .fetch_optional(conn)
-            .await)?;
-        if let Some((_, event, message, step, at)) = row {
-            numbers.last_error = Some(LastErrorView {
-                message,
-                at: at.0,
-                event_id: event.0,
-                step,
-            });
-        }
+    }
+    for (integration, last) in events::last_errors(&mut tx, scope, integrations).await? {
+        out.entry(integration).or_default().last_error = Some(last);
     }
     tx.rollback().await?;
     Ok(out)

@@ -435,47 +435,47 @@ pub struct LastError {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// For each integration, its most recent failure: a dead delivery, or one
-/// waiting to retry (skip reasons are not failures), among the deliveries
-/// in `scope`.
+/// For each of `integrations`, its most recent failure: a dead delivery,
+/// or one waiting to retry (skip reasons are not failures), among the
+/// deliveries in `scope`. One indexed look per integration (there are few)
+/// rather than a window over every exception row.
 pub async fn last_errors(
     tx: &mut DbTx,
     scope: OrgScope,
+    integrations: &[String],
 ) -> Result<HashMap<String, LastError>, StoreError> {
     static SQL: Statement = Statement::new(|d| {
         let deliveries = d.engine_table(EngineTable::Deliveries);
-        let [p1] = d.params();
+        let [p1, p2] = d.params();
         format!(
-            "SELECT integration_id, id, event_id, last_error, error_step, updated_at FROM ( \
-             SELECT d.integration_id, d.id, d.event_id, d.last_error, d.error_step, d.updated_at, \
-                    ROW_NUMBER() OVER (PARTITION BY d.integration_id ORDER BY d.updated_at DESC, d.id DESC) AS n \
+            "SELECT d.id, d.event_id, d.last_error, d.error_step, d.updated_at \
                FROM {deliveries} d \
-              WHERE d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
-                AND ({p1} IS NULL OR d.organization_id = {p1})) latest \
-              WHERE n = 1"
+              WHERE d.integration_id = {p1} AND d.status IN ('dead', 'retrying') AND d.last_error IS NOT NULL \
+                AND ({p2} IS NULL OR d.organization_id = {p2}) \
+              ORDER BY d.updated_at DESC, d.id DESC LIMIT 1"
         )
     });
     let sql = SQL.get(tx.dialect());
-    type Row = (String, Id, Id, String, Option<i32>, Time);
-    let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(scope.bind())
-        .fetch_all(conn)
-        .await)?;
-    Ok(rows
-        .into_iter()
-        .map(|(integration, id, event, message, step, at)| {
-            (
-                integration,
-                LastError {
-                    delivery_id: id.0,
-                    event_id: event.0,
-                    message,
-                    step,
-                    at: at.0,
-                },
-            )
-        })
-        .collect())
+    let mut out = HashMap::new();
+    for integration in integrations {
+        type Row = (Id, Id, String, Option<i32>, Time);
+        let row: Option<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+            .bind(integration.as_str())
+            .bind(scope.bind())
+            .fetch_optional(conn)
+            .await)?;
+        if let Some((id, event, message, step, at)) = row {
+            let last = LastError {
+                delivery_id: id.0,
+                event_id: event.0,
+                message,
+                step,
+                at: at.0,
+            };
+            out.insert(integration.clone(), last);
+        }
+    }
+    Ok(out)
 }
 
 /// How many delivery rows are open (pending or retrying).

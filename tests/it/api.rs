@@ -730,7 +730,9 @@ on_both_databases! {
         let listed = events::list_events(&mut tx, &events::EventFilter::all(b), 100).await.unwrap();
         assert!(listed.iter().all(|e| e.envelope.organization_id == ORGANIZATION_WITHOUT_SUBSCRIPTIONS));
         assert!(events::blocked_keys(&mut tx, b, "recruitiq-to-paylinq", true, 10).await.unwrap().is_empty());
-        assert!(events::last_errors(&mut tx, b).await.unwrap().is_empty());
+        let ids = generation.integration_ids();
+        assert!(events::last_errors(&mut tx, b, &ids).await.unwrap().is_empty());
+        assert!(!events::last_errors(&mut tx, OrgScope::Platform, &ids).await.unwrap().is_empty());
         assert!(events::counts(&mut tx, b).await.unwrap().values().all(|by_status| by_status.get(&Status::Dead).is_none()));
         tx.rollback().await.unwrap();
         app.stop().await;
