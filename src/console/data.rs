@@ -43,6 +43,7 @@ use crate::store::events::{
 };
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::store::lanes::{self, ReplayFilter};
+use crate::store::ticks;
 use crate::store::scope::OrgScope;
 use crate::store::types::{Doc, Id, Position, Time};
 use crate::store::{DbTx, Dialect, Store, StoreError, log, views};
@@ -862,6 +863,8 @@ fn delivered_condition(built: &mut Built, integration: &Integration, lanes: i32)
     };
     let deliveries = built.dialect.engine_table(EngineTable::Deliveries);
     let lanes = built.dialect.engine_table(EngineTable::Lanes);
+    let passed = ticks::passed_sql(built.dialect);
+    let before_origin = ticks::before_origin_sql(built.dialect);
     format!(
         "(e.source_product = {source} AND e.event_name IN ({names}) AND \
           (EXISTS (SELECT 1 FROM {deliveries} d WHERE d.organization_id = e.organization_id \
@@ -870,8 +873,7 @@ fn delivered_condition(built: &mut Built, integration: &Integration, lanes: i32)
                AND NOT EXISTS (SELECT 1 FROM {deliveries} d WHERE d.organization_id = e.organization_id \
                                  AND d.event_id = e.id AND d.integration_id = {id}) \
                AND EXISTS (SELECT 1 FROM {lanes} l WHERE l.integration_id = {id} AND l.lane = {lane} \
-                             AND (e.xid, e.seq) <= (l.cursor_xid, l.cursor_seq) \
-                             AND (e.xid, e.seq) > (l.origin_xid, l.origin_seq)))))",
+                             AND {passed} AND NOT {before_origin}))))",
         names = names.join(", ")
     )
 }

@@ -84,6 +84,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, pool: PgPool) {
             listener
                 .listen_all([
                     "busbar_events",
+                    "busbar_ticks",
                     "busbar_deliveries",
                     "busbar_integration_state",
                 ])
@@ -110,13 +111,24 @@ pub(crate) async fn listen(shared: Arc<Shared>, pool: PgPool) {
                         if notification.channel() == "busbar_integration_state" {
                             let _ = shared.refresh_states().await;
                         }
-                        // Events this process appended woke their lanes
-                        // already; another process's, or a product's
-                        // outbox rows, wake every lane.
-                        let own = notification.channel() == "busbar_events"
-                            && shared.store.is_own_backend(notification.process_id());
-                        if !own {
-                            shared.scheduler.wake_all();
+                        // Events this process appended are ticked and their
+                        // lanes woken by its own ticker; another process's,
+                        // or a product's outbox rows, need a tick first (the
+                        // ticker probes); a tick made elsewhere, or new
+                        // delivery rows, wake every lane.
+                        let own = shared.store.is_own_backend(notification.process_id());
+                        match notification.channel() {
+                            "busbar_events" => {
+                                if !own {
+                                    shared.ticker.probe();
+                                }
+                            }
+                            "busbar_ticks" => {
+                                if !own {
+                                    shared.scheduler.wake_all();
+                                }
+                            }
+                            _ => shared.scheduler.wake_all(),
                         }
                     }
                     // The connection dropped: reconnect, and look for work

@@ -37,6 +37,7 @@ use crate::store::events::Status;
 use crate::store::lanes::{self, DeliveryRow};
 use crate::store::log;
 use crate::store::log::NewEvent;
+use crate::store::ticks::{self, Cursor};
 use crate::store::target::{Emitted, TargetExecutor};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
@@ -69,11 +70,11 @@ pub(crate) struct Visit {
 
 /// What a lane remembers between visits without writing it: how far it has
 /// read past its stored cursor when nothing matched.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Memory {
     /// The stored cursor when `scanned` was reached.
-    pub stored: Position,
-    pub scanned: Position,
+    pub stored: Option<Cursor>,
+    pub scanned: Option<Cursor>,
     /// When the stored cursor was last written.
     pub written: Option<Instant>,
 }
@@ -183,12 +184,10 @@ pub(crate) async fn visit(
         // will see what is there.
         return Ok(Visit::default());
     };
-    let horizon = log::horizon(&mut tx).await?;
     let now = Time::now();
-    let start = if memory.stored == row.cursor && memory.scanned > row.cursor {
-        memory.scanned
-    } else {
-        row.cursor
+    let start = match (&memory.stored, &memory.scanned) {
+        (Some(stored), Some(scanned)) if *stored == row.cursor => scanned.clone(),
+        _ => row.cursor.clone(),
     };
     let dead_blocks = integration.on_dead == OnDead::Block;
     let disabled = status.state == State::Disabled;
@@ -249,15 +248,12 @@ pub(crate) async fn visit(
             });
             continue;
         };
-        // A redelivered row (epoch > 0) was asked for after the integration
-        // was enabled again: it runs even if its event was published while
-        // the integration was disabled (engine/redeliver.rs).
-        let position = if row.epoch > 0 {
-            log::END
-        } else {
-            row.position
-        };
-        let plan = decide(integration, &status, position, disabled);
+        // The skip rule after a re-enable applies to events as they are
+        // read from the log; a row exists only for a delivery read after
+        // the re-enable (queued behind its key) or asked for by an
+        // operator (a replay, a redelivery), so it is never "published
+        // while disabled".
+        let plan = decide(integration, &status, row.position, true, disabled);
         items.push(Item {
             event: open_row.event,
             position: row.position,
@@ -269,17 +265,13 @@ pub(crate) async fn visit(
         });
     }
 
-    // 2. New events after the cursor, below the horizon.
+    // 2. New events: the rest of the lane's batch, then the batch up to the
+    // newest tick.
     let room = batch_size.saturating_sub(items.len()).max(1) as i64;
     let filter = shared.lane_filter(integration, lane.lane);
     let prepared = started.elapsed();
-    let read = log::read_lane(&mut tx, &filter, start, horizon, room).await?;
+    let (read, new_cursor, full) = read_new(&mut tx, &filter, &start, room).await?;
     let read_at = started.elapsed();
-    let full = read.len() as i64 >= room;
-    let new_cursor = match read.last() {
-        Some(last) if full => last.position,
-        _ => Position::below(horizon).max(start),
-    };
     let first_new = items.len();
     for event in read {
         let key = integration.order_by.key_of(&event.envelope);
@@ -295,10 +287,9 @@ pub(crate) async fn visit(
                 &route.on,
                 route.ordinal,
             );
-            let plan = if blocked.contains(&key) && !disabled {
-                Plan::Decided(Result_::Queued)
-            } else {
-                decide(integration, &status, event.position, disabled)
+            let plan = match decide(integration, &status, event.position, false, disabled) {
+                Plan::Run if blocked.contains(&key) => Plan::Decided(Result_::Queued),
+                plan => plan,
             };
             items.push(Item {
                 event: event.envelope.clone(),
@@ -316,22 +307,22 @@ pub(crate) async fn visit(
         // Nothing matched: remember how far the lane read, and write the
         // cursor only now and then (losing it costs a rescan, nothing else).
         let stale = memory.written.is_none_or(|t| t.elapsed().as_secs() >= 5);
-        if new_cursor > row.cursor && stale {
-            lanes::advance(&mut tx, &lane.integration, lane.lane, new_cursor, 0, now).await?;
+        if new_cursor != row.cursor && stale {
+            lanes::advance(&mut tx, &lane.integration, lane.lane, &new_cursor, 0, now).await?;
             if tx.dialect() == Dialect::Postgres {
                 tx.run("SET LOCAL synchronous_commit = off").await?;
             }
             tx.commit().await?;
             *memory = Memory {
-                stored: new_cursor,
-                scanned: new_cursor,
+                stored: Some(new_cursor.clone()),
+                scanned: Some(new_cursor),
                 written: Some(Instant::now()),
             };
         } else {
             tx.rollback().await?;
             *memory = Memory {
-                stored: row.cursor,
-                scanned: new_cursor.max(row.cursor),
+                stored: Some(row.cursor.clone()),
+                scanned: Some(new_cursor),
                 written: memory.written,
             };
         }
@@ -470,12 +461,11 @@ pub(crate) async fn visit(
     lanes::write_rows(&mut tx, &new_rows, true, now).await?;
     let delivered: Vec<(Uuid, i64)> = delivered_by_org.into_iter().collect();
     lanes::count_delivered(&mut tx, &integration.id, &delivered, now).await?;
-    let cursor = new_cursor.max(row.cursor);
     lanes::advance(
         &mut tx,
         &lane.integration,
         lane.lane,
-        cursor,
+        &new_cursor,
         delivered_first_pass,
         now,
     )
@@ -494,8 +484,8 @@ pub(crate) async fn visit(
         "lane batch committed"
     );
     *memory = Memory {
-        stored: cursor,
-        scanned: cursor,
+        stored: Some(new_cursor.clone()),
+        scanned: Some(new_cursor),
         written: Some(Instant::now()),
     };
     if !emitted.is_empty() {
@@ -517,13 +507,62 @@ pub(crate) async fn visit(
     })
 }
 
+/// Reads up to `room` new events from `start`: the rest of its batch, then,
+/// when that is done, the batch up to the newest tick. Returns them, the
+/// cursor that passes them (and, when the read was not full, every event
+/// up to the newest tick), and whether the read was full.
+async fn read_new(
+    tx: &mut DbTx,
+    filter: &log::LaneFilter<'_>,
+    start: &Cursor,
+    room: i64,
+) -> Result<(Vec<log::LogEvent>, Cursor, bool), StoreError> {
+    let mut cursor = start.clone();
+    let mut read = Vec::new();
+    if !cursor.batch_done() {
+        read = log::read_batch(tx, filter, &cursor, room).await?;
+        if read.len() as i64 >= room {
+            cursor.at = read.last().map_or(cursor.at, |e| e.position);
+            return Ok((read, cursor, true));
+        }
+    }
+    // The batch is done: the next one runs to the newest tick.
+    let latest = ticks::latest(tx).await?;
+    if latest.id <= cursor.to_tick {
+        return Ok((read, cursor.done(), false));
+    }
+    let next = Cursor {
+        from: cursor.to.clone(),
+        to: latest.snapshot.clone(),
+        to_tick: latest.id,
+        at: Position::ZERO,
+    };
+    let left = room - read.len() as i64;
+    let more = log::read_batch(tx, filter, &next, left).await?;
+    let full = more.len() as i64 >= left;
+    read.extend(more);
+    let cursor = if full {
+        Cursor {
+            at: read.last().map_or(Position::ZERO, |e| e.position),
+            ..next
+        }
+    } else {
+        Cursor::at_tick(&latest)
+    };
+    Ok((read, cursor, full))
+}
+
 /// Whether an item runs, before looking at its key: a disabled
 /// integration skips everything; events published while it was disabled
 /// are skipped after it is enabled again.
+///
+/// A delivery with a row (`asked`: queued after the re-enable, or asked
+/// for by an operator) is never "published while disabled".
 fn decide(
     integration: &Integration,
     status: &super::IntegrationStatus,
     position: Position,
+    asked: bool,
     disabled: bool,
 ) -> Plan {
     if disabled {
@@ -532,8 +571,9 @@ fn decide(
             integration.id
         )));
     }
-    if let Some(skip) = status.skip_before
-        && position < skip
+    if !asked
+        && let Some(skip) = &status.skip_before
+        && skip.sees(position)
     {
         return Plan::Decided(Result_::Skipped(format!(
             "published while integration `{}` was disabled",

@@ -20,6 +20,7 @@ mod publish;
 pub mod redeliver;
 pub mod retry;
 mod scheduler;
+mod ticker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +41,8 @@ use crate::store::events::Status;
 use crate::store::lanes::{self, ReplayFilter};
 use crate::store::log::NewEvent;
 use crate::store::log::{self, LaneFilter};
-use crate::store::types::{Position, Time};
+use crate::store::ticks::{self, Snapshot};
+use crate::store::types::Time;
 use crate::store::{Dialect, Store, StoreError, states};
 
 pub use crate::delivery::delivery_id;
@@ -146,12 +148,12 @@ pub struct PublishRequest {
 
 /// An integration's effective state: its YAML (`enabled: false` is
 /// disabled) and its persisted state together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IntegrationStatus {
     pub state: State,
-    /// Events below this position were published while the integration
-    /// was disabled: they are skipped.
-    pub skip_before: Option<Position>,
+    /// Events this snapshot sees were published while the integration was
+    /// disabled (or before): they are skipped.
+    pub skip_before: Option<Snapshot>,
 }
 
 /// Something that happened, for live views (the console's tail).
@@ -200,6 +202,8 @@ pub(crate) struct Shared {
     /// Lanes per integration on this database.
     pub lanes: i32,
     pub scheduler: scheduler::Scheduler,
+    /// Makes the ticks that let lanes read new events.
+    pub ticker: ticker::Ticker,
     pub health: Health,
     pub activity: broadcast::Sender<Activity>,
     pub shutdown: CancellationToken,
@@ -229,7 +233,7 @@ impl Shared {
         match self.states.load().get(&integration.id) {
             Some(persisted) => IntegrationStatus {
                 state: persisted.state,
-                skip_before: persisted.skip_before,
+                skip_before: persisted.skip_before.clone(),
             },
             None => IntegrationStatus::default(),
         }
@@ -273,7 +277,12 @@ impl Shared {
                 });
             }
         }
-        self.scheduler.wake_lanes(lanes);
+        // On PostgreSQL the lanes can read the events once a tick sees
+        // them: the ticker makes one, then wakes them.
+        match self.store.dialect() {
+            Dialect::Postgres => self.ticker.committed(lanes),
+            Dialect::Sqlite => self.scheduler.wake_lanes(lanes),
+        }
     }
 
     /// Tells live views what a lane's batch did.
@@ -365,6 +374,7 @@ impl Engine {
             config: config.clone(),
             lanes,
             scheduler: scheduler::Scheduler::default(),
+            ticker: ticker::Ticker::default(),
             health: Health::default(),
             activity,
             shutdown: CancellationToken::new(),
@@ -387,7 +397,8 @@ impl Engine {
         for index in 0..config.workers {
             tasks.spawn(scheduler::worker(shared.clone(), index));
         }
-        tasks.spawn(scheduler::ticker(shared.clone()));
+        tasks.spawn(scheduler::poll(shared.clone()));
+        tasks.spawn(ticker::run(shared.clone()));
         tasks.spawn(cluster::refresh(shared.clone()));
         if let crate::store::Db::Postgres(pool) = shared.store.db() {
             tasks.spawn(cluster::listen(shared.clone(), pool.clone()));
@@ -588,16 +599,16 @@ impl Engine {
             let mut tx = shared.store.begin().await?;
             let now = Time::now();
             let previous = states::load_one(&mut tx, &integration).await?;
-            let skip_before = match (previous.map(|p| p.state), state) {
+            let skip_before = match (previous.as_ref().map(|p| p.state), state) {
                 // Everything published until now, committed or not, was
                 // published while disabled.
                 (Some(State::Disabled), State::Enabled | State::Paused) => {
-                    Some(log::head(&mut tx).await?)
+                    Some(ticks::current(&mut tx).await?)
                 }
                 (_, State::Disabled) => None,
                 _ => previous.and_then(|p| p.skip_before),
             };
-            states::save(&mut tx, &integration, state, skip_before, now).await?;
+            states::save(&mut tx, &integration, state, skip_before.as_ref(), now).await?;
             if state == State::Disabled {
                 let reason = format!("integration `{integration}` was disabled");
                 lanes::skip_open(&mut tx, &integration, &reason, now).await?;
@@ -690,8 +701,9 @@ impl Engine {
     }
 
     /// Wakes the workers (e.g. after writing to the database from outside
-    /// the engine).
+    /// the engine), and has the ticker look for events no tick sees yet.
     pub fn wake(&self) {
+        self.shared.ticker.probe();
         self.shared.scheduler.wake_all();
     }
 
@@ -759,9 +771,9 @@ async fn register(
     // take the whole log (outbox rows written before busbar first ran).
     let first_start = states::definitions(&mut tx).await?.is_empty();
     let start = if first_start {
-        Position::ZERO
+        ticks::genesis(tx.dialect())
     } else {
-        Position::below(log::head(&mut tx).await?)
+        ticks::latest(&mut tx).await?
     };
     let existing = lanes::existing(&mut tx).await?;
     for integration in &generation.integrations {
@@ -774,7 +786,7 @@ async fn register(
         )
         .await?;
         if existing.get(&integration.id).copied().unwrap_or(0) < shared.lanes {
-            lanes::ensure(&mut tx, &integration.id, shared.lanes, start).await?;
+            lanes::ensure(&mut tx, &integration.id, shared.lanes, &start).await?;
         }
     }
     for id in removed {

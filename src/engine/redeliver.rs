@@ -40,7 +40,7 @@ use crate::store::events::Status;
 use crate::store::log;
 use crate::store::redeliver::{self as store, REDELIVERABLE};
 use crate::store::types::{Position, Time};
-use crate::store::{DbTx, Dialect, Store, StoreError, states};
+use crate::store::{DbTx, Store, StoreError, states};
 
 pub use crate::store::redeliver::RedeliverFilter;
 
@@ -191,7 +191,7 @@ pub async fn preview(
     let integration = checked(generation, filter)?;
     let lane_count = log::lanes_for(store.dialect());
     let mut tx = store.begin_read().await?;
-    let lanes = store::lanes(&mut tx, &integration.id, false).await?;
+    let lanes = store::lanes(&mut tx, &integration.id).await?;
     let selection = store::Selection {
         integration,
         lane_count,
@@ -374,26 +374,23 @@ pub async fn run(
     }
 
     // PostgreSQL: the guard holds the integration's lanes, in every
-    // process, until the end. (SQLite has no row locks: there the engine
-    // holds its own lanes, see `Engine::redeliver`.)
-    let mut guard = match store.dialect() {
-        Dialect::Postgres => Some(store.begin().await?),
-        Dialect::Sqlite => None,
-    };
-    let lanes = match guard.as_mut() {
-        Some(guard) => store::lanes(guard, &integration.id, true).await?,
-        None => {
-            let mut tx = store.begin_read().await?;
-            let lanes = store::lanes(&mut tx, &integration.id, false).await?;
-            tx.rollback().await?;
-            lanes
-        }
+    // process, until the end: session-level advisory locks on a connection
+    // of its own, outside any transaction, so it holds no transaction id and
+    // no idle-in-transaction timeout can end it half way. (On SQLite the
+    // engine holds its own lanes, see `Engine::redeliver`.)
+    let lane_count = log::lanes_for(store.dialect());
+    let guard = Guard::take(&store, &integration.id, lane_count).await?;
+    let lanes = {
+        let mut tx = store.begin_read().await?;
+        let lanes = store::lanes(&mut tx, &integration.id).await?;
+        tx.rollback().await?;
+        lanes
     };
     let start = {
         let mut tx = store.begin().await?;
         if disabled(&mut tx, integration).await? {
             tx.rollback().await?;
-            release(guard, false).await?;
+            guard.release(false).await?;
             return Err(RedeliverError::Disabled(integration.id.clone()));
         }
         let start = call.claim(&mut tx, store::bound(&lanes)).await?;
@@ -402,14 +399,14 @@ pub async fn run(
     };
     let (mut after, bound, mut done) = match start {
         Start::Answer(answer) => {
-            release(guard, false).await?;
+            guard.release(false).await?;
             return Ok(answer);
         }
         Start::Work { after, bound, done } => (after, bound, done),
     };
     let selection = store::Selection {
         integration,
-        lane_count: log::lanes_for(store.dialect()),
+        lane_count,
         lanes: &lanes,
         filter: &call.filter,
         bound,
@@ -436,7 +433,7 @@ pub async fn run(
                 // Another call took the record over (this one was thought
                 // dead): leave the rest to it.
                 tx.rollback().await?;
-                release(guard, true).await?;
+                guard.release(true).await?;
                 return Ok(call.answer(done, false, false));
             }
         }
@@ -449,12 +446,8 @@ pub async fn run(
             Some(last) if !finished => after = last,
             _ => break,
         }
-        if let Some(guard) = guard.as_mut() {
-            // Keeps the guard from counting as idle in a transaction.
-            guard.run("SELECT 1").await?;
-        }
     }
-    release(guard, true).await?;
+    guard.release(true).await?;
     tracing::debug!(
         integration = %integration.id,
         events = done.events,
@@ -475,18 +468,50 @@ async fn disabled(tx: &mut DbTx, integration: &Integration) -> Result<bool, Stor
         .is_some_and(|p| p.state == super::State::Disabled))
 }
 
-/// Ends the guard, waking other processes' lanes with a notification
-/// when rows were written.
-async fn release(guard: Option<DbTx>, wrote: bool) -> Result<(), StoreError> {
-    if let Some(mut guard) = guard {
+/// What holds an integration's lanes in every process while a redelivery
+/// is written (PostgreSQL): session-level advisory locks on a connection
+/// of its own. A guard dropped without [`Guard::release`] (an error, a
+/// cancelled task) closes its connection instead of returning it to the
+/// pool, so the server releases the locks.
+struct Guard {
+    held: Option<(sqlx::pool::PoolConnection<sqlx::Postgres>, String, i32)>,
+}
+
+impl Guard {
+    /// Takes every lane of `integration`, waiting for the lane transactions
+    /// that hold one to end. Nothing to take on SQLite.
+    async fn take(store: &Store, integration: &str, lanes: i32) -> Result<Guard, StoreError> {
+        let Some(mut conn) = store.acquire_postgres().await? else {
+            return Ok(Guard { held: None });
+        };
+        let mut guard = Guard { held: None };
+        crate::store::lanes::hold_all(&mut conn, integration, lanes).await?;
+        guard.held = Some((conn, integration.to_owned(), lanes));
+        Ok(guard)
+    }
+
+    /// Releases the lanes, waking other processes' lanes with a
+    /// notification when rows were written.
+    async fn release(mut self, wrote: bool) -> Result<(), StoreError> {
+        let Some((mut conn, integration, lanes)) = self.held.take() else {
+            return Ok(());
+        };
         if wrote {
-            guard
-                .run("SELECT pg_notify('busbar_deliveries', '')")
+            sqlx::query("SELECT pg_notify('busbar_deliveries', '')")
+                .execute(&mut *conn)
                 .await?;
         }
-        guard.commit().await?;
+        crate::store::lanes::release_all(&mut conn, &integration, lanes).await
     }
-    Ok(())
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some((conn, _, _)) = self.held.take() {
+            // Closing the connection releases its session locks.
+            drop(conn.detach());
+        }
+    }
 }
 
 /// This process's lanes of an integration wait while a redelivery of it is

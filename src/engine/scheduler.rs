@@ -116,7 +116,7 @@ impl Scheduler {
                 if let Some(lane) = inner.queue.pop_front() {
                     inner.queued.remove(&lane);
                     inner.busy.insert(lane.clone());
-                    let memory = inner.memory.get(&lane).copied().unwrap_or_default();
+                    let memory = inner.memory.get(&lane).cloned().unwrap_or_default();
                     // Another worker may take the next queued lane.
                     if !inner.queue.is_empty() {
                         self.ready.notify_one();
@@ -231,7 +231,7 @@ pub(crate) async fn worker(shared: Arc<Shared>, index: usize) {
 /// Wakes every lane each poll interval: covers what no notification
 /// announced (another process's writes without LISTEN, due retries after a
 /// restart).
-pub(crate) async fn ticker(shared: Arc<Shared>) {
+pub(crate) async fn poll(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(shared.config.poll_interval) => shared.scheduler.wake_all(),

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::dialect::{EngineTable, Statement};
 use super::events::Status;
 use super::scope::OrgScope;
+use super::ticks::{Cursor, Origin, Tick};
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::envelope::Envelope;
@@ -21,38 +22,79 @@ use crate::on_tx;
 const CHUNK: usize = 400;
 
 /// A lane's row, locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaneRow {
-    pub cursor: Position,
+    pub cursor: Cursor,
     pub delivered: i64,
 }
 
-/// Creates the lanes of an integration that do not exist yet, their
-/// cursors at `start`.
+/// The advisory lock key of a lane (PostgreSQL; the second key of the
+/// two-key form, the first being [`LANE_LOCK`]). A collision between two
+/// lanes only makes them take turns.
+const LANE_KEY: &str = "hashtext($1 || '#' || $2::text)";
+
+/// The advisory lock class of lanes (the first key of the two-key form).
+pub const LANE_LOCK: i32 = 0x6275_7302;
+
+/// The columns of a lane's cursor, as text and numbers, per database.
+fn cursor_columns(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Postgres => "cursor_xid, cursor_seq, batch_from::text, batch_to::text, batch_to_tick",
+        // One seq: the batch is always done on SQLite (see `Cursor::as_seq`).
+        Dialect::Sqlite => "cursor_xid, cursor_seq, NULL, NULL, cursor_seq",
+    }
+}
+
+type CursorColumns = (i64, i64, Option<String>, Option<String>, i64);
+
+fn cursor_of((xid, seq, from, to, to_tick): CursorColumns) -> Result<Cursor, StoreError> {
+    Ok(match (from, to) {
+        (Some(from), Some(to)) => Cursor {
+            from: from.parse()?,
+            to: to.parse()?,
+            to_tick,
+            at: Position::new(xid, seq),
+        },
+        _ => Cursor::of_seq(seq),
+    })
+}
+
+/// Creates the lanes of an integration that do not exist yet, starting at
+/// `tick`: what it sees is not theirs.
 pub async fn ensure(
     tx: &mut DbTx,
     integration: &str,
     lanes: i32,
-    start: Position,
+    start: &Tick,
 ) -> Result<(), StoreError> {
-    static SQL: Statement = Statement::new(|d| {
-        let lanes = d.engine_table(EngineTable::Lanes);
-        let [p1, p2, p3, p4] = d.params();
-        format!(
-            "INSERT INTO {lanes} (integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq) \
-             VALUES ({p1}, {p2}, {p3}, {p4}, {p3}, {p4}) ON CONFLICT DO NOTHING"
-        )
-    });
-    let sql = SQL.get(tx.dialect());
     for lane in 0..lanes {
-        on_tx!(&mut *tx, |conn| sqlx::query(sql)
-            .bind(integration)
-            .bind(lane)
-            .bind(start.xid)
-            .bind(start.seq)
-            .execute(conn)
-            .await
-            .map(|_| ()))?;
+        match &mut *tx {
+            DbTx::Postgres(conn) => {
+                sqlx::query(
+                    "INSERT INTO integrations.lanes (integration_id, lane, cursor_xid, cursor_seq, origin_xid, \
+                                                     origin_seq, batch_from, batch_to, batch_to_tick, origin_snapshot) \
+                     VALUES ($1, $2, 0, 0, 0, 0, $3::pg_snapshot, $3::pg_snapshot, $4, $3::pg_snapshot) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(integration)
+                .bind(lane)
+                .bind(start.snapshot.to_text())
+                .bind(start.id)
+                .execute(&mut **conn)
+                .await?;
+            }
+            DbTx::Sqlite(conn) => {
+                sqlx::query(
+                    "INSERT INTO \"integrations.lanes\" (integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq) \
+                     VALUES (?1, ?2, 0, ?3, 0, ?3) ON CONFLICT DO NOTHING",
+                )
+                .bind(integration)
+                .bind(lane)
+                .bind(start.id)
+                .execute(&mut **conn)
+                .await?;
+            }
+        }
     }
     Ok(())
 }
@@ -69,36 +111,91 @@ pub async fn existing(tx: &mut DbTx) -> Result<HashMap<String, i32>, StoreError>
     Ok(rows.into_iter().map(|(id, n)| (id, n as i32)).collect())
 }
 
-/// Locks a lane's row; `None` when another transaction holds it (or the
-/// lane does not exist). On SQLite the write transaction already excludes
-/// every other writer.
+/// Takes a lane for this transaction and reads its row; `None` when
+/// another transaction holds it (or the lane does not exist).
+///
+/// On PostgreSQL the lane is held by a transaction-scoped advisory lock,
+/// which assigns no transaction id and writes nothing, so a visit that
+/// finds nothing to do costs no xid; the row is read after the lock is
+/// granted, in busbar's `READ COMMITTED` transaction, so it is the last
+/// committed one. On SQLite the write transaction already excludes every
+/// other writer.
 pub async fn lock(
     tx: &mut DbTx,
     integration: &str,
     lane: i32,
 ) -> Result<Option<LaneRow>, StoreError> {
+    if let DbTx::Postgres(conn) = &mut *tx {
+        let (granted,): (bool,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT pg_try_advisory_xact_lock($3, {LANE_KEY})"
+        )))
+        .bind(integration)
+        .bind(lane)
+        .bind(LANE_LOCK)
+        .fetch_one(&mut **conn)
+        .await?;
+        if !granted {
+            return Ok(None);
+        }
+    }
     static SQL: Statement = Statement::new(|d| {
         let lanes = d.engine_table(EngineTable::Lanes);
         let [p1, p2] = d.params();
-        let select = format!(
-            "SELECT cursor_xid, cursor_seq, delivered FROM {lanes} \
-             WHERE integration_id = {p1} AND lane = {p2}"
-        );
-        match d {
-            Dialect::Postgres => format!("{select} FOR UPDATE SKIP LOCKED"),
-            Dialect::Sqlite => select,
-        }
+        let columns = cursor_columns(d);
+        format!("SELECT {columns}, delivered FROM {lanes} WHERE integration_id = {p1} AND lane = {p2}")
     });
     let sql = SQL.get(tx.dialect());
-    let row: Option<(i64, i64, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+    type Row = (i64, i64, Option<String>, Option<String>, i64, i64);
+    let row: Option<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
         .fetch_optional(conn)
         .await)?;
-    Ok(row.map(|(xid, seq, delivered)| LaneRow {
-        cursor: Position::new(xid, seq),
-        delivered,
-    }))
+    row.map(|(xid, seq, from, to, to_tick, delivered)| {
+        Ok(LaneRow {
+            cursor: cursor_of((xid, seq, from, to, to_tick))?,
+            delivered,
+        })
+    })
+    .transpose()
+}
+
+/// Takes every lane of an integration for the life of the session of
+/// `conn` (PostgreSQL), waiting for those being worked: what a redelivery
+/// holds while it writes, with no transaction open (so no transaction id,
+/// and no idle-in-transaction timeout can end it half way). Released by
+/// [`release_all`] or by the connection's end.
+pub async fn hold_all(
+    conn: &mut sqlx::PgConnection,
+    integration: &str,
+    lanes: i32,
+) -> Result<(), StoreError> {
+    for lane in 0..lanes {
+        sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_lock($3, {LANE_KEY})")))
+            .bind(integration)
+            .bind(lane)
+            .bind(LANE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Releases what [`hold_all`] took.
+pub async fn release_all(
+    conn: &mut sqlx::PgConnection,
+    integration: &str,
+    lanes: i32,
+) -> Result<(), StoreError> {
+    for lane in 0..lanes {
+        sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_unlock($3, {LANE_KEY})")))
+            .bind(integration)
+            .bind(lane)
+            .bind(LANE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Moves a lane's cursor and adds to its count of first-pass deliveries.
@@ -106,29 +203,49 @@ pub async fn advance(
     tx: &mut DbTx,
     integration: &str,
     lane: i32,
-    cursor: Position,
+    cursor: &Cursor,
     delivered: i64,
     now: Time,
 ) -> Result<(), StoreError> {
-    static SQL: Statement = Statement::new(|d| {
-        let lanes = d.engine_table(EngineTable::Lanes);
-        let [p1, p2, p3, p4, p5, p6] = d.params();
-        format!(
-            "UPDATE {lanes} SET cursor_xid = {p3}, cursor_seq = {p4}, delivered = delivered + {p5}, updated_at = {p6} \
-             WHERE integration_id = {p1} AND lane = {p2}"
-        )
-    });
-    let sql = SQL.get(tx.dialect());
-    on_tx!(&mut *tx, |conn| sqlx::query(sql)
-        .bind(integration)
-        .bind(lane)
-        .bind(cursor.xid)
-        .bind(cursor.seq)
-        .bind(delivered)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(|_| ()))?;
+    match (&mut *tx, cursor.as_seq()) {
+        (DbTx::Postgres(conn), None) => {
+            sqlx::query(
+                "UPDATE integrations.lanes SET cursor_xid = $3, cursor_seq = $4, batch_from = $5::pg_snapshot, \
+                        batch_to = $6::pg_snapshot, batch_to_tick = $7, delivered = delivered + $8, updated_at = $9 \
+                 WHERE integration_id = $1 AND lane = $2",
+            )
+            .bind(integration)
+            .bind(lane)
+            .bind(cursor.at.xid)
+            .bind(cursor.at.seq)
+            .bind(cursor.from.to_text())
+            .bind(cursor.to.to_text())
+            .bind(cursor.to_tick)
+            .bind(delivered)
+            .bind(now)
+            .execute(&mut **conn)
+            .await?;
+        }
+        (DbTx::Sqlite(conn), Some(seq)) => {
+            sqlx::query(
+                "UPDATE \"integrations.lanes\" SET cursor_xid = 0, cursor_seq = ?3, delivered = delivered + ?4, \
+                        updated_at = ?5 \
+                 WHERE integration_id = ?1 AND lane = ?2",
+            )
+            .bind(integration)
+            .bind(lane)
+            .bind(seq)
+            .bind(delivered)
+            .bind(now)
+            .execute(&mut **conn)
+            .await?;
+        }
+        _ => {
+            return Err(StoreError::Invalid(format!(
+                "a cursor of the other database's kind for lane {integration}#{lane}"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -137,9 +254,9 @@ pub async fn advance(
 pub struct LaneView {
     pub integration: String,
     pub lane: i32,
-    pub cursor: Position,
-    /// Events at or below it are not the lane's.
-    pub origin: Position,
+    pub cursor: Cursor,
+    /// What was published before the lane existed.
+    pub origin: Origin,
     pub delivered: i64,
     pub updated_at: Time,
 }
@@ -148,27 +265,54 @@ pub struct LaneView {
 pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
     static SQL: Statement = Statement::new(|d| {
         let lanes = d.engine_table(EngineTable::Lanes);
+        let columns = cursor_columns(d);
+        let origin = match d {
+            Dialect::Postgres => "origin_snapshot::text",
+            Dialect::Sqlite => "CAST(origin_seq AS TEXT)",
+        };
         format!(
-            "SELECT integration_id, lane, cursor_xid, cursor_seq, origin_xid, origin_seq, delivered, updated_at \
+            "SELECT integration_id, lane, {columns}, {origin}, origin_xid, origin_seq, delivered, updated_at \
                FROM {lanes}"
         )
     });
     let sql = SQL.get(tx.dialect());
-    type Row = (String, i32, i64, i64, i64, i64, i64, Time);
+    type Row = (
+        String,
+        i32,
+        i64,
+        i64,
+        Option<String>,
+        Option<String>,
+        i64,
+        String,
+        i64,
+        i64,
+        i64,
+        Time,
+    );
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(
-            |(integration, lane, xid, seq, oxid, oseq, delivered, updated_at)| LaneView {
-                integration,
-                lane,
-                cursor: Position::new(xid, seq),
-                origin: Position::new(oxid, oseq),
-                delivered,
-                updated_at,
+            |(integration, lane, xid, seq, from, to, to_tick, origin, oxid, oseq, delivered, updated_at)| {
+                let sqlite = from.is_none();
+                Ok(LaneView {
+                    integration,
+                    lane,
+                    cursor: cursor_of((xid, seq, from, to, to_tick))?,
+                    origin: Origin {
+                        seen: origin.parse()?,
+                        at: if sqlite {
+                            Position::ZERO
+                        } else {
+                            Position::new(oxid, oseq)
+                        },
+                    },
+                    delivered,
+                    updated_at,
+                })
             },
         )
-        .collect())
+        .collect()
 }
 
 /// A delivery with a row: an exception (skipped, retrying, pending, dead)

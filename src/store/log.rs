@@ -9,6 +9,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::dialect::{EngineTable, Statement};
+use super::ticks::{Cursor, Snapshot, Tick};
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::compile::OrderKey;
@@ -249,77 +250,6 @@ async fn find_by_key(
     Ok(row.map(existing))
 }
 
-/// The horizon: events strictly below it can be read, and no event can
-/// appear below it later.
-///
-/// On PostgreSQL it is `(x, 0)` where `x` is the oldest transaction id that
-/// may still write to this database: the smallest id of the transactions
-/// running in this database (`pg_stat_activity.backend_xid`) or prepared
-/// in it (`pg_prepared_xacts`), and otherwise the next id to be assigned
-/// (`pg_snapshot_xmax` of the statement's snapshot, taken before either is
-/// read, so a transaction that starts meanwhile gets a larger id). Every
-/// transaction with a smaller id has ended, and every later one gets a
-/// larger id. Transactions of other databases of the cluster do not hold
-/// it back. Those views show 32-bit ids; they are widened with the epoch of
-/// the snapshot's.
-///
-/// On SQLite, inside the write transaction, everything stored.
-pub async fn horizon(tx: &mut DbTx) -> Result<Position, StoreError> {
-    match &mut *tx {
-        DbTx::Postgres(conn) => {
-            let (next, running, prepared): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
-                        (SELECT MIN(backend_xid::text::bigint) FROM pg_stat_activity \
-                          WHERE datname = current_database() AND backend_xid IS NOT NULL), \
-                        (SELECT MIN(transaction::text::bigint) FROM pg_prepared_xacts \
-                          WHERE database = current_database())",
-            )
-            .fetch_one(&mut **conn)
-            .await?;
-            let widen = |short: i64| {
-                let full = (next & !0xFFFF_FFFF) | short;
-                if full > next { full - (1 << 32) } else { full }
-            };
-            let oldest = [running, prepared]
-                .into_iter()
-                .flatten()
-                .map(widen)
-                .fold(next, i64::min);
-            Ok(Position::new(oldest, 0))
-        }
-        DbTx::Sqlite(conn) => {
-            let (seq,): (i64,) =
-                sqlx::query_as("SELECT COALESCE(MAX(seq), 0) FROM \"integrations.events\"")
-                    .fetch_one(&mut **conn)
-                    .await?;
-            Ok(Position::new(0, seq + 1))
-        }
-    }
-}
-
-/// A position above every event committed or being written now: on
-/// PostgreSQL the next transaction id to be assigned. Events of
-/// transactions that start later are above it.
-pub async fn head(tx: &mut DbTx) -> Result<Position, StoreError> {
-    match &mut *tx {
-        DbTx::Postgres(conn) => {
-            let (next,): (i64,) =
-                sqlx::query_as("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-                    .fetch_one(&mut **conn)
-                    .await?;
-            Ok(Position::new(next, 0))
-        }
-        DbTx::Sqlite(_) => horizon(tx).await,
-    }
-}
-
-/// A position above every event stored: for counting what the lanes have
-/// not read, in flight or not.
-pub const END: Position = Position {
-    xid: i64::MAX,
-    seq: 0,
-};
-
 /// What a lane reads: an integration's events, one lane of them.
 #[derive(Debug, Clone)]
 pub struct LaneFilter<'a> {
@@ -363,19 +293,19 @@ pub fn lane_sql(order_by: &OrderKey, lanes: i32, param: usize) -> (String, Optio
     )
 }
 
-/// Up to `limit` events of the lane after `after` and below `horizon`, in
-/// position order. Events stored by the engine before delivery v2 and
-/// already routed then (`processed_at` set) are not read.
-pub async fn read_lane(
+/// Up to `limit` events of the lane's batch `(cursor.from, cursor.to]`
+/// after `cursor.at`, in `(xid, seq)` order. Events stored by the engine
+/// before delivery v2 and already routed then (`processed_at` set) are not
+/// read.
+pub async fn read_batch(
     tx: &mut DbTx,
     filter: &LaneFilter<'_>,
-    after: Position,
-    horizon: Position,
+    cursor: &Cursor,
     limit: i64,
 ) -> Result<Vec<LogEvent>, StoreError> {
     type Row = (i64, i64, Id, Id, String, String, Doc, Time);
     let columns = "e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at";
-    let rows: Vec<Row> = fetch_lane(tx, filter, after, horizon, limit, columns).await?;
+    let rows: Vec<Row> = fetch_batch(tx, filter, cursor, limit, columns).await?;
     Ok(rows
         .into_iter()
         .map(
@@ -394,39 +324,51 @@ pub async fn read_lane(
         .collect())
 }
 
-/// How many events each lane filter has after its position and below the
-/// horizon (the lanes' backlog), counting at most `cap` per lane.
+/// How many of the lane's events it has not passed yet, up to the tick
+/// `latest` (the lane's backlog), counting at most `cap`.
 pub async fn backlog(
     tx: &mut DbTx,
     filter: &LaneFilter<'_>,
-    after: Position,
-    horizon: Position,
+    cursor: &Cursor,
+    latest: &Tick,
     cap: i64,
 ) -> Result<i64, StoreError> {
     // Counting through the same read keeps one definition of "the lane's
     // events"; the cap bounds the cost on a large backlog.
-    Ok(read_ids(tx, filter, after, horizon, cap).await?.len() as i64)
+    let mut count = if cursor.batch_done() {
+        0
+    } else {
+        fetch_batch::<(i64,)>(tx, filter, cursor, cap, "e.seq").await?.len() as i64
+    };
+    if count < cap && latest.id > cursor.to_tick {
+        let next = Cursor {
+            from: cursor.to.clone(),
+            to: latest.snapshot.clone(),
+            to_tick: latest.id,
+            at: Position::ZERO,
+        };
+        count += fetch_batch::<(i64,)>(tx, filter, &next, cap - count, "e.seq")
+            .await?
+            .len() as i64;
+    }
+    Ok(count)
 }
 
-async fn read_ids(
+/// `columns` of a lane's events in the batch `(cursor.from, cursor.to]`
+/// after `cursor.at`, in `(xid, seq)` order, at most `limit`: the one
+/// definition of "the lane's events" (routed names of its source, in its
+/// hash slot, in the batch).
+///
+/// On PostgreSQL the batch's events are those of the transactions that
+/// `from` saw running (looked up by id) and of those that started after it
+/// (`from.xmax <= xid`), that `to` sees: `pg_visible_in_snapshot` decides,
+/// on the stored snapshot, so the answer is the same for every reader, and
+/// nothing before `from` is scanned again however long a transaction stays
+/// open.
+async fn fetch_batch<R>(
     tx: &mut DbTx,
     filter: &LaneFilter<'_>,
-    after: Position,
-    horizon: Position,
-    limit: i64,
-) -> Result<Vec<i64>, StoreError> {
-    let rows: Vec<(i64,)> = fetch_lane(tx, filter, after, horizon, limit, "e.seq").await?;
-    Ok(rows.into_iter().map(|(seq,)| seq).collect())
-}
-
-/// `columns` of a lane's events after `after` and below `horizon`, in
-/// position order, at most `limit`: the one definition of "the lane's
-/// events" (routed names of its source, not yet passed, in its hash slot).
-async fn fetch_lane<R>(
-    tx: &mut DbTx,
-    filter: &LaneFilter<'_>,
-    after: Position,
-    horizon: Position,
+    cursor: &Cursor,
     limit: i64,
     columns: &str,
 ) -> Result<Vec<R>, StoreError>
@@ -438,6 +380,11 @@ where
 {
     Ok(match &mut *tx {
         DbTx::Postgres(conn) => {
+            let Snapshot::Xids { xmax, xip, .. } = &cursor.from else {
+                return Err(StoreError::Invalid(
+                    "a cursor of seqs on PostgreSQL".into(),
+                ));
+            };
             let (lane, path) = if filter.lanes > 1 {
                 let (expr, path) = lane_sql(filter.order_by, filter.lanes, 8);
                 (format!(" AND {expr} = $7"), path)
@@ -449,36 +396,52 @@ where
             } else {
                 ""
             };
+            let common = format!(
+                "e.processed_at IS NULL AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
+                 AND (e.xid, e.seq) > ($1, $2) AND pg_visible_in_snapshot(e.xid::text::xid8, $3::pg_snapshot)"
+            );
+            let outer = columns.replace("e.", "u.");
             let sql = format!(
-                "SELECT {columns} FROM integrations.events e \
-                  WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < $3 AND e.processed_at IS NULL \
-                    AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
-                  ORDER BY e.xid, e.seq LIMIT $6"
+                "SELECT {outer} FROM ( \
+                   (SELECT e.xid AS o_xid, e.seq AS o_seq, {columns} FROM integrations.events e \
+                     WHERE e.xid = ANY($9::bigint[]) AND {common} ORDER BY e.xid, e.seq LIMIT $6) \
+                   UNION ALL \
+                   (SELECT e.xid AS o_xid, e.seq AS o_seq, {columns} FROM integrations.events e \
+                     WHERE e.xid >= $10 AND e.xid < pg_snapshot_xmax($3::pg_snapshot)::text::bigint AND {common} \
+                     ORDER BY e.xid, e.seq LIMIT $6)) u \
+                 ORDER BY u.o_xid, u.o_seq LIMIT $6"
             );
             sqlx::query_as(AssertSqlSafe(sql))
-                .bind(after.xid)
-                .bind(after.seq)
-                .bind(horizon.xid)
+                .bind(cursor.at.xid)
+                .bind(cursor.at.seq)
+                .bind(cursor.to.to_text())
                 .bind(filter.source)
                 .bind(&filter.events)
                 .bind(limit)
                 .bind(filter.lane)
                 .bind(path)
+                .bind(xip)
+                .bind(*xmax)
                 .fetch_all(&mut **conn)
                 .await?
         }
         DbTx::Sqlite(conn) => {
+            let (Snapshot::Seq(from), Snapshot::Seq(to)) = (&cursor.from, &cursor.to) else {
+                return Err(StoreError::Invalid(
+                    "a cursor of transaction ids on SQLite".into(),
+                ));
+            };
             // One lane per integration on SQLite: no hashing.
             let names = vec!["?"; filter.events.len().max(1)].join(", ");
             let sql = format!(
                 "SELECT {columns} FROM \"integrations.events\" e \
-                  WHERE e.seq > ? AND e.seq < ? AND e.processed_at IS NULL \
+                  WHERE e.seq > ? AND e.seq <= ? AND e.processed_at IS NULL \
                     AND e.source_product = ? AND e.event_name IN ({names}) \
                   ORDER BY e.seq LIMIT ?"
             );
             let mut query = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(after.seq)
-                .bind(horizon.seq)
+                .bind((*from).max(cursor.at.seq))
+                .bind(*to)
                 .bind(filter.source);
             if filter.events.is_empty() {
                 query = query.bind("");

@@ -24,6 +24,7 @@ pub mod scope;
 pub mod states;
 pub mod target;
 pub mod testbed;
+pub mod ticks;
 pub mod types;
 pub mod views;
 
@@ -246,9 +247,17 @@ impl Store {
             // A transaction left open by a process that hangs (stopped,
             // cut off) is ended by the server, so the lanes it locked are
             // free for the other processes within 10 s.
+            //
+            // busbar's own transactions are READ COMMITTED whatever the
+            // database's or the role's default (a lane reads its row after
+            // taking its lock, the ticker numbers ticks after taking its
+            // own): set after the URL's own options, so it wins.
             let options = PgConnectOptions::from_str(url)?
                 .application_name("busbar")
-                .options([("idle_in_transaction_session_timeout", "10s")]);
+                .options([
+                    ("idle_in_transaction_session_timeout", "10s"),
+                    ("default_transaction_isolation", "read committed"),
+                ]);
             let known = backends.clone();
             let pool = PoolOptions::<Postgres>::new()
                 .max_connections(max_connections)
@@ -373,6 +382,20 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// A PostgreSQL connection of the pool, outside any transaction (for
+    /// session-level advisory locks); `None` on SQLite.
+    pub async fn acquire_postgres(
+        &self,
+    ) -> Result<Option<sqlx::pool::PoolConnection<Postgres>>, StoreError> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let pool = pool.clone();
+                Ok(Some(detach(async move { Ok(pool.acquire().await?) }).await?))
+            }
+            Db::Sqlite { .. } => Ok(None),
+        }
     }
 
     /// Starts a read-only transaction (a snapshot for API reads); like

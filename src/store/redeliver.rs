@@ -27,8 +27,9 @@ use uuid::Uuid;
 use super::dialect::{EngineTable, Statement};
 use super::events::Status;
 use super::log;
+use super::ticks::{Cursor, Origin};
 use super::types::{Doc, Id, Position, Time};
-use super::{DbTx, Dialect, StoreError};
+use super::{DbTx, StoreError};
 use crate::compile::Integration;
 use crate::delivery::delivery_id;
 use crate::envelope::Envelope;
@@ -104,60 +105,39 @@ mod status_names {
 }
 
 /// One lane of the integration: how far it has read, and where it began.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LaneMark {
-    pub cursor: Position,
-    pub origin: Position,
+    pub cursor: Cursor,
+    pub origin: Origin,
 }
 
-/// The integration's lanes by number; with `lock`, their rows are locked
-/// (on PostgreSQL, waiting for a lane transaction that holds one): no lane
-/// runs while the caller's transaction writes rows, so the rows it writes
-/// are seen by the lanes' next reads, and the cursors it compares with do
-/// not move.
-pub async fn lanes(
-    tx: &mut DbTx,
-    integration: &str,
-    lock: bool,
-) -> Result<HashMap<i32, LaneMark>, StoreError> {
-    fn lanes_sql(d: Dialect) -> String {
-        let lanes = d.engine_table(EngineTable::Lanes);
-        let [p1] = d.params();
-        format!(
-            "SELECT lane, cursor_xid, cursor_seq, origin_xid, origin_seq FROM {lanes} \
-              WHERE integration_id = {p1} ORDER BY lane"
-        )
-    }
-    static READ: Statement = Statement::new(lanes_sql);
-    // SQLite's write transaction already excludes every other writer.
-    static LOCK: Statement = Statement::new(|d| match d {
-        Dialect::Postgres => format!("{} FOR UPDATE", lanes_sql(d)),
-        Dialect::Sqlite => lanes_sql(d),
-    });
-    let sql = if lock { &LOCK } else { &READ }.get(tx.dialect());
-    let rows: Vec<(i32, i64, i64, i64, i64)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(integration)
-        .fetch_all(conn)
-        .await)?;
-    Ok(rows
+/// The integration's lanes by number. A redelivery reads them while it
+/// holds the lanes (`lanes::hold_all` on PostgreSQL, the engine's `Hold`
+/// on SQLite), so the cursors it compares with do not move and the rows it
+/// writes are seen by the lanes' next reads.
+pub async fn lanes(tx: &mut DbTx, integration: &str) -> Result<HashMap<i32, LaneMark>, StoreError> {
+    Ok(super::lanes::all(tx)
+        .await?
         .into_iter()
-        .map(|(lane, cx, cs, ox, os)| {
+        .filter(|lane| lane.integration == integration)
+        .map(|lane| {
             (
-                lane,
+                lane.lane,
                 LaneMark {
-                    cursor: Position::new(cx, cs),
-                    origin: Position::new(ox, os),
+                    cursor: lane.cursor,
+                    origin: lane.origin,
                 },
             )
         })
         .collect())
 }
 
-/// The highest cursor of `lanes`: no event above it has been passed.
+/// A position above every event `lanes` have passed: no event above it
+/// has been passed.
 pub fn bound(lanes: &HashMap<i32, LaneMark>) -> Position {
     lanes
         .values()
-        .map(|l| l.cursor)
+        .map(|l| l.cursor.bound())
         .max()
         .unwrap_or(Position::ZERO)
 }
@@ -420,7 +400,7 @@ pub async fn scan(
         let Some(mark) = lanes.get(&candidate.lane) else {
             continue;
         };
-        if candidate.position > mark.cursor {
+        if !mark.cursor.passed(candidate.position) {
             continue;
         }
         let envelope = &candidate.envelope;
@@ -452,7 +432,7 @@ pub async fn scan(
             None if !candidate.legacy
                 && lanes
                     .get(&candidate.lane)
-                    .is_some_and(|m| candidate.position > m.origin) =>
+                    .is_some_and(|m| !m.origin.before(candidate.position)) =>
             {
                 Status::Delivered
             }

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::dialect::{EngineTable, Statement};
-use super::types::{Position, Time};
-use super::{DbTx, StoreError};
+use super::ticks::Snapshot;
+use super::types::Time;
+use super::{DbTx, Dialect, StoreError};
 use crate::on_tx;
 
 /// An integration's state, as persisted through the API.
@@ -45,24 +46,30 @@ impl State {
 }
 
 /// A state set through the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persisted {
     pub state: State,
     /// Set when the integration was enabled (or paused) again after being
-    /// disabled: events below this position were published while it was
-    /// disabled.
-    pub skip_before: Option<Position>,
+    /// disabled: the events this snapshot sees were published while it was
+    /// disabled (or before).
+    pub skip_before: Option<Snapshot>,
 }
 
-type Row = (String, String, Option<i64>, Option<i64>);
+type Row = (String, String, Option<String>);
 
-fn persisted((_, state, xid, seq): &Row) -> Persisted {
+fn persisted((_, state, skip): &Row) -> Persisted {
     Persisted {
         state: State::parse(state).unwrap_or_default(),
-        skip_before: match (xid, seq) {
-            (Some(xid), Some(seq)) => Some(Position::new(*xid, *seq)),
-            _ => None,
-        },
+        skip_before: skip.as_deref().and_then(|s| s.parse().ok()),
+    }
+}
+
+/// The skip snapshot's column as text (a `pg_snapshot` on PostgreSQL, the
+/// `seq` on SQLite).
+fn skip_column(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Postgres => "skip_snapshot::text",
+        Dialect::Sqlite => "CAST(skip_seq AS TEXT)",
     }
 }
 
@@ -70,7 +77,8 @@ fn persisted((_, state, xid, seq): &Row) -> Persisted {
 pub async fn load(tx: &mut DbTx) -> Result<HashMap<String, Persisted>, StoreError> {
     static SQL: Statement = Statement::new(|d| {
         let integration_state = d.engine_table(EngineTable::IntegrationState);
-        format!("SELECT integration_id, state, skip_xid, skip_seq FROM {integration_state}")
+        let skip = skip_column(d);
+        format!("SELECT integration_id, state, {skip} FROM {integration_state}")
     });
     let sql = SQL.get(tx.dialect());
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
@@ -85,8 +93,9 @@ pub async fn load_one(tx: &mut DbTx, integration: &str) -> Result<Option<Persist
     static SQL: Statement = Statement::new(|d| {
         let integration_state = d.engine_table(EngineTable::IntegrationState);
         let [p1] = d.params();
+        let skip = skip_column(d);
         format!(
-            "SELECT integration_id, state, skip_xid, skip_seq FROM {integration_state} \
+            "SELECT integration_id, state, {skip} FROM {integration_state} \
              WHERE integration_id = {p1}"
         )
     });
@@ -103,25 +112,28 @@ pub async fn save(
     tx: &mut DbTx,
     integration: &str,
     state: State,
-    skip_before: Option<Position>,
+    skip_before: Option<&Snapshot>,
     now: Time,
 ) -> Result<(), StoreError> {
     static SQL: Statement = Statement::new(|d| {
         let integration_state = d.engine_table(EngineTable::IntegrationState);
-        let [p1, p2, p3, p4, p5] = d.params();
+        let [p1, p2, p3, p4] = d.params();
+        let (column, value) = match d {
+            Dialect::Postgres => ("skip_snapshot", format!("{p3}::pg_snapshot")),
+            Dialect::Sqlite => ("skip_seq", format!("CAST({p3} AS INTEGER)")),
+        };
         format!(
-            "INSERT INTO {integration_state} (integration_id, state, skip_xid, skip_seq, updated_at) \
-             VALUES ({p1}, {p2}, {p3}, {p4}, {p5}) \
-             ON CONFLICT (integration_id) DO UPDATE SET state = excluded.state, skip_xid = excluded.skip_xid, \
-                skip_seq = excluded.skip_seq, updated_at = excluded.updated_at"
+            "INSERT INTO {integration_state} (integration_id, state, {column}, updated_at) \
+             VALUES ({p1}, {p2}, {value}, {p4}) \
+             ON CONFLICT (integration_id) DO UPDATE SET state = excluded.state, {column} = excluded.{column}, \
+                updated_at = excluded.updated_at"
         )
     });
     let sql = SQL.get(tx.dialect());
     on_tx!(&mut *tx, |conn| sqlx::query(sql)
         .bind(integration)
         .bind(state.as_str())
-        .bind(skip_before.map(|p| p.xid))
-        .bind(skip_before.map(|p| p.seq))
+        .bind(skip_before.map(Snapshot::to_text))
         .bind(now)
         .execute(conn)
         .await

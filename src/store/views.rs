@@ -13,7 +13,7 @@ use super::events::{self, DeliveryView, Status, StoredEvent};
 use super::lanes::{self, LaneView};
 use super::log;
 use super::scope::OrgScope;
-use super::types::Position;
+use super::ticks::{self, Cursor, Tick};
 use super::{DbTx, Store, StoreError};
 use crate::compile::Generation;
 use crate::delivery::delivery_id;
@@ -83,11 +83,11 @@ pub async fn deliveries(
                 let Some(view) = lanes.get(&(integration.id.clone(), lane)) else {
                     continue;
                 };
-                if position <= view.origin {
+                if view.origin.before(position) {
                     // Published before the integration went live.
                     continue;
                 }
-                let delivered = position <= view.cursor;
+                let delivered = view.cursor.passed(position);
                 out.push(DeliveryView {
                     id,
                     event_id: envelope.id,
@@ -164,12 +164,12 @@ pub async fn backlog(
 ) -> Result<Backlog, StoreError> {
     let lane_count = log::lanes_for(store.dialect());
     let mut tx = store.begin_read().await?;
-    // Everything committed counts, also what the lanes may not read yet.
-    let horizon = match store.dialect() {
-        super::Dialect::Postgres => log::END,
-        super::Dialect::Sqlite => log::horizon(&mut tx).await?,
+    // Everything committed counts, also what no tick sees yet.
+    let now = Tick {
+        id: i64::MAX,
+        snapshot: ticks::current(&mut tx).await?,
     };
-    let cursors: HashMap<(String, i32), Position> = lanes::all(&mut tx)
+    let cursors: HashMap<(String, i32), Cursor> = lanes::all(&mut tx)
         .await?
         .into_iter()
         .map(|lane| ((lane.integration, lane.lane), lane.cursor))
@@ -191,7 +191,7 @@ pub async fn backlog(
                 lane,
                 lanes: lane_count,
             };
-            unread += log::backlog(&mut tx, &filter, *cursor, horizon, cap).await?;
+            unread += log::backlog(&mut tx, &filter, cursor, &now, cap).await?;
         }
         if unread > 0 {
             out.unread.insert(integration.id.clone(), unread);

@@ -270,6 +270,42 @@ on_both_databases! {
 }
 
 on_both_databases! {
+    /// Issue 16, item 4: a dead delivery replayed after the integration was
+    /// disabled and enabled again was skipped as "published while
+    /// disabled", and the API said it was pending.
+    async fn a_dead_delivery_replayed_after_a_disable_and_enable_is_applied(db: TestDb) {
+        use busbar::engine::State;
+        if db.dialect() == busbar::store::Dialect::Postgres {
+            db.execute("CREATE SCHEMA test").await;
+        }
+        db.execute(COUNTS_TABLE).await;
+        let dir = counter_integration();
+        let engine = db.engine_on(dir.path(), None).await;
+        let poison = engine.publish_json(&count_event("poison", json!("twelve"), ""), None).await.unwrap();
+        db.settle(SETTLE).await;
+        let dead = db.deliveries(Some(Status::Dead)).await;
+        assert_eq!(dead.len(), 1);
+        engine.set_state("counts", State::Disabled).await.unwrap();
+        engine.set_state("counts", State::Enabled).await.unwrap();
+        // Events published after the re-enable run as usual.
+        engine.publish_json(&count_event("after", json!(1), ""), None).await.unwrap();
+        db.execute(&format!(
+            "UPDATE integrations.events SET event_data = '{{\"name\": \"poison\", \"amount\": 12, \"note\": \"\"}}' WHERE id = '{}'",
+            poison.id
+        ))
+        .await;
+        assert!(engine.replay_delivery(dead[0].id, None).await.unwrap());
+        db.settle(SETTLE).await;
+        let row = db.find("test.counts", &[("name", json!("poison"))]).await;
+        let skipped = db.deliveries(Some(Status::Skipped)).await;
+        assert!(skipped.is_empty(), "nothing is skipped: {skipped:?}");
+        assert_eq!(row.expect("the replay is applied")["amount"], 12);
+        assert!(db.find("test.counts", &[("name", json!("after"))]).await.is_some());
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
     async fn values_with_quotes_semicolons_keywords_and_unicode_land_verbatim(db: TestDb) {
         if db.dialect() == busbar::store::Dialect::Postgres {
             db.execute("CREATE SCHEMA test").await;

@@ -31,6 +31,9 @@
 //!   with its deliveries intact, and finished by the new engine.
 //! - `values`: values that do not fit their column are refused, never
 //!   truncated or rounded; numbers keep every digit.
+//! - `visibility`: ticks (issue 16): a transaction open elsewhere, a
+//!   `repeatable read` default, transaction ids past 2^32 and an idle
+//!   server neither lose, repeat nor stall events.
 
 mod api;
 mod api_hardening;
@@ -51,3 +54,4 @@ mod serve;
 mod support;
 mod upgrade;
 mod values;
+mod visibility;

@@ -176,6 +176,17 @@ impl TestDb {
         count
     }
 
+    /// Runs a query returning one text value (PostgreSQL).
+    pub async fn text(&self, sql: &str) -> String {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connects");
+        let text: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut conn)
+            .await
+            .expect("text");
+        conn.close().await.ok();
+        text.unwrap_or_default()
+    }
+
     /// The first row of `table` whose columns equal `filter`, as JSON.
     pub async fn find(&self, table: &str, filter: &[(&str, Value)]) -> Option<Map<String, Value>> {
         let table = TableName::parse(table).expect("table name");
