@@ -46,3 +46,22 @@ UPDATE integrations.integration_state
    SET skip_snapshot = (GREATEST(skip_xid, 3)::text || ':' || GREATEST(skip_xid, 3)::text || ':')::pg_snapshot
  WHERE skip_xid IS NOT NULL;
 ALTER TABLE integrations.integration_state DROP COLUMN skip_xid, DROP COLUMN skip_seq;
+
+-- Partitioning versions (ARCHITECTURE.md, "Versioned partitioning"): which
+-- order key and lane count an integration's lanes read with, from which
+-- tick on. A change of `order_by` adds a version; the lanes read the old
+-- one up to its tick, then all switch together.
+CREATE TABLE integrations.partitionings (
+    integration_id VARCHAR(100) NOT NULL,
+    version INTEGER NOT NULL,
+    -- The order key, as JSON (`compile::OrderKey`).
+    order_by TEXT NOT NULL,
+    lanes INTEGER NOT NULL,
+    -- Events this tick sees are read with the previous version.
+    from_tick BIGINT NOT NULL,
+    from_snapshot pg_snapshot NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (integration_id, version)
+);
+-- The version a lane reads with.
+ALTER TABLE integrations.lanes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;

@@ -57,8 +57,10 @@ impl Integration {
 }
 
 /// What an integration orders its deliveries by: deliveries whose events
-/// have the same key apply one at a time, in publish order.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// have the same key apply one at a time, in publish order. Stored as JSON
+/// with each partitioning version (`store::partitionings`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OrderKey {
     /// The event's organization (the default).
     #[default]

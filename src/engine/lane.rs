@@ -37,7 +37,9 @@ use crate::store::events::Status;
 use crate::store::lanes::{self, DeliveryRow};
 use crate::store::log;
 use crate::store::log::NewEvent;
-use crate::store::ticks::{self, Cursor};
+use crate::store::log::LaneFilter;
+use crate::store::partitionings::{self, Partitioning};
+use crate::store::ticks::{self, Cursor, Tick};
 use crate::store::target::{Emitted, TargetExecutor};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
@@ -189,6 +191,33 @@ pub(crate) async fn visit(
         (Some(stored), Some(scanned)) if *stored == row.cursor => scanned.clone(),
         _ => row.cursor.clone(),
     };
+    // The partitioning the lane reads with, and the next one if the order
+    // key changed: the lane reads up to its tick, then all lanes switch.
+    let versions = partitionings::of(&mut tx, &lane.integration).await?;
+    let next = versions.iter().find(|p| p.version == row.version + 1);
+    let (order_by, lane_count) = match versions.iter().find(|p| p.version == row.version) {
+        Some(current) => (current.order_by.clone(), current.lanes),
+        None => (integration.order_by.clone(), shared.lanes),
+    };
+    if let Some(next) = next
+        && at_barrier(&start, next)
+    {
+        let switched = switch(shared, &mut tx, lane, &row, &start, next, now).await?;
+        if switched {
+            tx.commit().await?;
+            tracing::info!(
+                integration = %lane.integration,
+                order_by = %next.order_by.describe(),
+                version = next.version,
+                "every lane reached the new partitioning's tick: switched"
+            );
+            *memory = Memory::default();
+            return Ok(Visit {
+                more: true,
+                due: None,
+            });
+        }
+    }
     let dead_blocks = integration.on_dead == OnDead::Block;
     let disabled = status.state == State::Disabled;
 
@@ -268,13 +297,18 @@ pub(crate) async fn visit(
     // 2. New events: the rest of the lane's batch, then the batch up to the
     // newest tick.
     let room = batch_size.saturating_sub(items.len()).max(1) as i64;
-    let filter = shared.lane_filter(integration, lane.lane);
+    let filter = LaneFilter {
+        order_by: &order_by,
+        lanes: lane_count,
+        ..shared.lane_filter(integration, lane.lane)
+    };
     let prepared = started.elapsed();
-    let (read, new_cursor, full) = read_new(&mut tx, &filter, &start, room).await?;
+    let barrier = next.map(|n| &n.from);
+    let (read, new_cursor, full) = read_new(&mut tx, &filter, &start, room, barrier).await?;
     let read_at = started.elapsed();
     let first_new = items.len();
     for event in read {
-        let key = integration.order_by.key_of(&event.envelope);
+        let key = order_by.key_of(&event.envelope);
         for route in integration
             .routes
             .iter()
@@ -306,7 +340,10 @@ pub(crate) async fn visit(
     if items.is_empty() {
         // Nothing matched: remember how far the lane read, and write the
         // cursor only now and then (losing it costs a rescan, nothing else).
-        let stale = memory.written.is_none_or(|t| t.elapsed().as_secs() >= 5);
+        // A lane that reached a partitioning switch writes at once: the
+        // switch waits for every lane's stored cursor.
+        let stale = memory.written.is_none_or(|t| t.elapsed().as_secs() >= 5)
+            || next.is_some_and(|next| at_barrier(&new_cursor, next));
         if new_cursor != row.cursor && stale {
             lanes::advance(&mut tx, &lane.integration, lane.lane, &new_cursor, 0, now).await?;
             if tx.dialect() == Dialect::Postgres {
@@ -507,15 +544,60 @@ pub(crate) async fn visit(
     })
 }
 
+/// Whether a lane at `cursor` has read everything the old partitioning
+/// holds: its batch is done at the new one's tick.
+fn at_barrier(cursor: &Cursor, next: &Partitioning) -> bool {
+    cursor.batch_done() && cursor.to_tick >= next.from.id
+}
+
+/// Switches every lane of the integration to the `next` partitioning when
+/// all of them have reached its tick (this one at `start`): in this
+/// transaction, with the other lanes taken (without waiting: a lane being
+/// worked elsewhere means "not now"), the open rows get their new order
+/// key and lane, and every lane its new version. Per-key order holds
+/// across the switch: a key's events before the tick were all read by the
+/// old lanes; those still waiting (open rows) now block their new key's
+/// later events in its new lane.
+async fn switch(
+    shared: &Shared,
+    tx: &mut DbTx,
+    lane: &LaneId,
+    row: &lanes::LaneRow,
+    start: &Cursor,
+    next: &Partitioning,
+    now: Time,
+) -> Result<bool, StoreError> {
+    if !lanes::try_take_all(tx, &lane.integration, shared.lanes, lane.lane).await? {
+        return Ok(false);
+    }
+    for (other, cursor, version) in lanes::cursors(tx, &lane.integration).await? {
+        if other != lane.lane && (version != row.version || !at_barrier(&cursor, next)) {
+            return Ok(false);
+        }
+    }
+    for open in lanes::open_of_integration(tx, &lane.integration).await? {
+        let key = next.order_by.key_of(&open.event);
+        let new_lane = log::lane_of_key(&key, next.lanes);
+        lanes::rekey(tx, open.row.id, &key, new_lane).await?;
+    }
+    lanes::advance(tx, &lane.integration, lane.lane, start, 0, now).await?;
+    lanes::set_version(tx, &lane.integration, next.version).await?;
+    Ok(true)
+}
+
 /// Reads up to `room` new events from `start`: the rest of its batch, then,
 /// when that is done, the batch up to the newest tick. Returns them, the
 /// cursor that passes them (and, when the read was not full, every event
 /// up to the newest tick), and whether the read was full.
+///
+/// With a `barrier` (the tick a new partitioning applies from), the lane
+/// reads no further than it.
 async fn read_new(
     tx: &mut DbTx,
     filter: &log::LaneFilter<'_>,
     start: &Cursor,
     room: i64,
+    barrier: Option<&Tick>,
 ) -> Result<(Vec<log::LogEvent>, Cursor, bool), StoreError> {
     let mut cursor = start.clone();
     let mut read = Vec::new();
@@ -526,8 +608,12 @@ async fn read_new(
             return Ok((read, cursor, true));
         }
     }
-    // The batch is done: the next one runs to the newest tick.
-    let latest = ticks::latest(tx).await?;
+    // The batch is done: the next one runs to the newest tick (or the
+    // barrier).
+    let latest = match (ticks::latest(tx).await?, barrier) {
+        (latest, Some(barrier)) if barrier.id < latest.id => barrier.clone(),
+        (latest, _) => latest,
+    };
     if latest.id <= cursor.to_tick {
         return Ok((read, cursor.done(), false));
     }

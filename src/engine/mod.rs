@@ -41,6 +41,7 @@ use crate::store::events::Status;
 use crate::store::lanes::{self, ReplayFilter};
 use crate::store::log::NewEvent;
 use crate::store::log::{self, LaneFilter};
+use crate::store::partitionings::{self, Partitioning};
 use crate::store::ticks::{self, Snapshot};
 use crate::store::types::Time;
 use crate::store::{Dialect, Store, StoreError, states};
@@ -788,6 +789,7 @@ async fn register(
         if existing.get(&integration.id).copied().unwrap_or(0) < shared.lanes {
             lanes::ensure(&mut tx, &integration.id, shared.lanes, &start).await?;
         }
+        partition(&mut tx, integration, shared.lanes, &start).await?;
     }
     for id in removed {
         states::define(&mut tx, id, None, &shared.config.node_name, now).await?;
@@ -797,6 +799,50 @@ async fn register(
         );
         lanes::skip_open(&mut tx, id, &reason, now).await?;
         lanes::remove(&mut tx, id).await?;
+        partitionings::remove(&mut tx, id).await?;
     }
     tx.commit().await
+}
+
+/// Records how an integration's lanes partition its events: version 0 for
+/// a new integration; a new version, applying after the newest tick, when
+/// its order key or lane count changed (ARCHITECTURE.md, "Versioned
+/// partitioning"). The lanes are taken meanwhile, so none has read past
+/// that tick with the old key.
+async fn partition(
+    tx: &mut crate::store::DbTx,
+    integration: &Integration,
+    lane_count: i32,
+    start: &ticks::Tick,
+) -> Result<(), StoreError> {
+    let versions = partitionings::of(tx, &integration.id).await?;
+    let version = match versions.last() {
+        None => Partitioning {
+            version: 0,
+            order_by: integration.order_by.clone(),
+            lanes: lane_count,
+            from: start.clone(),
+        },
+        Some(last) if last.order_by == integration.order_by && last.lanes == lane_count => {
+            return Ok(());
+        }
+        Some(last) => {
+            lanes::take_all(tx, &integration.id, lane_count).await?;
+            let from = ticks::latest(tx).await?;
+            tracing::info!(
+                integration = %integration.id,
+                from = %last.order_by.describe(),
+                to = %integration.order_by.describe(),
+                tick = from.id,
+                "order_by changed: the lanes read the old partitioning up to this tick, then switch together"
+            );
+            Partitioning {
+                version: last.version + 1,
+                order_by: integration.order_by.clone(),
+                lanes: lane_count,
+                from,
+            }
+        }
+    };
+    partitionings::record(tx, &integration.id, &version).await
 }

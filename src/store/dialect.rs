@@ -45,6 +45,7 @@ pub enum EngineTable {
     ApiKeys,
     Redeliveries,
     ConsoleSessions,
+    Partitionings,
 }
 
 impl EngineTable {
@@ -73,6 +74,10 @@ impl EngineTable {
             EngineTable::ConsoleSessions => (
                 "integrations.console_sessions",
                 "\"integrations.console_sessions\"",
+            ),
+            EngineTable::Partitionings => (
+                "integrations.partitionings",
+                "\"integrations.partitionings\"",
             ),
         }
     }

@@ -26,6 +26,8 @@ const CHUNK: usize = 400;
 pub struct LaneRow {
     pub cursor: Cursor,
     pub delivered: i64,
+    /// The partitioning version it reads with (`store::partitionings`).
+    pub version: i32,
 }
 
 /// The advisory lock key of a lane (PostgreSQL; the second key of the
@@ -142,22 +144,156 @@ pub async fn lock(
         let lanes = d.engine_table(EngineTable::Lanes);
         let [p1, p2] = d.params();
         let columns = cursor_columns(d);
-        format!("SELECT {columns}, delivered FROM {lanes} WHERE integration_id = {p1} AND lane = {p2}")
+        format!(
+            "SELECT {columns}, delivered, version FROM {lanes} WHERE integration_id = {p1} AND lane = {p2}"
+        )
     });
     let sql = SQL.get(tx.dialect());
-    type Row = (i64, i64, Option<String>, Option<String>, i64, i64);
+    type Row = (i64, i64, Option<String>, Option<String>, i64, i64, i32);
     let row: Option<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
         .fetch_optional(conn)
         .await)?;
-    row.map(|(xid, seq, from, to, to_tick, delivered)| {
+    row.map(|(xid, seq, from, to, to_tick, delivered, version)| {
         Ok(LaneRow {
             cursor: cursor_of((xid, seq, from, to, to_tick))?,
             delivered,
+            version,
         })
     })
     .transpose()
+}
+
+/// Takes the other lanes of an integration for this transaction without
+/// waiting (PostgreSQL); whether every one was free. On SQLite the write
+/// transaction holds them all already.
+pub async fn try_take_all(
+    tx: &mut DbTx,
+    integration: &str,
+    lanes: i32,
+    except: i32,
+) -> Result<bool, StoreError> {
+    if let DbTx::Postgres(conn) = &mut *tx {
+        for lane in (0..lanes).filter(|l| *l != except) {
+            let (granted,): (bool,) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT pg_try_advisory_xact_lock($3, {LANE_KEY})"
+            )))
+            .bind(integration)
+            .bind(lane)
+            .bind(LANE_LOCK)
+            .fetch_one(&mut **conn)
+            .await?;
+            if !granted {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Takes every lane of an integration for this transaction, waiting for
+/// the visits that hold one (PostgreSQL): nothing reads the integration's
+/// log until the transaction ends.
+pub async fn take_all(tx: &mut DbTx, integration: &str, lanes: i32) -> Result<(), StoreError> {
+    if let DbTx::Postgres(conn) = &mut *tx {
+        for lane in 0..lanes {
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT pg_advisory_xact_lock($3, {LANE_KEY})"
+            )))
+            .bind(integration)
+            .bind(lane)
+            .bind(LANE_LOCK)
+            .execute(&mut **conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every lane of an integration with its cursor and version.
+pub async fn cursors(
+    tx: &mut DbTx,
+    integration: &str,
+) -> Result<Vec<(i32, Cursor, i32)>, StoreError> {
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1] = d.params();
+        let columns = cursor_columns(d);
+        format!("SELECT lane, {columns}, version FROM {lanes} WHERE integration_id = {p1} ORDER BY lane")
+    });
+    let sql = SQL.get(tx.dialect());
+    type Row = (i32, i64, i64, Option<String>, Option<String>, i64, i32);
+    let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .fetch_all(conn)
+        .await)?;
+    rows.into_iter()
+        .map(|(lane, xid, seq, from, to, to_tick, version)| {
+            Ok((lane, cursor_of((xid, seq, from, to, to_tick))?, version))
+        })
+        .collect()
+}
+
+/// Moves every lane of an integration to a partitioning version.
+pub async fn set_version(tx: &mut DbTx, integration: &str, version: i32) -> Result<(), StoreError> {
+    static SQL: Statement = Statement::new(|d| {
+        let lanes = d.engine_table(EngineTable::Lanes);
+        let [p1, p2] = d.params();
+        format!("UPDATE {lanes} SET version = {p2} WHERE integration_id = {p1}")
+    });
+    let sql = SQL.get(tx.dialect());
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(integration)
+        .bind(version)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
+}
+
+/// The open rows of an integration (pending, retrying, dead: the ones that
+/// hold their key), with their events.
+pub async fn open_of_integration(
+    tx: &mut DbTx,
+    integration: &str,
+) -> Result<Vec<OpenRow>, StoreError> {
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let events = d.engine_table(EngineTable::Events);
+        let [p1] = d.params();
+        format!(
+            "SELECT {ROW_COLUMNS}, e.source_product AS e_source, e.event_name AS e_event, e.event_data AS e_data, \
+                    e.occurred_at AS e_occurred \
+               FROM {deliveries} d \
+               JOIN {events} e ON e.organization_id = d.organization_id AND e.id = d.event_id \
+              WHERE d.integration_id = {p1} AND d.status IN ('pending', 'retrying', 'dead')"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
+    let rows: Vec<OpenTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .fetch_all(conn)
+        .await)?;
+    Ok(rows.into_iter().map(OpenTuple::into_open).collect())
+}
+
+/// Gives a delivery row another order key and lane (a partitioning switch).
+pub async fn rekey(tx: &mut DbTx, id: Uuid, order_key: &str, lane: i32) -> Result<(), StoreError> {
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!("UPDATE {deliveries} SET order_key = {p2}, lane = {p3} WHERE id = {p1}")
+    });
+    let sql = SQL.get(tx.dialect());
+    on_tx!(&mut *tx, |conn| sqlx::query(sql)
+        .bind(Id(id))
+        .bind(order_key)
+        .bind(lane)
+        .execute(conn)
+        .await
+        .map(|_| ()))?;
+    Ok(())
 }
 
 /// Takes every lane of an integration for the life of the session of
@@ -259,6 +395,8 @@ pub struct LaneView {
     pub origin: Origin,
     pub delivered: i64,
     pub updated_at: Time,
+    /// The partitioning version it reads with.
+    pub version: i32,
 }
 
 /// Every lane of every integration.
@@ -271,7 +409,8 @@ pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
             Dialect::Sqlite => "CAST(origin_seq AS TEXT)",
         };
         format!(
-            "SELECT integration_id, lane, {columns}, {origin}, origin_xid, origin_seq, delivered, updated_at \
+            "SELECT integration_id, lane, {columns}, {origin}, origin_xid, origin_seq, delivered, updated_at, \
+                    version \
                FROM {lanes}"
         )
     });
@@ -289,11 +428,26 @@ pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
         i64,
         i64,
         Time,
+        i32,
     );
     let rows: Vec<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     rows.into_iter()
         .map(
-            |(integration, lane, xid, seq, from, to, to_tick, origin, oxid, oseq, delivered, updated_at)| {
+            |(
+                integration,
+                lane,
+                xid,
+                seq,
+                from,
+                to,
+                to_tick,
+                origin,
+                oxid,
+                oseq,
+                delivered,
+                updated_at,
+                version,
+            )| {
                 let sqlite = from.is_none();
                 Ok(LaneView {
                     integration,
@@ -309,6 +463,7 @@ pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
                     },
                     delivered,
                     updated_at,
+                    version,
                 })
             },
         )
@@ -446,21 +601,22 @@ pub async fn open_rows(
         .bind(limit)
         .fetch_all(conn)
         .await)?;
-    Ok(rows
-        .into_iter()
-        .map(|t| {
-            let row = DeliveryRow::from(t.row);
-            let event = Envelope {
-                id: row.event_id,
-                source: t.e_source,
-                event: t.e_event,
-                organization_id: row.organization_id,
-                occurred_at: t.e_occurred.0,
-                data: t.e_data.0,
-            };
-            OpenRow { row, event }
-        })
-        .collect())
+    Ok(rows.into_iter().map(OpenTuple::into_open).collect())
+}
+
+impl OpenTuple {
+    fn into_open(self) -> OpenRow {
+        let row = DeliveryRow::from(self.row);
+        let event = Envelope {
+            id: row.event_id,
+            source: self.e_source,
+            event: self.e_event,
+            organization_id: row.organization_id,
+            occurred_at: self.e_occurred.0,
+            data: self.e_data.0,
+        };
+        OpenRow { row, event }
+    }
 }
 
 /// The keys of a lane that have a blocking row (`pending`, `retrying`, and

@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod keys;
 pub mod lanes;
 pub mod log;
+pub mod partitionings;
 pub mod redeliver;
 pub mod scope;
 pub mod states;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::events::{self, DeliveryView, Status, StoredEvent};
 use super::lanes::{self, LaneView};
 use super::log;
+use super::partitionings;
 use super::scope::OrgScope;
 use super::ticks::{self, Cursor, Tick};
 use super::{DbTx, Store, StoreError};
@@ -169,27 +170,34 @@ pub async fn backlog(
         id: i64::MAX,
         snapshot: ticks::current(&mut tx).await?,
     };
-    let cursors: HashMap<(String, i32), Cursor> = lanes::all(&mut tx)
+    let cursors: HashMap<(String, i32), (Cursor, i32)> = lanes::all(&mut tx)
         .await?
         .into_iter()
-        .map(|lane| ((lane.integration, lane.lane), lane.cursor))
+        .map(|lane| ((lane.integration, lane.lane), (lane.cursor, lane.version)))
         .collect();
     let mut out = Backlog::default();
     for integration in &generation.integrations {
         let mut events: Vec<String> = integration.routes.iter().map(|r| r.on.clone()).collect();
         events.sort();
         events.dedup();
+        // Each lane counts with the partitioning it reads with (the old one
+        // until a change of `order_by` has switched every lane).
+        let versions = partitionings::of(&mut tx, &integration.id).await?;
         let mut unread = 0;
         for lane in 0..lane_count {
-            let Some(cursor) = cursors.get(&(integration.id.clone(), lane)) else {
+            let Some((cursor, version)) = cursors.get(&(integration.id.clone(), lane)) else {
                 continue;
             };
+            let (order_by, lanes) = versions
+                .iter()
+                .find(|p| p.version == *version)
+                .map_or((&integration.order_by, lane_count), |p| (&p.order_by, p.lanes));
             let filter = log::LaneFilter {
                 source: &integration.source,
                 events: events.clone(),
-                order_by: &integration.order_by,
+                order_by,
                 lane,
-                lanes: lane_count,
+                lanes,
             };
             unread += log::backlog(&mut tx, &filter, cursor, &now, cap).await?;
         }

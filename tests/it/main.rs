@@ -22,6 +22,8 @@
 //! - `ordering`: delivery v2's order per key under publishers, workers,
 //!   random transient failures and killed processes; parked keys; the
 //!   outbox's late commits; pause and resume.
+//! - `partitioning`: a change of `order_by` with a backlog, by reload:
+//!   every event applied once, in order per key (issue 16).
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
@@ -47,6 +49,7 @@ mod envelope;
 mod language;
 mod layers;
 mod ordering;
+mod partitioning;
 mod redeliver;
 mod reload;
 mod robustness;

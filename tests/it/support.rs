@@ -176,6 +176,28 @@ impl TestDb {
         count
     }
 
+    /// Runs a query returning rows of two text columns (table names written
+    /// for PostgreSQL are rewritten for SQLite).
+    pub async fn rows(&self, sql: &str) -> Vec<(String, String)> {
+        let sql = match self.dialect() {
+            Dialect::Postgres => sql.to_owned(),
+            Dialect::Sqlite => sqlite_names(sql),
+        };
+        let mut tx = self.store.begin_read().await.expect("read transaction");
+        let rows: Vec<(String, String)> = match &mut tx {
+            busbar::store::DbTx::Postgres(tx) => sqlx::query_as(AssertSqlSafe(sql))
+                .fetch_all(&mut **tx)
+                .await
+                .expect("rows"),
+            busbar::store::DbTx::Sqlite(tx) => sqlx::query_as(AssertSqlSafe(sql))
+                .fetch_all(&mut **tx)
+                .await
+                .expect("rows"),
+        };
+        tx.rollback().await.ok();
+        rows
+    }
+
     /// Runs a query returning one text value (PostgreSQL).
     pub async fn text(&self, sql: &str) -> String {
         let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connects");
