@@ -65,3 +65,8 @@ CREATE TABLE integrations.partitionings (
 );
 -- The version a lane reads with.
 ALTER TABLE integrations.lanes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+
+-- Runnable work is chosen per key: a lane's open rows whose key no earlier
+-- row holds (`store::lanes::open_rows`).
+CREATE INDEX idx_deliveries_open_keys ON integrations.deliveries (integration_id, lane, order_key, event_xid, event_seq)
+    WHERE status IN ('pending', 'retrying', 'dead');

@@ -17,3 +17,6 @@ CREATE TABLE "integrations.partitionings" (
     PRIMARY KEY (integration_id, version)
 );
 ALTER TABLE "integrations.lanes" ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+
+CREATE INDEX "integrations.idx_deliveries_open_keys" ON "integrations.deliveries" (integration_id, lane, order_key, event_xid, event_seq)
+    WHERE status IN ('pending', 'retrying', 'dead');

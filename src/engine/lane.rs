@@ -221,21 +221,24 @@ pub(crate) async fn visit(
     let dead_blocks = integration.on_dead == OnDead::Block;
     let disabled = status.state == State::Disabled;
 
-    // 1. The lane's open rows: due ones run first, in position order.
+    // 1. The lane's runnable open rows (each key's first, and the rows
+    // queued behind it), in position order; they run first.
     let open = lanes::open_rows(
         &mut tx,
         &lane.integration,
         lane.lane,
         dead_blocks,
         batch_size as i64,
+        now,
     )
     .await?;
-    let mut blocked: HashSet<String> = if open.len() >= batch_size {
-        lanes::blocked_keys(&mut tx, &lane.integration, lane.lane, dead_blocks).await?
+    // Keys with an open row in this batch: their new events queue behind.
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut due: Option<Time> = if disabled {
+        None
     } else {
-        HashSet::new()
+        lanes::next_due(&mut tx, &lane.integration, lane.lane, now).await?
     };
-    let mut due: Option<Time> = None;
     let mut items: Vec<Item<'_>> = Vec::new();
     let mut held: HashSet<String> = HashSet::new();
     for open_row in open {
@@ -307,6 +310,21 @@ pub(crate) async fn visit(
     let (read, new_cursor, full) = read_new(&mut tx, &filter, &start, room, barrier).await?;
     let read_at = started.elapsed();
     let first_new = items.len();
+    // Keys of the new events that wait behind an open row outside this
+    // batch (asked for these keys only: a lane holds no set of every
+    // blocked key).
+    let keys: Vec<String> = {
+        let mut keys: Vec<String> = read.iter().map(|e| order_by.key_of(&e.envelope)).collect();
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| !blocked.contains(k));
+        keys
+    };
+    if !keys.is_empty() {
+        blocked.extend(
+            lanes::blocked_keys(&mut tx, &lane.integration, lane.lane, dead_blocks, &keys).await?,
+        );
+    }
     for event in read {
         let key = order_by.key_of(&event.envelope);
         for route in integration

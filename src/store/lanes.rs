@@ -565,43 +565,92 @@ struct OpenTuple {
     e_occurred: Time,
 }
 
-/// The statement of [`open_rows`] for rows in `statuses`.
-fn open_rows_sql(d: Dialect, statuses: &str) -> String {
+/// The statement of [`open_rows`]; `holding` are the statuses of an
+/// earlier row that hold its key (`retrying` counts only while not due).
+fn open_rows_sql(d: Dialect, holding: &str) -> String {
     let deliveries = d.engine_table(EngineTable::Deliveries);
     let events = d.engine_table(EngineTable::Events);
-    let [p1, p2, p3] = d.params();
+    let [p1, p2, p3, p4] = d.params();
     format!(
         "SELECT {ROW_COLUMNS}, e.source_product AS e_source, e.event_name AS e_event, e.event_data AS e_data, \
                 e.occurred_at AS e_occurred \
            FROM {deliveries} d \
            JOIN {events} e ON e.organization_id = d.organization_id AND e.id = d.event_id \
-          WHERE d.integration_id = {p1} AND d.lane = {p2} AND d.status IN {statuses} \
+          WHERE d.integration_id = {p1} AND d.lane = {p2} AND d.status IN ('pending', 'retrying') \
+            AND NOT (d.status = 'retrying' AND d.next_attempt_at > {p4}) \
+            AND NOT EXISTS (SELECT 1 FROM {deliveries} b \
+                             WHERE b.integration_id = d.integration_id AND b.lane = d.lane \
+                               AND b.order_key = d.order_key \
+                               AND b.status IN ('pending', 'retrying', 'dead') \
+                               AND (b.event_xid, b.event_seq, b.route_ordinal, b.route_event) \
+                                   < (d.event_xid, d.event_seq, d.route_ordinal, d.route_event) \
+                               AND ({holding})) \
           ORDER BY d.event_xid, d.event_seq, d.route_ordinal, d.route_event \
           LIMIT {p3}"
     )
 }
 
-/// A lane's open rows in position order, with their events: `pending` and
-/// `retrying` rows, and `dead` ones too when `dead_blocks`. At most
-/// `limit`.
+/// The runnable open rows of a lane, in position order, with their
+/// events, at most `limit`: `pending` rows, and `retrying` ones that are
+/// due, whose key no earlier row holds (a `retrying` row not due yet, and
+/// a `dead` one when `dead_blocks`). Work is chosen per key, so however
+/// many keys are held, and however many dead rows they have, the rows of
+/// the others run (issue 16: the first `limit` open rows by position used
+/// to be read, and 500 older dead rows blocked every later key).
 pub async fn open_rows(
     tx: &mut DbTx,
     integration: &str,
     lane: i32,
     dead_blocks: bool,
     limit: i64,
+    now: Time,
 ) -> Result<Vec<OpenRow>, StoreError> {
-    static OPEN: Statement = Statement::new(|d| open_rows_sql(d, "('pending', 'retrying')"));
-    static OPEN_OR_DEAD: Statement =
-        Statement::new(|d| open_rows_sql(d, "('pending', 'retrying', 'dead')"));
+    static OPEN: Statement = Statement::new(|d| {
+        let [_, _, _, p4] = d.params();
+        open_rows_sql(d, &format!("b.status = 'retrying' AND b.next_attempt_at > {p4}"))
+    });
+    static OPEN_OR_DEAD: Statement = Statement::new(|d| {
+        let [_, _, _, p4] = d.params();
+        open_rows_sql(
+            d,
+            &format!("b.status = 'dead' OR (b.status = 'retrying' AND b.next_attempt_at > {p4})"),
+        )
+    });
     let sql = if dead_blocks { &OPEN_OR_DEAD } else { &OPEN }.get(tx.dialect());
     let rows: Vec<OpenTuple> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
         .bind(limit)
+        .bind(now)
         .fetch_all(conn)
         .await)?;
     Ok(rows.into_iter().map(OpenTuple::into_open).collect())
+}
+
+/// When the first retry of a lane that is not due yet is due (a timer for
+/// the lane).
+pub async fn next_due(
+    tx: &mut DbTx,
+    integration: &str,
+    lane: i32,
+    now: Time,
+) -> Result<Option<Time>, StoreError> {
+    static SQL: Statement = Statement::new(|d| {
+        let deliveries = d.engine_table(EngineTable::Deliveries);
+        let [p1, p2, p3] = d.params();
+        format!(
+            "SELECT MIN(next_attempt_at) FROM {deliveries} \
+              WHERE integration_id = {p1} AND lane = {p2} AND status = 'retrying' AND next_attempt_at > {p3}"
+        )
+    });
+    let sql = SQL.get(tx.dialect());
+    let (due,): (Option<Time>,) = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(integration)
+        .bind(lane)
+        .bind(now)
+        .fetch_one(conn)
+        .await)?;
+    Ok(due)
 }
 
 impl OpenTuple {
@@ -619,32 +668,43 @@ impl OpenTuple {
     }
 }
 
-/// The keys of a lane that have a blocking row (`pending`, `retrying`, and
-/// `dead` when `dead_blocks`) among `keys`.
+/// Which of `keys` have a blocking row in the lane (`pending`,
+/// `retrying`, and `dead` when `dead_blocks`): asked for the keys of a
+/// batch only, so what a visit holds is bounded by its batch.
 pub async fn blocked_keys(
     tx: &mut DbTx,
     integration: &str,
     lane: i32,
     dead_blocks: bool,
+    keys: &[String],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    fn blocked_keys_sql(d: Dialect, statuses: &str) -> String {
+    let statuses = if dead_blocks {
+        "('pending', 'retrying', 'dead')"
+    } else {
+        "('pending', 'retrying')"
+    };
+    let mut out = std::collections::HashSet::new();
+    for chunk in keys.chunks(CHUNK) {
+        let d = tx.dialect();
         let deliveries = d.engine_table(EngineTable::Deliveries);
         let [p1, p2] = d.params();
-        format!(
+        let list: Vec<String> = (0..chunk.len()).map(|i| d.param(i + 3).to_string()).collect();
+        let sql = AssertSqlSafe(format!(
             "SELECT DISTINCT order_key FROM {deliveries} \
-              WHERE integration_id = {p1} AND lane = {p2} AND status IN {statuses} AND order_key IS NOT NULL"
-        )
+              WHERE integration_id = {p1} AND lane = {p2} AND status IN {statuses} \
+                AND order_key IN ({})",
+            list.join(", ")
+        ));
+        let rows: Vec<(String,)> = on_tx!(&mut *tx, |conn| {
+            let mut query = sqlx::query_as(sql).bind(integration).bind(lane);
+            for key in chunk {
+                query = query.bind(key.as_str());
+            }
+            query.fetch_all(conn).await
+        })?;
+        out.extend(rows.into_iter().map(|(k,)| k));
     }
-    static OPEN: Statement = Statement::new(|d| blocked_keys_sql(d, "('pending', 'retrying')"));
-    static OPEN_OR_DEAD: Statement =
-        Statement::new(|d| blocked_keys_sql(d, "('pending', 'retrying', 'dead')"));
-    let sql = if dead_blocks { &OPEN_OR_DEAD } else { &OPEN }.get(tx.dialect());
-    let rows: Vec<(String,)> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
-        .bind(integration)
-        .bind(lane)
-        .fetch_all(conn)
-        .await)?;
-    Ok(rows.into_iter().map(|(k,)| k).collect())
+    Ok(out)
 }
 
 /// Writes rows: inserts new ones, and updates existing ones (by id)

@@ -256,6 +256,57 @@ on_both_databases! {
 }
 
 on_both_databases! {
+    /// Issue 16, item 6: a lane read only its first `batch size` open rows
+    /// by position, so with `on_dead: block` and that many older dead rows
+    /// (each holding its own key), a later key's replayed row never ran.
+    async fn many_dead_keys_do_not_hold_back_a_later_keys_replay(db: TestDb) {
+        let dir = prepare(&db).await;
+        let blocking = COUNTER.replace("routes:", "on_dead: block\nroutes:");
+        std::fs::write(dir.path().join("counter.yaml"), blocking).unwrap();
+        let engine = db
+            .engine_with(dir.path(), None, |config| config.batch_size = 10)
+            .await;
+        let poison = |key: &str| {
+            json!({
+                "source": "tally", "event": "item.changed", "organization_id": ORGANIZATION,
+                "data": { "key": key, "seq": "not a number" }
+            })
+        };
+        // 30 dead rows, three batches' worth, each on a key of its own, all
+        // in the lane of `late` ...
+        let lanes = busbar::store::log::lanes_for(db.dialect());
+        let lane = busbar::store::log::lane_of_key("late", lanes);
+        let keys = (0..)
+            .map(|i| format!("dead-{i}"))
+            .filter(|key| busbar::store::log::lane_of_key(key, lanes) == lane)
+            .take(30);
+        for key in keys {
+            engine.publish_json(&poison(&key), None).await.unwrap();
+        }
+        // ... and after them, a later key's own dead delivery.
+        let late = engine.publish_json(&poison("late"), None).await.unwrap();
+        db.settle(SETTLE).await;
+        let dead = db.deliveries(Some(Status::Dead)).await;
+        assert_eq!(dead.len(), 31);
+        // The fix for `late`, and its replay: it runs, and so do the key's
+        // later events.
+        db.execute(&format!(
+            "UPDATE integrations.events SET event_data = '{{\"key\": \"late\", \"seq\": 1}}' WHERE id = '{}'",
+            late.id
+        ))
+        .await;
+        let late_dead = dead.iter().find(|d| d.event_id == late.id).unwrap();
+        assert!(engine.replay_delivery(late_dead.id, None).await.unwrap());
+        engine.publish_json(&event("late", 2), None).await.unwrap();
+        db.settle(SETTLE).await;
+        let row = db.find("test.items", &[("key", json!("late"))]).await;
+        assert_eq!(row.expect("the replay ran")["seqs"], ",1,2");
+        assert_eq!(db.deliveries(Some(Status::Dead)).await.len(), 30, "the others stay dead");
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
     async fn pause_holds_events_and_resume_continues_where_it_stopped(db: TestDb) {
         let dir = prepare(&db).await;
         let engine = db.engine_on(dir.path(), None).await;
