@@ -199,6 +199,17 @@ enum Command {
         #[command(flatten)]
         integrations: IntegrationsArgs,
     },
+    /// After the database was restored from a dump or moved to another
+    /// PostgreSQL cluster: make every event no lane has delivered yet a
+    /// pending delivery, and restart busbar's positions on this cluster.
+    /// Run it once, with every busbar process stopped.
+    Rebase {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        // The integrations directory and contracts the running busbar uses.
+        #[command(flatten)]
+        integrations: IntegrationsArgs,
+    },
     /// Apply busbar's database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -436,6 +447,25 @@ pub fn main(
             &dir,
             contracts.as_deref(),
         ),
+        Command::Rebase {
+            database,
+            integrations: IntegrationsArgs { dir, contracts },
+        } => run_async(LogFormat::Text, async move {
+            let generation = crate::serve::load_generation(&dir, contracts.as_deref(), 1)?;
+            let store = crate::serve::connect(&database.database_url).await?;
+            let rebased = crate::engine::rebase::rebase(&store, &generation).await?;
+            writeln!(
+                out,
+                "rebased {} onto PostgreSQL cluster {}: {} deliveries no lane had reached are pending, \
+                 {} events renumbered",
+                crate::store::redact(&database.database_url),
+                rebased.cluster,
+                rebased.pending,
+                rebased.events
+            )?;
+            store.close().await;
+            Ok(())
+        }),
         Command::Migrate {
             database,
             example_platform,

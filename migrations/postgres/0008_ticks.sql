@@ -70,3 +70,13 @@ ALTER TABLE integrations.lanes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 -- row holds (`store::lanes::open_rows`).
 CREATE INDEX idx_deliveries_open_keys ON integrations.deliveries (integration_id, lane, order_key, event_xid, event_seq)
     WHERE status IN ('pending', 'retrying', 'dead');
+
+-- Which PostgreSQL cluster the positions (ticks, cursors, events' xids)
+-- belong to: busbar refuses to run on another (a restore, a logical move)
+-- until `busbar rebase` (ARCHITECTURE.md, "Cluster identity").
+CREATE TABLE integrations.cluster (
+    system_identifier TEXT NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO integrations.cluster (system_identifier)
+SELECT system_identifier::text FROM pg_control_system();

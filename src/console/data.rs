@@ -43,8 +43,8 @@ use crate::store::events::{
 };
 use crate::store::keys::{self, KeyRecord, Scope};
 use crate::store::lanes::{self, ReplayFilter};
-use crate::store::ticks;
 use crate::store::scope::OrgScope;
+use crate::store::ticks;
 use crate::store::types::{Doc, Id, Position, Time};
 use crate::store::{DbTx, Dialect, Store, StoreError, log, views};
 

@@ -36,11 +36,11 @@ use crate::store::batch::{self, Accesses, BatchedExecutor, SharedQueue};
 use crate::store::events::Status;
 use crate::store::lanes::{self, DeliveryRow};
 use crate::store::log;
-use crate::store::log::NewEvent;
 use crate::store::log::LaneFilter;
+use crate::store::log::NewEvent;
 use crate::store::partitionings::{self, Partitioning};
-use crate::store::ticks::{self, Cursor, Tick};
 use crate::store::target::{Emitted, TargetExecutor};
+use crate::store::ticks::{self, Cursor, Tick};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
 

@@ -17,6 +17,7 @@ mod cluster;
 mod health;
 pub(crate) mod lane;
 mod publish;
+pub mod rebase;
 pub mod redeliver;
 pub mod retry;
 mod scheduler;
@@ -358,6 +359,13 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Engine, StoreError> {
         let lanes = log::lanes_for(store.dialect());
+        // Positions of another cluster (a restore, a move) would pass over
+        // events: refuse, naming `busbar rebase`.
+        {
+            let mut tx = store.begin().await?;
+            ticks::check_cluster(&mut tx).await?;
+            tx.commit().await?;
+        }
         let persisted = {
             let mut tx = store.begin_read().await?;
             let persisted = states::load(&mut tx).await?;

@@ -37,10 +37,7 @@ pub(crate) struct Ticker {
 impl Ticker {
     /// This process committed events for `lanes`: tick, then wake them.
     pub fn committed(&self, lanes: impl IntoIterator<Item = LaneId>) {
-        self.waiting
-            .lock()
-            .expect("ticker lock")
-            .extend(lanes);
+        self.waiting.lock().expect("ticker lock").extend(lanes);
         self.forced.store(true, Ordering::Release);
         self.wake.notify_one();
     }
@@ -66,9 +63,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let forced = shared.ticker.forced.swap(false, Ordering::AcqRel);
         // Taken before the tick: events committed after this are either
         // seen by it or announced again.
-        let lanes: Vec<LaneId> = std::mem::take(&mut *shared.ticker.waiting.lock().expect("ticker lock"))
-            .into_iter()
-            .collect();
+        let lanes: Vec<LaneId> =
+            std::mem::take(&mut *shared.ticker.waiting.lock().expect("ticker lock"))
+                .into_iter()
+                .collect();
         match tick(&shared, forced).await {
             Ok(made) => {
                 backoff = Duration::from_millis(50);
@@ -81,7 +79,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Err(error) => {
                 tracing::debug!(%error, "cannot make a tick; trying again");
                 // Put the work back and try again after a pause.
-                shared.ticker.waiting.lock().expect("ticker lock").extend(lanes);
+                shared
+                    .ticker
+                    .waiting
+                    .lock()
+                    .expect("ticker lock")
+                    .extend(lanes);
                 if forced {
                     shared.ticker.forced.store(true, Ordering::Release);
                 }

@@ -41,7 +41,9 @@ pub const LANE_LOCK: i32 = 0x6275_7302;
 /// The columns of a lane's cursor, as text and numbers, per database.
 fn cursor_columns(d: Dialect) -> &'static str {
     match d {
-        Dialect::Postgres => "cursor_xid, cursor_seq, batch_from::text, batch_to::text, batch_to_tick",
+        Dialect::Postgres => {
+            "cursor_xid, cursor_seq, batch_from::text, batch_to::text, batch_to_tick"
+        }
         // One seq: the batch is always done on SQLite (see `Cursor::as_seq`).
         Dialect::Sqlite => "cursor_xid, cursor_seq, NULL, NULL, cursor_seq",
     }
@@ -220,7 +222,9 @@ pub async fn cursors(
         let lanes = d.engine_table(EngineTable::Lanes);
         let [p1] = d.params();
         let columns = cursor_columns(d);
-        format!("SELECT lane, {columns}, version FROM {lanes} WHERE integration_id = {p1} ORDER BY lane")
+        format!(
+            "SELECT lane, {columns}, version FROM {lanes} WHERE integration_id = {p1} ORDER BY lane"
+        )
     });
     let sql = SQL.get(tx.dialect());
     type Row = (i32, i64, i64, Option<String>, Option<String>, i64, i32);
@@ -307,12 +311,14 @@ pub async fn hold_all(
     lanes: i32,
 ) -> Result<(), StoreError> {
     for lane in 0..lanes {
-        sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_lock($3, {LANE_KEY})")))
-            .bind(integration)
-            .bind(lane)
-            .bind(LANE_LOCK)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT pg_advisory_lock($3, {LANE_KEY})"
+        )))
+        .bind(integration)
+        .bind(lane)
+        .bind(LANE_LOCK)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -324,12 +330,14 @@ pub async fn release_all(
     lanes: i32,
 ) -> Result<(), StoreError> {
     for lane in 0..lanes {
-        sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_unlock($3, {LANE_KEY})")))
-            .bind(integration)
-            .bind(lane)
-            .bind(LANE_LOCK)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT pg_advisory_unlock($3, {LANE_KEY})"
+        )))
+        .bind(integration)
+        .bind(lane)
+        .bind(LANE_LOCK)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -607,7 +615,10 @@ pub async fn open_rows(
 ) -> Result<Vec<OpenRow>, StoreError> {
     static OPEN: Statement = Statement::new(|d| {
         let [_, _, _, p4] = d.params();
-        open_rows_sql(d, &format!("b.status = 'retrying' AND b.next_attempt_at > {p4}"))
+        open_rows_sql(
+            d,
+            &format!("b.status = 'retrying' AND b.next_attempt_at > {p4}"),
+        )
     });
     static OPEN_OR_DEAD: Statement = Statement::new(|d| {
         let [_, _, _, p4] = d.params();
@@ -688,7 +699,9 @@ pub async fn blocked_keys(
         let d = tx.dialect();
         let deliveries = d.engine_table(EngineTable::Deliveries);
         let [p1, p2] = d.params();
-        let list: Vec<String> = (0..chunk.len()).map(|i| d.param(i + 3).to_string()).collect();
+        let list: Vec<String> = (0..chunk.len())
+            .map(|i| d.param(i + 3).to_string())
+            .collect();
         let sql = AssertSqlSafe(format!(
             "SELECT DISTINCT order_key FROM {deliveries} \
               WHERE integration_id = {p1} AND lane = {p2} AND status IN {statuses} \

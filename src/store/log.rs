@@ -9,7 +9,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use super::dialect::{EngineTable, Statement};
-use super::ticks::{Cursor, Snapshot, Tick};
+use super::ticks::{Cursor, Origin, Snapshot, Tick};
 use super::types::{Doc, Id, Position, Time};
 use super::{DbTx, Dialect, StoreError};
 use crate::compile::OrderKey;
@@ -338,7 +338,9 @@ pub async fn backlog(
     let mut count = if cursor.batch_done() {
         0
     } else {
-        fetch_batch::<(i64,)>(tx, filter, cursor, cap, "e.seq").await?.len() as i64
+        fetch_batch::<(i64,)>(tx, filter, cursor, cap, "e.seq")
+            .await?
+            .len() as i64
     };
     if count < cap && latest.id > cursor.to_tick {
         let next = Cursor {
@@ -381,9 +383,7 @@ where
     Ok(match &mut *tx {
         DbTx::Postgres(conn) => {
             let Snapshot::Xids { xmax, xip, .. } = &cursor.from else {
-                return Err(StoreError::Invalid(
-                    "a cursor of seqs on PostgreSQL".into(),
-                ));
+                return Err(StoreError::Invalid("a cursor of seqs on PostgreSQL".into()));
             };
             let (lane, path) = if filter.lanes > 1 {
                 let (expr, path) = lane_sql(filter.order_by, filter.lanes, 8);
@@ -452,6 +452,71 @@ where
             query.bind(limit).fetch_all(&mut **conn).await?
         }
     })
+}
+
+/// Every event of a lane (PostgreSQL) that `cursor` has not passed and
+/// that was not published before `origin`, in `seq` order: what a rebase
+/// turns into pending rows. A scan of the source's events, for a one-off.
+pub async fn not_passed(
+    tx: &mut DbTx,
+    filter: &LaneFilter<'_>,
+    cursor: &Cursor,
+    origin: &Origin,
+) -> Result<Vec<LogEvent>, StoreError> {
+    let DbTx::Postgres(conn) = &mut *tx else {
+        return Err(StoreError::Invalid("not_passed is for PostgreSQL".into()));
+    };
+    let (lane, path) = if filter.lanes > 1 {
+        let (expr, path) = lane_sql(filter.order_by, filter.lanes, 11);
+        (format!(" AND {expr} = $10"), path)
+    } else {
+        (" AND $10::int = $10".to_owned(), None)
+    };
+    let path_guard = if path.is_none() {
+        " AND $11::text[] IS NULL"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
+           FROM integrations.events e \
+          WHERE e.processed_at IS NULL AND e.source_product = $1 AND e.event_name = ANY($2){lane}{path_guard} \
+            AND NOT (pg_visible_in_snapshot(e.xid::text::xid8, $3::pg_snapshot) \
+                     OR (pg_visible_in_snapshot(e.xid::text::xid8, $4::pg_snapshot) AND (e.xid, e.seq) <= ($5, $6))) \
+            AND NOT (pg_visible_in_snapshot(e.xid::text::xid8, $7::pg_snapshot) OR (e.xid, e.seq) <= ($8, $9)) \
+          ORDER BY e.seq"
+    );
+    type Row = (i64, i64, Id, Id, String, String, Doc, Time);
+    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(filter.source)
+        .bind(&filter.events)
+        .bind(cursor.from.to_text())
+        .bind(cursor.to.to_text())
+        .bind(cursor.at.xid)
+        .bind(cursor.at.seq)
+        .bind(origin.seen.to_text())
+        .bind(origin.at.xid)
+        .bind(origin.at.seq)
+        .bind(filter.lane)
+        .bind(path)
+        .fetch_all(&mut **conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(xid, seq, id, org, source, event, data, occurred)| LogEvent {
+                position: Position::new(xid, seq),
+                envelope: Envelope {
+                    id: id.0,
+                    source,
+                    event,
+                    organization_id: org.0,
+                    occurred_at: occurred.0,
+                    data: data.0,
+                },
+            },
+        )
+        .collect())
 }
 
 /// The lane of each event (by id) for one integration's order key, as the

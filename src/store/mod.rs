@@ -83,6 +83,10 @@ pub enum StoreError {
     /// The database cannot be reached now (the publish breaker is open).
     #[error("the database is unreachable: {0}")]
     Unreachable(String),
+    /// The positions stored in this database belong to another PostgreSQL
+    /// cluster (a restore, a logical move): see `ticks::check_cluster`.
+    #[error("{0}")]
+    Moved(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -393,7 +397,9 @@ impl Store {
         match &self.db {
             Db::Postgres(pool) => {
                 let pool = pool.clone();
-                Ok(Some(detach(async move { Ok(pool.acquire().await?) }).await?))
+                Ok(Some(
+                    detach(async move { Ok(pool.acquire().await?) }).await?,
+                ))
             }
             Db::Sqlite { .. } => Ok(None),
         }

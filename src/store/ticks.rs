@@ -396,6 +396,63 @@ pub async fn latest_made_at(tx: &mut DbTx) -> Result<Option<(i64, Time)>, StoreE
     }
 }
 
+/// Checks that the positions stored in this database (ticks, lane
+/// cursors, events' transaction ids) belong to the cluster it is on now
+/// (PostgreSQL; nothing to check on SQLite). After a `pg_dump`/restore or a
+/// logical-replication move the cluster's `system_identifier` differs, and
+/// its transaction ids may be behind the stored ones: delivering then would
+/// take new events for passed ones. The error names the fix, `busbar
+/// rebase`. Records the identifier when none is.
+pub async fn check_cluster(tx: &mut DbTx) -> Result<(), StoreError> {
+    let DbTx::Postgres(conn) = &mut *tx else {
+        return Ok(());
+    };
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()")
+            .fetch_optional(&mut **conn)
+            .await
+            .ok()
+            .flatten();
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT system_identifier FROM integrations.cluster LIMIT 1")
+            .fetch_optional(&mut **conn)
+            .await?;
+    let fix = "Stop every busbar process, then run `busbar rebase` once (with the same --database-url and \
+               --dir): it makes every event no lane has delivered yet a pending delivery and restarts the \
+               positions on this cluster (ARCHITECTURE.md, \"Cluster identity\")";
+    match (&stored, &current) {
+        (Some(stored), Some(current)) if stored != current => {
+            return Err(StoreError::Moved(format!(
+                "busbar's positions in this database were recorded on PostgreSQL cluster {stored}, but it is on \
+                 cluster {current} now (restored from a dump, or moved by logical replication): delivering \
+                 would pass over events. {fix}"
+            )));
+        }
+        (None, Some(current)) => {
+            sqlx::query("INSERT INTO integrations.cluster (system_identifier) VALUES ($1)")
+                .bind(current)
+                .execute(&mut **conn)
+                .await?;
+        }
+        _ => {}
+    }
+    let (ahead, latest, now): (bool, String, String) = sqlx::query_as(
+        "SELECT pg_snapshot_xmax(t.snapshot) > pg_snapshot_xmax(pg_current_snapshot()), \
+                pg_snapshot_xmax(t.snapshot)::text, pg_snapshot_xmax(pg_current_snapshot())::text \
+           FROM integrations.ticks t ORDER BY t.id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut **conn)
+    .await?
+    .unwrap_or((false, String::new(), String::new()));
+    if ahead {
+        return Err(StoreError::Moved(format!(
+            "busbar's newest tick has transaction ids up to {latest}, but this cluster is at {now}: the \
+             database was restored or moved, and new events would look older than delivered ones. {fix}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,7 +463,11 @@ mod tests {
 
     #[test]
     fn snapshots_read_and_write_postgres_text() {
-        for text in ["10:20:", "10:20:12,15", "4294967290:4294967400:4294967295,4294967300"] {
+        for text in [
+            "10:20:",
+            "10:20:12,15",
+            "4294967290:4294967400:4294967295,4294967300",
+        ] {
             let snapshot: Snapshot = text.parse().unwrap();
             assert_eq!(snapshot.to_string(), text);
         }

@@ -191,7 +191,9 @@ pub async fn backlog(
             let (order_by, lanes) = versions
                 .iter()
                 .find(|p| p.version == *version)
-                .map_or((&integration.order_by, lane_count), |p| (&p.order_by, p.lanes));
+                .map_or((&integration.order_by, lane_count), |p| {
+                    (&p.order_by, p.lanes)
+                });
             let filter = log::LaneFilter {
                 source: &integration.source,
                 events: events.clone(),

@@ -13,7 +13,7 @@ use busbar::engine::PublishRequest;
 use busbar::envelope::Envelope;
 use busbar::store::Dialect;
 
-use crate::support::{TestDb, on_both_databases};
+use crate::support::on_both_databases;
 
 const ORGANIZATION: uuid::Uuid = busbar::dev::ORGANIZATION;
 const SETTLE: Duration = Duration::from_secs(180);
@@ -48,7 +48,11 @@ routes:
 "#;
 
 fn write(dir: &std::path::Path, order_by: &str) {
-    std::fs::write(dir.join("ledger.yaml"), LEDGER.replace("ORDER_BY", order_by)).unwrap();
+    std::fs::write(
+        dir.join("ledger.yaml"),
+        LEDGER.replace("ORDER_BY", order_by),
+    )
+    .unwrap();
 }
 
 fn events(phase: u32, from: usize, count: usize) -> Vec<PublishRequest> {

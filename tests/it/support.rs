@@ -200,7 +200,9 @@ impl TestDb {
 
     /// Runs a query returning one text value (PostgreSQL).
     pub async fn text(&self, sql: &str) -> String {
-        let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connects");
+        let mut conn = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connects");
         let text: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
             .fetch_one(&mut conn)
             .await
