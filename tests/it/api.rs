@@ -1095,6 +1095,34 @@ on_both_databases! {
 }
 
 on_both_databases! {
+    async fn an_open_publish_breaker_closes_by_itself_without_any_traffic(db: TestDb) {
+        let app = spawn_app_with(db, ApiConfig::default()).await;
+        app.engine
+            .health()
+            .failed(&busbar::store::StoreError::Unreachable("connection refused".into()));
+        // Nobody publishes (a load balancer took the process out of
+        // rotation on the 503): readiness comes back all the same.
+        let started = std::time::Instant::now();
+        loop {
+            let ready = app.get("/readyz", None).await;
+            if ready.status == 200 {
+                break;
+            }
+            ready.assert_problem(503, "database-unavailable");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "/readyz still 503 {:?} after the database was back",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And the first publish after it is accepted.
+        assert_eq!(app.publish(&candidate_hired(ORGANIZATION, "first@acme.example")).await.status, 202);
+        app.stop().await;
+    }
+}
+
+on_both_databases! {
     async fn keys_from_the_command_line_work_and_revoked_keys_are_refused(db: TestDb) {
         let app = spawn_app(db).await;
         let url = app.db.url.clone();
