@@ -107,6 +107,10 @@ codes! {
     InvalidContract = "invalid-contract",
     /// The directory holds no integration files.
     NoIntegrations = "no-integrations",
+    /// (a warning) An integration writes to tables without `order_by`, so
+    /// its events are ordered per organization: one retrying delivery
+    /// holds back every later event of its organization.
+    NoOrderBy = "no-order-by",
     /// (`check --database-url`) A step names a table the database does not have.
     UnknownTable = "unknown-table",
     /// (`check --database-url`) A step names a column its table does not have.

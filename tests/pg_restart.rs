@@ -6,6 +6,20 @@
 //! other tests' connections (cargo runs test binaries one at a time). It
 //! needs `TEST_DATABASE_URL` at build time and `pg_ctlcluster` (Debian's
 //! PostgreSQL packaging) with the rights to restart the server.
+//!
+//! The cluster restarted is `BUSBAR_PG_CLUSTER` (default `main`); point
+//! `TEST_DATABASE_URL` at it. On a machine whose `main` cluster others
+//! use, make a private one:
+//!
+//! ```sh
+//! pg_createcluster 15 outage -p 5499 -- --auth=trust
+//! pg_ctlcluster --skip-systemctl-redirect 15 outage start
+//! BUSBAR_PG_CLUSTER=outage TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5499/postgres \
+//!     cargo test --test pg_restart
+//! ```
+//!
+//! Under `flock`, use `flock -o`: a server the test starts would otherwise
+//! inherit the lock's descriptor and hold the lock for as long as it runs.
 
 #[path = "it/support.rs"]
 #[allow(dead_code, unused_macros, unused_imports)]
@@ -42,8 +56,9 @@ fn restart_postgres() -> Result<(), String> {
     pg_ctl("restart")
 }
 
-/// Runs `pg_ctlcluster <version> main <action>` (`stop -m fast`, `start`,
-/// `restart`).
+/// Runs `pg_ctlcluster <version> <cluster> <action>` (`stop -m fast`,
+/// `start`, `restart`) on the cluster `BUSBAR_PG_CLUSTER` names (`main`
+/// unless set).
 fn pg_ctl(action: &str) -> Result<(), String> {
     let versions =
         std::fs::read_dir("/etc/postgresql").map_err(|e| format!("no /etc/postgresql: {e}"))?;
@@ -52,8 +67,9 @@ fn pg_ctl(action: &str) -> Result<(), String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .ok_or("no PostgreSQL cluster in /etc/postgresql")?;
+    let cluster = std::env::var("BUSBAR_PG_CLUSTER").unwrap_or_else(|_| "main".to_owned());
     let mut command = std::process::Command::new("pg_ctlcluster");
-    command.args(["--skip-systemctl-redirect", &version, "main"]);
+    command.args(["--skip-systemctl-redirect", &version, &cluster]);
     command.args(action.split_whitespace());
     let status = command
         .status()
@@ -152,20 +168,29 @@ async fn postgres_restart_mid_run_loses_nothing_accepted() {
     engine.shutdown().await;
 }
 
-/// PostgreSQL stopped for 15 s under 16 publishers over HTTP: every request
-/// is answered within 2 s, 202 or 503 with `Retry-After`, and every event
-/// answered 202 is stored and applied once PostgreSQL is back.
+/// PostgreSQL stopped for 15 s under 16 publishers sending 300 events/s
+/// over HTTP, who keep sending after it is back: every request is answered
+/// within 2 s, 202 or 503 with `Retry-After`; publishing answers 202 again
+/// within a few seconds of the database's return and keeps doing so;
+/// `/readyz` says 200 only while publishing is accepted; and every event
+/// answered 202 is stored and applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(postgres_tests),
     ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
 )]
-async fn publishers_are_answered_within_two_seconds_while_postgres_is_down() {
+async fn publishing_under_load_is_answered_through_an_outage_and_accepted_again_after_it() {
     let _server = SERVER.lock().await;
     use busbar::api::{self, ApiConfig, AppState, ReloadOutcome};
     use busbar::store::keys::{self, Scope};
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
+
+    /// How long publishing may take to accept again once PostgreSQL is back.
+    const RECOVERY: Duration = Duration::from_secs(5);
+    /// Requests per second, from all publishers together.
+    const RATE: u32 = 300;
+    const PUBLISHERS: u32 = 16;
 
     let db = TestDb::postgres().await;
     db.execute("CREATE SCHEMA test").await;
@@ -202,33 +227,45 @@ async fn publishers_are_answered_within_two_seconds_while_postgres_is_down() {
         },
     ));
 
-    // (status, latency, id, retry-after) of every request.
-    type Answer = (u16, Duration, String, bool);
+    /// One publish request: when it was sent, how long the answer took,
+    /// its status (0: no answer), the event's id, and whether a 503 said
+    /// when to retry.
+    struct Answer {
+        sent: Instant,
+        latency: Duration,
+        status: u16,
+        id: String,
+        retry_after: bool,
+    }
     let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let run_until = Instant::now() + Duration::from_secs(24);
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut publishers = tokio::task::JoinSet::new();
-    for p in 0..16 {
-        let (base, key, answers) = (base.clone(), key.clone(), answers.clone());
+    for p in 0..PUBLISHERS {
+        let (base, key, answers, running) =
+            (base.clone(), key.clone(), answers.clone(), running.clone());
         publishers.spawn(async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap();
+            let mut tick = tokio::time::interval(Duration::from_secs(1) * PUBLISHERS / RATE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut i = 0;
-            while Instant::now() < run_until {
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
                 let id = uuid::Uuid::now_v7().to_string();
                 let event = json!({
                     "id": id, "source": "load", "event": "item.added",
                     "organization_id": busbar::dev::ORGANIZATION, "data": {"item": p * 100_000 + i}
                 });
-                let started = Instant::now();
+                let sent = Instant::now();
                 let reply = client
                     .post(format!("{base}/api/events"))
                     .bearer_auth(&key)
                     .json(&event)
                     .send()
                     .await;
-                let latency = started.elapsed();
+                let latency = sent.elapsed();
                 let (status, retry_after) = match reply {
                     Ok(reply) => (
                         reply.status().as_u16(),
@@ -236,59 +273,146 @@ async fn publishers_are_answered_within_two_seconds_while_postgres_is_down() {
                     ),
                     Err(_) => (0, false),
                 };
-                answers
-                    .lock()
-                    .unwrap()
-                    .push((status, latency, id, retry_after));
-                if status != 202 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                answers.lock().unwrap().push(Answer {
+                    sent,
+                    latency,
+                    status,
+                    id,
+                    retry_after,
+                });
                 i += 1;
             }
         });
     }
+    // `/readyz` four times a second: (when asked, status).
+    let readiness = {
+        let (base, running) = (base.clone(), running.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut seen = Vec::new();
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = Instant::now();
+                let status = match client.get(format!("{base}/readyz")).send().await {
+                    Ok(reply) => reply.status().as_u16(),
+                    Err(_) => 0,
+                };
+                seen.push((asked, Instant::now(), status));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            seen
+        })
+    };
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg_ctl("stop -m fast").expect("PostgreSQL stops");
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(15)).await;
     pg_ctl("start").expect("PostgreSQL starts");
-    eprintln!("PostgreSQL was down for {:?}", down.elapsed());
+    let up = Instant::now();
+    eprintln!("PostgreSQL was down for {:?}", up - down);
+    // The load goes on after the return, long enough to see that
+    // publishing comes back and stays back.
+    tokio::time::sleep(RECOVERY + Duration::from_secs(10)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
     while let Some(result) = publishers.join_next().await {
         result.unwrap();
     }
+    let readiness = readiness.await.unwrap();
     let answers = std::mem::take(&mut *answers.lock().unwrap());
     let accepted: Vec<&String> = answers
         .iter()
-        .filter(|a| a.0 == 202)
-        .map(|a| &a.2)
+        .filter(|a| a.status == 202)
+        .map(|a| &a.id)
         .collect();
-    let refused = answers.iter().filter(|a| a.0 == 503).count();
-    let slowest = answers.iter().map(|a| a.1).max().unwrap();
+    let refused = answers.iter().filter(|a| a.status == 503).count();
+    let slowest = answers.iter().map(|a| a.latency).max().unwrap();
+    let after = |a: &Answer| a.sent.saturating_duration_since(up);
+    let first_after_return = answers
+        .iter()
+        .filter(|a| a.status == 202 && a.sent >= up)
+        .map(|a| after(a) + a.latency)
+        .min();
+    let refused_after_return = answers
+        .iter()
+        .filter(|a| a.status != 202 && a.sent >= up + RECOVERY)
+        .count();
+    let span = answers.last().unwrap().sent - answers[0].sent;
     eprintln!(
-        "{} requests: {} accepted, {refused} refused with 503, slowest answer {slowest:?}",
+        "{} requests in {span:?} ({:.0}/s): {} accepted, {refused} refused with 503, slowest \
+         answer {slowest:?}; first accepted {first_after_return:?} after the return, \
+         {refused_after_return} refused more than {RECOVERY:?} after it",
         answers.len(),
+        answers.len() as f64 / span.as_secs_f64(),
         accepted.len()
     );
-    for (status, latency, id, retry_after) in &answers {
+    for answer in &answers {
+        let (status, latency, id) = (answer.status, answer.latency, &answer.id);
         assert!(
-            *status == 202 || *status == 503,
+            status == 202 || status == 503,
             "request for {id} answered {status} after {latency:?}"
         );
         assert!(
-            *latency < Duration::from_secs(2),
+            latency < Duration::from_secs(2),
             "request for {id} took {latency:?} ({status})"
         );
-        if *status == 503 {
-            assert!(retry_after, "a 503 says when to retry");
+        if status == 503 {
+            assert!(answer.retry_after, "a 503 says when to retry");
         }
     }
     assert!(refused > 16, "the outage was seen: {refused} refused");
     assert!(
-        accepted.len() > 100,
-        "publishing went on before and after the outage"
+        answers
+            .iter()
+            .any(|a| a.status == 202 && a.sent + a.latency < down),
+        "publishing worked before the outage"
+    );
+    assert!(
+        first_after_return.is_some_and(|t| t < RECOVERY),
+        "publishing accepted again within {RECOVERY:?} of PostgreSQL's return \
+         (first 202 after {first_after_return:?})"
+    );
+    assert_eq!(
+        refused_after_return, 0,
+        "publishing stayed accepted once it was back"
+    );
+    // `/readyz` tells the truth: it said 503 while the database was down,
+    // and 200 after the return only while publishes were being accepted.
+    assert!(
+        readiness
+            .iter()
+            .any(|&(asked, _, status)| status == 503 && asked > down && asked < up),
+        "/readyz said 503 during the outage: {readiness:?}"
+    );
+    for &(asked, answered, status) in &readiness {
+        if status != 200 || asked < up {
+            continue;
+        }
+        let margin = Duration::from_millis(500);
+        assert!(
+            answers.iter().any(|a| a.status == 202
+                && a.sent + a.latency + margin >= asked
+                && a.sent <= answered + margin),
+            "/readyz said 200 {:?} after the return while no publish was accepted",
+            asked - up
+        );
+    }
+    assert!(
+        readiness
+            .last()
+            .is_some_and(|&(_, _, status)| status == 200),
+        "/readyz says 200 at the end: {readiness:?}"
     );
 
+    // Delivery catches up by itself: every accepted event applied once.
+    let stopped_at = Instant::now();
     db.settle(Duration::from_secs(60)).await;
+    eprintln!(
+        "delivery caught up {:?} after the load stopped, {:?} after PostgreSQL's return",
+        stopped_at.elapsed(),
+        up.elapsed()
+    );
     for id in accepted {
         assert!(
             db.find("test.ledger", &[("event_id", json!(id))])

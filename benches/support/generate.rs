@@ -106,6 +106,7 @@ description: {entity} records from {source} become records in {target}.
 source: {source}
 target: {target}
 retry: {{ max_attempts: {attempts}, initial: 2s, max: 5m }}
+order_by: $.data.id
 routes:
   - on: {entity}.changed
 {guard}    steps:

@@ -1,8 +1,6 @@
 //! Liveness and readiness, for orchestrators and load balancers. Neither
 //! needs a key.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -10,8 +8,9 @@ use utoipa::ToSchema;
 use super::error::{ApiError, Problem};
 use super::{AppState, Json};
 
-/// How long `/readyz` waits for the database.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for the database: as long as a publish waits
+/// for a connection, so that 200 means a publish would get one too.
+const PING_TIMEOUT: std::time::Duration = crate::engine::ACQUIRE_TIMEOUT;
 
 /// The process is up.
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,14 +41,15 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the database answers and a generation is loaded.
+/// Readiness: publishes are accepted (the publish breaker is closed), the
+/// database answers, the workers run and a generation is loaded.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Ready.", body = Ready),
-        (status = 503, description = "Not ready: the database does not answer, a delivery worker died, or busbar is shutting down.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not ready: publishes are refused because the database was unreachable (until busbar's probe gets a connection again), the database does not answer, a delivery worker died, or busbar is shutting down.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
@@ -57,6 +57,17 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiErr
         return Err(ApiError::unavailable(
             "shutting-down",
             "busbar is shutting down",
+        ));
+    }
+    // The publish path's own view first: while its breaker is open every
+    // publish is answered 503, whatever a ping says.
+    if let Some((down_for, reason)) = state.engine.health().down() {
+        return Err(ApiError::unavailable(
+            "database-unavailable",
+            format!(
+                "publishes are refused: the database has been unreachable for {}s ({reason})",
+                down_for.as_secs()
+            ),
         ));
     }
     let reachable = tokio::time::timeout(PING_TIMEOUT, state.engine.store().ping())

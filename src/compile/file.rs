@@ -74,13 +74,19 @@ impl<'a> FileCompiler<'a> {
         self.diagnostics.last_mut().expect("just pushed")
     }
 
-    fn warning(&mut self, position: Position, code: Code, message: impl Into<String>) {
+    fn warning(
+        &mut self,
+        position: Position,
+        code: Code,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.diagnostics.push(Diagnostic::warning(
             &self.file.path,
             position,
             code,
             message,
         ));
+        self.diagnostics.last_mut().expect("just pushed")
     }
 
     fn at(&self, pointer: &str) -> Position {
@@ -203,6 +209,12 @@ impl<'a> FileCompiler<'a> {
             }
         }
         self.duplicate_routes(&routes);
+        let id_position = if model.id.is_some() {
+            self.at("/id")
+        } else {
+            Position::START
+        };
+        self.unordered_writes(&id, &routes, id_position);
         let fingerprint = {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(self.file.document.source.text.as_bytes());
@@ -212,11 +224,6 @@ impl<'a> FileCompiler<'a> {
                 .collect::<String>()
         };
         let ok = !self.schema_errors && !self.diagnostics.iter().any(Diagnostic::is_error);
-        let id_position = if model.id.is_some() {
-            self.at("/id")
-        } else {
-            Position::START
-        };
         let integration = Integration {
             id,
             id_position,
@@ -232,6 +239,47 @@ impl<'a> FileCompiler<'a> {
             fingerprint,
         };
         (integration, ok, self.diagnostics)
+    }
+
+    /// An integration that writes to tables and leaves `order_by` out is
+    /// ordered by the organization (the default): correct, but a delivery
+    /// that retries holds back every later event of its organization for
+    /// this integration, not only those of the record it changes. Said
+    /// once per file, where the integration is named; writing any
+    /// `order_by` (`$.organization_id` included) is the answer. Like a
+    /// lint, it is about a file that works: while the file has errors it
+    /// waits (the corpus of broken files stays about what is broken).
+    fn unordered_writes(&mut self, id: &str, routes: &[Route], position: Position) {
+        if self.file.model.order_by.is_some()
+            || self.schema_errors
+            || self.diagnostics.iter().any(Diagnostic::is_error)
+        {
+            return;
+        }
+        let Some(write) = routes.iter().flat_map(|r| &r.steps).find(|s| {
+            matches!(
+                s.kind,
+                StepKind::Upsert { .. } | StepKind::Update { .. } | StepKind::Delete { .. }
+            )
+        }) else {
+            return;
+        };
+        let table = write
+            .kind
+            .table()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let keyword = write.kind.keyword();
+        self.warning(
+            position,
+            Code::NoOrderBy,
+            format!(
+                "integration `{id}` writes (`{keyword}: {table}`) without `order_by`: its events are ordered per organization, so one delivery that retries holds back every later event of its organization"
+            ),
+        )
+        .help = Some(
+            "add `order_by: $.data.<entity id>` (the id of the record the events change, e.g. `$.data.candidate.id`) so that a retry holds back only that record's events; write `order_by: $.organization_id` to keep the order per organization".into(),
+        );
     }
 
     /// `order_by:`: a plain JSONPath to an envelope field or into `data`.

@@ -50,7 +50,7 @@ use crate::store::{Dialect, Store, StoreError, states};
 pub use crate::delivery::delivery_id;
 pub use crate::store::states::State;
 pub use crate::store::views::Backlog;
-pub use health::Health;
+pub use health::{ACQUIRE_TIMEOUT, Health};
 pub(crate) use lane::LaneId;
 
 /// Tuning knobs.
@@ -408,6 +408,7 @@ impl Engine {
         }
         tasks.spawn(scheduler::poll(shared.clone()));
         tasks.spawn(ticker::run(shared.clone()));
+        tasks.spawn(health::probe(shared.clone()));
         tasks.spawn(cluster::refresh(shared.clone()));
         if let crate::store::Db::Postgres(pool) = shared.store.db() {
             tasks.spawn(cluster::listen(shared.clone(), pool.clone()));

@@ -5,22 +5,22 @@
 //! The transaction runs in the publisher's own task, so a caller that goes
 //! away (a client hanging up, a request timeout) never leaves a transaction
 //! half done. While the database is unreachable ([`super::Health`]), jobs
-//! are answered at once with "retry".
+//! are answered at once with "retry"; the breaker's own probe, not a
+//! publish, finds out when it is back.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::health::ACQUIRE_TIMEOUT;
-
-/// How long telling a busy pool from an unreachable database may take.
-const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 use super::{Activity, PublishError, Published, Shared};
 use crate::store::StoreError;
 use crate::store::log::NewEvent;
 use crate::store::log::{self, Appended};
 use crate::store::types::Time;
+
+/// How long telling a busy pool from an unreachable database may take.
+const REACHABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Events from one caller, committed together, and where to answer.
 pub(crate) struct Job {
@@ -74,10 +74,7 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
         let events: Vec<NewEvent> = jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
         let started = std::time::Instant::now();
         let result = async {
-            let mut tx = match tokio::time::timeout(ACQUIRE_TIMEOUT, shared.store.begin()).await {
-                Ok(tx) => tx?,
-                Err(_) => return Err(StoreError::Sqlx(sqlx::Error::PoolTimedOut)),
-            };
+            let mut tx = super::health::begin(&shared.store).await?;
             let appended = log::append(&mut tx, &events, Time::now()).await?;
             Ok::<_, StoreError>((tx, appended))
         }
@@ -177,7 +174,7 @@ async fn fail(shared: &Shared, jobs: Vec<Job>, error: StoreError) {
     // A pool that timed out may be busy rather than cut off: only a
     // database that cannot be reached opens the breaker.
     let busy = matches!(&error, StoreError::Sqlx(sqlx::Error::PoolTimedOut))
-        && shared.store.reachable(PROBE_TIMEOUT).await;
+        && shared.store.reachable(REACHABLE_TIMEOUT).await;
     if !busy {
         shared.health.failed(&error);
     }

@@ -1058,6 +1058,71 @@ on_both_databases! {
 }
 
 on_both_databases! {
+    async fn an_open_publish_breaker_closes_by_itself_under_load_and_readyz_follows_it(db: TestDb) {
+        let app = spawn_app_with(db, ApiConfig::default()).await;
+        assert_eq!(app.publish(&candidate_hired(ORGANIZATION, "before@acme.example")).await.status, 202);
+        // A publish failed as if the database were gone; it is here.
+        app.engine
+            .health()
+            .failed(&busbar::store::StoreError::Unreachable("connection refused".into()));
+        app.publish(&candidate_hired(ORGANIZATION, "refused@acme.example"))
+            .await
+            .assert_problem(503, "database-unavailable");
+        // `/readyz` says what publishers get, though a ping would answer.
+        let ready = app.get("/readyz", None).await;
+        ready.assert_problem(503, "database-unavailable");
+        assert!(ready.body["detail"].as_str().unwrap().contains("publishes are refused"), "{ready:?}");
+        // Publishers keep sending, as they do in an outage; publishing and
+        // readiness come back by themselves within a few seconds.
+        let started = std::time::Instant::now();
+        let mut i = 0;
+        loop {
+            let email = format!("retry-{i}@acme.example");
+            if app.publish(&candidate_hired(ORGANIZATION, &email)).await.status == 202 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "publishing was still refused {:?} after the database was back",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            i += 1;
+        }
+        assert_eq!(app.get("/readyz", None).await.status, 200);
+        app.stop().await;
+    }
+}
+
+on_both_databases! {
+    async fn an_open_publish_breaker_closes_by_itself_without_any_traffic(db: TestDb) {
+        let app = spawn_app_with(db, ApiConfig::default()).await;
+        app.engine
+            .health()
+            .failed(&busbar::store::StoreError::Unreachable("connection refused".into()));
+        // Nobody publishes (a load balancer took the process out of
+        // rotation on the 503): readiness comes back all the same.
+        let started = std::time::Instant::now();
+        loop {
+            let ready = app.get("/readyz", None).await;
+            if ready.status == 200 {
+                break;
+            }
+            ready.assert_problem(503, "database-unavailable");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "/readyz still 503 {:?} after the database was back",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And the first publish after it is accepted.
+        assert_eq!(app.publish(&candidate_hired(ORGANIZATION, "first@acme.example")).await.status, 202);
+        app.stop().await;
+    }
+}
+
+on_both_databases! {
     async fn keys_from_the_command_line_work_and_revoked_keys_are_refused(db: TestDb) {
         let app = spawn_app(db).await;
         let url = app.db.url.clone();

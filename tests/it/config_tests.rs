@@ -438,6 +438,7 @@ routes:
         set:
           age: $.data.admin
           nickname: { path: $.data.name, default: 7 }
+order_by: $.data.email
 ";
 
 const PERSON_JOINED: &str = r#"{
@@ -541,6 +542,7 @@ routes:
           ref: $.data.ref
           team: { path: $.data.team, default: none }
           unit: $.data.unit
+order_by: $.data.email
 ";
 
 const CONTACT_ADDED: &str = r#"{
