@@ -4,6 +4,9 @@
 //! - `api_hardening`: what the API tells producers instead of ignoring
 //!   (repeated ids and keys, `routed`, strict contracts) and its defences
 //!   around request ids and keys (failed-authentication limit, dev key).
+//! - `chaos`: issue 16's chaos test: publishers, outbox writers of random
+//!   length and isolation, another database's writes, killed processes,
+//!   `order_by` switched by reload, pauses; every event once, in order.
 //! - `config_tests`: `busbar test` and `busbar check --database-url`.
 //! - `console`: the operations console over HTTP (sessions, CSRF,
 //!   organization scoping); `tests/browser.rs` drives it in Chromium.
@@ -39,6 +42,7 @@
 
 mod api;
 mod api_hardening;
+mod chaos;
 mod cli;
 mod config_tests;
 mod console;

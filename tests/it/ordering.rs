@@ -497,9 +497,7 @@ async fn a_row_locked_elsewhere_holds_back_only_its_own_delivery() {
     publish(event(&keys[0], 0)).await;
     db.settle(SETTLE).await;
     // The batch is published while the integration is paused, so that it
-    // is waiting when the lock is taken (a transaction that is open when an
-    // event is published holds the lanes back: it might still publish
-    // below it).
+    // is waiting when the lock is taken.
     engine
         .set_state("counter", busbar::engine::State::Paused)
         .await
