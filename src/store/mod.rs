@@ -15,6 +15,7 @@ pub mod convert;
 mod database_url;
 pub mod dialect;
 pub mod events;
+pub mod figures;
 pub mod inspect;
 pub mod keys;
 pub mod lanes;

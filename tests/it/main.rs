@@ -43,6 +43,7 @@ mod engine;
 mod envelope;
 mod language;
 mod layers;
+mod monitoring;
 mod ordering;
 mod redeliver;
 mod reload;
