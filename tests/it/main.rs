@@ -25,6 +25,9 @@
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
+//! - `monitoring`: `/metrics` (lag, backlog, states; `promtool check
+//!   metrics`), docs/METRICS.md, the alert rules and the dashboard held to
+//!   it, and a real Prometheus firing the lag alert.
 //! - `serve`: `busbar serve --dev` run in-process: an event over HTTP
 //!   with the dev key, applied; a clean stop; configurations it refuses.
 //! - `upgrade`: a database of the release before delivery v2 is migrated
