@@ -45,6 +45,7 @@ pub enum EngineTable {
     ApiKeys,
     Redeliveries,
     ConsoleSessions,
+    IntegrationHistory,
 }
 
 impl EngineTable {
@@ -70,6 +71,10 @@ impl EngineTable {
             EngineTable::Redeliveries => {
                 ("integrations.redeliveries", "\"integrations.redeliveries\"")
             }
+            EngineTable::IntegrationHistory => (
+                "integrations.integration_history",
+                "\"integrations.integration_history\"",
+            ),
             EngineTable::ConsoleSessions => (
                 "integrations.console_sessions",
                 "\"integrations.console_sessions\"",

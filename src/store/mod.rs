@@ -16,6 +16,7 @@ mod database_url;
 pub mod dialect;
 pub mod events;
 pub mod figures;
+pub mod history;
 pub mod inspect;
 pub mod keys;
 pub mod lanes;

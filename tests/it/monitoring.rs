@@ -607,3 +607,80 @@ async fn prometheus_fires_the_lag_alert_while_an_integration_is_paused_and_event
     cleanup(&running);
     running.stop().await;
 }
+
+/// `data-last` of the element with `id` in `html`.
+fn data_last(html: &str, id: &str) -> Option<f64> {
+    let pattern = regex::Regex::new(&format!(r#"id="{id}" data-last="([0-9.]+)""#)).unwrap();
+    pattern.captures(html).map(|c| c[1].parse().unwrap())
+}
+
+on_both_databases! {
+    async fn an_integrations_charts_end_on_the_status_apis_figures_and_mark_the_pause(db: TestDb) {
+        let (running, base, key) = serve(&db).await;
+        // The history sampler records a minute at start.
+        let began = Instant::now();
+        while db.count("integrations.integration_history").await < 3 {
+            assert!(began.elapsed() < DEADLINE, "no history recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(post(&base, &key, "/api/integrations/recruitiq/nexus/pause", None).await.status(), 200);
+        for n in 0..4 {
+            let event = candidate_hired(ORGANIZATION, &format!("chart{n}@example.com"));
+            assert_eq!(post(&base, &key, "/api/events", Some(event)).await.status(), 202);
+        }
+        let status: Value = reqwest::Client::new()
+            .get(format!("{base}/api/integrations/status"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nexus = status["integrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == "recruitiq-to-nexus")
+            .unwrap();
+        let waiting = nexus["deliveries"]["pending"].as_i64().unwrap() + nexus["deliveries"]["retrying"].as_i64().unwrap();
+        assert_eq!(waiting, 4, "{nexus}");
+
+        let cookie = crate::console::session(&base, &key).await;
+        let page = crate::console::get(&base, "/console/integrations/recruitiq-to-nexus", &cookie)
+            .await
+            .text()
+            .await
+            .unwrap();
+        for chart in ["applied", "failures", "backlog", "lag"] {
+            assert!(page.contains(&format!(r#"id="chart-{chart}""#)), "chart {chart}: {page}");
+        }
+        assert_eq!(data_last(&page, "chart-backlog"), Some(waiting as f64), "the backlog chart ends on the status API's figure");
+        assert!(page.contains("Now: <strong>4 events waiting</strong>"), "{page}");
+        assert!(data_last(&page, "chart-lag").unwrap() >= 0.0);
+        assert!(page.contains("behind</strong>") || page.contains("Now: <strong>0 s behind"), "the lag in words");
+        // The time axis is labelled, and the pause is marked on it.
+        assert!(page.contains(r#"<time datetime=""#), "{page}");
+        assert!(page.contains(r#"<g class="mark"><title>paused at "#), "{page}");
+        let day = crate::console::get(&base, "/console/integrations/recruitiq-to-nexus?window=day", &cookie)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(day.contains("Backlog, the last day"), "{day}");
+
+        // The overview's sparklines: deliveries per minute over the last hour.
+        let began = Instant::now();
+        loop {
+            let overview = crate::console::get(&base, "/console", &cookie).await.text().await.unwrap();
+            assert!(overview.contains(r#"id="spark-recruitiq-to-nexus""#), "{overview}");
+            if overview.contains(r#"aria-label="recruitiq-to-paylinq: 4 delivered in the last hour, per minute""#) {
+                break;
+            }
+            assert!(began.elapsed() < DEADLINE, "no sparkline of recruitiq-to-paylinq's deliveries: {overview}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cleanup(&running);
+        running.stop().await;
+    }
+}
