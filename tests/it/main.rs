@@ -15,6 +15,9 @@
 //! - `layers`: every module uses only the modules below it (the one
 //!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
+//! - `errors`: database errors in dead letters say what happened in the
+//!   operator's words first (trigger and constraint messages, tables,
+//!   columns), then the database's code.
 //! - `envelope`: the OpenAPI document's `EventInput` and
 //!   `Envelope::from_json` accept exactly the same events.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
@@ -44,6 +47,7 @@ mod console_pages;
 mod crash;
 mod engine;
 mod envelope;
+mod errors;
 mod language;
 mod layers;
 mod monitoring;
