@@ -183,7 +183,7 @@ pub fn svg(chart: &Chart) -> String {
         };
         let _ = write!(
             out,
-            r#"<line class="tick" x1="{xx:.1}" x2="{xx:.1}" y1="{y1}" y2="{y2}"/><text class="axis" x="{xx:.1}" y="{ty}" text-anchor="middle"><time datetime="{iso}">{label}</time></text>"#,
+            r#"<line class="tick" x1="{xx:.1}" x2="{xx:.1}" y1="{y1}" y2="{y2}"/><text class="axis time" x="{xx:.1}" y="{ty}" text-anchor="middle" data-time="{iso}">{label}</text>"#,
             xx = x(tick),
             y1 = TOP + plot_h,
             y2 = TOP + plot_h + 4.0,
@@ -194,8 +194,8 @@ pub fn svg(chart: &Chart) -> String {
     let _ = write!(
         out,
         r#"<text class="axis" x="{tx}" y="{ty}" text-anchor="end">UTC</text>"#,
-        tx = WIDTH - RIGHT,
-        ty = TOP - 6.0,
+        tx = LEFT - 6.0,
+        ty = HEIGHT - 8.0,
     );
     // State changes and reloads, with their labels staggered so that two
     // close marks do not print over each other.
@@ -213,14 +213,19 @@ pub fn svg(chart: &Chart) -> String {
             })
             .unwrap_or(0);
         let width = 6.0 * mark.label.chars().count() as f64;
+        // Near the right edge the label goes to the left of its line.
+        let (tx, anchor) = if mx + 3.0 + width > WIDTH - RIGHT {
+            (mx - 3.0, "end")
+        } else {
+            (mx + 3.0, "start")
+        };
         label_ends.push((mx + 3.0 + width, row));
         let _ = write!(
             out,
-            r#"<g class="mark"><title>{title} at {at} UTC</title><line x1="{mx:.1}" x2="{mx:.1}" y1="{TOP}" y2="{y2}"/><text x="{tx:.1}" y="{ty:.1}">{label}</text></g>"#,
+            r#"<g class="mark"><title>{title} at {at} UTC</title><line x1="{mx:.1}" x2="{mx:.1}" y1="{TOP}" y2="{y2}"/><text x="{tx:.1}" y="{ty:.1}" text-anchor="{anchor}">{label}</text></g>"#,
             title = escape(&mark.label),
             at = mark.at.format("%H:%M"),
             y2 = TOP + plot_h,
-            tx = mx + 3.0,
             ty = TOP + 10.0 + 11.0 * row as f64,
             label = escape(&mark.label),
         );
@@ -350,9 +355,16 @@ mod tests {
         assert!(svg.contains("Backlog &lt;last hour&gt;"), "escaped: {svg}");
         assert!(svg.contains("Now: 3 events."), "{svg}");
         assert!(
-            svg.contains(">00:10</time>") || svg.contains(":10</time>"),
+            svg.contains(r#"data-time=""#) && svg.contains(">08:10</text>"),
             "{svg}"
         );
+        // The mark near the right edge puts its label to the left of its line.
+        let mut late = chart.clone();
+        late.marks = vec![Mark {
+            at: at(59),
+            label: "paused".into(),
+        }];
+        assert!(super::svg(&late).contains(r#"text-anchor="end">paused</text>"#));
         assert!(svg.contains(r#"<circle class="last""#) && svg.contains(r#"data-value="3""#));
         assert_eq!(svg.matches(r#"<g class="mark">"#).count(), 2);
         // The second mark is a minute later: its label goes on a second row.

@@ -153,14 +153,17 @@ pub async fn integration_charts(
 fn now_words(chart: &Chart) -> String {
     let value = chart.points.last().map_or(0.0, |p| p.1);
     match chart.id.as_str() {
-        "applied" => format!("{} this minute", chart::words(value, chart.unit)),
-        "failures" => format!("{} this minute", chart::words(value, chart.unit)),
+        "applied" | "failures" => format!("{} this minute", number(value)),
         "backlog" if value == 0.0 => "nothing waits".to_owned(),
         "backlog" => format!("{} waiting", chart::words(value, chart.unit)),
         "lag" if value == 0.0 => "nothing waits".to_owned(),
         "lag" => format!("{} behind", chart::words(value, chart.unit)),
         _ => chart::words(value, chart.unit),
     }
+}
+
+fn number(value: f64) -> String {
+    format!("{}", value.round() as i64)
 }
 
 /// Counts per minute over `[from, now]`, every minute present (zero when

@@ -660,7 +660,7 @@ on_both_databases! {
         assert!(data_last(&page, "chart-lag").unwrap() >= 0.0);
         assert!(page.contains("behind</strong>") || page.contains("Now: <strong>0 s behind"), "the lag in words");
         // The time axis is labelled, and the pause is marked on it.
-        assert!(page.contains(r#"<time datetime=""#), "{page}");
+        assert!(page.contains(r#"class="axis time""#), "{page}");
         assert!(page.contains(r#"<g class="mark"><title>paused at "#), "{page}");
         let day = crate::console::get(&base, "/console/integrations/recruitiq-to-nexus?window=day", &cookie)
             .await
