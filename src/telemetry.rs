@@ -56,6 +56,7 @@ pub const NAMES: &[(&str, &str)] = &[
     ("busbar_integration_lag_seconds", "gauge"),
     ("busbar_integration_deliveries", "gauge"),
     ("busbar_integration_blocked_keys", "gauge"),
+    ("busbar_log_held_events", "gauge"),
 ];
 
 /// Latency buckets, in seconds: half a millisecond to ten seconds.
@@ -333,8 +334,14 @@ const STATES: [&str; 3] = ["enabled", "paused", "disabled"];
 
 /// The figures read at a scrape, in the Prometheus text format, to append
 /// to the recorder's own output: `database_up` says whether the read
-/// worked (without it, `samples` is empty and only that gauge is written).
-pub fn render_integrations(samples: &[IntegrationSample], database_up: bool) -> String {
+/// worked (without it, `samples` is empty and only that gauge is written);
+/// `held` is, per source product, the events a long transaction holds
+/// back (`store::figures::held_by_horizon`).
+pub fn render_integrations(
+    samples: &[IntegrationSample],
+    held: &[(String, i64)],
+    database_up: bool,
+) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, lines: &mut dyn FnMut(&mut String)| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -355,6 +362,19 @@ pub fn render_integrations(samples: &[IntegrationSample], database_up: bool) -> 
     if samples.is_empty() {
         return out;
     }
+    family(
+        "busbar_log_held_events",
+        "Events of a source product committed but not readable yet: a transaction that began before them is still open in busbar's database (PostgreSQL; always 0 on SQLite).",
+        &mut |out| {
+            for (source, count) in held {
+                let _ = writeln!(
+                    out,
+                    "busbar_log_held_events{{source=\"{}\"}} {count}",
+                    escape(source)
+                );
+            }
+        },
+    );
     family(
         "busbar_integration_state",
         "1 for the integration's current state (enabled, paused or disabled), 0 for the others.",

@@ -30,7 +30,12 @@ pub const BACKLOG_CAP: i64 = 1000;
     responses((status = 200, description = "Metrics in the Prometheus text format.", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let read = tokio::time::timeout(READ_TIMEOUT, samples(&state.engine)).await;
+    let read = tokio::time::timeout(READ_TIMEOUT, async {
+        let samples = samples(&state.engine).await?;
+        let held = held(&state.engine).await?;
+        Ok::<_, crate::store::StoreError>((samples, held))
+    })
+    .await;
     let samples = match read {
         Ok(Ok(samples)) => Some(samples),
         // The other metrics are still worth serving.
@@ -43,12 +48,17 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             None
         }
     };
-    if let Some(samples) = &samples {
+    if let Some((samples, _)) = &samples {
         telemetry::queue_depth(samples.iter().map(|s| s.pending + s.retrying).sum());
     }
     let mut body = state.metrics.render();
+    let (samples, held) = match samples {
+        Some((samples, held)) => (Some(samples), held),
+        None => (None, Vec::new()),
+    };
     body.push_str(&telemetry::render_integrations(
         samples.as_deref().unwrap_or_default(),
+        &held,
         samples.is_some(),
     ));
     (
@@ -83,4 +93,25 @@ pub async fn samples(engine: &Engine) -> Result<Vec<IntegrationSample>, crate::s
         .collect();
     out.sort_by(|a, b| a.integration.cmp(&b.integration));
     Ok(out)
+}
+
+/// Per source product of the live generation, the events a long
+/// transaction holds back (sorted by source).
+pub async fn held(engine: &Engine) -> Result<Vec<(String, i64)>, crate::store::StoreError> {
+    let mut sources: Vec<String> = engine
+        .generation()
+        .integrations
+        .iter()
+        .map(|i| i.source.clone())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    let held = figures::held_by_horizon(engine.store(), &sources).await?;
+    Ok(sources
+        .into_iter()
+        .map(|source| {
+            let count = held.get(&source).copied().unwrap_or(0);
+            (source, count)
+        })
+        .collect())
 }

@@ -182,3 +182,39 @@ async fn oldest_open_rows(
         on_tx!(&mut *tx, |conn| sqlx::query_as(sql).fetch_all(conn).await)?;
     Ok(rows.into_iter().map(|(id, time)| (id, time.0)).collect())
 }
+
+/// Per source product, events committed that no lane can read yet because
+/// a transaction that began before them is still open in the database (a
+/// product's long outbox transaction, a stuck session): what delivery
+/// waits on outside busbar. Always empty on SQLite, where every committed
+/// event can be read.
+pub async fn held_by_horizon(
+    store: &Store,
+    sources: &[String],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut out = HashMap::new();
+    if store.dialect() != Dialect::Postgres {
+        return Ok(out);
+    }
+    let mut tx = store.begin_read().await?;
+    let horizon = log::horizon(&mut tx).await?;
+    for source in sources {
+        // `idx_events_position (source_product, xid, seq)` answers it.
+        let (held,): (i64,) = match &mut tx {
+            super::DbTx::Postgres(conn) => {
+                sqlx::query_as(
+                    "SELECT COUNT(*) FROM integrations.events \
+                      WHERE source_product = $1 AND xid >= $2 AND processed_at IS NULL",
+                )
+                .bind(source)
+                .bind(horizon.xid)
+                .fetch_one(&mut **conn)
+                .await?
+            }
+            super::DbTx::Sqlite(_) => (0,),
+        };
+        out.insert(source.clone(), held);
+    }
+    tx.rollback().await?;
+    Ok(out)
+}

@@ -684,3 +684,45 @@ on_both_databases! {
         running.stop().await;
     }
 }
+
+on_both_databases! {
+    async fn events_a_long_transaction_holds_back_are_counted_as_held(db: TestDb) {
+        use sqlx::Connection;
+        let (running, base, key) = serve(&db).await;
+        let recruitiq = [("source", "recruitiq")];
+        assert_eq!(scrape(&base).await.value("busbar_log_held_events", &recruitiq), Some(0.0));
+        if db.dialect() == busbar::store::Dialect::Sqlite {
+            // Every committed event can be read on SQLite.
+            cleanup(&running);
+            running.stop().await;
+            return;
+        }
+        // A transaction with an id, left open: every event published after
+        // it began waits until it ends.
+        let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut open = other.begin().await.unwrap();
+        sqlx::query("SELECT pg_current_xact_id()").execute(&mut *open).await.unwrap();
+        for n in 0..2 {
+            let event = candidate_hired(ORGANIZATION, &format!("held{n}@example.com"));
+            assert_eq!(post(&base, &key, "/api/events", Some(event)).await.status(), 202);
+        }
+        let held = scrape(&base).await;
+        assert_eq!(held.value("busbar_log_held_events", &recruitiq), Some(2.0), "{}", held.text);
+        let nexus = [("integration", "recruitiq-to-nexus")];
+        assert_eq!(held.value("busbar_integration_backlog_events", &nexus), Some(2.0));
+        open.rollback().await.unwrap();
+        let began = Instant::now();
+        loop {
+            let now = scrape(&base).await;
+            if now.value("busbar_log_held_events", &recruitiq) == Some(0.0)
+                && now.value("busbar_integration_backlog_events", &nexus) == Some(0.0)
+            {
+                break;
+            }
+            assert!(began.elapsed() < DEADLINE, "still held: {}", now.text);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cleanup(&running);
+        running.stop().await;
+    }
+}
