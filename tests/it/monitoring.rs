@@ -645,6 +645,7 @@ on_both_databases! {
             .unwrap();
         let waiting = nexus["deliveries"]["pending"].as_i64().unwrap() + nexus["deliveries"]["retrying"].as_i64().unwrap();
         assert_eq!(waiting, 4, "{nexus}");
+        assert!(nexus["lag_seconds"].as_f64().unwrap() >= 0.0, "{nexus}");
 
         let cookie = crate::console::session(&base, &key).await;
         let page = crate::console::get(&base, "/console/integrations/recruitiq-to-nexus", &cookie)
