@@ -214,6 +214,9 @@ impl Reloader {
             ..ReloadOutcome::loaded(number)
         };
         crate::telemetry::reload(true, number);
+        for id in engine.generation().integration_ids() {
+            crate::telemetry::integration_defined(&id);
+        }
         Arc::new(Reloader {
             engine,
             dir: dir.to_path_buf(),
@@ -374,6 +377,9 @@ impl Reloader {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         outcome.duration_ms = Some(ms);
         crate::telemetry::reload(outcome.ok, outcome.generation);
+        for id in self.engine.generation().integration_ids() {
+            crate::telemetry::integration_defined(&id);
+        }
         if outcome.ok && !outcome.swapped {
             tracing::info!(
                 generation = outcome.generation,

@@ -165,7 +165,11 @@ pub async fn serve_until(
         &config_dir,
     );
     let stop_watching = tokio_util::sync::CancellationToken::new();
-    let watchers = reloader.spawn(options.watch, options.poll_interval, stop_watching.clone());
+    let mut watchers = reloader.spawn(options.watch, options.poll_interval, stop_watching.clone());
+    watchers.push(crate::engine::history::spawn_sampler(
+        engine.clone(),
+        stop_watching.clone(),
+    ));
     let state = AppState::new(engine.clone(), reload, options.api).with_reloader(reloader);
     let dev_key = if options.dev {
         let file = crate::dev::dev_key_file(&options.database_url);

@@ -4,7 +4,18 @@
 //!
 //! Until [`install`] runs (the server calls it once per process) every
 //! function is a no-op, so `check`, `render` and the tests pay nothing.
+//!
+//! Two kinds of metric live here. Counters and histograms are recorded as
+//! things happen, in this process. The figures an operator alerts on —
+//! each integration's backlog, lag, retrying, dead and blocked keys — are
+//! read from the database at every scrape (`api::metrics`) and written by
+//! [`render_integrations`], so every busbar process sharing a database
+//! serves the same figures (aggregate them with `max by (integration)`)
+//! and an integration that is gone leaves no stale series behind.
+//! docs/METRICS.md lists every metric; [`NAMES`] is the list the tests
+//! hold the documentation, the alert rules and the dashboard to.
 
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -12,6 +23,41 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::delivery::Status;
+
+/// The statuses `busbar_publish_responses_total` shows from the start (at
+/// zero), so that `increase()` counts the first of each.
+const PUBLISH_STATUSES: [u16; 9] = [200, 202, 400, 401, 409, 413, 422, 429, 503];
+
+/// Every metric busbar serves, with its type: the list docs/METRICS.md,
+/// the shipped alert rules and the Grafana dashboard are checked against
+/// (`tests/it/monitoring.rs`).
+pub const NAMES: &[(&str, &str)] = &[
+    ("busbar_events_published_total", "counter"),
+    ("busbar_events_duplicate_total", "counter"),
+    ("busbar_publish_responses_total", "counter"),
+    ("busbar_publish_commit_seconds", "histogram"),
+    ("busbar_publish_commit_events", "histogram"),
+    ("busbar_deliveries_total", "counter"),
+    ("busbar_route_duration_seconds", "histogram"),
+    ("busbar_step_duration_seconds", "histogram"),
+    ("busbar_deliveries_pending", "gauge"),
+    ("busbar_reloads_total", "counter"),
+    ("busbar_generation", "gauge"),
+    ("busbar_reload_last_successful", "gauge"),
+    ("busbar_reload_last_success_timestamp_seconds", "gauge"),
+    ("busbar_http_requests_total", "counter"),
+    ("busbar_http_request_duration_seconds", "histogram"),
+    ("busbar_auth_lookups_total", "counter"),
+    ("busbar_auth_failures_total", "counter"),
+    ("busbar_auth_throttled_total", "counter"),
+    ("busbar_database_up", "gauge"),
+    ("busbar_integration_state", "gauge"),
+    ("busbar_integration_backlog_events", "gauge"),
+    ("busbar_integration_lag_seconds", "gauge"),
+    ("busbar_integration_deliveries", "gauge"),
+    ("busbar_integration_blocked_keys", "gauge"),
+    ("busbar_log_held_events", "gauge"),
+];
 
 /// Latency buckets, in seconds: half a millisecond to ten seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -80,7 +126,7 @@ fn describe() {
     );
     describe_counter!(
         "busbar_deliveries_total",
-        "Delivery attempts by outcome: delivered, skipped, dead, or pending (retry scheduled)."
+        "Delivery attempts by integration and outcome: delivered, skipped, dead, retrying (another attempt scheduled), or pending (waiting behind its key)."
     );
     describe_histogram!(
         "busbar_route_duration_seconds",
@@ -94,13 +140,26 @@ fn describe() {
     );
     describe_gauge!(
         "busbar_deliveries_pending",
-        "Deliveries waiting to run (the queue depth), as of the last scrape."
+        "Delivery rows pending or retrying, every integration together, as of the last scrape."
     );
     describe_counter!(
         "busbar_reloads_total",
         "Configuration loads by outcome: ok or failed."
     );
     describe_gauge!("busbar_generation", "The number of the live generation.");
+    describe_gauge!(
+        "busbar_reload_last_successful",
+        "1 when the last configuration load compiled and went live; 0 when it failed and the previous generation was kept."
+    );
+    describe_gauge!(
+        "busbar_reload_last_success_timestamp_seconds",
+        metrics::Unit::Seconds,
+        "When the live generation went live (Unix time)."
+    );
+    describe_counter!(
+        "busbar_publish_responses_total",
+        "Answers to POST /api/events by HTTP status: 202 stored, 200 already stored, 4xx refused, 503 could not be stored (retry)."
+    );
     describe_counter!(
         "busbar_http_requests_total",
         "HTTP requests by method, route and status."
@@ -110,12 +169,13 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency by method and route."
     );
-    // Counters with a fixed label set show as zero before anything happens.
-    for status in Status::ALL {
-        counter!("busbar_deliveries_total", "outcome" => status.as_str()).absolute(0);
-    }
+    // Counters with a fixed label set show as zero before anything happens
+    // (`busbar_deliveries_total` per integration: `integration_defined`).
     for outcome in ["ok", "failed"] {
         counter!("busbar_reloads_total", "outcome" => outcome).absolute(0);
+    }
+    for status in PUBLISH_STATUSES {
+        counter!("busbar_publish_responses_total", "status" => status.to_string()).absolute(0);
     }
     counter!("busbar_events_published_total").absolute(0);
     counter!("busbar_events_duplicate_total").absolute(0);
@@ -160,10 +220,15 @@ pub fn publish_committed(events: usize, duration: Duration) {
     histogram!("busbar_publish_commit_events").record(events as f64);
 }
 
-/// A delivery attempt of `integration` ended with `status` (`Pending`: a
+/// A delivery attempt of `integration` ended with `status` (`Retrying`: a
 /// retry is scheduled) after running its route for `duration`.
 pub fn delivery_finished(integration: &str, status: Status, duration: Duration) {
-    counter!("busbar_deliveries_total", "outcome" => status.as_str()).increment(1);
+    counter!(
+        "busbar_deliveries_total",
+        "integration" => integration.to_owned(),
+        "outcome" => status.as_str()
+    )
+    .increment(1);
     histogram!("busbar_route_duration_seconds", "integration" => integration.to_owned())
         .record(duration.as_secs_f64());
 }
@@ -184,9 +249,28 @@ pub fn reload(ok: bool, generation: u64) {
     let outcome = if ok { "ok" } else { "failed" };
     counter!("busbar_reloads_total", "outcome" => outcome).increment(1);
     gauge!("busbar_generation").set(generation as f64);
+    gauge!("busbar_reload_last_successful").set(if ok { 1.0 } else { 0.0 });
     if ok {
-        gauge!("busbar_last_reload_success_timestamp_seconds")
+        gauge!("busbar_reload_last_success_timestamp_seconds")
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1e3);
+    }
+}
+
+/// `POST /api/events` was answered `status`.
+pub fn publish_answered(status: u16) {
+    counter!("busbar_publish_responses_total", "status" => status.to_string()).increment(1);
+}
+
+/// Makes `integration`'s delivery counters exist (at zero) before its
+/// first delivery, so that `increase()` sees its first dead letter.
+pub fn integration_defined(integration: &str) {
+    for status in Status::ALL {
+        counter!(
+            "busbar_deliveries_total",
+            "integration" => integration.to_owned(),
+            "outcome" => status.as_str()
+        )
+        .increment(0);
     }
 }
 
@@ -221,4 +305,145 @@ pub fn auth_failed() {
 /// The API refused a request with 429: its address failed too often.
 pub fn auth_throttled() {
     counter!("busbar_auth_throttled_total").increment(1);
+}
+
+/// One integration's figures at a scrape, as [`render_integrations`] writes
+/// them (read from the database by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct IntegrationSample {
+    /// The integration's id (the `integration` label).
+    pub integration: String,
+    /// Its effective state: `enabled`, `paused` or `disabled`.
+    pub state: &'static str,
+    /// Events its lanes have not passed plus delivery rows still open.
+    pub backlog: i64,
+    /// Age of the oldest event not yet applied, in seconds (0: none waits).
+    pub lag_seconds: f64,
+    /// Delivery rows waiting behind a blocked key (or replayed).
+    pub pending: i64,
+    /// Delivery rows with another attempt scheduled.
+    pub retrying: i64,
+    /// Dead delivery rows (dead letters not replayed).
+    pub dead: i64,
+    /// Order keys held back by a retrying (or blocking dead) delivery.
+    pub blocked_keys: i64,
+}
+
+/// The states `busbar_integration_state` has a series for.
+const STATES: [&str; 3] = ["enabled", "paused", "disabled"];
+
+/// The figures read at a scrape, in the Prometheus text format, to append
+/// to the recorder's own output: `database_up` says whether the read
+/// worked (without it, `samples` is empty and only that gauge is written);
+/// `held` is, per source product, the committed events no tick sees yet
+/// (`store::figures::held_by_horizon`).
+pub fn render_integrations(
+    samples: &[IntegrationSample],
+    held: &[(String, i64)],
+    database_up: bool,
+) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, lines: &mut dyn FnMut(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        lines(&mut out);
+    };
+    family(
+        "busbar_database_up",
+        "1 when busbar's own database answered this scrape's reads, 0 when it did not (the integration figures are then missing).",
+        &mut |out| {
+            let _ = writeln!(
+                out,
+                "busbar_database_up{{database=\"busbar\"}} {}",
+                u8::from(database_up)
+            );
+        },
+    );
+    if samples.is_empty() {
+        return out;
+    }
+    family(
+        "busbar_log_held_events",
+        "Events of a source product committed but not readable yet: a transaction that began before them is still open in busbar's database (PostgreSQL; always 0 on SQLite).",
+        &mut |out| {
+            for (source, count) in held {
+                let _ = writeln!(
+                    out,
+                    "busbar_log_held_events{{source=\"{}\"}} {count}",
+                    escape(source)
+                );
+            }
+        },
+    );
+    family(
+        "busbar_integration_state",
+        "1 for the integration's current state (enabled, paused or disabled), 0 for the others.",
+        &mut |out| {
+            for sample in samples {
+                for state in STATES {
+                    let _ = writeln!(
+                        out,
+                        "busbar_integration_state{{integration=\"{}\",state=\"{state}\"}} {}",
+                        escape(&sample.integration),
+                        u8::from(sample.state == state)
+                    );
+                }
+            }
+        },
+    );
+    let mut gauge = |name: &str, help: &str, value: &dyn Fn(&IntegrationSample) -> String| {
+        family(name, help, &mut |out| {
+            for sample in samples {
+                let _ = writeln!(
+                    out,
+                    "{name}{{integration=\"{}\"}} {}",
+                    escape(&sample.integration),
+                    value(sample)
+                );
+            }
+        });
+    };
+    gauge(
+        "busbar_integration_backlog_events",
+        "Work not done yet: events the integration's lanes have not passed (counted up to 1000 per lane) plus delivery rows pending or retrying.",
+        &|s| s.backlog.to_string(),
+    );
+    gauge(
+        "busbar_integration_lag_seconds",
+        "Age of the oldest event the integration has not applied yet (not passed by its lanes, or with a pending or retrying delivery), in seconds; 0 when nothing waits.",
+        &|s| format!("{:.3}", s.lag_seconds),
+    );
+    gauge(
+        "busbar_integration_blocked_keys",
+        "Order keys whose later events wait behind a retrying delivery (or a dead one, with on_dead: block).",
+        &|s| s.blocked_keys.to_string(),
+    );
+    family(
+        "busbar_integration_deliveries",
+        "Delivery rows by state: pending (waiting behind a key, replayed or redelivered), retrying (another attempt scheduled), dead (dead letters not replayed).",
+        &mut |out| {
+            for sample in samples {
+                for (status, count) in [
+                    ("pending", sample.pending),
+                    ("retrying", sample.retrying),
+                    ("dead", sample.dead),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "busbar_integration_deliveries{{integration=\"{}\",status=\"{status}\"}} {count}",
+                        escape(&sample.integration)
+                    );
+                }
+            }
+        },
+    );
+    out
+}
+
+/// A label value as the text format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -370,6 +370,41 @@ async fn an_integration_is_paused_and_resumed(browser: &Browser, busbar: &Busbar
     assert!(browser.page_text().await.contains("waits for its lane"));
     browser.shot("07b-paused-event").await;
 
+    // Its charts: the backlog ends on the status API's figure, the lag and
+    // the per-minute charts are drawn, and the pause is marked.
+    browser.open(&format!("{page}#charts")).await;
+    let status = busbar.status().await;
+    let paylinq = status["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "recruitiq-to-paylinq")
+        .unwrap()
+        .clone();
+    let waiting_now = paylinq["deliveries"]["pending"].as_i64().unwrap()
+        + paylinq["deliveries"]["retrying"].as_i64().unwrap();
+    assert!(waiting_now >= 1, "{paylinq}");
+    assert_eq!(
+        browser.attr("#chart-backlog", "data-last").await.as_deref(),
+        Some(waiting_now.to_string().as_str()),
+        "the backlog chart's last point is the status API's figure"
+    );
+    assert_eq!(
+        browser
+            .attr("#chart-backlog circle.last", "data-value")
+            .await
+            .as_deref(),
+        Some(waiting_now.to_string().as_str())
+    );
+    for chart in ["#chart-applied", "#chart-failures", "#chart-lag"] {
+        assert!(browser.attr(chart, "data-last").await.is_some(), "{chart}");
+    }
+    assert!(browser.text("#now-backlog").await.contains("waiting"));
+    assert!(browser.text("#now-lag").await.contains("behind"));
+    let marks = browser.text("#chart-backlog").await;
+    assert!(marks.contains("paused"), "the pause is marked: {marks}");
+    browser.shot("07c-charts").await;
+
     browser.open(&page).await;
     browser.submit("#state-resume").await;
     browser

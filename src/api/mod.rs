@@ -322,6 +322,9 @@ async fn record_request(request: Request, next: Next) -> impl IntoResponse {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
     let response = next.run(request).await;
+    if method == axum::http::Method::POST && route == "/api/events" {
+        telemetry::publish_answered(response.status().as_u16());
+    }
     telemetry::http_request(
         method.as_str(),
         &route,

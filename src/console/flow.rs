@@ -102,9 +102,13 @@ pub fn svg(edges: &[Edge], chains: &[Chain]) -> String {
         escape(&description.join("; "))
     );
 
-    // Integration arrows, their labels remembered for the chains.
+    // Arrows first, labels last: no arrow is drawn over a label. Each
+    // label is placed where it meets no label placed before it (moved
+    // down, then up, in steps), so none overlaps another.
     let mut labels: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     let mut pairs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut texts = String::new();
+    let mut placed: Vec<Box_> = Vec::new();
     for edge in edges {
         let (sx, sy) = place[edge.source.as_str()];
         let (tx, ty) = place[edge.target.as_str()];
@@ -124,23 +128,45 @@ pub fn svg(edges: &[Edge], chains: &[Chain]) -> String {
         );
         let mx = (x1 + 3.0 * c1.0 + 3.0 * c2.0 + x2) / 8.0;
         let my = (y1 + 3.0 * c1.1 + 3.0 * c2.1 + y2) / 8.0;
-        labels.insert(edge.id.as_str(), (mx, my));
         let failing = if edge.failing { " failing" } else { "" };
+        let id = escape(&edge.id);
+        let note = format!("{} · {}", edge.state, edge.note);
         let _ = write!(
             out,
             "<a href=\"/console/integrations/{id}\" class=\"edge {state}{failing}\">\
-             <path d=\"M {x1:.1} {y1:.1} C {:.1} {:.1}, {:.1} {:.1}, {x2:.1} {y2:.1}\" marker-end=\"url(#arrow)\"/>\
-             <text x=\"{mx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" class=\"edge-label\">{id}</text>\
-             <text x=\"{mx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" class=\"edge-note\">{state} · {note}</text></a>",
+             <path d=\"M {x1:.1} {y1:.1} C {:.1} {:.1}, {:.1} {:.1}, {x2:.1} {y2:.1}\" marker-end=\"url(#arrow)\"/></a>",
             c1.0,
             c1.1,
             c2.0,
             c2.1,
-            my - 8.0,
-            my + 8.0,
-            id = escape(&edge.id),
             state = edge.state,
-            note = escape(&edge.note),
+        );
+        // The label sits above its arrow: a straight arrow passes under
+        // it, a curved one at its middle point.
+        let width =
+            (edge.id.chars().count() as f64 * 7.6).max(note.chars().count() as f64 * 6.0) + 10.0;
+        let wanted = Box_ {
+            x: mx - width / 2.0,
+            y: my - 34.0,
+            w: width,
+            h: 30.0,
+        };
+        let spot = free_spot(&placed, wanted);
+        placed.push(spot);
+        let cy = spot.y + 12.0;
+        labels.insert(edge.id.as_str(), (mx, spot.y + 22.0));
+        let _ = write!(
+            texts,
+            "<a href=\"/console/integrations/{id}\" class=\"edge-text\">\
+             <rect class=\"label-bg\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"4\"/>\
+             <text x=\"{mx:.1}\" y=\"{cy:.1}\" text-anchor=\"middle\" class=\"edge-label\">{id}</text>\
+             <text x=\"{mx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" class=\"edge-note\">{}</text></a>",
+            spot.x,
+            spot.y,
+            spot.w,
+            spot.h,
+            cy + 14.0,
+            escape(&note),
         );
     }
     for chain in chains {
@@ -150,17 +176,37 @@ pub fn svg(edges: &[Edge], chains: &[Chain]) -> String {
         ) else {
             continue;
         };
-        let (y1, y2) = (y1 + 14.0, y2 - 22.0);
+        let (y1, y2) = (y1 + 10.0, y2 - 30.0);
         let lift = 50.0;
         let _ = write!(
             out,
-            "<g class=\"chain\"><path d=\"M {x1:.1} {y1:.1} C {x1:.1} {:.1}, {x2:.1} {:.1}, {x2:.1} {y2:.1}\" marker-end=\"url(#chain-arrow)\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" class=\"chain-label\">emit {}</text></g>",
+            "<g class=\"chain\"><path d=\"M {x1:.1} {y1:.1} C {x1:.1} {:.1}, {x2:.1} {:.1}, {x2:.1} {y2:.1}\" marker-end=\"url(#chain-arrow)\"/></g>",
             y1 + lift,
             y2 - lift,
-            (x1 + x2) / 2.0,
-            (y1 + y2) / 2.0 + lift / 2.0 + 4.0,
-            escape(&chain.event)
+        );
+        let text = format!("emit {}", chain.event);
+        let width = text.chars().count() as f64 * 6.2 + 10.0;
+        let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 + lift / 2.0);
+        let spot = free_spot(
+            &placed,
+            Box_ {
+                x: cx - width / 2.0,
+                y: cy - 8.0,
+                w: width,
+                h: 16.0,
+            },
+        );
+        placed.push(spot);
+        let _ = write!(
+            texts,
+            "<g class=\"chain-text\"><rect class=\"label-bg\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"4\"/>\
+             <text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" class=\"chain-label\">{}</text></g>",
+            spot.x,
+            spot.y,
+            spot.w,
+            spot.h,
+            spot.y + 12.0,
+            escape(&text)
         );
     }
     for (product, (x, y)) in &place {
@@ -173,8 +219,44 @@ pub fn svg(edges: &[Edge], chains: &[Chain]) -> String {
             escape(product)
         );
     }
+    out.push_str(&texts);
     out.push_str("</svg>");
     out
+}
+
+/// A label's box in the graph.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Box_ {
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+}
+
+impl Box_ {
+    fn overlaps(&self, other: &Box_) -> bool {
+        self.x < other.x + other.w
+            && other.x < self.x + self.w
+            && self.y < other.y + other.h
+            && other.y < self.y + self.h
+    }
+}
+
+/// `wanted`, or the nearest box below or above it that overlaps none of
+/// `placed`.
+fn free_spot(placed: &[Box_], wanted: Box_) -> Box_ {
+    for step in 0..40 {
+        for sign in [1.0, -1.0] {
+            let candidate = Box_ {
+                y: wanted.y + sign * f64::from(step) * 6.0,
+                ..wanted
+            };
+            if !placed.iter().any(|p| p.overlaps(&candidate)) {
+                return candidate;
+            }
+        }
+    }
+    wanted
 }
 
 #[cfg(test)]
@@ -212,6 +294,55 @@ mod tests {
         assert!(svg.contains("emit employee.created"));
         assert!(svg.contains("href=\"/console/integrations/nexus-to-paylinq\""));
         assert!(!svg.contains("style="));
+    }
+
+    #[test]
+    fn labels_never_overlap_and_come_after_every_arrow() {
+        let edges = [
+            edge("recruitiq-to-nexus", "recruitiq", "nexus"),
+            edge("nexus-to-paylinq", "nexus", "paylinq"),
+            edge("recruitiq-to-paylinq", "recruitiq", "paylinq"),
+            edge("recruitiq-to-directory", "recruitiq", "directory"),
+            edge("recruitiq-to-directory-2", "recruitiq", "directory"),
+        ];
+        let chains = [Chain {
+            from: "recruitiq-to-nexus".into(),
+            event: "employee.created".into(),
+            to: "nexus-to-paylinq".into(),
+        }];
+        let svg = svg(&edges, &chains);
+        let boxes: Vec<Box_> = regex_boxes(&svg);
+        assert_eq!(boxes.len(), 6, "{svg}");
+        for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[i + 1..] {
+                assert!(!a.overlaps(b), "{a:?} overlaps {b:?}");
+            }
+        }
+        let last_path = svg.rfind("<path").unwrap();
+        let first_label = svg.find("class=\"label-bg\"").unwrap();
+        assert!(
+            last_path < first_label,
+            "every label is drawn after every arrow"
+        );
+    }
+
+    fn regex_boxes(svg: &str) -> Vec<Box_> {
+        svg.split("<rect class=\"label-bg\" ")
+            .skip(1)
+            .map(|rest| {
+                let number = |name: &str| -> f64 {
+                    let start = rest.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+                    let end = start + rest[start..].find('"').unwrap();
+                    rest[start..end].parse().unwrap()
+                };
+                Box_ {
+                    x: number("x"),
+                    y: number("y"),
+                    w: number("width"),
+                    h: number("height"),
+                }
+            })
+            .collect()
     }
 
     #[test]

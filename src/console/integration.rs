@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::causes::{self, CauseGroup};
 use super::data::{self, FlowState, StateChange};
+use super::history::{self, ChartView, Window};
 use super::{ConsoleError, Fields, Viewer, highlight, see_other, view};
 use crate::api::{AppState, ReloadError};
 use crate::compile::OnDead;
@@ -28,6 +29,8 @@ const LISTED_PER_GROUP: usize = 50;
 pub struct Notice {
     notice: Option<String>,
     count: Option<u64>,
+    /// The charts' span: `hour` (the default) or `day`.
+    window: Option<String>,
 }
 
 impl Notice {
@@ -107,6 +110,9 @@ struct IntegrationPage {
     blocked: Vec<BlockedKey>,
     recent: Vec<DeliveryView>,
     notice: Option<String>,
+    /// Applied and failures per minute, backlog and lag over `window`.
+    charts: Vec<ChartView>,
+    window: Window,
 }
 
 /// `GET /console/integrations/{id}`.
@@ -130,6 +136,8 @@ pub async fn page(
     let groups: Vec<GroupView> = causes::group(dead).into_iter().map(Into::into).collect();
     let blocked = data::blocked_keys(&state.engine, &id, scope, 50).await?;
     let recent = data::recent_deliveries(&state.engine, &id, scope, 25).await?;
+    let window = Window::parse(notice.window.as_deref());
+    let charts = history::integration_charts(&state.engine, &id, scope, window).await?;
     let source = data::integration_source(&generation, &id).await;
     let file = integration.file.display().to_string();
     let reload = state.reload.load();
@@ -176,6 +184,8 @@ pub async fn page(
         blocked,
         recent,
         notice: notice.text(),
+        charts,
+        window,
     };
     view::page(&viewer, "integration.html", "overview", &id, content)
 }

@@ -14,8 +14,11 @@
 //! - `overview.rs`, `integration.rs`, `events.rs`, `tail.rs`,
 //!   `redeliver.rs`, `try_event.rs`: one file per page
 //! - `view.rs`: the templates and the page frame
-//! - `flow.rs` (the flow graph as SVG), `highlight.rs` (YAML and JSON),
-//!   `causes.rs` (dead letters grouped by cause): pure helpers
+//! - `history.rs`: the charts' reads (per-minute history, delivery
+//!   counters, the current figures)
+//! - `flow.rs` (the flow graph as SVG), `chart.rs` (time-series charts and
+//!   sparklines as SVG), `highlight.rs` (YAML and JSON), `causes.rs` (dead
+//!   letters grouped by cause): pure helpers
 //!
 //! The console applies the API's rules: a `read` key sees, an `admin` key
 //! acts, an organization's key sees and touches only its organization
@@ -24,10 +27,12 @@
 //! carries a CSRF token tied to the session.
 
 pub mod causes;
+pub mod chart;
 pub mod data;
 mod events;
 pub mod flow;
 pub mod highlight;
+mod history;
 mod integration;
 mod overview;
 mod redeliver;

@@ -24,6 +24,8 @@ struct FlowLine {
     state: FlowState,
     disabled_in_yaml: bool,
     numbers: FlowNumbers,
+    /// Deliveries per minute over the last hour, as a sparkline.
+    sparkline: Option<minijinja::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +48,8 @@ pub async fn page(
     let generation = state.engine.generation();
     let ids = generation.integration_ids();
     let mut numbers = data::flow_numbers(&state.engine, &ids, viewer.org_scope()).await?;
+    let mut sparklines =
+        super::history::sparklines(&state.engine, &ids, viewer.org_scope()).await?;
     let links = data::emit_links(&generation);
     let flows: Vec<FlowLine> = generation
         .integrations
@@ -68,6 +72,7 @@ pub async fn page(
                 state: data::flow_state(&state.engine, &integration.id),
                 disabled_in_yaml: !integration.enabled,
                 numbers: numbers.remove(&integration.id).unwrap_or_default(),
+                sparkline: sparklines.remove(&integration.id),
             }
         })
         .collect();

@@ -15,6 +15,7 @@
 
 mod cluster;
 mod health;
+pub mod history;
 pub(crate) mod lane;
 mod publish;
 pub mod rebase;

@@ -46,6 +46,7 @@ pub enum EngineTable {
     Redeliveries,
     ConsoleSessions,
     Partitionings,
+    IntegrationHistory,
 }
 
 impl EngineTable {
@@ -71,6 +72,10 @@ impl EngineTable {
             EngineTable::Redeliveries => {
                 ("integrations.redeliveries", "\"integrations.redeliveries\"")
             }
+            EngineTable::IntegrationHistory => (
+                "integrations.integration_history",
+                "\"integrations.integration_history\"",
+            ),
             EngineTable::ConsoleSessions => (
                 "integrations.console_sessions",
                 "\"integrations.console_sessions\"",

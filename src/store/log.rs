@@ -324,6 +324,31 @@ pub async fn read_batch(
         .collect())
 }
 
+/// The first event the lane has not passed, up to the tick `latest`: the
+/// next it will apply.
+pub async fn first_unread(
+    tx: &mut DbTx,
+    filter: &LaneFilter<'_>,
+    cursor: &Cursor,
+    latest: &Tick,
+) -> Result<Option<LogEvent>, StoreError> {
+    if !cursor.batch_done()
+        && let Some(first) = read_batch(tx, filter, cursor, 1).await?.into_iter().next()
+    {
+        return Ok(Some(first));
+    }
+    if latest.id <= cursor.to_tick {
+        return Ok(None);
+    }
+    let next = Cursor {
+        from: cursor.to.clone(),
+        to: latest.snapshot.clone(),
+        to_tick: latest.id,
+        at: Position::ZERO,
+    };
+    Ok(read_batch(tx, filter, &next, 1).await?.into_iter().next())
+}
+
 /// How many of the lane's events it has not passed yet, up to the tick
 /// `latest` (the lane's backlog), counting at most `cap`.
 pub async fn backlog(

@@ -13,8 +13,11 @@ pub mod batch;
 pub mod catalog;
 pub mod convert;
 mod database_url;
+pub mod db_error;
 pub mod dialect;
 pub mod events;
+pub mod figures;
+pub mod history;
 pub mod inspect;
 pub mod keys;
 pub mod lanes;
@@ -64,7 +67,9 @@ macro_rules! on_tx {
 /// Errors from the database layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
+    /// A database error, in an operator's words first, then the
+    /// database's code ([`db_error::describe`]).
+    #[error("{}", db_error::describe(.0))]
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -212,6 +212,19 @@ impl Busbar {
             .unwrap_or_else(|| panic!("publish failed: {answer}"))
     }
 
+    /// `GET /api/integrations/status` with the dev key.
+    pub async fn status(&self) -> Value {
+        reqwest::Client::new()
+            .get(self.url("/api/integrations/status"))
+            .bearer_auth(&self.dev_key)
+            .send()
+            .await
+            .expect("status answers")
+            .json()
+            .await
+            .expect("status answers JSON")
+    }
+
     /// Runs SQL on the database (names written for PostgreSQL).
     pub async fn execute(&self, sql: &str) {
         let sql = match self.store.dialect() {
@@ -441,6 +454,16 @@ impl Browser {
                 panic!("no {css} on {url:?}: {error}\nthe page reads:\n{body}")
             }
         }
+    }
+
+    /// The attribute `name` of the first element matching `css`.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let element = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|error| panic!("no {css}: {error}"));
+        element.attr(name).await.unwrap()
     }
 
     /// The whole page's visible text.

@@ -18,6 +18,9 @@
 //! - `layers`: every module uses only the modules below it (the one
 //!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
+//! - `errors`: database errors in dead letters say what happened in the
+//!   operator's words first (trigger and constraint messages, tables,
+//!   columns), then the database's code.
 //! - `envelope`: the OpenAPI document's `EventInput` and
 //!   `Envelope::from_json` accept exactly the same events.
 //! - `engine`, `crash`, `reload`: the delivery engine and live reload on
@@ -30,6 +33,9 @@
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
+//! - `monitoring`: `/metrics` (lag, backlog, states; `promtool check
+//!   metrics`), docs/METRICS.md, the alert rules and the dashboard held to
+//!   it, and a real Prometheus firing the lag alert.
 //! - `serve`: `busbar serve --dev` run in-process: an event over HTTP
 //!   with the dev key, applied; a clean stop; configurations it refuses.
 //! - `upgrade`: a database of the release before delivery v2 is migrated
@@ -50,8 +56,10 @@ mod console_pages;
 mod crash;
 mod engine;
 mod envelope;
+mod errors;
 mod language;
 mod layers;
+mod monitoring;
 mod ordering;
 mod partitioning;
 mod redeliver;

@@ -433,7 +433,8 @@ on_both_databases! {
             "busbar_reloads_total{outcome=\"ok\"}",
             "busbar_reloads_total{outcome=\"failed\"}",
             "busbar_generation",
-            "busbar_last_reload_success_timestamp_seconds",
+            "busbar_reload_last_success_timestamp_seconds",
+            "busbar_reload_last_successful",
         ] {
             assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
         }

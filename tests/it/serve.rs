@@ -21,7 +21,7 @@ use crate::support::{candidate_hired, on_both_databases, root};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// `serve --dev`'s options on `database_url`, on a free port.
-fn options(database_url: &str, dir: PathBuf) -> ServeOptions {
+pub(crate) fn options(database_url: &str, dir: PathBuf) -> ServeOptions {
     ServeOptions {
         database_url: database_url.to_owned(),
         dir,
@@ -38,13 +38,13 @@ fn options(database_url: &str, dir: PathBuf) -> ServeOptions {
 
 /// A server started in-process: what it said when it listened, the way to
 /// stop it, and its outcome.
-struct Running {
-    listening: Listening,
+pub(crate) struct Running {
+    pub(crate) listening: Listening,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start(options: ServeOptions) -> Running {
+pub(crate) async fn start(options: ServeOptions) -> Running {
     let (listening_tx, listening_rx) = oneshot::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_until(
@@ -69,7 +69,7 @@ async fn start(options: ServeOptions) -> Running {
 
 impl Running {
     /// Stops it as a signal would, and waits for it to finish.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send(()).unwrap();
         let outcome = tokio::time::timeout(DEADLINE, self.task)
             .await
