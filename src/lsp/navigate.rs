@@ -401,9 +401,15 @@ fn contract_location(
     let text = std::fs::read_to_string(&contract.file).unwrap_or_default();
     let mut offset = 0;
     for segment in path {
+        // The name as a key (`"email":`), not as an item of `required`.
         let needle = format!("\"{segment}\"");
-        match text[offset..].find(&needle) {
-            Some(found) => offset += found,
+        let declared = text[offset..].match_indices(&needle).find(|(at, _)| {
+            text[offset + at + needle.len()..]
+                .trim_start()
+                .starts_with(':')
+        });
+        match declared {
+            Some((found, _)) => offset += found,
             None => break,
         }
     }

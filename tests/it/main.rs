@@ -12,6 +12,9 @@
 //!   integration states, redelivery, try an event, the live tail).
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
+//! - `lsp`: `busbar lsp` over stdio with a JSON-RPC client (diagnostics
+//!   equal `check`'s, completion, hover, definition, quick fixes, bursts
+//!   of edits), and in headless Neovim.
 //! - `layers`: every module uses only the modules below it (the one
 //!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
@@ -43,6 +46,7 @@ mod engine;
 mod envelope;
 mod language;
 mod layers;
+mod lsp;
 mod ordering;
 mod redeliver;
 mod reload;
