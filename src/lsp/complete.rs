@@ -250,19 +250,15 @@ pub fn complete(
 /// The completions at `cursor`.
 pub fn completions(cursor: &Cursor<'_>, known: &Knowledge) -> Vec<CompletionItem> {
     let prefix = cursor.prefix();
-    let Some(line) = Line::parse(cursor.line, prefix).or_else(|| {
-        // A blank line: a key at the cursor's column.
-        Some(Line {
-            number: cursor.line,
-            indent: prefix.len(),
-            dash: None,
-            key: None,
-            value: "",
-            value_column: cursor.column,
-        })
-    }) else {
-        return Vec::new();
-    };
+    // A blank line: a key at the cursor's column.
+    let line = Line::parse(cursor.line, prefix).unwrap_or(Line {
+        number: cursor.line,
+        indent: prefix.len(),
+        dash: None,
+        key: None,
+        value: "",
+        value_column: cursor.column,
+    });
     let path = cursor.path_of_line(&line);
     let source = cursor.outline.top_value("source").unwrap_or("");
     let target = cursor.outline.top_value("target").unwrap_or("");
@@ -512,16 +508,9 @@ fn template_items(
             }
             items
         }
-        Some((&"event", rest)) => {
-            let rest: Vec<&str> = rest.to_vec();
-            if rest.is_empty() {
-                field_items(cursor, start, &[], (source, event), known)
-            } else {
-                field_items(cursor, start, &rest, (source, event), known)
-            }
-        }
+        Some((&"event", rest)) => field_items(cursor, start, rest, (source, event), known),
         Some((&"data", _)) => field_items(cursor, start, parents, (source, event), known),
-        Some((root, rest)) if rest.is_empty() => bound
+        Some((root, [])) => bound
             .iter()
             .find(|step| step.bind.as_deref() == Some(root))
             .and_then(|step| columns_of(known, step.target.as_deref()?))

@@ -20,6 +20,9 @@ use crate::support::{TestDb, busbar_cli, root};
 /// How long any one answer may take (a debug build on a busy machine).
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// One `publishDiagnostics`: the document version, the diagnostics.
+type Published = (Option<i64>, Vec<Value>);
+
 /// A language client speaking to `busbar lsp` over its stdio.
 struct Client {
     child: Child,
@@ -27,7 +30,7 @@ struct Client {
     incoming: Receiver<Value>,
     next_id: i64,
     /// Every `publishDiagnostics` received, per URI, in order.
-    published: BTreeMap<String, Vec<(Option<i64>, Vec<Value>)>>,
+    published: BTreeMap<String, Vec<Published>>,
     /// Other notifications and requests from the server.
     others: Vec<Value>,
 }
@@ -211,7 +214,15 @@ impl Drop for Client {
 
 /// A diagnostic in a form both sides can be compared in: URI, start
 /// (line, UTF-16 column), severity, code, message, related places.
-type Seen = (String, u64, u64, u64, String, String, Vec<(String, u64, u64, String)>);
+type Seen = (
+    String,
+    u64,
+    u64,
+    u64,
+    String,
+    String,
+    Vec<(String, u64, u64, String)>,
+);
 
 fn seen_from_lsp(uri: &str, d: &Value) -> Seen {
     let related = d["relatedInformation"]
@@ -222,7 +233,9 @@ fn seen_from_lsp(uri: &str, d: &Value) -> Seen {
             (
                 r["location"]["uri"].as_str().unwrap().to_owned(),
                 r["location"]["range"]["start"]["line"].as_u64().unwrap(),
-                r["location"]["range"]["start"]["character"].as_u64().unwrap(),
+                r["location"]["range"]["start"]["character"]
+                    .as_u64()
+                    .unwrap(),
                 r["message"].as_str().unwrap().to_owned(),
             )
         })
@@ -391,7 +404,11 @@ fn diagnostics_equal_checks_for_every_broken_case_typed_into_an_unsaved_buffer()
             "case {}: the server's diagnostics (left) differ from check's (right)",
             case.display()
         );
-        assert!(!expected.is_empty(), "case {} has no diagnostic", case.display());
+        assert!(
+            !expected.is_empty(),
+            "case {} has no diagnostic",
+            case.display()
+        );
         client.notify(
             "textDocument/didClose",
             json!({ "textDocument": { "uri": uri_of(&file).as_str() } }),
@@ -639,17 +656,22 @@ fn completion_offers_keys_events_fields_columns_bound_names_and_filters() {
         .find(|i| i["label"] == "id")
         .unwrap();
     assert_eq!(id["detail"], "string (uuid)", "{id}");
-    assert!(id["documentation"]["value"]
-        .as_str()
-        .unwrap()
-        .contains("The candidate's id in RecruitIQ."));
+    assert!(
+        id["documentation"]["value"]
+            .as_str()
+            .unwrap()
+            .contains("The candidate's id in RecruitIQ.")
+    );
     client.stop();
 }
 
 /// The result of `method` at the first `needle` of the example file,
 /// `offset` characters into it.
 fn at(client: &mut Client, example: &Example, method: &str, needle: &str, offset: usize) -> Value {
-    let byte = example.text.find(needle).expect("the needle is in the example");
+    let byte = example
+        .text
+        .find(needle)
+        .expect("the needle is in the example");
     let marked = format!(
         "{}‸{}",
         &example.text[..byte + offset],
@@ -717,10 +739,34 @@ fn definition_goes_to_contracts_routes_and_the_binding_step() {
     let example = example();
     let mut client = Client::start(json!({}));
     client.open(&example.file, &example.text);
-    let contract = at(&mut client, &example, "textDocument/definition", "on: candidate.hired", 6);
-    let route = at(&mut client, &example, "textDocument/definition", "emit: employee.created", 8);
-    let field = at(&mut client, &example, "textDocument/definition", "$.data.candidate.firstName", 18);
-    let binding = at(&mut client, &example, "textDocument/definition", "{{ employee.id }}", 5);
+    let contract = at(
+        &mut client,
+        &example,
+        "textDocument/definition",
+        "on: candidate.hired",
+        6,
+    );
+    let route = at(
+        &mut client,
+        &example,
+        "textDocument/definition",
+        "emit: employee.created",
+        8,
+    );
+    let field = at(
+        &mut client,
+        &example,
+        "textDocument/definition",
+        "$.data.candidate.firstName",
+        18,
+    );
+    let binding = at(
+        &mut client,
+        &example,
+        "textDocument/definition",
+        "{{ employee.id }}",
+        5,
+    );
     client.stop();
     let uri = |v: &Value| v[0]["uri"].as_str().unwrap().to_owned();
     let line = |v: &Value| v[0]["range"]["start"]["line"].as_u64().unwrap();
@@ -728,9 +774,12 @@ fn definition_goes_to_contracts_routes_and_the_binding_step() {
         uri(&contract).ends_with("/schemas/events/recruitiq/candidate.hired.json"),
         "{contract}"
     );
-    assert!(uri(&route).ends_with("/integrations.d/nexus-to-paylinq.yaml"), "{route}");
-    let paylinq = std::fs::read_to_string(example.integrations.join("nexus-to-paylinq.yaml"))
-        .unwrap();
+    assert!(
+        uri(&route).ends_with("/integrations.d/nexus-to-paylinq.yaml"),
+        "{route}"
+    );
+    let paylinq =
+        std::fs::read_to_string(example.integrations.join("nexus-to-paylinq.yaml")).unwrap();
     let route_line = paylinq.lines().nth(line(&route) as usize).unwrap();
     assert_eq!(route_line.trim(), "- on: employee.created", "{route}");
     let contract_text = std::fs::read_to_string(
@@ -740,7 +789,10 @@ fn definition_goes_to_contracts_routes_and_the_binding_step() {
     )
     .unwrap();
     let field_line = contract_text.lines().nth(line(&field) as usize).unwrap();
-    assert!(field_line.trim_start().starts_with("\"firstName\""), "{field_line}");
+    assert!(
+        field_line.trim_start().starts_with("\"firstName\""),
+        "{field_line}"
+    );
     let binding_line = example.text.lines().nth(line(&binding) as usize).unwrap();
     assert_eq!(binding_line.trim(), "as: employee");
     assert_eq!(uri(&binding), uri_of(&example.file).as_str());
@@ -755,9 +807,11 @@ fn a_did_you_mean_quick_fix_makes_its_diagnostic_disappear() {
         client.diagnostics_at(&example.file, 1).is_empty(),
         "the example is clean"
     );
-    let broken = example
-        .text
-        .replacen("phone: $.data.candidate.phone", "phone: $.data.candidate.phnoe", 1);
+    let broken = example.text.replacen(
+        "phone: $.data.candidate.phone",
+        "phone: $.data.candidate.phnoe",
+        1,
+    );
     client.replace(&example.file, 2, &broken);
     let diagnostics = client.diagnostics_at(&example.file, 2);
     assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
@@ -785,7 +839,12 @@ fn a_did_you_mean_quick_fix_makes_its_diagnostic_disappear() {
             }
             let from = start["character"].as_u64().unwrap() as usize;
             let to = end["character"].as_u64().unwrap() as usize;
-            format!("{}{}{}", &line[..from], edit["newText"].as_str().unwrap(), &line[to..])
+            format!(
+                "{}{}{}",
+                &line[..from],
+                edit["newText"].as_str().unwrap(),
+                &line[to..]
+            )
         })
         .collect();
     let fixed = fixed.join("\n");
@@ -844,7 +903,11 @@ fn a_burst_of_200_edits_leaves_the_last_edits_diagnostics() {
     );
     // The final buffer, saved, is what check sees.
     let mut final_text = format!("{}{}", "x".repeat(199), example.text);
-    let line_start: usize = final_text.split_inclusive('\n').take(line).map(str::len).sum();
+    let line_start: usize = final_text
+        .split_inclusive('\n')
+        .take(line)
+        .map(str::len)
+        .sum();
     let line_end = line_start + final_text[line_start..].find('\n').unwrap();
     final_text.remove(line_end - 1);
     std::fs::write(&example.file, &final_text).unwrap();
@@ -864,7 +927,9 @@ fn a_burst_of_200_edits_leaves_the_last_edits_diagnostics() {
 fn neovim_receives_diagnostics_and_completions_from_busbar_lsp() {
     let nvim = Command::new("nvim").arg("--version").output();
     if !nvim.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: nvim is not installed (apt-get install -y neovim); the Neovim end-to-end test did not run");
+        eprintln!(
+            "SKIPPED: nvim is not installed (apt-get install -y neovim); the Neovim end-to-end test did not run"
+        );
         return;
     }
     let example = example();
@@ -920,10 +985,13 @@ vim.cmd("qall!")
     let result: Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
     let diagnostics = result["diagnostics"].as_array().unwrap();
     assert!(
-        diagnostics
-            .iter()
-            .any(|d| d["code"] == "unknown-key" && d["lnum"] == 0 && d["col"] == 0
-                && d["message"].as_str().unwrap().contains("did you mean `target`?")),
+        diagnostics.iter().any(|d| d["code"] == "unknown-key"
+            && d["lnum"] == 0
+            && d["col"] == 0
+            && d["message"]
+                .as_str()
+                .unwrap()
+                .contains("did you mean `target`?")),
         "{result}"
     );
     let completion: Vec<&str> = result["completion"]
@@ -932,5 +1000,8 @@ vim.cmd("qall!")
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(completion.contains(&"firstName") && completion.contains(&"email"), "{result}");
+    assert!(
+        completion.contains(&"firstName") && completion.contains(&"email"),
+        "{result}"
+    );
 }
