@@ -927,6 +927,10 @@ fn a_burst_of_200_edits_leaves_the_last_edits_diagnostics() {
 fn neovim_receives_diagnostics_and_completions_from_busbar_lsp() {
     let nvim = Command::new("nvim").arg("--version").output();
     if !nvim.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("BUSBAR_REQUIRE_NVIM").is_none(),
+            "BUSBAR_REQUIRE_NVIM is set but nvim is not installed"
+        );
         eprintln!(
             "SKIPPED: nvim is not installed (apt-get install -y neovim); the Neovim end-to-end test did not run"
         );
