@@ -52,6 +52,10 @@ enum Command {
         /// Reads only (postgres://… or sqlite://path); never migrates.
         #[arg(long)]
         database_url: Option<String>,
+        /// Check against a catalog file (`busbar catalog`) instead of a
+        /// live database: the same checks as --database-url, offline.
+        #[arg(long, conflicts_with = "database_url")]
+        catalog: Option<PathBuf>,
     },
     /// Run config tests (`*.test.yaml` under DIR) through the real engine,
     /// each case on a throwaway database.
@@ -348,6 +352,7 @@ pub fn main(
             deny_warnings,
             contracts,
             database_url,
+            catalog,
         } => check(
             out,
             err,
@@ -356,6 +361,7 @@ pub fn main(
             format,
             deny_warnings,
             database_url.as_deref(),
+            catalog.as_deref(),
         ),
         Command::Test {
             dir,
@@ -756,6 +762,7 @@ fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {
         .with_context(|| format!("cannot read the integrations directory {}", dir.display()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -764,9 +771,24 @@ fn check(
     format: CheckFormat,
     deny_warnings: bool,
     database_url: Option<&str>,
+    catalog: Option<&Path>,
 ) -> Result<u8> {
     let config = read_config(dir, contracts)?;
     let mut compilation = compile::compile(&config, 0);
+    if let Some(file) = catalog {
+        let tables = crate::check::catalog::CatalogFile::read(file)?.to_tables();
+        match &compilation.generation {
+            Some(generation) => {
+                let found = crate::check::database::check(generation, &tables);
+                compilation.diagnostics.extend(found);
+                crate::diagnostics::sort(&mut compilation.diagnostics);
+            }
+            None => writeln!(
+                err,
+                "the catalog checks did not run: the files have errors; fix those first"
+            )?,
+        }
+    }
     if let Some(url) = database_url {
         match &compilation.generation {
             Some(generation) => {

@@ -826,28 +826,7 @@ fn a_did_you_mean_quick_fix_makes_its_diagnostic_disappear() {
     assert_eq!(action["title"], "Change to `phone`", "{actions}");
     let edit = &action["edit"]["changes"][uri_of(&example.file).as_str()][0];
     // Apply the edit as an editor would.
-    let start = &edit["range"]["start"];
-    let end = &edit["range"]["end"];
-    assert_eq!(start["line"], end["line"]);
-    let line_number = start["line"].as_u64().unwrap() as usize;
-    let fixed: Vec<String> = broken
-        .split('\n')
-        .enumerate()
-        .map(|(n, line)| {
-            if n != line_number {
-                return line.to_owned();
-            }
-            let from = start["character"].as_u64().unwrap() as usize;
-            let to = end["character"].as_u64().unwrap() as usize;
-            format!(
-                "{}{}{}",
-                &line[..from],
-                edit["newText"].as_str().unwrap(),
-                &line[to..]
-            )
-        })
-        .collect();
-    let fixed = fixed.join("\n");
+    let fixed = apply_edit(&broken, edit);
     assert_eq!(fixed, example.text);
     client.replace(&example.file, 3, &fixed);
     assert!(client.diagnostics_at(&example.file, 3).is_empty());
@@ -1008,4 +987,112 @@ vim.cmd("qall!")
         completion.contains(&"firstName") && completion.contains(&"email"),
         "{result}"
     );
+}
+
+/// `text` with one protocol `TextEdit` applied (on one line).
+fn apply_edit(text: &str, edit: &Value) -> String {
+    let start = &edit["range"]["start"];
+    let end = &edit["range"]["end"];
+    assert_eq!(start["line"], end["line"], "{edit}");
+    let line_number = start["line"].as_u64().unwrap() as usize;
+    text.split('\n')
+        .enumerate()
+        .map(|(n, line)| {
+            if n != line_number {
+                return line.to_owned();
+            }
+            let units: Vec<u16> = line.encode_utf16().collect();
+            let from = start["character"].as_u64().unwrap() as usize;
+            let to = end["character"].as_u64().unwrap() as usize;
+            format!(
+                "{}{}{}",
+                String::from_utf16(&units[..from]).unwrap(),
+                edit["newText"].as_str().unwrap(),
+                String::from_utf16(&units[to..]).unwrap()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_unquoted_template_is_quoted_by_its_quick_fix() {
+    let example = example();
+    let mut client = Client::start(json!({}));
+    client.open(&example.file, &example.text);
+    let unquoted = example
+        .text
+        .replacen("\"{{ employee.id }}\"", "{{ employee.id }}", 1);
+    client.replace(&example.file, 2, &unquoted);
+    let diagnostics = client.diagnostics_at(&example.file, 2);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    let actions = client.request(
+        "textDocument/codeAction",
+        json!({ "textDocument": { "uri": uri_of(&example.file).as_str() },
+                "range": diagnostics[0]["range"],
+                "context": { "diagnostics": diagnostics } }),
+    );
+    assert_eq!(actions[0]["title"], "Quote the template", "{actions}");
+    let edit = &actions[0]["edit"]["changes"][uri_of(&example.file).as_str()][0];
+    let fixed = apply_edit(&unquoted, edit);
+    assert_eq!(fixed, example.text);
+    client.replace(&example.file, 3, &fixed);
+    assert!(client.diagnostics_at(&example.file, 3).is_empty());
+    client.stop();
+}
+
+#[test]
+fn a_catalog_file_checks_columns_in_check_and_in_the_editor() {
+    let example = example();
+    let project = example.integrations.parent().unwrap();
+    let clean = busbar_cli(
+        project,
+        &[
+            "check",
+            "integrations.d",
+            "--catalog",
+            "integrations.d/catalog.json",
+        ],
+    );
+    assert!(clean.status.success(), "{}", clean.show());
+
+    let mut client = Client::start(json!({}));
+    client.open(&example.file, &example.text);
+    assert!(client.diagnostics_at(&example.file, 1).is_empty());
+    // The table loses a column the integration writes.
+    let catalog_path = example.integrations.join("catalog.json");
+    let mut catalog: Value =
+        serde_json::from_str(&std::fs::read_to_string(&catalog_path).unwrap()).unwrap();
+    catalog["tables"]["hris.employees"]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "phone");
+    std::fs::write(&catalog_path, catalog.to_string()).unwrap();
+
+    let broken = busbar_cli(
+        project,
+        &[
+            "check",
+            "integrations.d",
+            "--catalog",
+            "integrations.d/catalog.json",
+        ],
+    );
+    assert_eq!(broken.status.code(), Some(1), "{}", broken.show());
+    assert!(
+        broken.stdout.contains("[unknown-column]") && broken.stdout.contains("phone"),
+        "{}",
+        broken.show()
+    );
+    client.notify(
+        "workspace/didChangeWatchedFiles",
+        json!({ "changes": [{ "uri": uri_of(&catalog_path).as_str(), "type": 2 }] }),
+    );
+    let uri = uri_of(&example.file).as_str().to_owned();
+    client.wait_until("the catalog's unknown-column in the editor", |c| {
+        c.latest()
+            .get(&uri)
+            .is_some_and(|d| d.iter().any(|d| d["code"] == "unknown-column"))
+    });
+    client.stop();
 }
