@@ -240,7 +240,7 @@ pub fn complete(
     let position = params.text_document_position;
     let path = path_of(&position.text_document.uri)?;
     let text = document_text(documents, &path)?;
-    let dir = directory_of(&path, settings);
+    let dir = directory_of(&path, settings)?;
     let known = knowledge(&dir, settings, documents);
     let cursor = Cursor::new(&text, position.position);
     let items = completions(&cursor, &known);

@@ -131,20 +131,22 @@ struct Server {
 }
 
 impl Server {
-    /// Diagnoses the directories of `paths` (every open directory when
-    /// empty) as the buffers now stand.
+    /// Diagnoses the integrations directories of `paths`; for a change to
+    /// anything else (a contract, a catalog file) or none, every directory
+    /// with an open file.
     fn diagnose(&self, paths: &[PathBuf]) {
-        let dirs: BTreeSet<PathBuf> = if paths.is_empty() {
-            self.documents
-                .keys()
-                .map(|path| directory_of(path, &self.settings))
-                .collect()
-        } else {
+        let dirs_of = |paths: &mut dyn Iterator<Item = &PathBuf>| -> BTreeSet<PathBuf> {
             paths
-                .iter()
-                .map(|path| directory_of(path, &self.settings))
+                .filter_map(|path| directory_of(path, &self.settings))
                 .collect()
         };
+        let mut dirs = dirs_of(&mut paths.iter());
+        if dirs.is_empty() {
+            dirs = dirs_of(&mut self.documents.keys());
+        }
+        if dirs.is_empty() {
+            return;
+        }
         self.worker
             .submit(dirs, self.documents.clone(), self.settings.clone());
     }

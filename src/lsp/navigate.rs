@@ -187,7 +187,7 @@ struct Context {
 fn context(settings: &Settings, documents: &Documents, uri: &lsp_types::Uri) -> Option<Context> {
     let path = path_of(uri)?;
     let text = document_text(documents, &path)?;
-    let known = knowledge(&directory_of(&path, settings), settings, documents);
+    let known = knowledge(&directory_of(&path, settings)?, settings, documents);
     Some(Context { path, text, known })
 }
 

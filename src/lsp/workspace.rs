@@ -43,7 +43,7 @@ pub struct Settings {
     /// integrations directory or the one above it].
     pub catalog: Option<PathBuf>,
     /// The integrations directory [default: the nearest enclosing
-    /// `integrations.d`, else the file's own directory].
+    /// `integrations.d`; files elsewhere are not served].
     pub directory: Option<PathBuf>,
 }
 
@@ -61,20 +61,23 @@ impl Settings {
     }
 }
 
-/// The integrations directory a file belongs to: the configured one if
-/// the file is under it, else the nearest enclosing `integrations.d`, else
-/// the file's own directory.
-pub fn directory_of(path: &Path, settings: &Settings) -> PathBuf {
+/// The integrations directory an integration file belongs to: the
+/// configured one if the file is under it, else the nearest enclosing
+/// `integrations.d`. `None` for any other file: editors that start the
+/// server for every YAML file (Helix) get nothing from it elsewhere.
+pub fn directory_of(path: &Path, settings: &Settings) -> Option<PathBuf> {
+    if !config::is_integration_file(path) {
+        return None;
+    }
     if let Some(dir) = &settings.directory
         && path.starts_with(dir)
     {
-        return dir.clone();
+        return Some(dir.clone());
     }
     path.ancestors()
         .skip(1)
         .find(|dir| dir.file_name().is_some_and(|name| name == "integrations.d"))
-        .or_else(|| path.parent())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        .map(Path::to_path_buf)
 }
 
 /// Reads `dir` as `check` does, with the open buffers in place of the
@@ -259,12 +262,21 @@ mod tests {
     fn a_file_belongs_to_its_enclosing_integrations_directory() {
         let settings = Settings::default();
         assert_eq!(
-            directory_of(Path::new("/p/integrations.d/hr/a.yaml"), &settings),
-            Path::new("/p/integrations.d")
+            directory_of(Path::new("/p/integrations.d/hr/a.yaml"), &settings).as_deref(),
+            Some(Path::new("/p/integrations.d"))
         );
+        assert_eq!(directory_of(Path::new("/p/other/a.yaml"), &settings), None);
         assert_eq!(
-            directory_of(Path::new("/p/other/a.yaml"), &settings),
-            Path::new("/p/other")
+            directory_of(Path::new("/p/integrations.d/a.test.yaml"), &settings),
+            None
+        );
+        let configured = Settings {
+            directory: Some(PathBuf::from("/p/flows")),
+            ..Settings::default()
+        };
+        assert_eq!(
+            directory_of(Path::new("/p/flows/a.yml"), &configured).as_deref(),
+            Some(Path::new("/p/flows"))
         );
     }
 
