@@ -103,8 +103,19 @@ impl Compilation {
 
 /// Compiles a directory's files into generation number `number`.
 pub fn compile(dir: &ConfigDir, number: u64) -> Compilation {
+    let parsed = Contracts::parse(&dir.contracts_root, &dir.contracts);
+    compile_with_contracts(dir, parsed, number)
+}
+
+/// [`compile`] with the directory's contracts already parsed
+/// (`Contracts::parse` of `dir.contracts`, with its diagnostics): the
+/// language server keeps them between edits of the integration files.
+pub fn compile_with_contracts(
+    dir: &ConfigDir,
+    (contracts, contract_diagnostics): (Contracts, Vec<Diagnostic>),
+    number: u64,
+) -> Compilation {
     let mut diagnostics = dir.diagnostics.clone();
-    let (contracts, contract_diagnostics) = Contracts::parse(&dir.contracts_root, &dir.contracts);
     diagnostics.extend(contract_diagnostics);
 
     let analyser = Analyser::default();

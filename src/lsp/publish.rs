@@ -96,6 +96,7 @@ fn run(queue: &Receiver<Job>, latest: &AtomicU64, out: &Sender<Message>) {
     // their problems go.
     let mut published: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
     let mut carried: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut contracts = workspace::ContractCache::default();
     while let Ok(mut job) = queue.recv() {
         let mut dirs = std::mem::take(&mut carried);
         dirs.append(&mut job.dirs);
@@ -105,7 +106,11 @@ fn run(queue: &Receiver<Job>, latest: &AtomicU64, out: &Sender<Message>) {
         }
         let results: Vec<_> = dirs
             .iter()
-            .map(|dir| (dir, workspace::diagnose(dir, &job.settings, &job.documents)))
+            .map(|dir| {
+                let diagnosis =
+                    workspace::diagnose(dir, &job.settings, &job.documents, &mut contracts);
+                (dir, diagnosis)
+            })
             .collect();
         if latest.load(Ordering::SeqCst) != job.revision {
             // A newer edit is queued: this result is already stale.

@@ -145,10 +145,46 @@ impl Diagnosis {
     }
 }
 
-/// Compiles `dir` as `check` would, with the open buffers.
-pub fn diagnose(dir: &Path, settings: &Settings, documents: &Documents) -> io::Result<Diagnosis> {
+/// Parsed contracts, kept while their files' texts stay the same: parsing
+/// hundreds of contracts (each a compiled JSON Schema validator) would
+/// otherwise dominate a compile after every keystroke.
+#[derive(Debug, Default)]
+pub struct ContractCache {
+    by_root: BTreeMap<PathBuf, (Vec<SourceFile>, Contracts, Vec<Diagnostic>)>,
+}
+
+impl ContractCache {
+    /// The contracts of `config`, parsed again only when a contract's text
+    /// (or the set of contract files) changed since the last call.
+    pub fn get(&mut self, config: &ConfigDir) -> (Contracts, Vec<Diagnostic>) {
+        if let Some((files, contracts, diagnostics)) = self.by_root.get(&config.contracts_root)
+            && *files == config.contracts
+        {
+            return (contracts.clone(), diagnostics.clone());
+        }
+        let (contracts, diagnostics) = Contracts::parse(&config.contracts_root, &config.contracts);
+        self.by_root.insert(
+            config.contracts_root.clone(),
+            (
+                config.contracts.clone(),
+                contracts.clone(),
+                diagnostics.clone(),
+            ),
+        );
+        (contracts, diagnostics)
+    }
+}
+
+/// Compiles `dir` as `check` would, with the open buffers (and the
+/// contracts from `cache` when they have not changed).
+pub fn diagnose(
+    dir: &Path,
+    settings: &Settings,
+    documents: &Documents,
+    cache: &mut ContractCache,
+) -> io::Result<Diagnosis> {
     let config = read_config(dir, settings, documents)?;
-    let compilation = compile::compile(&config, 0);
+    let compilation = compile::compile_with_contracts(&config, cache.get(&config), 0);
     let mut diagnostics = compilation.diagnostics;
     let mut catalog_problem = None;
     if let Some(generation) = &compilation.generation
