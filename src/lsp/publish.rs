@@ -96,7 +96,7 @@ fn run(queue: &Receiver<Job>, latest: &AtomicU64, out: &Sender<Message>) {
     // their problems go.
     let mut published: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
     let mut carried: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut contracts = workspace::ContractCache::default();
+    let mut caches = workspace::Caches::default();
     while let Ok(mut job) = queue.recv() {
         let mut dirs = std::mem::take(&mut carried);
         dirs.append(&mut job.dirs);
@@ -108,7 +108,7 @@ fn run(queue: &Receiver<Job>, latest: &AtomicU64, out: &Sender<Message>) {
             .iter()
             .map(|dir| {
                 let diagnosis =
-                    workspace::diagnose(dir, &job.settings, &job.documents, &mut contracts);
+                    workspace::diagnose(dir, &job.settings, &job.documents, &mut caches);
                 (dir, diagnosis)
             })
             .collect();

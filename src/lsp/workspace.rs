@@ -9,7 +9,7 @@
 //! [`check::database::check`] against a catalog file when there is one.
 //! So the diagnostics are `check`'s, byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use lsp_types::Uri;
 use crate::check::catalog::{self, CatalogFile};
 use crate::check::database::{self, Tables};
 use crate::compile::{self, contract::Contracts};
-use crate::config::{self, ConfigDir, SourceFile};
+use crate::config::{self, ConfigDir, LoadedFile, SourceFile};
 use crate::diagnostics::{self, Diagnostic};
 
 /// A buffer the editor has open.
@@ -175,16 +175,58 @@ impl ContractCache {
     }
 }
 
-/// Compiles `dir` as `check` would, with the open buffers (and the
-/// contracts from `cache` when they have not changed).
+/// Loaded integration files, kept while their text stays the same: after
+/// a keystroke only the edited file is parsed and validated again.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    by_path: HashMap<PathBuf, (String, Option<LoadedFile>, Vec<Diagnostic>)>,
+}
+
+impl LoadCache {
+    /// What [`config::load`] gives for `file`, from the cache when the
+    /// file's text is the one loaded last time.
+    pub fn load(&mut self, file: &SourceFile) -> (Option<LoadedFile>, Vec<Diagnostic>) {
+        if let Some((text, loaded, diagnostics)) = self.by_path.get(&file.path)
+            && *text == file.text
+        {
+            return (loaded.clone(), diagnostics.clone());
+        }
+        let (loaded, diagnostics) = config::load(file);
+        self.by_path.insert(
+            file.path.clone(),
+            (file.text.clone(), loaded.clone(), diagnostics.clone()),
+        );
+        (loaded, diagnostics)
+    }
+
+    /// Forgets the files of `dir` that `config` no longer has.
+    fn keep_only(&mut self, dir: &Path, config: &ConfigDir) {
+        self.by_path.retain(|path, _| {
+            !path.starts_with(dir) || config.integrations.iter().any(|f| &f.path == path)
+        });
+    }
+}
+
+/// What a diagnostics thread keeps between compiles.
+#[derive(Debug, Default)]
+pub struct Caches {
+    pub contracts: ContractCache,
+    pub loads: LoadCache,
+}
+
+/// Compiles `dir` as `check` would, with the open buffers (and what
+/// `caches` hold for the files and contracts that have not changed).
 pub fn diagnose(
     dir: &Path,
     settings: &Settings,
     documents: &Documents,
-    cache: &mut ContractCache,
+    caches: &mut Caches,
 ) -> io::Result<Diagnosis> {
     let config = read_config(dir, settings, documents)?;
-    let compilation = compile::compile_with_contracts(&config, cache.get(&config), 0);
+    caches.loads.keep_only(dir, &config);
+    let contracts = caches.contracts.get(&config);
+    let loads = &mut caches.loads;
+    let compilation = compile::compile_with(&config, contracts, &mut |file| loads.load(file), 0);
     let mut diagnostics = compilation.diagnostics;
     let mut catalog_problem = None;
     if let Some(generation) = &compilation.generation
@@ -314,6 +356,53 @@ mod tests {
             directory_of(Path::new("/p/flows/a.yml"), &configured).as_deref(),
             Some(Path::new("/p/flows"))
         );
+    }
+
+    #[test]
+    fn diagnoses_with_caches_equal_fresh_compiles_after_edits() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let project = tempfile::tempdir().unwrap();
+        let integrations = project.path().join("integrations.d");
+        std::fs::create_dir(&integrations).unwrap();
+        let contracts = project
+            .path()
+            .join("schemas")
+            .join("events")
+            .join("recruitiq");
+        std::fs::create_dir_all(&contracts).unwrap();
+        let contract = "candidate.hired.json";
+        std::fs::copy(
+            root.join("schemas/events/recruitiq").join(contract),
+            contracts.join(contract),
+        )
+        .unwrap();
+        let file = integrations.join("recruitiq-to-nexus.yaml");
+        let text =
+            std::fs::read_to_string(root.join("integrations.d/recruitiq-to-nexus.yaml")).unwrap();
+        let mut caches = Caches::default();
+        let edits = [
+            text.clone(),
+            text.replace("candidate.firstName", "candidate.firstname"),
+            text.replace("target: nexus", "taget: nexus"),
+            text.clone(),
+        ];
+        for (n, edit) in edits.iter().enumerate() {
+            std::fs::write(&file, edit).unwrap();
+            if n == 3 {
+                // A contract changes too: the cache must see it.
+                std::fs::write(contracts.join(contract), "{ not json").unwrap();
+            }
+            let cached = diagnose(
+                &integrations,
+                &Settings::default(),
+                &Documents::new(),
+                &mut caches,
+            )
+            .unwrap()
+            .diagnostics;
+            let config = config::read_directory(&integrations, None).unwrap();
+            assert_eq!(cached, compile::compile(&config, 0).diagnostics, "edit {n}");
+        }
     }
 
     #[test]
