@@ -136,6 +136,16 @@ impl<'t> Outline<'t> {
         Outline { lines }
     }
 
+    /// How many lines the text has.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether the text has no lines (never: an empty text has one).
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
     /// Line `number`, unless it is blank or a comment.
     pub fn line(&self, number: usize) -> Option<&Line<'t>> {
         self.lines.get(number)?.as_ref()

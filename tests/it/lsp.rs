@@ -1096,3 +1096,57 @@ fn a_catalog_file_checks_columns_in_check_and_in_the_editor() {
     });
     client.stop();
 }
+
+/// Asks for the code actions of `diagnostic` and applies the first one's
+/// edit to `text`, checking its title.
+fn apply_first_action(
+    client: &mut Client,
+    example: &Example,
+    text: &str,
+    diagnostic: &Value,
+    title: &str,
+) -> String {
+    let uri = uri_of(&example.file).as_str().to_owned();
+    let actions = client.request(
+        "textDocument/codeAction",
+        json!({ "textDocument": { "uri": uri }, "range": diagnostic["range"],
+                "context": { "diagnostics": [diagnostic] } }),
+    );
+    assert_eq!(actions[0]["title"], title, "{actions}");
+    let edit = &actions[0]["edit"]["changes"][&uri][0];
+    apply_edit(text, edit)
+}
+
+#[test]
+fn a_missing_not_null_column_is_added_to_the_upsert_by_a_quick_fix() {
+    let example = example();
+    let mut client = Client::start(json!({}));
+    client.open(&example.file, &example.text);
+    assert!(client.diagnostics_at(&example.file, 1).is_empty());
+    let line = "          first_name: $.data.candidate.firstName\n";
+    let without = example.text.replacen(line, "", 1);
+    client.replace(&example.file, 2, &without);
+    let diagnostics = client.diagnostics_at(&example.file, 2);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert_eq!(diagnostics[0]["code"], "missing-not-null");
+    let added = apply_first_action(
+        &mut client,
+        &example,
+        &without,
+        &diagnostics[0],
+        "Add first_name to `values`",
+    );
+    assert!(
+        added.contains("          first_name: $.data.first_name\n"),
+        "{added}"
+    );
+    client.replace(&example.file, 3, &added);
+    let diagnostics = client.diagnostics_at(&example.file, 3);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    // The placeholder path is checked against the contract like any other.
+    assert_eq!(diagnostics[0]["code"], "not-in-contract");
+    let fixed = added.replacen("$.data.first_name", "$.data.candidate.firstName", 1);
+    client.replace(&example.file, 4, &fixed);
+    assert!(client.diagnostics_at(&example.file, 4).is_empty());
+    client.stop();
+}
