@@ -25,7 +25,9 @@ use serde_json::Value;
 use super::keys::{self, KeyDoc};
 use super::outline::{Frame, Line, Outline, Path, StepOutline, unquote};
 use super::text::{char_index, line_of, utf16_column};
-use super::workspace::{Documents, Knowledge, Settings, directory_of, knowledge, path_of};
+use super::workspace::{
+    ContractCache, Documents, Knowledge, Settings, directory_of, knowledge, path_of,
+};
 use crate::compile::ident::TableName;
 use crate::compile::template::environment;
 use crate::envelope::ENVELOPE_FIELDS;
@@ -235,13 +237,14 @@ pub fn document_text(documents: &Documents, path: &std::path::Path) -> Option<St
 pub fn complete(
     settings: &Settings,
     documents: &Documents,
+    contracts: &mut ContractCache,
     params: CompletionParams,
 ) -> Option<CompletionResponse> {
     let position = params.text_document_position;
     let path = path_of(&position.text_document.uri)?;
     let text = document_text(documents, &path)?;
     let dir = directory_of(&path, settings)?;
-    let known = knowledge(&dir, settings, documents);
+    let known = knowledge(&dir, settings, documents, contracts);
     let cursor = Cursor::new(&text, position.position);
     let items = completions(&cursor, &known);
     Some(CompletionResponse::Array(items))

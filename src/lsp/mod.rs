@@ -22,6 +22,7 @@ pub mod publish;
 pub mod text;
 pub mod workspace;
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,6 +106,7 @@ pub fn serve(connection: &Connection) -> Result<()> {
         settings,
         documents: Documents::new(),
         worker: publish::Worker::spawn(connection.sender.clone()),
+        contracts: RefCell::default(),
     };
     for message in &connection.receiver {
         match message {
@@ -128,6 +130,9 @@ struct Server {
     settings: Settings,
     documents: Documents,
     worker: publish::Worker,
+    /// Parsed contracts for completion, hover and definition (the
+    /// diagnostics thread keeps its own).
+    contracts: RefCell<workspace::ContractCache>,
 }
 
 impl Server {
@@ -217,13 +222,16 @@ impl Server {
         let id = request.id.clone();
         let response = match request.method.as_str() {
             Completion::METHOD => self.answer(request, |server, params| {
-                complete::complete(&server.settings, &server.documents, params)
+                let contracts = &mut server.contracts.borrow_mut();
+                complete::complete(&server.settings, &server.documents, contracts, params)
             }),
             HoverRequest::METHOD => self.answer(request, |server, params| {
-                navigate::hover(&server.settings, &server.documents, params)
+                let contracts = &mut server.contracts.borrow_mut();
+                navigate::hover(&server.settings, &server.documents, contracts, params)
             }),
             GotoDefinition::METHOD => self.answer(request, |server, params| {
-                navigate::definition(&server.settings, &server.documents, params)
+                let contracts = &mut server.contracts.borrow_mut();
+                navigate::definition(&server.settings, &server.documents, contracts, params)
             }),
             CodeActionRequest::METHOD => self.answer(request, |server, params| {
                 actions::code_actions(&server.documents, params)

@@ -23,7 +23,9 @@ use super::complete::{
 use super::keys;
 use super::outline::{Line, StepOutline, unquote};
 use super::text::utf16_column;
-use super::workspace::{Documents, Knowledge, Settings, directory_of, knowledge, path_of, uri_of};
+use super::workspace::{
+    ContractCache, Documents, Knowledge, Settings, directory_of, knowledge, path_of, uri_of,
+};
 use crate::compile::ident::TableName;
 use crate::config;
 use crate::envelope::ENVELOPE_FIELDS;
@@ -184,17 +186,32 @@ struct Context {
     known: Knowledge,
 }
 
-fn context(settings: &Settings, documents: &Documents, uri: &lsp_types::Uri) -> Option<Context> {
+fn context(
+    settings: &Settings,
+    documents: &Documents,
+    contracts: &mut ContractCache,
+    uri: &lsp_types::Uri,
+) -> Option<Context> {
     let path = path_of(uri)?;
     let text = document_text(documents, &path)?;
-    let known = knowledge(&directory_of(&path, settings)?, settings, documents);
+    let known = knowledge(
+        &directory_of(&path, settings)?,
+        settings,
+        documents,
+        contracts,
+    );
     Some(Context { path, text, known })
 }
 
 /// Answers `textDocument/hover`.
-pub fn hover(settings: &Settings, documents: &Documents, params: HoverParams) -> Option<Hover> {
+pub fn hover(
+    settings: &Settings,
+    documents: &Documents,
+    contracts: &mut ContractCache,
+    params: HoverParams,
+) -> Option<Hover> {
     let position = params.text_document_position_params;
-    let context = context(settings, documents, &position.text_document.uri)?;
+    let context = context(settings, documents, contracts, &position.text_document.uri)?;
     let cursor = Cursor::new(&context.text, position.position);
     let (target, range) = target_at(&cursor)?;
     let source = cursor.outline.top_value("source").unwrap_or("");
@@ -343,10 +360,11 @@ fn field_target_hover(
 pub fn definition(
     settings: &Settings,
     documents: &Documents,
+    contracts: &mut ContractCache,
     params: GotoDefinitionParams,
 ) -> Option<GotoDefinitionResponse> {
     let position = params.text_document_position_params;
-    let context = context(settings, documents, &position.text_document.uri)?;
+    let context = context(settings, documents, contracts, &position.text_document.uri)?;
     let cursor = Cursor::new(&context.text, position.position);
     let (target, _) = target_at(&cursor)?;
     let source = cursor.outline.top_value("source").unwrap_or("");

@@ -259,12 +259,18 @@ pub struct Knowledge {
     pub integrations: Vec<SourceFile>,
 }
 
-/// Reads what the editing features need about `dir`.
-pub fn knowledge(dir: &Path, settings: &Settings, documents: &Documents) -> Knowledge {
+/// Reads what the editing features need about `dir` (its contracts from
+/// `cache` when they have not changed).
+pub fn knowledge(
+    dir: &Path,
+    settings: &Settings,
+    documents: &Documents,
+    cache: &mut ContractCache,
+) -> Knowledge {
     let Ok(config) = read_config(dir, settings, documents) else {
         return Knowledge::default();
     };
-    let (contracts, _) = Contracts::parse(&config.contracts_root, &config.contracts);
+    let (contracts, _) = cache.get(&config);
     let tables = settings
         .catalog_file(dir)
         .and_then(|file| CatalogFile::read(&file).ok())
