@@ -52,6 +52,10 @@ enum Command {
         /// Reads only (postgres://… or sqlite://path); never migrates.
         #[arg(long)]
         database_url: Option<String>,
+        /// Check against a catalog file (`busbar catalog`) instead of a
+        /// live database: the same checks as --database-url, offline.
+        #[arg(long, conflicts_with = "database_url")]
+        catalog: Option<PathBuf>,
     },
     /// Run config tests (`*.test.yaml` under DIR) through the real engine,
     /// each case on a throwaway database.
@@ -101,6 +105,28 @@ enum Command {
     },
     /// Print the JSON Schema of integration files (for editors and CI).
     Schema,
+    /// The language server editors start: check's diagnostics as you
+    /// type, completion, hover, go to definition, quick fixes. Speaks the
+    /// Language Server Protocol on standard input and output.
+    Lsp {
+        /// Accepted for editors that pass it; stdio is the only transport.
+        #[arg(long, hide = true)]
+        stdio: bool,
+    },
+    /// Write the target tables' catalog (columns, types, unique keys) as
+    /// JSON, for `busbar lsp` and `check --catalog` to use without a
+    /// database: `busbar catalog --database-url … > integrations.d/catalog.json`.
+    Catalog {
+        /// The integrations directory: the tables its steps name are read.
+        #[arg(default_value = "integrations.d")]
+        dir: PathBuf,
+        /// The target database (postgres://… or sqlite://path); read only.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Also this table (`schema.table`); repeat for several.
+        #[arg(long)]
+        table: Vec<String>,
+    },
     /// Run busbar: the HTTP API and the engine's workers on the database
     /// (and, with --dev, the example platform seeded and a key printed).
     Serve {
@@ -337,6 +363,7 @@ pub fn main(
             deny_warnings,
             contracts,
             database_url,
+            catalog,
         } => check(
             out,
             err,
@@ -345,6 +372,7 @@ pub fn main(
             format,
             deny_warnings,
             database_url.as_deref(),
+            catalog.as_deref(),
         ),
         Command::Test {
             dir,
@@ -384,6 +412,12 @@ pub fn main(
         Command::Schema => writeln!(out, "{}", config::schema::integration_schema().trim_end())
             .map(|()| SUCCESS)
             .map_err(Into::into),
+        Command::Lsp { stdio: _ } => crate::lsp::run_stdio().map(|()| SUCCESS),
+        Command::Catalog {
+            dir,
+            database_url,
+            table,
+        } => catalog(out, &dir, &database_url, &table),
         Command::Serve {
             dev,
             new_key,
@@ -758,6 +792,7 @@ fn read_config(dir: &Path, contracts: Option<&Path>) -> Result<ConfigDir> {
         .with_context(|| format!("cannot read the integrations directory {}", dir.display()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check(
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -766,9 +801,24 @@ fn check(
     format: CheckFormat,
     deny_warnings: bool,
     database_url: Option<&str>,
+    catalog: Option<&Path>,
 ) -> Result<u8> {
     let config = read_config(dir, contracts)?;
     let mut compilation = compile::compile(&config, 0);
+    if let Some(file) = catalog {
+        let tables = crate::check::catalog::CatalogFile::read(file)?.to_tables();
+        match &compilation.generation {
+            Some(generation) => {
+                let found = crate::check::database::check(generation, &tables);
+                compilation.diagnostics.extend(found);
+                crate::diagnostics::sort(&mut compilation.diagnostics);
+            }
+            None => writeln!(
+                err,
+                "the catalog checks did not run: the files have errors; fix those first"
+            )?,
+        }
+    }
     if let Some(url) = database_url {
         match &compilation.generation {
             Some(generation) => {
@@ -799,6 +849,27 @@ fn check(
     )?;
     let failed = compilation.errors() > 0 || (deny_warnings && compilation.warnings() > 0);
     Ok(if failed { FAILURE } else { SUCCESS })
+}
+
+fn catalog(out: &mut dyn Write, dir: &Path, url: &str, extra: &[String]) -> Result<u8> {
+    use crate::check::catalog;
+    use crate::compile::ident::TableName;
+    let config = read_config(dir, None)?;
+    let mut tables = catalog::tables_in(&config);
+    for name in extra {
+        tables.push(
+            TableName::parse(name).map_err(|error| anyhow::anyhow!("--table {name}: {error}"))?,
+        );
+    }
+    tables.sort();
+    tables.dedup();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let snapshot = runtime
+        .block_on(catalog::snapshot(url, &tables))
+        .with_context(|| format!("cannot read the catalog of {}", crate::store::redact(url)))?;
+    serde_json::to_writer_pretty(&mut *out, &snapshot)?;
+    writeln!(out)?;
+    Ok(SUCCESS)
 }
 
 fn test(

@@ -188,6 +188,21 @@ pub struct Diagnostic {
     /// An optional hint on how to fix it ("did you mean `email`?").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
+    /// Other places the problem involves, in other files too: the first
+    /// use of a duplicated id, the other steps of an emit cycle. Editors
+    /// show them as related locations (`busbar lsp`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<Related>,
+}
+
+/// A place a [`Diagnostic`] refers to besides its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Related {
+    pub file: PathBuf,
+    #[serde(flatten)]
+    pub position: Position,
+    /// What is there ("first used here").
+    pub message: String,
 }
 
 impl Diagnostic {
@@ -205,6 +220,7 @@ impl Diagnostic {
             code,
             message,
             help: None,
+            related: Vec::new(),
         }
     }
 
@@ -223,6 +239,21 @@ impl Diagnostic {
     /// Adds a hint shown after the message.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    /// Adds a related place (see [`Diagnostic::related`]).
+    pub fn with_related(
+        mut self,
+        file: &Path,
+        position: Position,
+        message: impl Into<String>,
+    ) -> Self {
+        self.related.push(Related {
+            file: file.to_path_buf(),
+            position,
+            message: message.into(),
+        });
         self
     }
 

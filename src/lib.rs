@@ -25,6 +25,8 @@
 //!   organization isolation; [`telemetry`] names the metrics it serves.
 //! - [`console`]: the operations console in the browser (`/console`),
 //!   server-rendered on the same port, signed in with an API key.
+//! - [`lsp`]: `busbar lsp`, the language server editors start: `check`'s
+//!   diagnostics as the user types, completion, hover, definition.
 //!
 //! Below them all, shared leaves: [`decimal`] reads numbers exactly
 //! (busbar keeps every number as the digits it arrived with, from the
@@ -53,6 +55,7 @@ pub mod diagnostics;
 pub mod engine;
 pub mod envelope;
 pub mod jsonpath;
+pub mod lsp;
 pub mod mapping;
 pub mod reload;
 pub mod render;

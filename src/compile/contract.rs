@@ -47,6 +47,19 @@ impl Contract {
         lookup(&self.schema, &self.schema, segments, 0)
     }
 
+    /// The fields the object at `segments` declares, each with its schema
+    /// (local references followed, the branches of `allOf`, `anyOf` and
+    /// `oneOf` merged, the first declaration of a name kept): what an
+    /// editor offers after `$.data.candidate.`. Empty when the path does
+    /// not lead to a declared object.
+    pub fn fields(&self, segments: &[Segment]) -> Vec<(String, &Value)> {
+        let mut fields = Vec::new();
+        if let Lookup::Found(schema) = self.lookup(segments) {
+            collect_fields(&self.schema, schema, &mut fields, 0);
+        }
+        fields
+    }
+
     /// Whether every event that fits the contract has the field at
     /// `segments`: each name along the way is `required` by its object
     /// (an array item never is, as the array may be short).
@@ -59,6 +72,40 @@ impl Contract {
             };
             requires(&self.schema, parent, key)
         })
+    }
+}
+
+/// Adds the `properties` of `schema` and of its combinators' branches to
+/// `fields`, bounded in depth against reference cycles.
+fn collect_fields<'s>(
+    root: &'s Value,
+    schema: &'s Value,
+    fields: &mut Vec<(String, &'s Value)>,
+    depth: usize,
+) {
+    if depth > 16 {
+        return;
+    }
+    let schema = resolve(root, schema);
+    for (name, child) in schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if !fields.iter().any(|(known, _)| known == name) {
+            fields.push((name.clone(), resolve(root, child)));
+        }
+    }
+    for keyword in ["allOf", "anyOf", "oneOf"] {
+        for branch in schema
+            .get(keyword)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            collect_fields(root, branch, fields, depth + 1);
+        }
     }
 }
 
@@ -221,6 +268,11 @@ impl Contracts {
 
     pub fn get(&self, product: &str, event: &str) -> Option<&Arc<Contract>> {
         self.by_event.get(&(product.to_owned(), event.to_owned()))
+    }
+
+    /// Every contract, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Contract>> {
+        self.by_event.values()
     }
 
     pub fn len(&self) -> usize {

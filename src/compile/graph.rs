@@ -30,7 +30,8 @@ fn duplicate_ids(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
                         first.file.display()
                     ),
                 )
-                .with_help("ids default to the file name; set a distinct `id:`"),
+                .with_help("ids default to the file name; set a distinct `id:`")
+                .with_related(&first.file, first.id_position, "first used here"),
             );
         } else {
             seen.insert(&integration.id, integration);
@@ -42,7 +43,7 @@ fn duplicate_ids(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
 /// the same event would overwrite each other's row on every event.
 fn conflicting_writes(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
     type WriteKey = (String, String, String, Vec<String>);
-    let mut seen: HashMap<WriteKey, &Integration> = HashMap::new();
+    let mut seen: HashMap<WriteKey, (&Integration, Position)> = HashMap::new();
     for integration in integrations {
         let mut own = HashSet::new();
         for route in &integration.routes {
@@ -62,7 +63,7 @@ fn conflicting_writes(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
                     continue;
                 }
                 match seen.get(&write) {
-                    Some(first) if first.id != integration.id => out.push(
+                    Some((first, first_step)) if first.id != integration.id => out.push(
                         Diagnostic::error(
                             &integration.file,
                             step.position,
@@ -77,11 +78,12 @@ fn conflicting_writes(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
                                 write.1
                             ),
                         )
-                        .with_help("keep one writer per row, or chain them with `emit`"),
+                        .with_help("keep one writer per row, or chain them with `emit`")
+                        .with_related(&first.file, *first_step, "the other upsert"),
                     ),
                     Some(_) => {}
                     None => {
-                        seen.insert(write, integration);
+                        seen.insert(write, (integration, step.position));
                     }
                 }
             }
@@ -145,15 +147,22 @@ fn emit_cycles(integrations: &[Integration], out: &mut Vec<Diagnostic>) {
             description.push_str(&format!(" -({})-> {}/{}", edge.integration.id, to.0, to.1));
         }
         let closing = cycle.last().expect("a cycle has at least one edge");
-        out.push(
-            Diagnostic::error(
-                &closing.integration.file,
-                closing.step_position,
-                Code::EmitCycle,
-                format!("this emit closes a cycle: {description}"),
-            )
-            .with_help("each event would trigger itself again, forever; break the loop"),
-        );
+        let mut diagnostic = Diagnostic::error(
+            &closing.integration.file,
+            closing.step_position,
+            Code::EmitCycle,
+            format!("this emit closes a cycle: {description}"),
+        )
+        .with_help("each event would trigger itself again, forever; break the loop");
+        for edge in &cycle[..cycle.len() - 1] {
+            let to = &nodes[edge.to];
+            diagnostic = diagnostic.with_related(
+                &edge.integration.file,
+                edge.step_position,
+                format!("emits {}/{} ({})", to.0, to.1, edge.integration.id),
+            );
+        }
+        out.push(diagnostic);
     }
 }
 

@@ -15,7 +15,7 @@ pub mod template;
 
 use std::collections::HashMap;
 
-use crate::config::{self, ConfigDir};
+use crate::config::{self, ConfigDir, LoadedFile, SourceFile};
 use crate::diagnostics::{self, Code, Diagnostic, Position};
 use contract::Contracts;
 pub use route::{
@@ -103,15 +103,32 @@ impl Compilation {
 
 /// Compiles a directory's files into generation number `number`.
 pub fn compile(dir: &ConfigDir, number: u64) -> Compilation {
+    let parsed = Contracts::parse(&dir.contracts_root, &dir.contracts);
+    compile_with(dir, parsed, &mut config::load, number)
+}
+
+/// What [`compile_with`] loads each integration file with: [`config::load`],
+/// or something that returns exactly what it would.
+pub type Load<'l> = dyn FnMut(&SourceFile) -> (Option<LoadedFile>, Vec<Diagnostic>) + 'l;
+
+/// [`compile`] with the directory's contracts already parsed
+/// (`Contracts::parse` of `dir.contracts`, with its diagnostics) and the
+/// files loaded by `load`: the language server keeps both between edits,
+/// parsing again only what changed.
+pub fn compile_with(
+    dir: &ConfigDir,
+    (contracts, contract_diagnostics): (Contracts, Vec<Diagnostic>),
+    load: &mut Load<'_>,
+    number: u64,
+) -> Compilation {
     let mut diagnostics = dir.diagnostics.clone();
-    let (contracts, contract_diagnostics) = Contracts::parse(&dir.contracts_root, &dir.contracts);
     diagnostics.extend(contract_diagnostics);
 
     let analyser = Analyser::default();
     let mut sources = TemplateSources::default();
     let mut integrations = Vec::new();
     for file in &dir.integrations {
-        let (loaded, load_diagnostics) = config::load(file);
+        let (loaded, load_diagnostics) = load(file);
         let schema_errors = load_diagnostics.iter().any(Diagnostic::is_error);
         diagnostics.extend(load_diagnostics);
         let Some(loaded) = loaded else { continue };

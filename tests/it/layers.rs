@@ -28,7 +28,8 @@ const LAYERS: &[&str] = &[
     "engine",
     "testing",
     "reload",
-    // The edges: HTTP, and the server's composition.
+    // The edges: the editors' language server, HTTP, and the server's composition.
+    "lsp",
     "api",
     "console",
     "dev",

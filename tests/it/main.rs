@@ -15,6 +15,9 @@
 //!   integration states, redelivery, try an event, the live tail).
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
+//! - `lsp`: `busbar lsp` over stdio with a JSON-RPC client (diagnostics
+//!   equal `check`'s, completion, hover, definition, quick fixes, bursts
+//!   of edits), and in headless Neovim.
 //! - `layers`: every module uses only the modules below it (the one
 //!   list of the order, mirrored in ARCHITECTURE.md).
 //! - `robustness`: the loader and compiler never panic, whatever the input.
@@ -59,6 +62,7 @@ mod envelope;
 mod errors;
 mod language;
 mod layers;
+mod lsp;
 mod monitoring;
 mod ordering;
 mod partitioning;
