@@ -15,8 +15,8 @@ use super::events::{self, Status};
 use super::lanes;
 use super::log::{self, LaneFilter};
 use super::partitionings;
-use super::ticks::{self, Cursor, Tick};
 use super::scope::OrgScope;
+use super::ticks::{self, Cursor, Tick};
 use super::types::{Id, Time};
 use super::{Dialect, Store, StoreError};
 use crate::compile::Generation;
@@ -93,7 +93,9 @@ pub async fn read(
             let (order_by, lanes) = versions
                 .iter()
                 .find(|p| p.version == *version)
-                .map_or((&integration.order_by, lane_count), |p| (&p.order_by, p.lanes));
+                .map_or((&integration.order_by, lane_count), |p| {
+                    (&p.order_by, p.lanes)
+                });
             let filter = LaneFilter {
                 source: &integration.source,
                 events: names.clone(),

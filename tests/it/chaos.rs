@@ -74,7 +74,14 @@ fn write_integration(dir: &Path, order_by: &str) {
 
 fn serve(db: &TestDb, dir: &Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_busbar"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url, "--dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--dir",
+        ])
         .arg(dir)
         .arg("--contracts")
         .arg(dir.join("no-contracts"))
@@ -265,7 +272,10 @@ async fn chaos_applies_every_event_once_in_order_per_key() {
             _ => {
                 publisher.set_state("counter", State::Paused).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
-                publisher.set_state("counter", State::Enabled).await.unwrap();
+                publisher
+                    .set_state("counter", State::Enabled)
+                    .await
+                    .unwrap();
                 pauses += 1;
             }
         }
@@ -276,8 +286,7 @@ async fn chaos_applies_every_event_once_in_order_per_key() {
     }
     println!("chaos: {kills} kills, {reloads} reloads of order_by, {pauses} pauses");
 
-    let generation =
-        busbar::serve::load_generation(dir.path(), Some(&contracts), 99).unwrap();
+    let generation = busbar::serve::load_generation(dir.path(), Some(&contracts), 99).unwrap();
     db.settle_for(&generation, Duration::from_secs(240)).await;
     let published = published.lock().unwrap().clone();
     let total: usize = published.values().sum();
@@ -285,10 +294,14 @@ async fn chaos_applies_every_event_once_in_order_per_key() {
     let mut wrong = Vec::new();
     for (key, count) in &published {
         let expected: String = (0..*count).map(|s| format!(",{s}")).collect();
-        let row = db.find("test.items", &[("key", json!(format!("key-{key}")))]).await;
+        let row = db
+            .find("test.items", &[("key", json!(format!("key-{key}")))])
+            .await;
         match row {
             Some(row) if row["version"] == json!(count) && row["seqs"] == json!(expected) => {}
-            other => wrong.push(format!("key-{key}: expected {count} ({expected}), got {other:?}")),
+            other => wrong.push(format!(
+                "key-{key}: expected {count} ({expected}), got {other:?}"
+            )),
         }
     }
     for mut process in processes {
@@ -303,11 +316,17 @@ async fn chaos_applies_every_event_once_in_order_per_key() {
     );
     for status in [Status::Pending, Status::Retrying, Status::Dead] {
         let rows = db.deliveries_for(&generation, Some(status)).await;
-        assert!(rows.is_empty(), "seed {seed}: {} rows left {status:?}", rows.len());
+        assert!(
+            rows.is_empty(),
+            "seed {seed}: {} rows left {status:?}",
+            rows.len()
+        );
     }
     publisher.shutdown().await;
-    sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {other} WITH (FORCE)")))
-        .execute(&mut admin_conn)
-        .await
-        .ok();
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {other} WITH (FORCE)"
+    )))
+    .execute(&mut admin_conn)
+    .await
+    .ok();
 }
