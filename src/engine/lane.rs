@@ -635,12 +635,7 @@ async fn read_new(
     if latest.id <= cursor.to_tick {
         return Ok((read, cursor.done(), false));
     }
-    let next = Cursor {
-        from: cursor.to.clone(),
-        to: latest.snapshot.clone(),
-        to_tick: latest.id,
-        at: Position::ZERO,
-    };
+    let next = cursor.next_batch(&latest);
     let left = room - read.len() as i64;
     let more = log::read_batch(tx, filter, &next, left).await?;
     let full = more.len() as i64 >= left;

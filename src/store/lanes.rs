@@ -199,16 +199,7 @@ pub async fn try_take_all(
 /// log until the transaction ends.
 pub async fn take_all(tx: &mut DbTx, integration: &str, lanes: i32) -> Result<(), StoreError> {
     if let DbTx::Postgres(conn) = &mut *tx {
-        for lane in 0..lanes {
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT pg_advisory_xact_lock($3, {LANE_KEY})"
-            )))
-            .bind(integration)
-            .bind(lane)
-            .bind(LANE_LOCK)
-            .execute(&mut **conn)
-            .await?;
-        }
+        each_lane(conn, integration, lanes, "pg_advisory_xact_lock").await?;
     }
     Ok(())
 }
@@ -310,17 +301,7 @@ pub async fn hold_all(
     integration: &str,
     lanes: i32,
 ) -> Result<(), StoreError> {
-    for lane in 0..lanes {
-        sqlx::query(AssertSqlSafe(format!(
-            "SELECT pg_advisory_lock($3, {LANE_KEY})"
-        )))
-        .bind(integration)
-        .bind(lane)
-        .bind(LANE_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    each_lane(conn, integration, lanes, "pg_advisory_lock").await
 }
 
 /// Releases what [`hold_all`] took.
@@ -329,15 +310,24 @@ pub async fn release_all(
     integration: &str,
     lanes: i32,
 ) -> Result<(), StoreError> {
+    each_lane(conn, integration, lanes, "pg_advisory_unlock").await
+}
+
+/// Runs an advisory lock function (`pg_advisory_lock`, …) on every lane
+/// of an integration, in lane order.
+async fn each_lane(
+    conn: &mut sqlx::PgConnection,
+    integration: &str,
+    lanes: i32,
+    function: &'static str,
+) -> Result<(), StoreError> {
     for lane in 0..lanes {
-        sqlx::query(AssertSqlSafe(format!(
-            "SELECT pg_advisory_unlock($3, {LANE_KEY})"
-        )))
-        .bind(integration)
-        .bind(lane)
-        .bind(LANE_LOCK)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(AssertSqlSafe(format!("SELECT {function}($3, {LANE_KEY})")))
+            .bind(integration)
+            .bind(lane)
+            .bind(LANE_LOCK)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

@@ -293,6 +293,27 @@ pub fn lane_sql(order_by: &OrderKey, lanes: i32, param: usize) -> (String, Optio
     )
 }
 
+/// The columns a lane reads of an event (events aliased `e`), as
+/// [`EventRow`].
+const EVENT_COLUMNS: &str = "e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at";
+
+/// An event as [`EVENT_COLUMNS`] reads it.
+type EventRow = (i64, i64, Id, Id, String, String, Doc, Time);
+
+fn log_event((xid, seq, id, org, source, event, data, occurred): EventRow) -> LogEvent {
+    LogEvent {
+        position: Position::new(xid, seq),
+        envelope: Envelope {
+            id: id.0,
+            source,
+            event,
+            organization_id: org.0,
+            occurred_at: occurred.0,
+            data: data.0,
+        },
+    }
+}
+
 /// Up to `limit` events of the lane's batch `(cursor.from, cursor.to]`
 /// after `cursor.at`, in `(xid, seq)` order. Events stored by the engine
 /// before delivery v2 and already routed then (`processed_at` set) are not
@@ -303,25 +324,8 @@ pub async fn read_batch(
     cursor: &Cursor,
     limit: i64,
 ) -> Result<Vec<LogEvent>, StoreError> {
-    type Row = (i64, i64, Id, Id, String, String, Doc, Time);
-    let columns = "e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at";
-    let rows: Vec<Row> = fetch_batch(tx, filter, cursor, limit, columns).await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(xid, seq, id, org, source, event, data, occurred)| LogEvent {
-                position: Position::new(xid, seq),
-                envelope: Envelope {
-                    id: id.0,
-                    source,
-                    event,
-                    organization_id: org.0,
-                    occurred_at: occurred.0,
-                    data: data.0,
-                },
-            },
-        )
-        .collect())
+    let rows: Vec<EventRow> = fetch_batch(tx, filter, cursor, limit, EVENT_COLUMNS).await?;
+    Ok(rows.into_iter().map(log_event).collect())
 }
 
 /// The first event the lane has not passed, up to the tick `latest`: the
@@ -340,12 +344,7 @@ pub async fn first_unread(
     if latest.id <= cursor.to_tick {
         return Ok(None);
     }
-    let next = Cursor {
-        from: cursor.to.clone(),
-        to: latest.snapshot.clone(),
-        to_tick: latest.id,
-        at: Position::ZERO,
-    };
+    let next = cursor.next_batch(latest);
     Ok(read_batch(tx, filter, &next, 1).await?.into_iter().next())
 }
 
@@ -368,12 +367,7 @@ pub async fn backlog(
             .len() as i64
     };
     if count < cap && latest.id > cursor.to_tick {
-        let next = Cursor {
-            from: cursor.to.clone(),
-            to: latest.snapshot.clone(),
-            to_tick: latest.id,
-            at: Position::ZERO,
-        };
+        let next = cursor.next_batch(latest);
         count += fetch_batch::<(i64,)>(tx, filter, &next, cap - count, "e.seq")
             .await?
             .len() as i64;
@@ -503,7 +497,7 @@ pub async fn not_passed(
         ""
     };
     let sql = format!(
-        "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
+        "SELECT {EVENT_COLUMNS} \
            FROM integrations.events e \
           WHERE e.processed_at IS NULL AND e.source_product = $1 AND e.event_name = ANY($2){lane}{path_guard} \
             AND NOT (pg_visible_in_snapshot(e.xid::text::xid8, $3::pg_snapshot) \
@@ -511,8 +505,7 @@ pub async fn not_passed(
             AND NOT (pg_visible_in_snapshot(e.xid::text::xid8, $7::pg_snapshot) OR (e.xid, e.seq) <= ($8, $9)) \
           ORDER BY e.seq"
     );
-    type Row = (i64, i64, Id, Id, String, String, Doc, Time);
-    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
+    let rows: Vec<EventRow> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(filter.source)
         .bind(&filter.events)
         .bind(cursor.from.to_text())
@@ -526,22 +519,7 @@ pub async fn not_passed(
         .bind(path)
         .fetch_all(&mut **conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(xid, seq, id, org, source, event, data, occurred)| LogEvent {
-                position: Position::new(xid, seq),
-                envelope: Envelope {
-                    id: id.0,
-                    source,
-                    event,
-                    organization_id: org.0,
-                    occurred_at: occurred.0,
-                    data: data.0,
-                },
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(log_event).collect())
 }
 
 /// The lane of each event (by id) for one integration's order key, as the

@@ -158,6 +158,16 @@ impl Cursor {
         }
     }
 
+    /// The batch after this one: from its `to` up to `latest`.
+    pub fn next_batch(&self, latest: &Tick) -> Cursor {
+        Cursor {
+            from: self.to.clone(),
+            to: latest.snapshot.clone(),
+            to_tick: latest.id,
+            at: Position::ZERO,
+        }
+    }
+
     /// A position at or above every event the cursor has passed.
     pub fn bound(&self) -> Position {
         let seen = match &self.from {
