@@ -225,6 +225,23 @@ enum Command {
         #[command(flatten)]
         integrations: IntegrationsArgs,
     },
+    /// Give up on dead deliveries, with a reason: they become `skipped`
+    /// (their failure is kept beside the reason). With `on_dead: block`,
+    /// their keys go on. A running busbar sees it at its next poll.
+    ///
+    /// Exit status: 0 every delivery named was dead and is skipped, 1 some
+    /// were not dead (or do not exist): nothing was done to those, 2 could
+    /// not run.
+    Skip {
+        /// The dead deliveries' ids (as the API and the console show them).
+        #[arg(required = true)]
+        deliveries: Vec<uuid::Uuid>,
+        /// Why (recorded with each delivery): 1 to 1,000 characters.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// After the database was restored from a dump or moved to another
     /// PostgreSQL cluster: make every event no lane has delivered yet a
     /// pending delivery, and restart busbar's positions on this cluster.
@@ -481,6 +498,11 @@ pub fn main(
             &dir,
             contracts.as_deref(),
         ),
+        Command::Skip {
+            deliveries,
+            reason,
+            database,
+        } => skip(out, err, &deliveries, &reason, &database.database_url),
         Command::Rebase {
             database,
             integrations: IntegrationsArgs { dir, contracts },
@@ -524,6 +546,54 @@ pub fn main(
             CANNOT_RUN
         }
     }
+}
+
+/// `busbar skip`: skips the named dead deliveries in one transaction.
+fn skip(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    deliveries: &[uuid::Uuid],
+    reason: &str,
+    database_url: &str,
+) -> Result<u8> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        anyhow::bail!("--reason must say why, in 1 to 1,000 characters");
+    }
+    let mut asked: Vec<uuid::Uuid> = deliveries.to_vec();
+    asked.sort_unstable();
+    asked.dedup();
+    init_logging(LogFormat::Text);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let skipped = runtime.block_on(async {
+        let store = crate::serve::connect(database_url).await?;
+        let mut tx = store.begin().await?;
+        let filter = crate::store::lanes::ReplayFilter {
+            deliveries: Some(asked.clone()),
+            ..Default::default()
+        };
+        let resolution = crate::store::lanes::Resolution::Skip { reason, by: "cli" };
+        let ids = crate::store::lanes::resolve_dead(
+            &mut tx,
+            &filter,
+            resolution,
+            crate::store::types::Time::now(),
+        )
+        .await?;
+        tx.commit().await?;
+        store.close().await;
+        anyhow::Ok(ids.len())
+    })?;
+    writeln!(out, "skipped {skipped} of {} deliveries", asked.len())?;
+    if skipped < asked.len() {
+        writeln!(
+            err,
+            "busbar: {} of the deliveries named were not dead (or do not exist): nothing was done to them",
+            asked.len() - skipped
+        )?;
+        return Ok(FAILURE);
+    }
+    Ok(SUCCESS)
 }
 
 /// Runs an async command on a multi-threaded runtime, with logs.

@@ -205,6 +205,10 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
             post(deliveries::replay),
         )
         .route(
+            "/api/integrations/deliveries/{id}/skip",
+            post(deliveries::skip),
+        )
+        .route(
             "/api/integrations/{integration}/replay",
             post(deliveries::replay_integration),
         )

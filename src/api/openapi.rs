@@ -32,6 +32,7 @@ use super::{deliveries, events, health, integrations, metrics, redeliver};
         integrations::reload,
         deliveries::replay,
         deliveries::replay_integration,
+        deliveries::skip,
         redeliver::redeliver,
         health::healthz,
         health::readyz,
@@ -41,7 +42,7 @@ use super::{deliveries, events, health, integrations, metrics, redeliver};
     tags(
         (name = "events", description = "Publishing and reading events."),
         (name = "integrations", description = "Integration status; enabling and disabling; reloading the configuration."),
-        (name = "deliveries", description = "Replaying dead deliveries; redelivering by filter."),
+        (name = "deliveries", description = "Replaying or skipping dead deliveries; redelivering by filter."),
         (name = "operations", description = "Health, readiness and metrics."),
     )
 )]

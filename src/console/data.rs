@@ -634,6 +634,24 @@ pub async fn replay_deliveries(
         .await
 }
 
+/// Skips dead deliveries (those of `ids` that are dead and, when
+/// `organization` is given, that organization's), recording `reason` and
+/// `by`. Returns how many were skipped.
+pub async fn skip_deliveries(
+    engine: &Engine,
+    ids: &[Uuid],
+    organization: Option<Uuid>,
+    reason: &str,
+    by: &str,
+) -> Result<u64, StoreError> {
+    let filter = ReplayFilter {
+        deliveries: Some(ids.to_vec()),
+        organization,
+        ..ReplayFilter::default()
+    };
+    engine.skip(filter, reason, by).await
+}
+
 /// One point in a delivery's history.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelineEntry {
@@ -745,13 +763,24 @@ pub fn delivery_timeline(delivery: &DeliveryView, epoch: i32) -> Vec<TimelineEnt
         Status::Skipped => TimelineEntry {
             at: ended,
             kind: "skipped",
-            text: format!(
-                "skipped: {}{redelivered}",
-                delivery
-                    .last_error
-                    .as_deref()
-                    .unwrap_or("no reason recorded")
-            ),
+            text: match (&delivery.skip_reason, &delivery.skipped_by) {
+                (Some(reason), by) => format!(
+                    "skipped by {}: {reason}{}{redelivered}",
+                    by.as_deref().unwrap_or("an operator"),
+                    delivery
+                        .last_error
+                        .as_deref()
+                        .map(|e| format!(" (it had failed with: {e})"))
+                        .unwrap_or_default()
+                ),
+                (None, _) => format!(
+                    "skipped: {}{redelivered}",
+                    delivery
+                        .last_error
+                        .as_deref()
+                        .unwrap_or("no reason recorded")
+                ),
+            },
         },
         Status::Dead => TimelineEntry {
             at: ended,

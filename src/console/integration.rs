@@ -2,7 +2,7 @@
 //! written (highlighted, with the last reload's errors marked), its dead
 //! letters grouped by cause, its blocked keys (what each waits on, and how
 //! many wait behind it), its recent deliveries; and its actions:
-//! replaying a group of dead letters or some of them, and enabling,
+//! replaying or skipping a group of dead letters or some of them, and enabling,
 //! disabling, pausing and resuming it. Every action asks for a
 //! confirmation that says what it will do, on a page of its own (so it
 //! needs no script).
@@ -39,6 +39,8 @@ impl Notice {
         Some(match self.notice.as_deref()? {
             "replayed" if count == 1 => "1 dead delivery was queued again.".to_owned(),
             "replayed" => format!("{count} dead deliveries were queued again."),
+            "skipped" if count == 1 => "1 dead delivery was skipped.".to_owned(),
+            "skipped" => format!("{count} dead deliveries were skipped."),
             "enabled" => "The integration is enabled.".to_owned(),
             "disabled" => "The integration is disabled.".to_owned(),
             "paused" => {
@@ -207,6 +209,8 @@ pub struct Confirmation {
     pub fields: Vec<(String, String)>,
     pub confirm_label: String,
     pub cancel: String,
+    /// Ask for a reason (a required text field named `reason`).
+    pub ask_reason: bool,
 }
 
 /// Renders the confirmation page for a form.
@@ -223,6 +227,46 @@ pub async fn replay(
     Path(id): Path<String>,
     fields: Fields,
 ) -> Result<Response, ConsoleError> {
+    resolve(viewer, state, id, fields, Action::Replay).await
+}
+
+/// `POST /console/integrations/{id}/skip`: give up on a group of dead
+/// letters or the ticked ones, with a reason asked for on the
+/// confirmation page.
+pub async fn skip(
+    viewer: Viewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    fields: Fields,
+) -> Result<Response, ConsoleError> {
+    resolve(viewer, state, id, fields, Action::Skip).await
+}
+
+/// What an operator does with dead letters from the integration's page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Replay,
+    Skip,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Replay => "replay",
+            Action::Skip => "skip",
+        }
+    }
+}
+
+/// Replays or skips dead letters: the group (or the ticked deliveries of
+/// it) the form names, after a confirmation (which, for a skip, asks why).
+async fn resolve(
+    viewer: Viewer,
+    state: AppState,
+    id: String,
+    fields: Fields,
+    action: Action,
+) -> Result<Response, ConsoleError> {
     viewer.require_admin()?;
     viewer.check_csrf(&fields)?;
     if state.engine.generation().integration(&id).is_none() {
@@ -230,12 +274,13 @@ pub async fn replay(
             "There is no integration `{id}` in the live generation."
         )));
     }
+    let verb = action.verb();
     let key = fields.get("group").unwrap_or("");
     let scope = viewer.org_scope();
     let dead = data::dead_letters(state.engine.store(), &id, scope).await?;
     let Some(group) = causes::group(dead).into_iter().find(|g| g.key == key) else {
         return Err(ConsoleError::bad_request(
-            "That group has no dead deliveries any more (already replayed?). Reload the integration's page.",
+            "That group has no dead deliveries any more (already replayed or skipped?). Reload the integration's page.",
         ));
     };
     let selected_only = fields.get("scope") == Some("selected");
@@ -254,11 +299,15 @@ pub async fn replay(
         group.ids()
     };
     if ids.is_empty() {
-        return Err(ConsoleError::bad_request(
-            "No dead delivery was selected. Tick the ones to replay, or replay the whole group.",
-        ));
+        return Err(ConsoleError::bad_request(format!(
+            "No dead delivery was selected. Tick the ones to {verb}, or {verb} the whole group."
+        )));
     }
-    if fields.get("confirmed") != Some("yes") {
+    let reason = fields.get("reason").map(str::trim).unwrap_or("");
+    let confirmed = fields.get("confirmed") == Some("yes");
+    if !confirmed
+        || (action == Action::Skip && (reason.is_empty() || reason.chars().count() > 1000))
+    {
         let mut echo: Vec<(String, String)> = vec![
             ("group".into(), group.key.clone()),
             (
@@ -269,35 +318,55 @@ pub async fn replay(
         ];
         echo.extend(ids.iter().map(|id| ("delivery".to_owned(), id.to_string())));
         let n = ids.len();
+        let deliveries = if n == 1 { "delivery" } else { "deliveries" };
+        let failed = format!(
+            "They failed at step {} with: {}",
+            group.step.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+            group.cause
+        );
+        let (question, outcome, label) = match action {
+            Action::Replay => (
+                format!("Replay {n} dead {deliveries} of {id}?"),
+                "They run again on the live generation, with a fresh retry budget. Fix the cause first, or they fail again.",
+                format!("Replay {n}"),
+            ),
+            Action::Skip => (
+                format!("Skip {n} dead {deliveries} of {id}?"),
+                "Nothing is written to the target for them: they are recorded as skipped, with your reason beside their failure. Deliveries of their keys that waited behind them go on. A redelivery can still run them later.",
+                format!("Skip {n}"),
+            ),
+        };
         return confirm(
             &viewer,
             Confirmation {
-                question: format!(
-                    "Replay {n} dead {} of {id}?",
-                    if n == 1 { "delivery" } else { "deliveries" }
-                ),
-                details: vec![
-                    format!(
-                        "They failed at step {} with: {}",
-                        group
-                            .step
-                            .map_or_else(|| "?".to_owned(), |s| s.to_string()),
-                        group.cause
-                    ),
-                    "They run again on the live generation, with a fresh retry budget. Fix the cause first, or they fail again.".into(),
-                ],
-                warning: None,
-                action: format!("/console/integrations/{id}/replay"),
+                question,
+                details: vec![failed, outcome.into()],
+                warning: (confirmed && action == Action::Skip)
+                    .then(|| "Say why they are skipped (1 to 1,000 characters).".to_owned()),
+                action: format!("/console/integrations/{id}/{verb}"),
                 fields: echo,
-                confirm_label: format!("Replay {n}"),
+                confirm_label: label,
                 cancel: format!("/console/integrations/{id}"),
+                ask_reason: action == Action::Skip,
             },
         );
     }
-    let replayed = data::replay_deliveries(&state.engine, &ids, scope.organization()).await?;
-    tracing::info!(integration = %id, replayed, key = %viewer.caller.key_id, "console: dead deliveries replayed");
+    let done = match action {
+        Action::Replay => {
+            data::replay_deliveries(&state.engine, &ids, scope.organization()).await?
+        }
+        Action::Skip => {
+            let by = format!("key {}", viewer.caller.key_id);
+            data::skip_deliveries(&state.engine, &ids, scope.organization(), reason, &by).await?
+        }
+    };
+    tracing::info!(integration = %id, count = done, key = %viewer.caller.key_id, action = verb, "console: dead deliveries resolved");
+    let notice = match action {
+        Action::Replay => "replayed",
+        Action::Skip => "skipped",
+    };
     Ok(see_other(&format!(
-        "/console/integrations/{id}?notice=replayed&count={replayed}#dead-letters"
+        "/console/integrations/{id}?notice={notice}&count={done}#dead-letters"
     )))
 }
 
@@ -365,6 +434,7 @@ pub async fn change_state(
                 ],
                 confirm_label: label.into(),
                 cancel: format!("/console/integrations/{id}"),
+                ask_reason: false,
             },
         );
     }

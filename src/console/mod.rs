@@ -77,6 +77,7 @@ pub fn router() -> Router<AppState> {
             "/console/integrations/{id}/replay",
             post(integration::replay),
         )
+        .route("/console/integrations/{id}/skip", post(integration::skip))
         .route("/console/events", get(events::search))
         .route("/console/events/{id}", get(events::detail))
         .route("/console/tail", get(tail::page))

@@ -311,6 +311,7 @@ pub async fn submit(
                 fields: echo,
                 confirm_label: format!("Redeliver {n}"),
                 cancel: "/console/redeliver".into(),
+                ask_reason: false,
             },
         );
     }

@@ -691,10 +691,38 @@ impl Engine {
 
     /// Requeues the dead deliveries `filter` selects. Returns how many.
     pub async fn replay(&self, filter: ReplayFilter) -> Result<u64, StoreError> {
+        self.resolve_dead(filter, None).await
+    }
+
+    /// Gives up on the dead deliveries `filter` selects: they become
+    /// `skipped`, with `reason` and `by` (who asked) recorded beside the
+    /// failure. A key that `on_dead: block` held goes on. Returns how many.
+    pub async fn skip(
+        &self,
+        filter: ReplayFilter,
+        reason: &str,
+        by: &str,
+    ) -> Result<u64, StoreError> {
+        let skip = (reason.trim().to_owned(), by.to_owned());
+        self.resolve_dead(filter, Some(skip)).await
+    }
+
+    /// Replays (`skip` None) or skips dead deliveries, in a task of its own
+    /// so that a caller that goes away does not cut it short, and wakes
+    /// their lanes.
+    async fn resolve_dead(
+        &self,
+        filter: ReplayFilter,
+        skip: Option<(String, String)>,
+    ) -> Result<u64, StoreError> {
         let shared = self.shared.clone();
         tokio::spawn(async move {
+            let resolution = match &skip {
+                None => lanes::Resolution::Replay,
+                Some((reason, by)) => lanes::Resolution::Skip { reason, by },
+            };
             let mut tx = shared.store.begin().await?;
-            let touched = lanes::replay(&mut tx, &filter, Time::now()).await?;
+            let touched = lanes::resolve_dead(&mut tx, &filter, resolution, Time::now()).await?;
             tx.commit().await?;
             for (integration, _) in &touched {
                 shared.scheduler.wake_integration(integration);

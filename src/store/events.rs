@@ -137,6 +137,12 @@ pub struct DeliveryView {
     pub next_attempt_at: chrono::DateTime<chrono::Utc>,
     /// Why it failed or was skipped.
     pub last_error: Option<String>,
+    /// Skipped by an operator: the reason they gave (the failure stays in
+    /// `last_error`).
+    pub skip_reason: Option<String>,
+    /// Skipped by an operator: who (`key <id>` for an API or console key,
+    /// `cli` for the command line).
+    pub skipped_by: Option<String>,
     /// The step (1-based) it failed at, when known.
     pub error_step: Option<i32>,
     /// The generation that last ran it.
@@ -171,6 +177,8 @@ pub(crate) struct DeliveryViewRow {
     last_error: Option<String>,
     error_step: Option<i32>,
     generation: Option<i64>,
+    skip_reason: Option<String>,
+    skipped_by: Option<String>,
     created_at: Time,
     updated_at: Time,
     completed_at: Option<Time>,
@@ -179,7 +187,7 @@ pub(crate) struct DeliveryViewRow {
 
 pub(crate) const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
      d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
-     d.generation, d.created_at, d.updated_at, d.completed_at, d.order_key";
+     d.generation, d.skip_reason, d.skipped_by, d.created_at, d.updated_at, d.completed_at, d.order_key";
 
 impl From<DeliveryViewRow> for DeliveryView {
     fn from(row: DeliveryViewRow) -> DeliveryView {
@@ -198,6 +206,8 @@ impl From<DeliveryViewRow> for DeliveryView {
             last_error: row.last_error,
             error_step: row.error_step,
             generation: row.generation,
+            skip_reason: row.skip_reason,
+            skipped_by: row.skipped_by,
             created_at: row.created_at.0,
             updated_at: row.updated_at.0,
             completed_at: row.completed_at.map(|t| t.0),

@@ -846,7 +846,7 @@ pub async fn skip_open(
     Ok(count)
 }
 
-/// Which dead rows to replay.
+/// Which dead rows to replay or skip.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
     pub delivery: Option<Uuid>,
@@ -855,12 +855,25 @@ pub struct ReplayFilter {
     pub organization: Option<Uuid>,
 }
 
-/// Puts dead rows back in their lane with a fresh retry budget, as
-/// `pending` (they run in position order among their key's rows). Returns
-/// the integration and lane of every row replayed.
-pub async fn replay(
+/// What an operator does with dead rows.
+#[derive(Debug, Clone, Copy)]
+pub enum Resolution<'a> {
+    /// Back in their lane, `pending`, with a fresh retry budget: they run
+    /// in position order among their key's rows.
+    Replay,
+    /// Given up on: `skipped`, with the operator's reason and name; the
+    /// failure stays in `last_error`. With `on_dead: block`, their key goes
+    /// on.
+    Skip { reason: &'a str, by: &'a str },
+}
+
+/// Replays or skips the dead rows `filter` selects (only rows that are
+/// dead when the statement runs: one of two operators acting at once
+/// wins). Returns the integration and lane of every row changed.
+pub async fn resolve_dead(
     tx: &mut DbTx,
     filter: &ReplayFilter,
+    resolution: Resolution<'_>,
     now: Time,
 ) -> Result<Vec<(String, i32)>, StoreError> {
     let ids: Option<Vec<Uuid>> = match (&filter.delivery, &filter.deliveries) {
@@ -876,27 +889,43 @@ pub async fn replay(
     for chunk in chunks {
         let d = tx.dialect();
         let deliveries = d.engine_table(EngineTable::Deliveries);
-        let [p1, p2, p3] = d.params();
+        let [p1, p2, p3, p4, p5] = d.params();
+        let set = match resolution {
+            Resolution::Replay => format!(
+                "status = 'pending', attempts = 0, next_attempt_at = {p1}, updated_at = {p1}, \
+                 completed_at = NULL, skip_reason = {p4}, skipped_by = {p5}"
+            ),
+            Resolution::Skip { .. } => format!(
+                "status = 'skipped', updated_at = {p1}, completed_at = {p1}, \
+                 skip_reason = {p4}, skipped_by = {p5}"
+            ),
+        };
         let id_clause = match &chunk {
             Some(ids) => {
                 let params: Vec<String> =
-                    (0..ids.len()).map(|i| d.param(i + 4).to_string()).collect();
+                    (0..ids.len()).map(|i| d.param(i + 6).to_string()).collect();
                 format!(" AND id IN ({})", params.join(", "))
             }
             None => String::new(),
         };
         let sql = AssertSqlSafe(format!(
-            "UPDATE {deliveries} SET status = 'pending', attempts = 0, next_attempt_at = {p1}, \
-                    updated_at = {p1}, completed_at = NULL \
+            "UPDATE {deliveries} SET {set} \
               WHERE status = 'dead' AND ({p2} IS NULL OR integration_id = {p2}) \
                 AND ({p3} IS NULL OR organization_id = {p3}){id_clause} \
               RETURNING integration_id, lane"
         ));
+        // A replay clears an earlier skip's reason (bound as NULL).
+        let (reason, by) = match resolution {
+            Resolution::Replay => (None, None),
+            Resolution::Skip { reason, by } => (Some(reason), Some(by)),
+        };
         let rows: Vec<(String, i32)> = on_tx!(&mut *tx, |conn| {
             let mut query = sqlx::query_as(sql)
                 .bind(now)
                 .bind(filter.integration.as_deref())
-                .bind(filter.organization.map(Id));
+                .bind(filter.organization.map(Id))
+                .bind(reason)
+                .bind(by);
             if let Some(ids) = &chunk {
                 for id in ids {
                     query = query.bind(Id(*id));

@@ -520,6 +520,7 @@ pub async fn requeue(
                             AS u(id, event_id, org, route_event, ordinal, lane, order_key, xid, seq) \
                      ON CONFLICT (id) DO UPDATE SET status = 'pending', attempts = 0, \
                         next_attempt_at = excluded.next_attempt_at, last_error = NULL, error_step = NULL, \
+                        skip_reason = NULL, skipped_by = NULL, \
                         lane = excluded.lane, order_key = excluded.order_key, event_xid = excluded.event_xid, \
                         event_seq = excluded.event_seq, epoch = d.epoch + 1, updated_at = excluded.updated_at, \
                         completed_at = NULL \
@@ -552,6 +553,7 @@ pub async fn requeue(
                        updated_at, completed_at) VALUES {} \
                      ON CONFLICT (id) DO UPDATE SET status = 'pending', attempts = 0, \
                         next_attempt_at = excluded.next_attempt_at, last_error = NULL, error_step = NULL, \
+                        skip_reason = NULL, skipped_by = NULL, \
                         lane = excluded.lane, order_key = excluded.order_key, event_xid = excluded.event_xid, \
                         event_seq = excluded.event_seq, epoch = epoch + 1, updated_at = excluded.updated_at, \
                         completed_at = NULL \

@@ -108,6 +108,8 @@ pub async fn deliveries(
                     last_error: None,
                     error_step: None,
                     generation: None,
+                    skip_reason: None,
+                    skipped_by: None,
                     created_at: event.created_at,
                     updated_at: if delivered {
                         view.updated_at.0

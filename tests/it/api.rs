@@ -779,6 +779,7 @@ on_both_databases! {
             ("/api/integrations/{source}/{target}/pause", "post"),
             ("/api/integrations/{source}/{target}/resume", "post"),
             ("/api/integrations/deliveries/{id}/replay", "post"),
+            ("/api/integrations/deliveries/{id}/skip", "post"),
             ("/api/integrations/{integration}/replay", "post"),
             ("/api/integrations/{integration}/redeliver", "post"),
             ("/api/integrations/reload", "post"),
@@ -788,7 +789,7 @@ on_both_databases! {
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 15, "every documented path is served: {:?}", paths.keys());
+        assert_eq!(paths.len(), 16, "every documented path is served: {:?}", paths.keys());
         // Every body is read through the same extractor, which answers 413
         // and 415 before the handler runs: each operation with a body says so.
         // Likewise every operation behind a key answers 401 and 429 (with
@@ -1037,6 +1038,78 @@ on_both_databases! {
         app.post_empty("/api/integrations/no-such-integration/replay", admin)
             .await
             .assert_problem(404, "integration-not-found");
+        app.stop().await;
+    }
+}
+
+on_both_databases! {
+    /// Issue 16: an operator skips a dead delivery with a reason; it is
+    /// recorded beside the failure, nothing is applied, and only dead
+    /// deliveries of the caller's organization are skipped.
+    async fn a_dead_delivery_is_skipped_with_a_reason_recorded(db: TestDb) {
+        let app = spawn_app(db).await;
+        app.db.poison().await;
+        let event = with_id(candidate_hired(ORGANIZATION, "dead-skip@acme.example"), Uuid::now_v7());
+        app.publish(&event).await;
+        app.db.settle(SETTLE).await;
+        let dead = app.db.deliveries(Some(Status::Dead)).await;
+        let nexus = dead.iter().find(|d| d.integration == "recruitiq-to-nexus").unwrap();
+        let path = format!("/api/integrations/deliveries/{}/skip", nexus.id);
+        let admin = Some(app.keys.admin.as_str());
+
+        // A reason is required.
+        app.post(&path, admin, &json!({})).await.assert_problem(422, "invalid-body");
+        app.post(&path, admin, &json!({"reason": "   "})).await.assert_problem(422, "invalid-body");
+        app.post(&path, admin, &json!({"reason": "x".repeat(1001)})).await.assert_problem(422, "invalid-body");
+        // Only the admin scope, and only the caller's organization.
+        app.post(&path, Some(&app.keys.reader), &json!({"reason": "no"})).await.assert_problem(403, "missing-scope");
+        app.post(&path, Some(&app.keys.other), &json!({"reason": "no"})).await.assert_problem(404, "delivery-not-found");
+        assert_eq!(app.db.deliveries(Some(Status::Dead)).await.len(), dead.len(), "nothing was skipped yet");
+
+        let reply = app.post(&path, admin, &json!({"reason": "the candidate was hired by mistake"})).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body["status"], "skipped");
+        assert_eq!(reply.body["skip_reason"], "the candidate was hired by mistake");
+        assert!(reply.body["skipped_by"].as_str().unwrap().starts_with("key "), "{reply:?}");
+        // A second skip, or a replay, of a skipped delivery is refused.
+        app.post(&path, admin, &json!({"reason": "again"})).await.assert_problem(409, "delivery-not-dead");
+        app.post_empty(&format!("/api/integrations/deliveries/{}/replay", nexus.id), admin)
+            .await
+            .assert_problem(409, "delivery-not-dead");
+
+        // The event's page shows it: skipped, why, by whom, and the failure.
+        app.db.cure().await;
+        app.db.settle(SETTLE).await;
+        let detail = app.get(&format!("/api/integrations/events/{}", event["id"].as_str().unwrap()), Some(&app.keys.reader)).await;
+        let shown = detail.body["deliveries"].as_array().unwrap().iter().find(|d| d["integration"] == "recruitiq-to-nexus").unwrap().clone();
+        assert_eq!(shown["status"], "skipped", "{shown}");
+        assert_eq!(shown["skip_reason"], "the candidate was hired by mistake");
+        assert!(shown["last_error"].as_str().unwrap().contains("boom"), "the failure is kept: {shown}");
+        assert!(app.db.find("hris.employees", &[("email", json!("dead-skip@acme.example"))]).await.is_none(), "nothing applied");
+        // The other integration's dead delivery is untouched.
+        let left = app.db.deliveries(Some(Status::Dead)).await;
+        assert_eq!(left.len(), dead.len() - 1);
+
+        // `busbar skip` does the same from the command line: a delivery that
+        // is not dead (the one just skipped) is named, and left alone.
+        let url = app.db.url.clone();
+        let cli = |args: &[&str]| {
+            let mut all: Vec<String> = vec!["skip".into()];
+            all.extend(args.iter().map(|a| a.to_string()));
+            all.extend(["--database-url".into(), url.clone()]);
+            busbar_cli_async(std::env::temp_dir(), all)
+        };
+        let refused = cli(&[&left[0].id.to_string(), "--reason", " "]).await;
+        assert_eq!((refused.status.code(), refused.stderr.contains("--reason must say why")), (Some(2), true), "{refused:?}");
+        let partly = cli(&[&left[0].id.to_string(), &nexus.id.to_string(), "--reason", "payroll never had her"]).await;
+        assert_eq!(partly.status.code(), Some(1), "one of the two was not dead: {partly:?}");
+        assert!(partly.stdout.contains("skipped 1 of 2 deliveries"), "{partly:?}");
+        assert!(app.db.deliveries(Some(Status::Dead)).await.is_empty());
+        let skipped = app.db.deliveries(Some(Status::Skipped)).await;
+        let by_cli = skipped.iter().find(|d| d.id == left[0].id).unwrap();
+        assert_eq!((by_cli.skip_reason.as_deref(), by_cli.skipped_by.as_deref()), (Some("payroll never had her"), Some("cli")));
+        let by_api = skipped.iter().find(|d| d.id == nexus.id).unwrap();
+        assert_eq!(by_api.skip_reason.as_deref(), Some("the candidate was hired by mistake"), "the first skip's reason stays");
         app.stop().await;
     }
 }

@@ -346,6 +346,54 @@ fn values_of(html: &str, name: &str) -> Vec<String> {
 }
 
 on_both_databases! {
+    /// Issue 16: dead letters can be skipped from the console, and only with
+    /// a reason, which the page then shows beside the failure.
+    async fn dead_letters_are_skipped_with_a_reason(db: TestDb) {
+        db.seed().await;
+        db.poison().await;
+        let server = serve(&db).await;
+        let admin = keys::create_key(&db.store, None, &Scope::ALL, None).await.unwrap();
+        let dead = publish(&server, &candidate_hired(ORGANIZATION, "dead-skip@example.com")).await;
+        db.settle(SETTLE).await;
+        let cookie = session(&server.base, &admin.key).await;
+        let path = "/console/integrations/recruitiq-to-nexus";
+        let (_, html) = page(&server, path, &cookie).await;
+        assert!(html.contains("Skip all 1…"), "{html}");
+        let group = values_of(&html, "group")[0].clone();
+        let csrf = csrf_field(&html);
+        let skip = format!("{path}/skip");
+
+        let asked = post(&server, &skip, &cookie, &[("csrf", &csrf), ("group", &group), ("scope", "group")]).await;
+        assert_eq!(asked.status(), 200);
+        let asked = unescape(&asked.text().await.unwrap());
+        assert!(asked.contains("Skip 1 dead delivery of recruitiq-to-nexus?"), "{asked}");
+        assert!(asked.contains(r#"<textarea name="reason" required"#), "a reason is asked for: {asked}");
+        // Confirmed without a reason: asked again, nothing skipped.
+        let again = confirm(&server, &skip, &cookie, &asked).await;
+        assert_eq!(again.status(), 200);
+        assert!(unescape(&again.text().await.unwrap()).contains("Say why they are skipped"));
+        assert_eq!(db.deliveries(Some(busbar::store::events::Status::Dead)).await.len(), 2, "nothing skipped without a reason");
+
+        let mut fields = hidden_fields(&asked);
+        fields.push(("reason".into(), "a test hire, never real".into()));
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let done = post(&server, &skip, &cookie, &fields).await;
+        assert_eq!(done.status(), 303);
+        assert_eq!(done.headers()[LOCATION], "/console/integrations/recruitiq-to-nexus?notice=skipped&count=1#dead-letters");
+        let (_, html) = page(&server, &format!("{path}?notice=skipped&count=1"), &cookie).await;
+        assert!(html.contains("1 dead delivery was skipped."), "{html}");
+        assert!(html.contains("No dead letters."), "{html}");
+        assert!(html.contains(": a test hire, never real"), "the reason is shown: {html}");
+        // The event's page tells the story: failed, then skipped by whom and why.
+        let (_, html) = page(&server, &format!("/console/events/{dead}"), &cookie).await;
+        assert!(html.contains(&format!("skipped by key {}: a test hire, never real", admin.record.id)), "{html}");
+        // The other integration's dead letter is untouched.
+        assert_eq!(db.deliveries(Some(busbar::store::events::Status::Dead)).await.len(), 1);
+        assert!(db.find("hris.employees", &[("email", "dead-skip@example.com".into())]).await.is_none());
+    }
+}
+
+on_both_databases! {
     async fn dead_letters_are_grouped_by_cause_and_replayed_after_the_fix(db: TestDb) {
         db.seed().await;
         // Employees and new hires whose email starts with `dead` are refused

@@ -256,6 +256,62 @@ on_both_databases! {
 }
 
 on_both_databases! {
+    /// Issue 16: an operator can give up on a dead delivery that blocks its
+    /// key. The skip is recorded with its reason beside the failure, the
+    /// event is never applied, and the key's later events go on in order.
+    async fn skipping_the_dead_delivery_that_blocks_a_key_lets_the_key_go_on_without_it(db: TestDb) {
+        let dir = prepare(&db).await;
+        let poison = match db.dialect() {
+            Dialect::Postgres => "CREATE FUNCTION test.poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                IF NEW.last_seq = 1 AND NEW.key = 'key-0' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$; \
+                CREATE TRIGGER poison BEFORE INSERT OR UPDATE ON test.items FOR EACH ROW EXECUTE FUNCTION test.poison();",
+            Dialect::Sqlite => "CREATE TRIGGER poison_insert BEFORE INSERT ON \"test.items\" \
+                WHEN NEW.key = 'key-0' AND NEW.last_seq = 1 BEGIN SELECT RAISE(ABORT, 'poisoned'); END; \
+                CREATE TRIGGER poison_update BEFORE UPDATE ON \"test.items\" \
+                WHEN NEW.key = 'key-0' AND NEW.last_seq = 1 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        };
+        db.store.execute_script(poison).await.unwrap();
+        let blocking = COUNTER.replace("routes:", "on_dead: block\nroutes:");
+        std::fs::write(dir.path().join("counter.yaml"), blocking).unwrap();
+        let engine = db.engine_on(dir.path(), None).await;
+        let publish = engine_publisher(engine.clone());
+        for seq in 0..5 {
+            for key in ["key-0", "key-1"] {
+                publish(event(key, seq)).await;
+            }
+        }
+        let started = Instant::now();
+        let dead = loop {
+            let dead = db.deliveries(Some(Status::Dead)).await;
+            if dead.len() == 1 && db.count_where("test.items", "key = 'key-1' AND version = 5").await == 1 {
+                break dead;
+            }
+            assert!(started.elapsed() < SETTLE, "key-0 never died, or key-1 was held back: {dead:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(db.deliveries(Some(Status::Pending)).await.len(), 3, "key-0's later events wait");
+
+        // Skipped, not fixed: the poison stays (seq 1 would fail again).
+        let filter = busbar::store::lanes::ReplayFilter { delivery: Some(dead[0].id), ..Default::default() };
+        assert_eq!(engine.skip(filter.clone(), "  bad data from the source, re-sent as seq 2  ", "key test").await.unwrap(), 1);
+        // Only dead deliveries are skipped: a second skip changes nothing.
+        assert_eq!(engine.skip(filter, "again", "key test").await.unwrap(), 0);
+        db.settle(SETTLE).await;
+        let row = db.find("test.items", &[("key", json!("key-0"))]).await.unwrap();
+        assert_eq!(row["seqs"], ",0,2,3,4", "seq 1 is never applied; the rest in order: {row:?}");
+        assert_eq!(row["version"], 4);
+        let skipped = db.deliveries(Some(Status::Skipped)).await;
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].id, dead[0].id);
+        assert_eq!(skipped[0].skip_reason.as_deref(), Some("bad data from the source, re-sent as seq 2"));
+        assert_eq!(skipped[0].skipped_by.as_deref(), Some("key test"));
+        assert!(skipped[0].last_error.as_deref().unwrap().contains("poisoned"), "the failure is kept: {skipped:?}");
+        assert!(db.deliveries(Some(Status::Dead)).await.is_empty());
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
     /// Issue 16, item 6: a lane read only its first `batch size` open rows
     /// by position, so with `on_dead: block` and that many older dead rows
     /// (each holding its own key), a later key's replayed row never ran.
