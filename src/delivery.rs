@@ -1,5 +1,5 @@
 //! A delivery's identity and outcome: [`delivery_id`] (the same whether or
-//! not the delivery has a row) and [`Status`] (its states). Pure values,
+//! not the delivery has a row), [`emitted_id`] and [`Status`] (its states). Pure values,
 //! shared by the store, which persists them, the engine, which decides
 //! them, and telemetry, which counts them. A leaf: it uses no other module.
 
@@ -8,6 +8,22 @@ use uuid::Uuid;
 
 /// Namespace for delivery ids: `uuid5(organization/event/integration/route)`.
 const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d64_656c_6976_6572_7921);
+
+/// Namespace for the ids of emitted events.
+const EMIT_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d65_6d69_742d_6576_656e);
+
+/// The id of the event that step `step` (0-based) of a delivery emits:
+/// `uuid5(delivery/step)`, and `uuid5(delivery/epoch/step)` once the
+/// delivery was redelivered (`epoch` > 0), so the same run of a step always
+/// emits the same id and a redelivery emits a new one.
+pub fn emitted_id(delivery: Uuid, epoch: i32, step: usize) -> Uuid {
+    let name = if epoch == 0 {
+        format!("{delivery}/{step}")
+    } else {
+        format!("{delivery}/{epoch}/{step}")
+    };
+    Uuid::new_v5(&EMIT_NAMESPACE, name.as_bytes())
+}
 
 /// A delivery's state (in the API: `DeliveryStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -44,10 +44,6 @@ use crate::store::ticks::{self, Cursor, Tick};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
 
-/// Namespace for the ids of emitted events: `uuid5(delivery id + step)`,
-/// so the same delivery step always emits the same event id.
-const EMIT_NAMESPACE: Uuid = Uuid::from_u128(0x6275_7362_6172_2d65_6d69_742d_6576_656e);
-
 /// A lane: an integration and one of its lanes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct LaneId {
@@ -503,8 +499,9 @@ pub(crate) async fn visit(
         }
     }
     if !emitted.is_empty() {
-        let stored = log::append(&mut tx, &emitted, now).await?;
-        let _ = stored;
+        // Each was checked against the log in its delivery's run: an id
+        // stored with other content failed its delivery there.
+        log::append(&mut tx, &emitted, now).await?;
     }
     let first_new_ids: HashSet<Uuid> = items[first_new..].iter().map(|i| i.id).collect();
     let (made, updated): (Vec<DeliveryRow>, Vec<DeliveryRow>) = rows
@@ -817,7 +814,34 @@ async fn run_lockstep(
         }
         done.push(result);
     }
+    // An emitted id already stored with other content fails its delivery:
+    // safe mode finds which, and undoes only its writes.
+    let emitted: Vec<NewEvent> = done.iter().flat_map(|d| d.emitted.clone()).collect();
+    if !emitted.is_empty() && !log::reused(tx, &emitted).await?.is_empty() {
+        return Ok(Attempt::Undo);
+    }
     Ok(Attempt::Done(done))
+}
+
+/// The failure of a delivery whose emitted events' ids are already in the
+/// log with other content (`None`: every emitted event is new, or the same
+/// event again).
+async fn emitted_elsewhere(
+    tx: &mut DbTx,
+    emitted: &[NewEvent],
+) -> Result<Option<String>, StoreError> {
+    if emitted.is_empty() {
+        return Ok(None);
+    }
+    let reused = log::reused(tx, emitted).await?;
+    Ok(reused.first().map(|(id, differs)| {
+        format!(
+            "emitted event {id} is already in the log with other {}: the log and this delivery \
+             disagree (a database restored from a backup, or an event published with that id); \
+             nothing of this delivery was applied",
+            differs.join(" and ")
+        )
+    }))
 }
 
 /// Runs the items one after another; with `safe`, each inside a savepoint,
@@ -868,9 +892,20 @@ async fn run_sequential(
                 // A database error may leave the transaction unusable:
                 // outside a savepoint, give up on this way.
                 let database_failed = matches!(&run.outcome, Err(RouteError::Executor { .. }));
-                let result = conclude(generation, integration, item, run.outcome, wrote, emitted);
+                let mut result =
+                    conclude(generation, integration, item, run.outcome, wrote, emitted);
                 if !safe && (result.undo || database_failed) {
                     return Ok(Attempt::Undo);
+                }
+                if let Some(error) = emitted_elsewhere(tx, &result.emitted).await? {
+                    if !safe {
+                        return Ok(Attempt::Undo);
+                    }
+                    result = Done {
+                        result: Result_::Dead { error, step: None },
+                        emitted: Vec::new(),
+                        undo: true,
+                    };
                 }
                 result
             }
@@ -921,24 +956,17 @@ fn conclude(
             let epoch = item.row.as_ref().map_or(0, |r| r.epoch);
             let emitted: Vec<NewEvent> = emitted
                 .into_iter()
-                .map(|e| {
-                    let name = if epoch == 0 {
-                        format!("{}/{}", item.id, e.step)
-                    } else {
-                        format!("{}/{epoch}/{}", item.id, e.step)
-                    };
-                    NewEvent {
-                        envelope: Envelope {
-                            id: Uuid::new_v5(&EMIT_NAMESPACE, name.as_bytes()),
-                            source: integration.target.clone(),
-                            event: e.event,
-                            organization_id: item.event.organization_id,
-                            occurred_at: chrono::Utc::now(),
-                            data: e.data,
-                        },
-                        idempotency_key: None,
-                        parent_id: Some(item.event.id),
-                    }
+                .map(|e| NewEvent {
+                    envelope: Envelope {
+                        id: crate::delivery::emitted_id(item.id, epoch, e.step),
+                        source: integration.target.clone(),
+                        event: e.event,
+                        organization_id: item.event.organization_id,
+                        occurred_at: chrono::Utc::now(),
+                        data: e.data,
+                    },
+                    idempotency_key: None,
+                    parent_id: Some(item.event.id),
                 })
                 .collect();
             // An emitted event must honour its contract like a published

@@ -210,6 +210,67 @@ fn existing((id, source, event, data): ExistingRow) -> Existing {
     }
 }
 
+/// Of `events` (emitted by deliveries), those whose id is already in the
+/// log with another source, name or data: for each, its id and what
+/// differs. A delivery step always emits the same id, so an id stored
+/// with other content means the log and the delivery disagree (a restore,
+/// a route that changed identity): the delivery must fail, not drop its
+/// event silently. The same content is the same event, and not reported.
+pub async fn reused(
+    tx: &mut DbTx,
+    events: &[NewEvent],
+) -> Result<Vec<(Uuid, Vec<&'static str>)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in events.chunks(CHUNK) {
+        let rows: Vec<(Id, Id, String, String, Doc)> =
+            match &mut *tx {
+                DbTx::Postgres(conn) => sqlx::query_as(
+                    "SELECT e.organization_id, e.id, e.source_product, e.event_name, e.event_data \
+                       FROM integrations.events e \
+                       JOIN UNNEST($1::uuid[], $2::uuid[]) AS u(org, id) \
+                         ON e.organization_id = u.org AND e.id = u.id",
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|e| e.envelope.organization_id)
+                        .collect::<Vec<Uuid>>(),
+                )
+                .bind(chunk.iter().map(|e| e.envelope.id).collect::<Vec<Uuid>>())
+                .fetch_all(&mut **conn)
+                .await?,
+                DbTx::Sqlite(conn) => {
+                    let sql = format!(
+                        "SELECT organization_id, id, source_product, event_name, event_data \
+                       FROM \"integrations.events\" WHERE {}",
+                        vec!["(organization_id = ? AND id = ?)"; chunk.len()].join(" OR ")
+                    );
+                    let mut query = sqlx::query_as(AssertSqlSafe(sql));
+                    for event in chunk {
+                        query = query
+                            .bind(Id(event.envelope.organization_id))
+                            .bind(Id(event.envelope.id));
+                    }
+                    query.fetch_all(&mut **conn).await?
+                }
+            };
+        for (org, id, source, event, data) in rows {
+            let old = existing((id, source, event, data));
+            let Some(new) = chunk
+                .iter()
+                .find(|e| e.envelope.organization_id == org.0 && e.envelope.id == old.id)
+            else {
+                continue;
+            };
+            let differs = differences(&new.envelope, &old);
+            if !differs.is_empty() {
+                out.push((old.id, differs));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn find(tx: &mut DbTx, organization: Uuid, id: Uuid) -> Result<Option<Existing>, StoreError> {
     static SQL: Statement = Statement::new(|d| {
         let events = d.engine_table(EngineTable::Events);

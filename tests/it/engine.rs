@@ -523,3 +523,42 @@ routes:
         engine.shutdown().await;
     }
 }
+
+on_both_databases! {
+    /// Issue 16: a delivery step always emits the same event id. When the log
+    /// already holds that id with other data (a restored database, an event
+    /// published with that id), the delivery is dead with the reason, and
+    /// none of its writes stay: the old code dropped the emitted event
+    /// silently and called the delivery delivered.
+    async fn an_emitted_id_already_in_the_log_with_other_data_is_a_dead_delivery(db: TestDb) {
+        db.seed().await;
+        let engine = db.engine().await;
+        let hired_id = Uuid::now_v7();
+        let mut hired = candidate_hired(ORGANIZATION, "twice@acme.example");
+        hired["id"] = json!(hired_id);
+        // The id step 4 (the emit, index 3) of recruitiq-to-nexus's delivery
+        // of that event will use, taken first by another event.
+        let delivery = busbar::delivery::delivery_id(ORGANIZATION, hired_id, "recruitiq-to-nexus", "candidate.hired", 0);
+        let taken = busbar::delivery::emitted_id(delivery, 0, 3);
+        let squatter = json!({
+            "id": taken, "source": "nexus", "event": "employee.created", "organization_id": ORGANIZATION,
+            "data": {"employee_id": Uuid::new_v4(), "first_name": "Someone", "last_name": "Else",
+                     "email": "else@acme.example", "hire_date": "2026-01-01"}
+        });
+        assert!(engine.publish_json(&squatter, None).await.unwrap().created);
+        engine.publish_json(&hired, None).await.unwrap();
+        db.settle(SETTLE).await;
+
+        let dead = db.deliveries(Some(Status::Dead)).await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!((dead[0].id, dead[0].integration.as_str()), (delivery, "recruitiq-to-nexus"));
+        let error = dead[0].last_error.as_deref().unwrap();
+        assert!(error.contains(&format!("emitted event {taken} is already in the log with other data")), "{error}");
+        // Its writes were undone; the other integration's delivery went on.
+        assert!(db.find("hris.employees", &[("email", json!("twice@acme.example"))]).await.is_none());
+        assert!(db.find("payroll.new_hires", &[("email", json!("twice@acme.example"))]).await.is_some());
+        // The stored event is untouched.
+        assert_eq!(db.count_where("integrations.events", &format!("id = '{taken}'")).await, 1);
+        engine.shutdown().await;
+    }
+}
