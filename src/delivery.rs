@@ -75,16 +75,18 @@ impl Status {
     }
 }
 
-/// The id of a delivery: the same whether or not it has a row.
+/// The id of a delivery: the same whether or not it has a row. `route` is
+/// the route's identity (`Route::identity`: `0` for the unnamed route of
+/// the event, `name:<name>` for a named one).
 pub fn delivery_id(
     organization: Uuid,
     event: Uuid,
     integration: &str,
     route_event: &str,
-    ordinal: usize,
+    route: &str,
 ) -> Uuid {
     Uuid::new_v5(
         &DELIVERY_NAMESPACE,
-        format!("{organization}/{event}/{integration}/{route_event}/{ordinal}").as_bytes(),
+        format!("{organization}/{event}/{integration}/{route_event}/{route}").as_bytes(),
     )
 }

@@ -91,8 +91,10 @@ codes! {
     KeyNotInValues = "key-not-in-values",
     /// Two files declare the same integration id.
     DuplicateId = "duplicate-id",
-    /// One integration routes the same event twice with no guard to tell them apart.
+    /// One integration routes the same event twice with no guard or name to tell them apart.
     DuplicateRoute = "duplicate-route",
+    /// One integration has more than one route without a `name:` for the same event.
+    RouteNeedsName = "route-needs-name",
     /// Two integrations upsert the same table on the same key for the same event.
     ConflictingWrite = "conflicting-write",
     /// The integrations' `emit` steps form a cycle.

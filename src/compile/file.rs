@@ -209,6 +209,7 @@ impl<'a> FileCompiler<'a> {
             }
         }
         self.duplicate_routes(&routes);
+        self.route_names(&routes);
         let id_position = if model.id.is_some() {
             self.at("/id")
         } else {
@@ -503,6 +504,7 @@ impl<'a> FileCompiler<'a> {
             index,
             ordinal,
             on: model.on.clone(),
+            name: model.name.clone(),
             description: model.description.clone(),
             when,
             steps,
@@ -1130,18 +1132,65 @@ impl<'a> FileCompiler<'a> {
 
     /// Two routes for the same event in one file, neither guarded, are
     /// surely a mistake: they would both run, in an order nobody chose.
+    /// Route identities: a name is used once per integration, and each
+    /// event has at most one route without a name (rows find their route
+    /// by name, so two unnamed ones could not be told apart).
+    fn route_names(&mut self, routes: &[Route]) {
+        for (i, route) in routes.iter().enumerate() {
+            let earlier = &routes[..i];
+            match &route.name {
+                Some(name) => {
+                    if let Some(first) = earlier.iter().find(|r| r.name.as_ref() == Some(name)) {
+                        let position = self.at(&format!("/routes/{}/name", route.index));
+                        self.error(
+                            position,
+                            Code::DuplicateName,
+                            format!(
+                                "route name `{name}` is already used at line {}; each route's name must be unique in the integration",
+                                first.position.line
+                            ),
+                        );
+                    }
+                }
+                None => {
+                    // An unguarded one after another is a `duplicate-route`.
+                    let same_event = |r: &&Route| r.on == route.on && r.name.is_none();
+                    if route.when.is_none()
+                        && earlier.iter().any(|r| same_event(&r) && r.when.is_none())
+                    {
+                        continue;
+                    }
+                    if let Some(first) = earlier.iter().find(same_event) {
+                        let position = self.at(&format!("/routes/{}/on", route.index));
+                        self.error(
+                            position,
+                            Code::RouteNeedsName,
+                            format!(
+                                "the route at line {} handles `{}` too: give these routes a `name:` (all but one may need it), so that their deliveries keep their route when routes are added, moved or removed",
+                                first.position.line, route.on
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn duplicate_routes(&mut self, routes: &[Route]) {
         for (i, route) in routes.iter().enumerate() {
-            if let Some(first) = routes[..i]
-                .iter()
-                .find(|r| r.on == route.on && r.when.is_none() && route.when.is_none())
-            {
+            if let Some(first) = routes[..i].iter().find(|r| {
+                r.on == route.on
+                    && r.when.is_none()
+                    && route.when.is_none()
+                    && r.name.is_none()
+                    && route.name.is_none()
+            }) {
                 let position = self.at(&format!("/routes/{}/on", route.index));
                 self.error(
                     position,
                     Code::DuplicateRoute,
                     format!(
-                        "`{}` is already routed at line {}; merge the steps into one route, or give each a `when` guard",
+                        "`{}` is already routed at line {}; merge the steps into one route, or give each a `when` guard or a `name`",
                         route.on, first.position.line
                     ),
                 );

@@ -168,15 +168,38 @@ pub struct Route {
     /// integration id, it names the route in deliveries.
     pub index: usize,
     /// Position among the integration's routes for the same event (0 for
-    /// the first): with the integration id and the event name, it names the
-    /// route in deliveries, stable when other routes are added or moved.
+    /// the first): the order in which one event's routes run. Not its
+    /// identity (that is `name`): moving a route changes it.
     pub ordinal: usize,
     pub on: String,
+    /// The route's identity among the integration's routes for its event:
+    /// its `name:`, or `None` for the one route of the event without one.
+    /// Deliveries record it and find their route by it.
+    pub name: Option<String>,
     pub description: Option<String>,
     pub when: Option<Guard>,
     pub steps: Vec<Step>,
     /// Where the route starts in its file, for messages.
     pub position: Position,
+}
+
+impl Route {
+    /// The route's part of its deliveries' ids ([`crate::delivery::delivery_id`]):
+    /// `0` for the unnamed route of its event (the id busbar has always
+    /// given a single route), `name:<name>` for a named one.
+    pub fn identity(&self) -> std::borrow::Cow<'_, str> {
+        match &self.name {
+            None => "0".into(),
+            Some(name) => format!("name:{name}").into(),
+        }
+    }
+
+    /// What a delivery row records in `route_name`: the name, or `""` for
+    /// the unnamed route (`NULL` is a row written before routes had
+    /// names).
+    pub fn recorded_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
 }
 
 /// A condition: a literal, or a compiled expression tested for truth.

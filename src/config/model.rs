@@ -43,6 +43,8 @@ pub struct RouteModel {
     /// Position in the file's `routes` list.
     pub index: usize,
     pub on: String,
+    /// The route's stable identity within its integration (`name:`).
+    pub name: Option<String>,
     pub description: Option<String>,
     pub when: Option<Value>,
     /// Steps stay raw: their kind is decided by which key they carry.
@@ -171,6 +173,7 @@ impl RouteModel {
         Some(RouteModel {
             index,
             on: string(object.get("on"))?,
+            name: string(object.get("name")),
             description: string(object.get("description")),
             when: object.get("when").cloned(),
             steps: object.get("steps")?.as_array()?.clone(),

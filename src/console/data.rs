@@ -671,11 +671,14 @@ pub struct TimelineEntry {
 /// it ended, and how many times it was redelivered (`epoch`). Earlier
 /// attempts' errors are not kept.
 pub fn delivery_timeline(delivery: &DeliveryView, epoch: i32) -> Vec<TimelineEntry> {
-    let route = format!(
-        "route {} for {}",
-        delivery.route_ordinal + 1,
-        delivery.route_event
-    );
+    let route = match &delivery.route_name {
+        Some(name) => format!("route `{name}` for {}", delivery.route_event),
+        None => format!(
+            "route {} for {}",
+            delivery.route_ordinal + 1,
+            delivery.route_event
+        ),
+    };
     let mut entries = vec![if delivery.recorded {
         TimelineEntry {
             at: delivery.created_at,

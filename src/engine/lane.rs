@@ -259,8 +259,7 @@ pub(crate) async fn visit(
             held.insert(key);
             continue;
         }
-        let Some(route) = route_of(integration, &row.route_event, row.route_ordinal as usize)
-        else {
+        let Some(route) = route_of(integration, &row) else {
             let reason = format!(
                 "integration `{}` no longer routes `{}` (generation {})",
                 integration.id, row.route_event, generation.number
@@ -333,7 +332,7 @@ pub(crate) async fn visit(
                 event.envelope.id,
                 &integration.id,
                 &route.on,
-                route.ordinal,
+                &route.identity(),
             );
             let plan = match decide(integration, &status, event.position, false, disabled) {
                 Plan::Run if blocked.contains(&key) => Plan::Decided(Result_::Queued),
@@ -430,6 +429,7 @@ pub(crate) async fn visit(
             integration_id: integration.id.clone(),
             route_event: item.route.on.clone(),
             route_ordinal: item.route.ordinal as i32,
+            route_name: Some(item.route.recorded_name().to_owned()),
             source_product: integration.source.clone(),
             target_product: integration.target.clone(),
             status,
@@ -679,12 +679,19 @@ fn decide(
     Plan::Run
 }
 
-fn route_of<'g>(integration: &'g Integration, event: &str, ordinal: usize) -> Option<&'g Route> {
-    integration
+/// The route a row belongs to, by the identity it recorded: its name, or
+/// the unnamed route of its event (`""`). A row written before routes had
+/// names is found by its position among the event's routes, as it was
+/// then. `None`: the integration no longer has that route.
+fn route_of<'g>(integration: &'g Integration, row: &DeliveryRow) -> Option<&'g Route> {
+    let mut routes = integration
         .routes
         .iter()
-        .filter(|r| r.on == event)
-        .nth(ordinal)
+        .filter(|r| r.on == row.route_event);
+    match row.route_name.as_deref() {
+        Some(name) => routes.find(|r| r.recorded_name() == name),
+        None => routes.nth(row.route_ordinal as usize),
+    }
 }
 
 /// How one way of running a batch ended.

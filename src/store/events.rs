@@ -125,10 +125,12 @@ pub struct DeliveryView {
     pub organization_id: Uuid,
     /// The integration's id.
     pub integration: String,
-    /// The route: the `route_ordinal`-th route of the integration for
-    /// `route_event`.
+    /// The route: the integration's route for `route_event` named
+    /// `route_name` (`null`: the event's route without a name);
+    /// `route_ordinal` is its position among the event's routes.
     pub route_event: String,
     pub route_ordinal: i32,
+    pub route_name: Option<String>,
     pub source: String,
     pub target: String,
     pub status: Status,
@@ -169,6 +171,7 @@ pub(crate) struct DeliveryViewRow {
     integration_id: String,
     route_event: String,
     route_ordinal: i32,
+    route_name: Option<String>,
     source_product: String,
     target_product: String,
     status: String,
@@ -185,7 +188,7 @@ pub(crate) struct DeliveryViewRow {
     order_key: Option<String>,
 }
 
-pub(crate) const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
+pub(crate) const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, d.route_name, \
      d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
      d.generation, d.skip_reason, d.skipped_by, d.created_at, d.updated_at, d.completed_at, d.order_key";
 
@@ -198,6 +201,7 @@ impl From<DeliveryViewRow> for DeliveryView {
             integration: row.integration_id,
             route_event: row.route_event,
             route_ordinal: row.route_ordinal,
+            route_name: row.route_name.filter(|n| !n.is_empty()),
             source: row.source_product,
             target: row.target_product,
             status: Status::parse(&row.status).unwrap_or(Status::Pending),

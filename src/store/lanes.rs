@@ -478,6 +478,10 @@ pub struct DeliveryRow {
     pub integration_id: String,
     pub route_event: String,
     pub route_ordinal: i32,
+    /// The route's identity (`Route::recorded_name`): its name, `""` for
+    /// the unnamed route of the event, `None` for a row written before
+    /// routes had names (found by `route_ordinal`, as then).
+    pub route_name: Option<String>,
     pub source_product: String,
     pub target_product: String,
     pub status: Status,
@@ -501,7 +505,7 @@ pub struct OpenRow {
     pub event: Envelope,
 }
 
-const ROW_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, \
+const ROW_COLUMNS: &str = "d.id, d.event_id, d.organization_id, d.integration_id, d.route_event, d.route_ordinal, d.route_name, \
      d.source_product, d.target_product, d.status, d.attempts, d.next_attempt_at, d.last_error, d.error_step, \
      d.generation, d.lane, d.order_key, d.event_xid, d.event_seq, d.epoch";
 
@@ -513,6 +517,7 @@ struct FlatRow {
     integration_id: String,
     route_event: String,
     route_ordinal: i32,
+    route_name: Option<String>,
     source_product: String,
     target_product: String,
     status: String,
@@ -537,6 +542,7 @@ impl From<FlatRow> for DeliveryRow {
             integration_id: r.integration_id,
             route_event: r.route_event,
             route_ordinal: r.route_ordinal,
+            route_name: r.route_name,
             source_product: r.source_product,
             target_product: r.target_product,
             status: Status::parse(&r.status).unwrap_or(Status::Pending),
@@ -723,7 +729,7 @@ pub async fn write_rows(
          next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error, \
          error_step = excluded.error_step, generation = excluded.generation, lane = excluded.lane, \
          order_key = excluded.order_key, epoch = excluded.epoch, updated_at = excluded.updated_at, \
-         completed_at = excluded.completed_at";
+         completed_at = excluded.completed_at, route_name = excluded.route_name";
     let conflict = if insert_only {
         "ON CONFLICT (id) DO NOTHING".to_owned()
     } else {
@@ -740,17 +746,17 @@ pub async fn write_rows(
                     "INSERT INTO integrations.deliveries (id, event_id, organization_id, integration_id, route_event, \
                        route_ordinal, source_product, target_product, status, attempts, next_attempt_at, last_error, \
                        error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, updated_at, \
-                       completed_at) \
+                       completed_at, route_name) \
                      SELECT u.id, u.event_id, u.org, u.integration, u.route_event, u.ordinal, u.source, u.target, \
                             u.status, u.attempts, u.next_attempt_at, u.last_error, u.error_step, u.generation, u.lane, \
-                            u.order_key, u.xid, u.seq, u.epoch, $1, $1, u.completed_at \
+                            u.order_key, u.xid, u.seq, u.epoch, $1, $1, u.completed_at, u.route_name \
                      FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::text[], \
                                  $9::text[], $10::text[], $11::int[], $12::timestamptz[], $13::text[], $14::int[], \
                                  $15::bigint[], $16::int[], $17::text[], $18::bigint[], $19::bigint[], $20::int[], \
-                                 $21::timestamptz[]) \
+                                 $21::timestamptz[], $22::text[]) \
                           AS u(id, event_id, org, integration, route_event, ordinal, source, target, status, attempts, \
                                next_attempt_at, last_error, error_step, generation, lane, order_key, xid, seq, epoch, \
-                               completed_at) \
+                               completed_at, route_name) \
                      {conflict}"
                 )))
                 .bind(now)
@@ -774,16 +780,17 @@ pub async fn write_rows(
                 .bind(chunk.iter().map(|r| r.position.seq).collect::<Vec<i64>>())
                 .bind(chunk.iter().map(|r| r.epoch).collect::<Vec<i32>>())
                 .bind(chunk.iter().map(|r| completed(r).map(|t| t.0)).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.route_name.clone()).collect::<Vec<Option<String>>>())
                 .execute(&mut **conn)
                 .await?;
             }
             DbTx::Sqlite(conn) => {
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
                 let sql = format!(
                     "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, route_event, \
                        route_ordinal, source_product, target_product, status, attempts, next_attempt_at, last_error, \
                        error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, updated_at, \
-                       completed_at) VALUES {} {conflict}",
+                       completed_at, route_name) VALUES {} {conflict}",
                     vec![row; chunk.len()].join(", ")
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -810,7 +817,8 @@ pub async fn write_rows(
                         .bind(r.epoch)
                         .bind(now)
                         .bind(now)
-                        .bind(completed(r));
+                        .bind(completed(r))
+                        .bind(r.route_name.as_deref());
                 }
                 query.execute(&mut **conn).await?;
             }

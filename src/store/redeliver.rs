@@ -150,6 +150,8 @@ pub struct Chosen {
     pub organization_id: Uuid,
     pub route_event: String,
     pub route_ordinal: i32,
+    /// The route's identity (`Route::recorded_name`).
+    pub route_name: String,
     pub lane: i32,
     pub order_key: String,
     pub position: Position,
@@ -410,7 +412,7 @@ pub async fn scan(
                 envelope.id,
                 &integration.id,
                 &route.on,
-                route.ordinal,
+                &route.identity(),
             );
             passed.push((candidate, route, id));
         }
@@ -451,6 +453,7 @@ pub async fn scan(
             organization_id: candidate.envelope.organization_id,
             route_event: route.on.clone(),
             route_ordinal: route.ordinal as i32,
+            route_name: route.recorded_name().to_owned(),
             lane: candidate.lane,
             order_key: integration.order_by.key_of(&candidate.envelope),
             position: candidate.position,
@@ -512,15 +515,15 @@ pub async fn requeue(
                     "INSERT INTO integrations.deliveries AS d (id, event_id, organization_id, integration_id, \
                        route_event, route_ordinal, source_product, target_product, status, attempts, next_attempt_at, \
                        last_error, error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, \
-                       updated_at, completed_at) \
+                       updated_at, completed_at, route_name) \
                      SELECT u.id, u.event_id, u.org, $2, u.route_event, u.ordinal, $3, $4, 'pending', 0, $1, \
-                            NULL, NULL, NULL, u.lane, u.order_key, u.xid, u.seq, 1, $1, $1, NULL \
+                            NULL, NULL, NULL, u.lane, u.order_key, u.xid, u.seq, 1, $1, $1, NULL, u.route_name \
                        FROM UNNEST($5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::int[], $10::int[], \
-                                   $11::text[], $12::bigint[], $13::bigint[]) \
-                            AS u(id, event_id, org, route_event, ordinal, lane, order_key, xid, seq) \
+                                   $11::text[], $12::bigint[], $13::bigint[], $15::text[]) \
+                            AS u(id, event_id, org, route_event, ordinal, lane, order_key, xid, seq, route_name) \
                      ON CONFLICT (id) DO UPDATE SET status = 'pending', attempts = 0, \
                         next_attempt_at = excluded.next_attempt_at, last_error = NULL, error_step = NULL, \
-                        skip_reason = NULL, skipped_by = NULL, \
+                        skip_reason = NULL, skipped_by = NULL, route_name = excluded.route_name, \
                         lane = excluded.lane, order_key = excluded.order_key, event_xid = excluded.event_xid, \
                         event_seq = excluded.event_seq, epoch = d.epoch + 1, updated_at = excluded.updated_at, \
                         completed_at = NULL \
@@ -541,19 +544,20 @@ pub async fn requeue(
                 .bind(chunk.iter().map(|c| c.position.xid).collect::<Vec<i64>>())
                 .bind(chunk.iter().map(|c| c.position.seq).collect::<Vec<i64>>())
                 .bind(&states)
+                .bind(chunk.iter().map(|c| c.route_name.clone()).collect::<Vec<String>>())
                 .fetch_all(&mut **conn)
                 .await?
             }
             DbTx::Sqlite(conn) => {
-                let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL, NULL, ?, ?, ?, ?, 1, ?, ?, NULL)";
+                let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, NULL, NULL, NULL, ?, ?, ?, ?, 1, ?, ?, NULL, ?)";
                 let sql = format!(
                     "INSERT INTO \"integrations.deliveries\" (id, event_id, organization_id, integration_id, \
                        route_event, route_ordinal, source_product, target_product, status, attempts, next_attempt_at, \
                        last_error, error_step, generation, lane, order_key, event_xid, event_seq, epoch, created_at, \
-                       updated_at, completed_at) VALUES {} \
+                       updated_at, completed_at, route_name) VALUES {} \
                      ON CONFLICT (id) DO UPDATE SET status = 'pending', attempts = 0, \
                         next_attempt_at = excluded.next_attempt_at, last_error = NULL, error_step = NULL, \
-                        skip_reason = NULL, skipped_by = NULL, \
+                        skip_reason = NULL, skipped_by = NULL, route_name = excluded.route_name, \
                         lane = excluded.lane, order_key = excluded.order_key, event_xid = excluded.event_xid, \
                         event_seq = excluded.event_seq, epoch = epoch + 1, updated_at = excluded.updated_at, \
                         completed_at = NULL \
@@ -579,7 +583,8 @@ pub async fn requeue(
                         .bind(c.position.xid)
                         .bind(c.position.seq)
                         .bind(now)
-                        .bind(now);
+                        .bind(now)
+                        .bind(c.route_name.as_str());
                 }
                 for state in &states {
                     query = query.bind(state.as_str());

@@ -61,7 +61,7 @@ pub async fn deliveries(
                     envelope.id,
                     &integration.id,
                     &route.on,
-                    route.ordinal,
+                    &route.identity(),
                 );
                 if let Some(row) = rows.remove(&id) {
                     out.push(row);
@@ -96,6 +96,7 @@ pub async fn deliveries(
                     integration: integration.id.clone(),
                     route_event: route.on.clone(),
                     route_ordinal: route.ordinal as i32,
+                    route_name: route.name.clone(),
                     source: integration.source.clone(),
                     target: integration.target.clone(),
                     status: if delivered {

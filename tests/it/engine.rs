@@ -538,7 +538,7 @@ on_both_databases! {
         hired["id"] = json!(hired_id);
         // The id step 4 (the emit, index 3) of recruitiq-to-nexus's delivery
         // of that event will use, taken first by another event.
-        let delivery = busbar::delivery::delivery_id(ORGANIZATION, hired_id, "recruitiq-to-nexus", "candidate.hired", 0);
+        let delivery = busbar::delivery::delivery_id(ORGANIZATION, hired_id, "recruitiq-to-nexus", "candidate.hired", "0");
         let taken = busbar::delivery::emitted_id(delivery, 0, 3);
         let squatter = json!({
             "id": taken, "source": "nexus", "event": "employee.created", "organization_id": ORGANIZATION,

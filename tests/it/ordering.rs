@@ -312,6 +312,59 @@ on_both_databases! {
 }
 
 on_both_databases! {
+    /// Issue 16: rows find their route by its identity (its name, or the
+    /// event's unnamed route), not by its position. A route added before
+    /// the counter's route by a reload must not take over the counter's
+    /// dead row when it is replayed; by position (the old rule) it did.
+    async fn a_route_added_before_another_does_not_take_over_its_rows(db: TestDb) {
+        let dir = prepare(&db).await;
+        db.execute("CREATE TABLE test.audit (key VARCHAR(50) NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (key, seq))").await;
+        let poison = match db.dialect() {
+            Dialect::Postgres => "CREATE FUNCTION test.poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                IF NEW.last_seq = 1 THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$; \
+                CREATE TRIGGER poison BEFORE INSERT OR UPDATE ON test.items FOR EACH ROW EXECUTE FUNCTION test.poison();",
+            Dialect::Sqlite => "CREATE TRIGGER poison_insert BEFORE INSERT ON \"test.items\" \
+                WHEN NEW.last_seq = 1 BEGIN SELECT RAISE(ABORT, 'poisoned'); END; \
+                CREATE TRIGGER poison_update BEFORE UPDATE ON \"test.items\" \
+                WHEN NEW.last_seq = 1 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+        };
+        db.store.execute_script(poison).await.unwrap();
+        let engine = db.engine_on(dir.path(), None).await;
+        let publish = engine_publisher(engine.clone());
+        for seq in 0..2 {
+            publish(event("key-0", seq)).await;
+        }
+        db.settle(SETTLE).await;
+        let dead = db.deliveries(Some(Status::Dead)).await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+
+        // A named route for the same event, first in the file.
+        let audited = COUNTER.replace(
+            "routes:\n",
+            "routes:\n  - on: item.changed\n    name: audit\n    steps:\n      - upsert: test.audit\n        key: [key, seq]\n        values: { key: $.data.key, seq: $.data.seq }\n",
+        );
+        std::fs::write(dir.path().join("counter.yaml"), audited).unwrap();
+        let generation = busbar::serve::load_generation(dir.path(), None, 2).unwrap();
+        engine.swap_generation(generation).await.unwrap();
+        match db.dialect() {
+            Dialect::Postgres => db.store.execute_script("DROP TRIGGER poison ON test.items").await.unwrap(),
+            Dialect::Sqlite => db.store.execute_script("DROP TRIGGER poison_insert; DROP TRIGGER poison_update").await.unwrap(),
+        }
+        assert!(engine.replay_delivery(dead[0].id, None).await.unwrap());
+        publish(event("key-0", 2)).await;
+        db.settle(SETTLE).await;
+        let row = db.find("test.items", &[("key", json!("key-0"))]).await.unwrap();
+        assert_eq!(row["seqs"], ",0,1,2", "the replayed row ran the counter's route: {row:?}");
+        // The new route saw only the event published after it existed.
+        assert_eq!(db.count_where("test.audit", "key = 'key-0'").await, 1);
+        assert_eq!(db.count_where("test.audit", "seq = 2").await, 1);
+        let delivered = db.deliveries(Some(Status::Delivered)).await;
+        assert!(delivered.iter().any(|d| d.id == dead[0].id && d.route_name.is_none()), "{delivered:?}");
+        engine.shutdown().await;
+    }
+}
+
+on_both_databases! {
     /// Issue 16, item 6: a lane read only its first `batch size` open rows
     /// by position, so with `on_dead: block` and that many older dead rows
     /// (each holding its own key), a later key's replayed row never ran.

@@ -327,7 +327,7 @@ impl TestDb {
             envelope.id,
             integration,
             &envelope.event,
-            0,
+            "0",
         );
         // The lanes have passed the event (as they had when the delivery
         // failed): only its row runs it.
@@ -391,6 +391,7 @@ impl TestDb {
                 integration_id: integration.into(),
                 route_event: envelope.event.clone(),
                 route_ordinal: 0,
+                route_name: Some(String::new()),
                 source_product: envelope.source.clone(),
                 target_product: target.into(),
                 status: Status::Retrying,
