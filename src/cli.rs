@@ -242,6 +242,20 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Delete events older than an age, with their delivery rows, once no
+    /// integration needs them: every lane has passed them and none of
+    /// their deliveries is pending, retrying or dead. Safe while busbar
+    /// runs; works in short transactions of 5,000 events.
+    Prune {
+        /// Keep what is younger than this (`30d`, `12h`; at least `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Only count what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// After the database was restored from a dump or moved to another
     /// PostgreSQL cluster: make every event no lane has delivered yet a
     /// pending delivery, and restart busbar's positions on this cluster.
@@ -498,6 +512,33 @@ pub fn main(
             &dir,
             contracts.as_deref(),
         ),
+        Command::Prune {
+            older_than,
+            dry_run,
+            database,
+        } => run_async(LogFormat::Text, async move {
+            if older_than < Duration::from_secs(3600) {
+                anyhow::bail!(
+                    "--older-than must be at least 1h (events younger than that are still being published and delivered)"
+                );
+            }
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(older_than).context("--older-than is too large")?;
+            let store = crate::serve::connect(&database.database_url).await?;
+            let pruned =
+                crate::store::retention::prune(&store, crate::store::types::Time(cutoff), dry_run)
+                    .await?;
+            store.close().await;
+            writeln!(
+                out,
+                "{} {} events and {} delivery rows stored before {}",
+                if dry_run { "would delete" } else { "deleted" },
+                pruned.events,
+                pruned.deliveries,
+                cutoff.format("%Y-%m-%dT%H:%M:%SZ")
+            )?;
+            Ok(())
+        }),
         Command::Skip {
             deliveries,
             reason,

@@ -24,6 +24,7 @@ pub mod lanes;
 pub mod log;
 pub mod partitionings;
 pub mod redeliver;
+pub mod retention;
 pub mod scope;
 pub mod states;
 pub mod target;

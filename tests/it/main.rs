@@ -36,6 +36,8 @@
 //! - `redeliver`: redelivery by filter over the API and `busbar
 //!   redeliver`: delivered, dead and skipped deliveries run again after a
 //!   fix, in order per key; previews, request ids, organizations.
+//! - `retention`: `busbar prune` deletes old events nothing needs, and
+//!   keeps those a lane has not passed or whose delivery is open or dead.
 //! - `monitoring`: `/metrics` (lag, backlog, states; `promtool check
 //!   metrics`), docs/METRICS.md, the alert rules and the dashboard held to
 //!   it, and a real Prometheus firing the lag alert.
@@ -68,6 +70,7 @@ mod ordering;
 mod partitioning;
 mod redeliver;
 mod reload;
+mod retention;
 mod robustness;
 mod serve;
 mod support;
