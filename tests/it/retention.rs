@@ -11,7 +11,7 @@ use busbar::store::events::Status;
 use busbar::store::retention::{self, Pruned};
 use busbar::store::types::Time;
 
-use crate::support::{TestDb, busbar_cli_async, candidate_hired, on_both_databases};
+use crate::support::{busbar_cli_async, candidate_hired, on_both_databases};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
