@@ -212,6 +212,14 @@ enum Command {
         /// Only this organization's events.
         #[arg(long)]
         organization: Option<uuid::Uuid>,
+        /// Of the matching deliveries, only the latest per order key (and
+        /// route): each key's newest state, applied again.
+        #[arg(long, conflicts_with = "from_event")]
+        latest_per_key: bool,
+        /// Only the matching deliveries of this event's order key, from
+        /// this event on, in order.
+        #[arg(long)]
+        from_event: Option<uuid::Uuid>,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -492,6 +500,8 @@ pub fn main(
             until,
             statuses,
             organization,
+            latest_per_key,
+            from_event,
             yes,
             request_id,
             database,
@@ -505,6 +515,8 @@ pub fn main(
                 until,
                 statuses: statuses.into_iter().map(Into::into).collect(),
                 organization,
+                latest_per_key,
+                from_event,
             },
             yes,
             request_id,
@@ -819,6 +831,14 @@ fn redeliver(
             return Ok(SUCCESS);
         }
         writeln!(out, "{what} of {} match", filter.integration)?;
+        if count.newer_applied > 0 {
+            writeln!(
+                out,
+                "warning: {} of them have a newer applied event of their key that is not redelivered: \
+                 after this, those keys hold the older event's writes (--latest-per-key redelivers only the newest)",
+                count.newer_applied
+            )?;
+        }
         if !yes {
             if !std::io::stdin().is_terminal() {
                 anyhow::bail!("not confirmed: pass --yes to redeliver without a question");

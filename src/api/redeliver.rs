@@ -74,6 +74,14 @@ pub struct RedeliverBody {
     /// Only count what would be redelivered; change nothing.
     #[serde(default)]
     pub preview: bool,
+    /// Of the matching deliveries, only the latest per order key (and
+    /// route): each key's newest state, applied again.
+    #[serde(default)]
+    pub latest_per_key: bool,
+    /// Only the matching deliveries of this event's order key, from this
+    /// event on, in order: one key's history replayed from a point. Not
+    /// with `latest_per_key`.
+    pub from_event: Option<Uuid>,
 }
 
 /// What a redelivery did, or would do.
@@ -88,6 +96,11 @@ pub struct RedeliverAnswer {
     /// it (usually one per event).
     pub deliveries: u64,
     pub request_id: Option<String>,
+    /// A preview's warning: of the deliveries counted, how many have a
+    /// newer applied event of their order key that is not redelivered with
+    /// them, so that after the redelivery their key holds an older event's
+    /// writes. 0 in a redelivery's answer.
+    pub newer_applied: u64,
     /// The request id had been used already: nothing was redelivered by
     /// this request; the counts are what the first one did.
     pub repeated: bool,
@@ -128,7 +141,7 @@ pub struct RedeliverAnswer {
         (status = 404, description = "No such integration in the live generation.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The integration is disabled (`integration-disabled`), or the request id was used with another filter (`request-id-reused`).", body = Problem, content_type = "application/problem+json"),
         BodyRefused,
-        (status = 422, description = "An unknown field or a state other than delivered, skipped and dead (`invalid-body`), no route for `event` in the integration (`event-not-routed`), or `since` not before `until` (`empty-time-range`).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown field, a state other than delivered, skipped and dead, or both `latest_per_key` and `from_event` (`invalid-body`), no route for `event` in the integration (`event-not-routed`), `from_event` not an event of the integration's source (`event-not-found`), or `since` not before `until` (`empty-time-range`).", body = Problem, content_type = "application/problem+json"),
         DatabaseUnavailable,
     ),
     security(("api_key" = []))
@@ -160,6 +173,8 @@ pub async fn redeliver(
         since: body.since,
         until: body.until,
         statuses: body.status.into_iter().map(Status::from).collect(),
+        latest_per_key: body.latest_per_key,
+        from_event: body.from_event,
         organization: scope.organization(),
     };
     if body.preview {
@@ -219,6 +234,7 @@ fn answer(
         events: count.events,
         deliveries: count.deliveries,
         request_id,
+        newer_applied: count.newer_applied,
         repeated,
         finished,
     }
@@ -272,6 +288,22 @@ fn problem(error: RedeliverError) -> ApiError {
         RedeliverError::State(_) => ApiError::invalid("invalid-status", detail, Vec::new()),
         RedeliverError::Disabled(_) => ApiError::conflict("integration-disabled", detail),
         RedeliverError::RequestReused(_) => ApiError::conflict("request-id-reused", detail),
+        RedeliverError::TwoModes => ApiError::invalid(
+            "invalid-body",
+            detail,
+            vec![FieldError {
+                pointer: "/from_event".into(),
+                message: "not with `latest_per_key`".into(),
+            }],
+        ),
+        RedeliverError::UnknownEvent(_) => ApiError::invalid(
+            "event-not-found",
+            detail,
+            vec![FieldError {
+                pointer: "/from_event".into(),
+                message: "no such event of the integration's source".into(),
+            }],
+        ),
         RedeliverError::Store(error) => error.into(),
     }
 }

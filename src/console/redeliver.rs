@@ -29,6 +29,8 @@ pub struct RedeliverForm {
     until: String,
     /// The states ticked (none: all three).
     statuses: Vec<String>,
+    /// "Only the latest per key" ticked.
+    latest_per_key: Option<String>,
 }
 
 impl RedeliverForm {
@@ -45,6 +47,7 @@ impl RedeliverForm {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            latest_per_key: fields.get("latest_per_key").map(str::to_owned),
         }
     }
 
@@ -63,6 +66,9 @@ impl RedeliverForm {
                 .iter()
                 .map(|s| ("status".to_owned(), s.clone())),
         );
+        if self.latest_per_key.is_some() {
+            pairs.push(("latest_per_key".to_owned(), "yes".to_owned()));
+        }
         pairs
     }
 }
@@ -146,6 +152,8 @@ fn filter(
         until: parse_time(&form.until, "to", &mut problems),
         statuses,
         organization,
+        latest_per_key: form.latest_per_key.is_some(),
+        from_event: None,
     };
     if let (Some(since), Some(until)) = (filter.since, filter.until)
         && since >= until
@@ -205,6 +213,7 @@ pub async fn form(
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect(),
+        latest_per_key: None,
     };
     page(&viewer, &state, form, Vec::new(), None)
 }
@@ -272,6 +281,11 @@ pub async fn submit(
                 .map(|t| format!(", until {}", t.format("%Y-%m-%d %H:%M UTC")))
                 .unwrap_or_default(),
         )];
+        if filter.latest_per_key {
+            details.push(
+                "Only the latest matching delivery of each order key (and route): each key's newest state, applied again.".into(),
+            );
+        }
         if count.deliveries != count.events {
             details.push(format!(
                 "That is {} deliveries: some events have several routes in {}.",
@@ -284,6 +298,12 @@ pub async fn submit(
         details.push(
             "Events its lanes have not reached yet are not included: they run on the live generation anyway.".into(),
         );
+        let newer = (count.newer_applied > 0).then(|| {
+            format!(
+                "{} of them have a newer applied event of their key that is not redelivered: after this, those keys hold the older event's writes. Tick \"only the latest per key\" to redeliver each key's newest only.",
+                count.newer_applied
+            )
+        });
         let warning = (crate::engine::State::Paused
             == state
                 .engine
@@ -296,6 +316,10 @@ pub async fn submit(
                 filter.integration
             )
         });
+        let warning = match (newer, warning) {
+            (Some(newer), Some(paused)) => Some(format!("{newer} {paused}")),
+            (newer, paused) => newer.or(paused),
+        };
         let n = count.events;
         return confirm(
             &viewer,

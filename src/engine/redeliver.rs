@@ -40,6 +40,8 @@ use crate::store::events::Status;
 use crate::store::log;
 use crate::store::redeliver::{self as store, REDELIVERABLE};
 use crate::store::types::{Position, Time};
+use std::collections::HashMap;
+
 use crate::store::{DbTx, Store, StoreError, states};
 
 pub use crate::store::redeliver::RedeliverFilter;
@@ -63,12 +65,18 @@ pub const REMEMBER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub struct RedeliverCount {
     pub events: u64,
     pub deliveries: u64,
+    /// A preview's warning: of the deliveries counted, how many have a
+    /// newer applied event of their order key that is not redelivered with
+    /// them (after the redelivery, that key holds the older event's
+    /// writes). Always 0 in a redelivery's own counts.
+    pub newer_applied: u64,
 }
 
 impl std::ops::AddAssign for RedeliverCount {
     fn add_assign(&mut self, other: RedeliverCount) {
         self.events += other.events;
         self.deliveries += other.deliveries;
+        self.newer_applied += other.newer_applied;
     }
 }
 
@@ -113,6 +121,10 @@ pub enum RedeliverError {
     Disabled(String),
     #[error("request id `{0}` was used for another redelivery")]
     RequestReused(String),
+    #[error("`latest_per_key` and `from_event` select differently: choose one")]
+    TwoModes,
+    #[error("event {0} is not in the log as an event of the integration's source")]
+    UnknownEvent(Uuid),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -178,6 +190,9 @@ fn checked<'g>(
     if let Some(state) = filter.statuses.iter().find(|s| !REDELIVERABLE.contains(s)) {
         return Err(RedeliverError::State(*state));
     }
+    if filter.latest_per_key && filter.from_event.is_some() {
+        return Err(RedeliverError::TwoModes);
+    }
     Ok(integration)
 }
 
@@ -199,19 +214,114 @@ pub async fn preview(
         filter,
         bound: store::bound(&lanes),
     };
+    let narrowing = narrowing(&mut tx, &selection).await?;
     let mut after = Position::ZERO;
     let mut count = RedeliverCount::default();
+    let mut selected: Vec<(String, Position, uuid::Uuid)> = Vec::new();
     loop {
-        let scanned = store::scan(&mut tx, &selection, after, PREVIEW_CHUNK, false).await?;
+        let mut scanned = store::scan(&mut tx, &selection, after, PREVIEW_CHUNK, true).await?;
+        narrowing.apply(&mut scanned);
         count.events += scanned.events;
         count.deliveries += scanned.chosen.len() as u64;
+        selected.extend(
+            scanned
+                .chosen
+                .iter()
+                .map(|c| (c.order_key.clone(), c.position, c.id)),
+        );
         match scanned.last {
             Some(last) if scanned.full => after = last,
             _ => break,
         }
     }
+    count.newer_applied = newer_applied(&mut tx, &selection, &selected).await?;
     tx.rollback().await?;
     Ok(count)
+}
+
+/// What the filter's mode keeps, worked out before the selection is
+/// written: for "the latest per key", a scan of the whole selection first
+/// (its memory grows with the number of keys); for "from this event on",
+/// the event's key and position.
+async fn narrowing(
+    tx: &mut DbTx,
+    selection: &store::Selection<'_>,
+) -> Result<store::Narrowing, RedeliverError> {
+    let filter = selection.filter;
+    if let Some(event) = filter.from_event {
+        let anchor = store::anchor(tx, selection.integration, event, filter.organization).await?;
+        let (key, position) = anchor.ok_or(RedeliverError::UnknownEvent(event))?;
+        return Ok(store::Narrowing::From { key, position });
+    }
+    if !filter.latest_per_key {
+        return Ok(store::Narrowing::All);
+    }
+    let mut latest: HashMap<(String, String, String), Position> = HashMap::new();
+    let mut after = Position::ZERO;
+    loop {
+        let scanned = store::scan(tx, selection, after, PREVIEW_CHUNK, true).await?;
+        for chosen in &scanned.chosen {
+            let newest = latest
+                .entry(store::route_key(chosen))
+                .or_insert(chosen.position);
+            *newest = (*newest).max(chosen.position);
+        }
+        match scanned.last {
+            Some(last) if scanned.full => after = last,
+            _ => break,
+        }
+    }
+    Ok(store::Narrowing::Latest(latest))
+}
+
+/// Of `selected` (order key, position, delivery id), how many have a
+/// newer applied delivery of their key, of any event the integration
+/// routes, that is not itself selected: redelivering them leaves their key
+/// holding an older event's writes. One scan of the applied deliveries.
+async fn newer_applied(
+    tx: &mut DbTx,
+    selection: &store::Selection<'_>,
+    selected: &[(String, Position, uuid::Uuid)],
+) -> Result<u64, RedeliverError> {
+    if selected.is_empty() {
+        return Ok(0);
+    }
+    let applied_filter = RedeliverFilter {
+        integration: selection.filter.integration.clone(),
+        statuses: vec![Status::Delivered],
+        organization: selection.filter.organization,
+        ..RedeliverFilter::default()
+    };
+    let applied_selection = store::Selection {
+        filter: &applied_filter,
+        ..*selection
+    };
+    let mut newest: HashMap<String, (Position, uuid::Uuid)> = HashMap::new();
+    let mut after = Position::ZERO;
+    loop {
+        let scanned = store::scan(tx, &applied_selection, after, PREVIEW_CHUNK, true).await?;
+        for chosen in scanned.chosen {
+            let entry = newest
+                .entry(chosen.order_key.clone())
+                .or_insert((chosen.position, chosen.id));
+            if chosen.position > entry.0 {
+                *entry = (chosen.position, chosen.id);
+            }
+        }
+        match scanned.last {
+            Some(last) if scanned.full => after = last,
+            _ => break,
+        }
+    }
+    let ids: std::collections::HashSet<uuid::Uuid> = selected.iter().map(|s| s.2).collect();
+    Ok(selected
+        .iter()
+        .filter(|(key, position, _)| {
+            newest
+                .get(key)
+                .is_some_and(|(newer, id)| newer > position && !ids.contains(id))
+        })
+        .count() as u64)
 }
 
 /// For the command line, which reads its own copy of the configuration:
@@ -288,6 +398,7 @@ impl Call<'_> {
         let count = RedeliverCount {
             events: record.events,
             deliveries: record.deliveries,
+            newer_applied: 0,
         };
         if record.done {
             return Ok(Start::Answer(self.answer(count, true, true)));
@@ -412,14 +523,28 @@ pub async fn run(
         bound,
     };
     let states = call.filter.states();
+    let narrowing = {
+        let mut tx = store.begin_read().await?;
+        let narrowing = narrowing(&mut tx, &selection).await;
+        tx.rollback().await?;
+        match narrowing {
+            Ok(narrowing) => narrowing,
+            Err(error) => {
+                guard.release(false).await?;
+                return Err(error);
+            }
+        }
+    };
     loop {
         let mut tx = store.begin().await?;
-        let scanned = store::scan(&mut tx, &selection, after, CHUNK, true).await?;
+        let mut scanned = store::scan(&mut tx, &selection, after, CHUNK, true).await?;
+        narrowing.apply(&mut scanned);
         let requeued =
             store::requeue(&mut tx, integration, &scanned.chosen, &states, Time::now()).await?;
         let count = RedeliverCount {
             events: distinct_events(&scanned.chosen, &requeued),
             deliveries: requeued.len() as u64,
+            newer_applied: 0,
         };
         let finished = !scanned.full;
         if let Some(key) = call.key() {

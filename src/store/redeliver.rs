@@ -58,6 +58,15 @@ pub struct RedeliverFilter {
     pub statuses: Vec<Status>,
     /// Only this organization's events (`None`: every organization's).
     pub organization: Option<Uuid>,
+    /// Of the matching deliveries, only the latest per order key and
+    /// route: each key's newest state, applied again.
+    #[serde(default)]
+    pub latest_per_key: bool,
+    /// Only the matching deliveries of this event's order key, from this
+    /// event on (in position order): one key's history, replayed from a
+    /// point.
+    #[serde(default)]
+    pub from_event: Option<Uuid>,
 }
 
 impl RedeliverFilter {
@@ -102,6 +111,98 @@ mod status_names {
             })
             .collect()
     }
+}
+
+/// What the filter's mode keeps of the deliveries a scan chose.
+#[derive(Debug, Clone, Default)]
+pub enum Narrowing {
+    /// Every matching delivery.
+    #[default]
+    All,
+    /// Only the latest per order key and route: the position of each.
+    Latest(HashMap<(String, String, String), Position>),
+    /// Only those of one order key, at or after a position.
+    From { key: String, position: Position },
+}
+
+impl Narrowing {
+    /// Whether a chosen delivery stays in the selection.
+    pub fn keeps(&self, chosen: &Chosen) -> bool {
+        match self {
+            Narrowing::All => true,
+            Narrowing::Latest(latest) => latest.get(&route_key(chosen)) == Some(&chosen.position),
+            Narrowing::From { key, position } => {
+                chosen.order_key == *key && chosen.position >= *position
+            }
+        }
+    }
+
+    /// Keeps what it keeps of `scanned`, recounting its events.
+    pub fn apply(&self, scanned: &mut Scanned) {
+        if matches!(self, Narrowing::All) {
+            return;
+        }
+        scanned.chosen.retain(|c| self.keeps(c));
+        let events: std::collections::HashSet<(Uuid, Uuid)> = scanned
+            .chosen
+            .iter()
+            .map(|c| (c.organization_id, c.event_id))
+            .collect();
+        scanned.events = events.len() as u64;
+    }
+}
+
+/// A chosen delivery's key and route, the unit "the latest per key" keeps one of.
+pub fn route_key(chosen: &Chosen) -> (String, String, String) {
+    (
+        chosen.order_key.clone(),
+        chosen.route_event.clone(),
+        chosen.route_name.clone(),
+    )
+}
+
+/// An event as [`anchor`] reads it.
+type AnchorRow = (i64, i64, Id, Id, String, String, Doc, Time);
+
+/// An event's order key (for `integration`) and position, if the
+/// integration has it in its log: the anchor of "from this event on".
+/// `organization`, when known, makes it a primary-key lookup.
+pub async fn anchor(
+    tx: &mut DbTx,
+    integration: &Integration,
+    event: Uuid,
+    organization: Option<Uuid>,
+) -> Result<Option<(String, Position)>, StoreError> {
+    let d = tx.dialect();
+    let events = d.engine_table(EngineTable::Events);
+    let [p1, p2, p3] = d.params();
+    let sql = AssertSqlSafe(format!(
+        "SELECT e.xid, e.seq, e.id, e.organization_id, e.source_product, e.event_name, e.event_data, e.occurred_at \
+           FROM {events} e WHERE e.id = {p1} AND e.source_product = {p2} \
+            AND ({p3} IS NULL OR e.organization_id = {p3})"
+    ));
+    let row: Option<AnchorRow> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
+        .bind(Id(event))
+        .bind(integration.source.as_str())
+        .bind(organization.map(Id))
+        .fetch_optional(conn)
+        .await)?;
+    Ok(
+        row.map(|(xid, seq, id, org, source, name, data, occurred)| {
+            let envelope = Envelope {
+                id: id.0,
+                source,
+                event: name,
+                organization_id: org.0,
+                occurred_at: occurred.0,
+                data: data.0,
+            };
+            (
+                integration.order_by.key_of(&envelope),
+                Position::new(xid, seq),
+            )
+        }),
+    )
 }
 
 /// One lane of the integration: how far it has read, and where it began.

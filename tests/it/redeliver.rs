@@ -719,3 +719,66 @@ on_both_databases! {
         engine.shutdown().await;
     }
 }
+
+on_both_databases! {
+    /// Issue 16: redelivery modes. "The latest per key" runs each key's
+    /// newest matching delivery only; "from this event on" runs one key's
+    /// deliveries from an event. The preview warns about deliveries whose
+    /// key has a newer applied event left out of the redelivery.
+    async fn redelivery_modes_latest_per_key_and_from_an_event_and_the_newer_applied_warning(db: TestDb) {
+        let dir = prepare(&db).await;
+        let server = serve(&db, dir.path()).await;
+        let mut ids: Vec<(String, usize, Uuid)> = Vec::new();
+        for seq in 0..3 {
+            for key in ["a", "b"] {
+                let mut e = event(ORGANIZATION, key, seq);
+                let id = Uuid::now_v7();
+                e["id"] = json!(id);
+                server.publish(e).await;
+                ids.push((key.to_owned(), seq, id));
+            }
+            db.settle(SETTLE).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(trace(&db, "a").await.0, ",0,1,2");
+        let platform = server.platform.clone();
+        let id_of = |key: &str, seq: usize| ids.iter().find(|(k, s, _)| k == key && *s == seq).unwrap().2;
+
+        // Only the first events (stored before seq 1): each key has newer
+        // applied events that would not run again.
+        let first_stored: chrono::DateTime<chrono::Utc> = {
+            let detail = reqwest::Client::new()
+                .get(format!("{}/api/integrations/events/{}", server.base, id_of("b", 1)))
+                .header(AUTHORIZATION, format!("Bearer {platform}"))
+                .send().await.unwrap().json::<Value>().await.unwrap();
+            detail["created_at"].as_str().unwrap().parse().unwrap()
+        };
+        let (status, counted) = server.redeliver(&platform, json!({"status": ["delivered"], "until": first_stored, "preview": true})).await;
+        assert_eq!(status, 200, "{counted}");
+        assert_eq!((counted["deliveries"].clone(), counted["newer_applied"].clone()), (json!(3), json!(3)), "a0, b0 and a1: a2 and b2 are newer and left out: {counted}");
+
+        // The latest per key: one each, nothing newer left out.
+        let (_, counted) = server.redeliver(&platform, json!({"latest_per_key": true, "preview": true})).await;
+        assert_eq!((counted["deliveries"].clone(), counted["newer_applied"].clone()), (json!(2), json!(0)), "{counted}");
+        let done = server.preview_then_redeliver(&platform, json!({"latest_per_key": true})).await;
+        assert_eq!(done["deliveries"], 2, "{done}");
+        db.settle(SETTLE).await;
+        assert_eq!(trace(&db, "a").await.0, ",0,1,2,2");
+        assert_eq!(trace(&db, "b").await.0, ",0,1,2,2");
+
+        // From a's seq 1 on: a1 and a2 (and its redelivered copy is the same
+        // delivery), none of b.
+        let done = server.preview_then_redeliver(&platform, json!({"from_event": id_of("a", 1)})).await;
+        assert_eq!(done["deliveries"], 2, "{done}");
+        db.settle(SETTLE).await;
+        assert_eq!(trace(&db, "a").await.0, ",0,1,2,2,1,2", "in order, from seq 1");
+        assert_eq!(trace(&db, "b").await.0, ",0,1,2,2");
+
+        // Refused: both modes; an event that is not the source's.
+        let (status, answer) = server.redeliver(&platform, json!({"latest_per_key": true, "from_event": id_of("a", 1)})).await;
+        assert_eq!((status, answer["code"].clone()), (422, json!("invalid-body")), "{answer}");
+        let (status, answer) = server.redeliver(&platform, json!({"from_event": Uuid::now_v7()})).await;
+        assert_eq!((status, answer["code"].clone()), (422, json!("event-not-found")), "{answer}");
+        server.stop().await;
+    }
+}
