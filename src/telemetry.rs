@@ -364,7 +364,7 @@ pub fn render_integrations(
     }
     family(
         "busbar_log_held_events",
-        "Events of a source product committed but not readable yet: a transaction that began before them is still open in busbar's database (PostgreSQL; always 0 on SQLite).",
+        "Events of a source product committed but not in a tick yet (lanes read them once the ticker has made one after their commit; above 0 for more than moments means the ticker is behind or failing; PostgreSQL, always 0 on SQLite).",
         &mut |out| {
             for (source, count) in held {
                 let _ = writeln!(
@@ -441,6 +441,41 @@ pub fn render_integrations(
 }
 
 /// A label value as the text format writes it.
+/// What delivery waits on outside busbar, from
+/// [`crate::store::activity::blockers`]: per kind (`lock`, `transaction`),
+/// how many sessions and the age of the oldest one's transaction. Both
+/// kinds are always present (0 when nothing waits, and on SQLite).
+pub fn render_waiting_on(blockers: &[crate::store::activity::Blocker]) -> String {
+    let mut out = String::new();
+    let kinds = ["lock", "transaction"];
+    let _ = writeln!(
+        out,
+        "# HELP busbar_waiting_on_sessions Sessions in busbar's database that delivery waits on: `lock`, holding a lock a busbar connection waits for; `transaction`, a transaction that has held a transaction id for more than 5 s (its events and the rows it locks wait for its commit). The status API's waiting_on names them."
+    );
+    let _ = writeln!(out, "# TYPE busbar_waiting_on_sessions gauge");
+    for kind in kinds {
+        let count = blockers.iter().filter(|b| b.kind == kind).count();
+        let _ = writeln!(out, "busbar_waiting_on_sessions{{kind=\"{kind}\"}} {count}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP busbar_waiting_on_seconds Age of the oldest transaction among the sessions of busbar_waiting_on_sessions, 0 when there is none."
+    );
+    let _ = writeln!(out, "# TYPE busbar_waiting_on_seconds gauge");
+    for kind in kinds {
+        let oldest = blockers
+            .iter()
+            .filter(|b| b.kind == kind)
+            .map(|b| b.age_seconds)
+            .fold(0.0_f64, f64::max);
+        let _ = writeln!(
+            out,
+            "busbar_waiting_on_seconds{{kind=\"{kind}\"}} {oldest:.3}"
+        );
+    }
+    out
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")

@@ -43,6 +43,12 @@ pub struct StatusReport {
     /// 15 s).
     #[schema(value_type = Vec<Object>)]
     pub nodes: Vec<Node>,
+    /// What delivery waits on outside busbar (PostgreSQL, platform keys
+    /// only): sessions holding a lock a busbar connection waits for
+    /// (`lock`), and transactions that have held a transaction id for more
+    /// than 5 s (`transaction`: events they write, and rows they lock,
+    /// wait for their commit), with pid, database, age and query.
+    pub waiting_on: Vec<crate::store::activity::Blocker>,
 }
 
 /// One integration.
@@ -264,12 +270,20 @@ pub async fn status(
             }
         })
         .collect();
+    // Other sessions' queries are the platform's to see, not an
+    // organization's.
+    let waiting_on = if scope == OrgScope::Platform {
+        crate::store::activity::blockers(state.engine.store()).await?
+    } else {
+        Vec::new()
+    };
     Ok(Json(StatusReport {
         generation: generation.number,
         organization_id: scope.organization(),
         integrations,
         reload: (**state.reload.load()).clone(),
         nodes,
+        waiting_on,
     }))
 }
 

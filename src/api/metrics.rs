@@ -33,7 +33,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let read = tokio::time::timeout(READ_TIMEOUT, async {
         let samples = samples(&state.engine).await?;
         let held = held(&state.engine).await?;
-        Ok::<_, crate::store::StoreError>((samples, held))
+        let waiting_on = crate::store::activity::blockers(state.engine.store()).await?;
+        Ok::<_, crate::store::StoreError>((samples, held, waiting_on))
     })
     .await;
     let samples = match read {
@@ -48,19 +49,22 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             None
         }
     };
-    if let Some((samples, _)) = &samples {
+    if let Some((samples, _, _)) = &samples {
         telemetry::queue_depth(samples.iter().map(|s| s.pending + s.retrying).sum());
     }
     let mut body = state.metrics.render();
-    let (samples, held) = match samples {
-        Some((samples, held)) => (Some(samples), held),
-        None => (None, Vec::new()),
+    let (samples, held, waiting_on) = match samples {
+        Some((samples, held, waiting_on)) => (Some(samples), held, Some(waiting_on)),
+        None => (None, Vec::new(), None),
     };
     body.push_str(&telemetry::render_integrations(
         samples.as_deref().unwrap_or_default(),
         &held,
         samples.is_some(),
     ));
+    if let Some(waiting_on) = waiting_on {
+        body.push_str(&telemetry::render_waiting_on(&waiting_on));
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,

@@ -11,6 +11,8 @@ use super::data::{self, FlowNumbers, FlowState};
 use super::flow::{self, Chain, Edge};
 use super::{ConsoleError, Viewer, view};
 use crate::api::{AppState, ReloadOutcome};
+use crate::store::activity::{self, Blocker};
+use crate::store::scope::OrgScope;
 
 /// One integration's line in the overview.
 #[derive(Debug, Serialize)]
@@ -38,6 +40,9 @@ struct Overview {
     dead: i64,
     retrying: i64,
     backlog: i64,
+    /// Sessions of busbar's database that delivery waits on (platform
+    /// viewers only: other sessions' queries are not an organization's).
+    waiting_on: Vec<Blocker>,
 }
 
 /// `GET /console`.
@@ -51,6 +56,11 @@ pub async fn page(
     let mut sparklines =
         super::history::sparklines(&state.engine, &ids, viewer.org_scope()).await?;
     let links = data::emit_links(&generation);
+    let waiting_on = if viewer.org_scope() == OrgScope::Platform {
+        activity::blockers(state.engine.store()).await?
+    } else {
+        Vec::new()
+    };
     let flows: Vec<FlowLine> = generation
         .integrations
         .iter()
@@ -107,6 +117,7 @@ pub async fn page(
         graph: view::safe(flow::svg(&edges, &chains)),
         flows,
         reload: (**state.reload.load()).clone(),
+        waiting_on,
     };
     view::page(&viewer, "overview.html", "overview", "Overview", overview)
 }

@@ -9,6 +9,7 @@
 //! Every name in SQL text passes through [`crate::compile::ident::quote`],
 //! which takes only typed names; every value is a bound parameter.
 
+pub mod activity;
 pub mod batch;
 pub mod catalog;
 pub mod convert;

@@ -928,3 +928,200 @@ on_both_databases! {
         server.stop().await;
     }
 }
+
+/// `GET path` with a bearer key, as JSON.
+async fn api_json(server: &Server, path: &str, key: &str) -> Value {
+    let answer = client()
+        .get(format!("{}{path}", server.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{path}");
+    answer.json().await.unwrap()
+}
+
+/// The entries of the status API's `waiting_on`.
+async fn waiting_on(server: &Server, key: &str) -> Vec<Value> {
+    api_json(server, "/api/integrations/status", key).await["waiting_on"]
+        .as_array()
+        .expect("waiting_on is a list")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn what_delivery_waits_on_in_the_database_is_named_by_the_status_api_metrics_and_the_overview()
+ {
+    use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+    use std::str::FromStr;
+
+    let db = crate::support::TestDb::postgres().await;
+    db.seed().await;
+    let server = serve(&db).await;
+    let platform = keys::create_key(&db.store, None, &Scope::ALL, None)
+        .await
+        .unwrap();
+    let reader = keys::create_key(&db.store, Some(ORGANIZATION), &[Scope::Read], None)
+        .await
+        .unwrap();
+    let connect = async |application: &str| {
+        let options = PgConnectOptions::from_str(&db.url)
+            .unwrap()
+            .application_name(application);
+        let mut conn = PgConnection::connect_with(&options).await.unwrap();
+        let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (conn, pid)
+    };
+    let lock_row = "SELECT id FROM core.organizations WHERE id = $1 FOR UPDATE";
+
+    // A product's migration holds a row lock in a transaction…
+    let (mut migration, migration_pid) = connect("nexus-migrate").await;
+    sqlx::query("BEGIN").execute(&mut migration).await.unwrap();
+    sqlx::query(lock_row)
+        .bind(ORGANIZATION)
+        .execute(&mut migration)
+        .await
+        .unwrap();
+    // …that a busbar connection waits for (a delivery's statement would).
+    let (mut waiter, waiter_pid) = connect("busbar").await;
+    let waiting = tokio::spawn(async move {
+        sqlx::query("SELECT id FROM core.organizations WHERE id = $1 FOR UPDATE")
+            .bind(ORGANIZATION)
+            .execute(&mut waiter)
+            .await
+            .unwrap();
+        waiter
+    });
+    // And a psql session left idle in a transaction that holds an id.
+    let (mut idle, idle_pid) = connect("psql").await;
+    sqlx::query("BEGIN").execute(&mut idle).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut idle)
+        .await
+        .unwrap();
+
+    // The lock's holder is named at once, with the connection it holds up.
+    eventually("the lock holder is named", || async {
+        waiting_on(&server, &platform.key)
+            .await
+            .iter()
+            .any(|b| b["kind"] == "lock" && b["pid"] == migration_pid)
+    })
+    .await;
+    let blockers = waiting_on(&server, &platform.key).await;
+    let lock = blockers.iter().find(|b| b["pid"] == migration_pid).unwrap();
+    assert_eq!(lock["kind"], "lock", "{lock}");
+    assert_eq!(lock["blocking"], serde_json::json!([waiter_pid]), "{lock}");
+    assert_eq!(lock["application"], "nexus-migrate", "{lock}");
+    assert_eq!(
+        lock["database"],
+        db.url.rsplit('/').next().unwrap(),
+        "{lock}"
+    );
+    assert_eq!(lock["state"], "idle in transaction", "{lock}");
+    assert!(
+        lock["query"].as_str().unwrap().contains("FOR UPDATE"),
+        "{lock}"
+    );
+    assert!(lock["since"].is_string(), "{lock}");
+    // The idle transaction is not named before it has been open for 5 s…
+    assert!(
+        !blockers.iter().any(|b| b["pid"] == idle_pid),
+        "{blockers:?}"
+    );
+    // …and is afterwards, with its age.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    eventually("the long transaction is named", || async {
+        waiting_on(&server, &platform.key)
+            .await
+            .iter()
+            .any(|b| b["pid"] == idle_pid)
+    })
+    .await;
+    let blockers = waiting_on(&server, &platform.key).await;
+    let long = blockers.iter().find(|b| b["pid"] == idle_pid).unwrap();
+    assert_eq!(long["kind"], "transaction", "{long}");
+    assert_eq!(long["application"], "psql", "{long}");
+    assert!(long["age_seconds"].as_f64().unwrap() >= 5.0, "{long}");
+    assert_eq!(long["query"], "SELECT pg_current_xact_id()", "{long}");
+    assert_eq!(
+        blockers.len(),
+        2,
+        "busbar's own sessions are not listed: {blockers:?}"
+    );
+    // An organization's key does not see other sessions' queries.
+    assert_eq!(waiting_on(&server, &reader.key).await, Vec::<Value>::new());
+
+    // /metrics counts them, by kind.
+    let metrics = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("busbar_waiting_on_sessions{kind=\"lock\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("busbar_waiting_on_sessions{kind=\"transaction\"} 1"),
+        "{metrics}"
+    );
+    let oldest: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("busbar_waiting_on_seconds{kind=\"transaction\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(oldest >= 5.0, "{metrics}");
+
+    // The console's overview shows them to a platform viewer only.
+    let cookie = session(&server.base, &platform.key).await;
+    let (_, html) = page(&server, "/console", &cookie).await;
+    assert!(html.contains("Waiting on the database"), "{html}");
+    assert!(html.contains(&format!("pid {migration_pid}")), "{html}");
+    assert!(
+        html.contains(&format!("waiting: pid {waiter_pid}")),
+        "{html}"
+    );
+    assert!(html.contains("nexus-migrate"), "{html}");
+    assert!(html.contains("SELECT pg_current_xact_id()"), "{html}");
+    let cookie = session(&server.base, &reader.key).await;
+    let (_, html) = page(&server, "/console", &cookie).await;
+    assert!(!html.contains("Waiting on the database"), "{html}");
+
+    // Once they end, nothing is named.
+    sqlx::query("COMMIT").execute(&mut migration).await.unwrap();
+    let _waiter = waiting.await.unwrap();
+    sqlx::query("ROLLBACK").execute(&mut idle).await.unwrap();
+    eventually("nothing is named", || async {
+        waiting_on(&server, &platform.key).await.is_empty()
+    })
+    .await;
+    let metrics = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("busbar_waiting_on_sessions{kind=\"lock\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("busbar_waiting_on_seconds{kind=\"transaction\"} 0.000"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
