@@ -478,16 +478,24 @@ where
             };
             let common = format!(
                 "e.processed_at IS NULL AND e.source_product = $4 AND e.event_name = ANY($5){lane}{path_guard} \
-                 AND (e.xid, e.seq) > ($1, $2) AND pg_visible_in_snapshot(e.xid::text::xid8, $3::pg_snapshot)"
+                 AND pg_visible_in_snapshot(e.xid::text::xid8, $3::pg_snapshot)"
             );
+            // The second part's lower bound is one row comparison, the
+            // later of the cursor and `(from.xmax, MIN)`: given as a
+            // scalar `xid >= from.xmax` beside the cursor's row, the index
+            // scan started at the cursor and walked every older event of
+            // the source (15 ms a read at 47,000 events, and growing).
+            let lower = std::cmp::max((cursor.at.xid, cursor.at.seq), (*xmax, i64::MIN));
             let outer = columns.replace("e.", "u.");
             let sql = format!(
                 "SELECT {outer} FROM ( \
                    (SELECT e.xid AS o_xid, e.seq AS o_seq, {columns} FROM integrations.events e \
-                     WHERE e.xid = ANY($9::bigint[]) AND {common} ORDER BY e.xid, e.seq LIMIT $6) \
+                     WHERE e.xid = ANY($9::bigint[]) AND (e.xid, e.seq) > ($1, $2) AND {common} \
+                     ORDER BY e.xid, e.seq LIMIT $6) \
                    UNION ALL \
                    (SELECT e.xid AS o_xid, e.seq AS o_seq, {columns} FROM integrations.events e \
-                     WHERE e.xid >= $10 AND e.xid < pg_snapshot_xmax($3::pg_snapshot)::text::bigint AND {common} \
+                     WHERE (e.xid, e.seq) > ($10, $11) AND e.xid < pg_snapshot_xmax($3::pg_snapshot)::text::bigint \
+                       AND {common} \
                      ORDER BY e.xid, e.seq LIMIT $6)) u \
                  ORDER BY u.o_xid, u.o_seq LIMIT $6"
             );
@@ -501,7 +509,8 @@ where
                 .bind(filter.lane)
                 .bind(path)
                 .bind(xip)
-                .bind(*xmax)
+                .bind(lower.0)
+                .bind(lower.1)
                 .fetch_all(&mut **conn)
                 .await?
         }
