@@ -107,6 +107,13 @@ codes! {
     MissingContract = "missing-contract",
     /// A contract file is not valid JSON or not a valid JSON Schema.
     InvalidContract = "invalid-contract",
+    /// `databases.yaml` has a password written in a URL (passwords come
+    /// from the environment).
+    LiteralPassword = "literal-password",
+    /// `databases.yaml` lists a schema for two databases.
+    DuplicateSchema = "duplicate-schema",
+    /// An integration writes to tables in two databases.
+    WritesTwoDatabases = "writes-two-databases",
     /// The directory holds no integration files.
     NoIntegrations = "no-integrations",
     /// (a warning) An integration writes to tables without `order_by`, so

@@ -162,6 +162,7 @@ fn fingerprints(config: &ConfigDir) -> Fingerprints {
         .integrations
         .iter()
         .chain(&config.contracts)
+        .chain(&config.databases)
         .map(|file| {
             let mut hasher = DefaultHasher::new();
             file.text.hash(&mut hasher);
@@ -355,6 +356,12 @@ impl Reloader {
             self.state.lock().expect("reload state").failed = Some(now);
             return self.finish(outcome, started, None);
         };
+        let refused = compile::databases::not_served_yet(&generation);
+        if !refused.is_empty() {
+            outcome.errors = refused;
+            self.state.lock().expect("reload state").failed = Some(now);
+            return self.finish(outcome, started, None);
+        }
         diff(&live, &generation, &mut outcome);
         if let Err(error) = self.engine.swap_generation(generation).await {
             // The swap itself happened; only skipping the removed

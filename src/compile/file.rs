@@ -236,6 +236,7 @@ impl<'a> FileCompiler<'a> {
             order_by,
             on_dead,
             routes,
+            database: None,
             file: self.file.path.clone(),
             fingerprint,
         };

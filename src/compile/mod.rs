@@ -7,6 +7,7 @@
 //! a directory means.
 
 pub mod contract;
+pub mod databases;
 mod file;
 pub mod graph;
 pub mod ident;
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use crate::config::{self, ConfigDir, LoadedFile, SourceFile};
 use crate::diagnostics::{self, Code, Diagnostic, Position};
 use contract::Contracts;
+use databases::Databases;
 pub use route::{
     ColumnSpan, Columns, Guard, Integration, OnDead, OrderKey, RetryPolicy, Route, Step, StepKind,
     StepSpans, ValueExpr,
@@ -34,6 +36,8 @@ pub struct Generation {
     pub integrations: Vec<Integration>,
     pub contracts: Contracts,
     pub templates: TemplateSet,
+    /// The other databases (`databases.yaml`) and which schema is where.
+    pub databases: Databases,
     /// Warnings found while compiling (a generation has no errors).
     pub warnings: Vec<Diagnostic>,
     /// `(source, event)` to `(integration index, route index)`.
@@ -123,6 +127,8 @@ pub fn compile_with(
 ) -> Compilation {
     let mut diagnostics = dir.diagnostics.clone();
     diagnostics.extend(contract_diagnostics);
+    let (databases, database_diagnostics) = databases::compile(dir.databases.as_ref());
+    diagnostics.extend(database_diagnostics);
 
     let analyser = Analyser::default();
     let mut sources = TemplateSources::default();
@@ -148,6 +154,7 @@ pub fn compile_with(
             "no integration files (*.yaml, *.yml) in this directory",
         ));
     }
+    diagnostics.extend(databases::resolve(&databases, &mut integrations));
     diagnostics.extend(graph::check(&integrations));
     diagnostics::sort(&mut diagnostics);
 
@@ -161,6 +168,7 @@ pub fn compile_with(
                 integrations,
                 contracts,
                 templates,
+                databases,
                 &diagnostics,
             )),
             Err(error) => {
@@ -188,6 +196,7 @@ fn assemble(
     mut integrations: Vec<Integration>,
     contracts: Contracts,
     templates: TemplateSet,
+    databases: Databases,
     diagnostics: &[Diagnostic],
 ) -> Generation {
     integrations.sort_by(|a, b| a.id.cmp(&b.id));
@@ -205,6 +214,7 @@ fn assemble(
         integrations,
         contracts,
         templates,
+        databases,
         warnings: diagnostics.to_vec(),
         by_event,
     }

@@ -30,6 +30,10 @@ pub struct Integration {
     /// What a dead delivery does to the later events of its key.
     pub on_dead: OnDead,
     pub routes: Vec<Route>,
+    /// The database its writes go to (`databases.yaml`), `None` for
+    /// busbar's own: the one whose transaction carries its lanes'
+    /// progress.
+    pub database: Option<String>,
     /// The file it came from.
     pub file: PathBuf,
     /// The SHA-256 of the file's text (hex): a reload tells changed

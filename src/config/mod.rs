@@ -6,6 +6,7 @@
 //! on [`SourceFile`]s, so `check`, `render`, `test` and the reloader all
 //! compile exactly the same way.
 
+pub mod databases;
 pub mod model;
 pub mod schema;
 pub mod yaml;
@@ -26,12 +27,15 @@ pub struct SourceFile {
 }
 
 /// Whether a directory entry is an integration file: `*.yaml` or `*.yml`,
-/// not hidden (editor swap files, Kubernetes' `..data`), and not a config
-/// test (`*.test.yaml`).
+/// not hidden (editor swap files, Kubernetes' `..data`), not a config
+/// test (`*.test.yaml`) and not `databases.yaml`.
 pub fn is_integration_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
+    if databases::is_databases_file(path) {
+        return false;
+    }
     if name.starts_with('.') || name.starts_with('#') || name.ends_with('~') {
         return false;
     }
@@ -114,6 +118,8 @@ pub struct ConfigDir {
     /// The directory contracts were read from (`<product>/<event>.json`).
     pub contracts_root: PathBuf,
     pub contracts: Vec<SourceFile>,
+    /// `databases.yaml` at the top of the directory, when there is one.
+    pub databases: Option<SourceFile>,
     /// Files that could not be read.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -125,6 +131,7 @@ impl ConfigDir {
         self.integrations
             .iter()
             .chain(&self.contracts)
+            .chain(&self.databases)
             .map(|file| (file.path.clone(), SourceText::new(&file.text)))
             .collect()
     }
@@ -150,6 +157,8 @@ pub fn read_directory(dir: &Path, contracts_dir: Option<&Path>) -> io::Result<Co
         ));
     }
     let (integrations, mut diagnostics) = read_integrations(dir)?;
+    let (databases, database_diagnostics) = read_databases(dir);
+    diagnostics.extend(database_diagnostics);
     let contracts_root = contracts_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_contracts_dir(dir));
@@ -160,8 +169,36 @@ pub fn read_directory(dir: &Path, contracts_dir: Option<&Path>) -> io::Result<Co
         integrations,
         contracts_root,
         contracts,
+        databases,
         diagnostics,
     })
+}
+
+/// Reads `databases.yaml` (or `.yml`) at the top of `dir`, if there is one.
+/// Both at once is an error: which one holds is not obvious.
+pub fn read_databases(dir: &Path) -> (Option<SourceFile>, Vec<Diagnostic>) {
+    let paths: Vec<PathBuf> = databases::FILE_NAMES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|path| path.is_file())
+        .collect();
+    let (mut files, mut diagnostics) = read_all(paths);
+    if files.len() > 1 {
+        diagnostics.push(Diagnostic::error(
+            &files[1].path,
+            Position::START,
+            Code::DuplicateId,
+            "both databases.yaml and databases.yml are here: keep one",
+        ));
+    }
+    (
+        if files.is_empty() {
+            None
+        } else {
+            Some(files.remove(0))
+        },
+        diagnostics,
+    )
 }
 
 /// A file that parsed, with the model that could be read from it.
@@ -213,6 +250,8 @@ mod tests {
             "a.test.yaml",
             "a.json",
             "..data",
+            "databases.yaml",
+            "sub/databases.yml",
         ] {
             assert!(!is_integration_file(Path::new(name)), "{name}");
         }

@@ -95,6 +95,15 @@ pub fn read_config(
     overlay(&mut config.contracts, documents, |path| {
         path.starts_with(&contracts_root) && path.extension().is_some_and(|e| e == "json")
     });
+    for name in config::databases::FILE_NAMES {
+        let path = dir.join(name);
+        if let Some((path, document)) = documents.iter().find(|(p, _)| **p == path) {
+            config.databases = Some(SourceFile {
+                path: path.clone(),
+                text: document.text.clone(),
+            });
+        }
+    }
     Ok(config)
 }
 

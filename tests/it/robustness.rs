@@ -152,6 +152,7 @@ fn compile_one(text: &str) -> Result<(), String> {
         }],
         contracts_root: contracts_root.clone(),
         contracts: contracts.clone(),
+        databases: None,
         diagnostics: vec![],
     };
     let compilation =
