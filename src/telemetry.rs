@@ -57,6 +57,8 @@ pub const NAMES: &[(&str, &str)] = &[
     ("busbar_integration_deliveries", "gauge"),
     ("busbar_integration_blocked_keys", "gauge"),
     ("busbar_log_held_events", "gauge"),
+    ("busbar_waiting_on_sessions", "gauge"),
+    ("busbar_waiting_on_seconds", "gauge"),
 ];
 
 /// Latency buckets, in seconds: half a millisecond to ten seconds.
@@ -441,11 +443,12 @@ pub fn render_integrations(
 }
 
 /// A label value as the text format writes it.
-/// What delivery waits on outside busbar, from
-/// [`crate::store::activity::blockers`]: per kind (`lock`, `transaction`),
-/// how many sessions and the age of the oldest one's transaction. Both
-/// kinds are always present (0 when nothing waits, and on SQLite).
-pub fn render_waiting_on(blockers: &[crate::store::activity::Blocker]) -> String {
+/// What delivery waits on outside busbar, as `(kind, age in seconds)` per
+/// session (`store::activity::blockers`, read by the scrape): per kind
+/// (`lock`, `transaction`), how many sessions and the age of the oldest
+/// one's transaction. Both kinds are always present (0 when nothing
+/// waits, and on SQLite).
+pub fn render_waiting_on(blockers: &[(&str, f64)]) -> String {
     let mut out = String::new();
     let kinds = ["lock", "transaction"];
     let _ = writeln!(
@@ -454,7 +457,7 @@ pub fn render_waiting_on(blockers: &[crate::store::activity::Blocker]) -> String
     );
     let _ = writeln!(out, "# TYPE busbar_waiting_on_sessions gauge");
     for kind in kinds {
-        let count = blockers.iter().filter(|b| b.kind == kind).count();
+        let count = blockers.iter().filter(|(k, _)| *k == kind).count();
         let _ = writeln!(out, "busbar_waiting_on_sessions{{kind=\"{kind}\"}} {count}");
     }
     let _ = writeln!(
@@ -465,8 +468,8 @@ pub fn render_waiting_on(blockers: &[crate::store::activity::Blocker]) -> String
     for kind in kinds {
         let oldest = blockers
             .iter()
-            .filter(|b| b.kind == kind)
-            .map(|b| b.age_seconds)
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, age)| *age)
             .fold(0.0_f64, f64::max);
         let _ = writeln!(
             out,

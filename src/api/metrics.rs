@@ -63,7 +63,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         samples.is_some(),
     ));
     if let Some(waiting_on) = waiting_on {
-        body.push_str(&telemetry::render_waiting_on(&waiting_on));
+        let sessions: Vec<(&str, f64)> = waiting_on
+            .iter()
+            .map(|b| (b.kind.as_str(), b.age_seconds))
+            .collect();
+        body.push_str(&telemetry::render_waiting_on(&sessions));
     }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
