@@ -24,6 +24,13 @@ use crate::store::{Dialect, StoreError};
 /// Every how many ticks the old ones are pruned.
 const PRUNE_EVERY: i64 = 100;
 
+/// The shortest time between two ticks of this process. Under load a tick
+/// after every publish commit is a transaction for every one or two
+/// publishes (6,663 ticks for 58,768 events in 15 s at 16 connections);
+/// spaced, the commits of those few milliseconds share one tick. An idle
+/// server's first tick is not delayed.
+const MIN_SPACING: Duration = Duration::from_millis(5);
+
 /// What the ticker is asked for.
 #[derive(Default)]
 pub(crate) struct Ticker {
@@ -54,11 +61,18 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         return;
     }
     let mut backoff = Duration::from_millis(50);
+    let mut last_tick: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             () = shared.ticker.wake.notified() => {}
             () = tokio::time::sleep(shared.config.poll_interval) => {}
             () = shared.shutdown.cancelled() => return,
+        }
+        if let Some(wait) = last_tick.and_then(|at| MIN_SPACING.checked_sub(at.elapsed())) {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
         }
         let forced = shared.ticker.forced.swap(false, Ordering::AcqRel);
         // Taken before the tick: events committed after this are either
@@ -69,6 +83,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 .collect();
         match tick(&shared, forced).await {
             Ok(made) => {
+                if made {
+                    last_tick = Some(std::time::Instant::now());
+                }
                 backoff = Duration::from_millis(50);
                 shared.scheduler.wake_lanes(lanes);
                 if made && !forced {
