@@ -23,6 +23,7 @@ pub mod inspect;
 pub mod keys;
 pub mod lanes;
 pub mod log;
+pub mod mysql;
 pub mod partitionings;
 pub mod redeliver;
 pub mod retention;
