@@ -34,8 +34,11 @@
 //! upserts, which deadlock concurrent lanes inserting near each other.
 
 use std::str::FromStr;
+use std::time::Duration;
 
-use sqlx::mysql::MySqlConnectOptions;
+use sqlx::MySql;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::pool::PoolOptions;
 
 use crate::store::StoreError;
 
@@ -67,6 +70,24 @@ pub fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {
         .timezone(Some("+00:00".to_owned()))
         .pipes_as_concat(false)
         .no_engine_substitution(false))
+}
+
+/// A pool of at most `max_connections` connections to the MariaDB/MySQL
+/// database at `url`, each set up by [`setup`] when it connects.
+pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, StoreError> {
+    let options = connect_options(url)?;
+    Ok(PoolOptions::<MySql>::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                setup(connection)
+                    .await
+                    .map_err(|error| sqlx::Error::Configuration(error.to_string().into()))
+            })
+        })
+        .connect_with(options)
+        .await?)
 }
 
 /// Sets a connection's session up ([`SESSION_SETUP`]) and checks that it
