@@ -27,7 +27,9 @@ if [ "$flush" != "1" ]; then
     exit 1
 fi
 
-sql -e "DROP DATABASE IF EXISTS limit_integrations; DROP DATABASE IF EXISTS limit_hris; DROP DATABASE IF EXISTS limit_core"
+drop() { sql -e "DROP DATABASE IF EXISTS limit_integrations; DROP DATABASE IF EXISTS limit_hris; DROP DATABASE IF EXISTS limit_core"; }
+drop
+trap drop EXIT
 sql < schema.sql
 
 # The transaction's text without its comments, once; each client
