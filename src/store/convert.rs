@@ -150,8 +150,21 @@ pub fn show(value: &Value) -> String {
 
 /// Converts `value` for `column`: checks that the column holds it exactly
 /// (no truncation, no rounding: see docs/LANGUAGE.md, "Types") and gives
-/// the form to bind.
+/// the form to bind. A MariaDB column is checked by
+/// [`super::mysql::convert::convert`], with MariaDB's own traps, so that
+/// `check` refuses there what a delivery would (its statements bind
+/// [`super::mysql::convert::MySqlValue`]s, not this).
 pub fn convert(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreError> {
+    match column.storage {
+        Storage::MySql(_) => super::mysql::convert::convert(column, value).map(BindValue::from),
+        Storage::Postgres | Storage::Sqlite(_) => convert_value(column, value),
+    }
+}
+
+/// [`convert`] by the rules PostgreSQL and SQLite columns share, which
+/// MariaDB's conversion reuses for the kinds it has no trap of its own in
+/// (floats, UUIDs, JSON, other types).
+pub(super) fn convert_value(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreError> {
     let fail = |reason: String| StoreError::Conversion {
         column: column.name.to_string(),
         value: show(value),

@@ -510,3 +510,74 @@ mariadb_test! {
         assert_eq!(db.count("accounts").await, 1);
     }
 }
+
+const MEMBERS: &str = "\
+source: shop
+target: crm
+routes:
+  - on: person.joined
+    steps:
+      - upsert: members
+        key: [email]
+        values:
+          email: $.data.email
+          age: -1
+          active: 2
+          nickname: \"Ada 😀\"
+order_by: $.data.email
+";
+
+const PERSON_JOINED: &str = r#"{
+  "type": "object",
+  "required": ["email"],
+  "properties": { "email": { "type": "string", "maxLength": 100 } }
+}"#;
+
+mariadb_test! {
+    /// `busbar check --database-url mysql://…` reads the MariaDB catalog
+    /// and refuses, at the value's place, what a delivery would refuse.
+    async fn check_reads_a_mariadb_catalog_and_its_traps() {
+        let db = MariaDb::new().await;
+        db.execute(
+            "CREATE TABLE members (id INT AUTO_INCREMENT PRIMARY KEY,
+                email VARCHAR(100) NOT NULL UNIQUE, age TINYINT UNSIGNED,
+                active TINYINT(1), nickname VARCHAR(20) CHARACTER SET utf8mb3)",
+        )
+        .await;
+        let project = tempfile::tempdir().unwrap();
+        for (path, text) in [
+            ("integrations.d/members.yaml", MEMBERS),
+            ("schemas/events/shop/person.joined.json", PERSON_JOINED),
+        ] {
+            let path = project.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let url = format!("{}/{}", db.admin_url, db.name);
+        let output = crate::support::busbar_cli(
+            project.path(),
+            &["check", "integrations.d", "--format", "short", "--database-url", &url],
+        );
+        assert_eq!(output.status.code(), Some(1), "{}{}", output.stdout, output.stderr);
+        assert_eq!(
+            output.stdout,
+            "\
+integrations.d/members.yaml:10:16: error: -1 cannot be stored in column `age` (tinyint(3) unsigned): out of range for TINYINT UNSIGNED (0 to 255) [type-mismatch]
+integrations.d/members.yaml:11:19: error: 2 cannot be stored in column `active` (tinyint(1)): TINYINT(1) is read as a boolean: true or false, 1 or 0 [type-mismatch]
+integrations.d/members.yaml:12:21: error: \"Ada 😀\" cannot be stored in column `nickname` (varchar(20) CHARACTER SET utf8mb3): the character 😀 (U+1F600, at character 5) takes 4 bytes in UTF-8, which a utf8mb3 column cannot store; the column must be utf8mb4 [type-mismatch]
+3 errors, 0 warnings in 1 file
+"
+        );
+        // The unique key and the columns were found: fixing the values passes.
+        std::fs::write(
+            project.path().join("integrations.d/members.yaml"),
+            MEMBERS.replace("age: -1", "age: 1").replace("active: 2", "active: true").replace("Ada 😀", "Ada"),
+        )
+        .unwrap();
+        let output = crate::support::busbar_cli(
+            project.path(),
+            &["check", "integrations.d", "--format", "short", "--database-url", &url],
+        );
+        assert_eq!(output.status.code(), Some(0), "{}{}", output.stdout, output.stderr);
+    }
+}

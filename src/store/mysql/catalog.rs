@@ -304,6 +304,33 @@ async fn json_columns(
         .collect())
 }
 
+/// Reads each of `tables` from the catalog of the MariaDB/MySQL database at
+/// `url` (`check --database-url mysql://…`); `None` for a table that does
+/// not exist or that the user has no privilege on. One connection, in a
+/// `READ ONLY` transaction that is rolled back: writes nothing.
+pub async fn read_tables(
+    url: &str,
+    tables: &[TableName],
+) -> Result<Vec<(TableName, Option<TableInfo>)>, StoreError> {
+    use sqlx::Connection as _;
+    let mut connection = MySqlConnection::connect_with(&super::connect_options(url)?).await?;
+    super::setup(&mut connection).await?;
+    sqlx::query("START TRANSACTION READ ONLY")
+        .execute(&mut connection)
+        .await?;
+    let mut found = Vec::with_capacity(tables.len());
+    for table in tables {
+        match read_table(&mut connection, table).await {
+            Ok(table_info) => found.push((table.clone(), Some(table_info.info))),
+            Err(StoreError::NoTable(_)) => found.push((table.clone(), None)),
+            Err(error) => return Err(error),
+        }
+    }
+    sqlx::query("ROLLBACK").execute(&mut connection).await?;
+    connection.close().await.ok();
+    Ok(found)
+}
+
 /// MariaDB tables' catalogs, cached until [`MySqlCatalog::clear`] (on
 /// reload, and when a statement fails because a table changed), as
 /// [`crate::store::catalog::Catalog`] caches busbar's own database's.

@@ -33,7 +33,7 @@ use crate::store::catalog::{
     ColumnInfo, ColumnType, MySqlCharset, MySqlColumn, Storage, TableInfo,
 };
 use crate::store::convert::{
-    self, BindValue, decimal, fit_date, fit_numeric, fit_text, fit_timestamp, show,
+    self, BindValue, convert_value, decimal, fit_date, fit_numeric, fit_text, fit_timestamp, show,
 };
 
 /// A value ready to bind to a MariaDB statement. Integers are bound as
@@ -58,6 +58,23 @@ impl From<BindValue> for MySqlValue {
             BindValue::Int(i) => MySqlValue::Int(i),
             BindValue::Float(f) => MySqlValue::Float(f),
             BindValue::Text(s) => MySqlValue::Text(s),
+        }
+    }
+}
+
+/// For [`convert::convert`]'s callers (`check`), which only ask whether a
+/// value fits: an unsigned integer beyond `i64` is given as its text.
+impl From<MySqlValue> for BindValue {
+    fn from(value: MySqlValue) -> BindValue {
+        match value {
+            MySqlValue::Null => BindValue::Null,
+            MySqlValue::Bool(b) => BindValue::Bool(b),
+            MySqlValue::Int(i) => BindValue::Int(i),
+            MySqlValue::UInt(u) => {
+                i64::try_from(u).map_or_else(|_| BindValue::Text(u.to_string()), BindValue::Int)
+            }
+            MySqlValue::Float(f) => BindValue::Float(f),
+            MySqlValue::Text(s) => BindValue::Text(s),
         }
     }
 }
@@ -142,7 +159,7 @@ pub fn convert(column: &ColumnInfo, value: &Value) -> Result<MySqlValue, StoreEr
             Value::Bool(b) => Ok(MySqlValue::Bool(*b)),
             Value::Number(n) if Decimal::of(n).is_zero() => Ok(MySqlValue::Bool(false)),
             Value::Number(n) if Decimal::of(n).to_i128() == Some(1) => Ok(MySqlValue::Bool(true)),
-            _ => convert::convert(column, value)
+            _ => convert_value(column, value)
                 .map(MySqlValue::from)
                 .map_err(|_| fail("TINYINT(1) is read as a boolean: true or false, 1 or 0".into())),
         },
@@ -206,16 +223,15 @@ pub fn convert(column: &ColumnInfo, value: &Value) -> Result<MySqlValue, StoreEr
             }
             _ => Err(fail("a timestamp must be a string (RFC 3339)".into())),
         },
-        ColumnType::Float | ColumnType::Uuid | ColumnType::Json | ColumnType::Other => {
-            if column.ty == ColumnType::Json || column.ty == ColumnType::Other {
-                // Text the server stores as is: JSON in a utf8mb4 LONGTEXT,
-                // an ENUM's label; a 4-byte character still needs utf8mb4.
-                if let Value::String(s) = value {
-                    fit_charset(&mysql, s).map_err(&fail)?;
-                }
+        // Text the server stores as is (JSON in a utf8mb4 LONGTEXT, an
+        // ENUM's label) still needs utf8mb4 for a 4-byte character.
+        ColumnType::Json | ColumnType::Other => {
+            if let Value::String(s) = value {
+                fit_charset(&mysql, s).map_err(&fail)?;
             }
-            convert::convert(column, value).map(MySqlValue::from)
+            convert_value(column, value).map(MySqlValue::from)
         }
+        ColumnType::Float | ColumnType::Uuid => convert_value(column, value).map(MySqlValue::from),
     }
 }
 
