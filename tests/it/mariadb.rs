@@ -89,9 +89,15 @@ impl Drop for MariaDb {
                 .expect("runtime");
             runtime.block_on(async move {
                 if let Ok(mut admin) = MySqlConnection::connect(&url).await {
-                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
-                        .execute(&mut admin)
-                        .await;
+                    for statement in [
+                        format!("DROP DATABASE IF EXISTS {name}"),
+                        // The grants test's user, named after its database.
+                        format!("DROP USER IF EXISTS '{name}'@'%'"),
+                    ] {
+                        let _ = sqlx::query(AssertSqlSafe(statement))
+                            .execute(&mut admin)
+                            .await;
+                    }
                 }
             });
         })
@@ -579,5 +585,61 @@ integrations.d/members.yaml:12:21: error: \"Ada 😀\" cannot be stored in colum
             &["check", "integrations.d", "--format", "short", "--database-url", &url],
         );
         assert_eq!(output.status.code(), Some(0), "{}{}", output.stdout, output.stderr);
+    }
+}
+
+mariadb_test! {
+    /// The grants docs/DATABASES.md lists are enough: a user with only
+    /// SELECT, INSERT, UPDATE and DELETE on the product's database reads
+    /// the catalog and runs every step; a table it has no grant on reads
+    /// as missing.
+    async fn select_insert_update_delete_are_the_only_grants_needed() {
+        let db = MariaDb::new().await;
+        db.execute(
+            "CREATE TABLE people (id INT AUTO_INCREMENT PRIMARY KEY, email VARCHAR(100) NOT NULL UNIQUE, name VARCHAR(50));
+",
+        )
+        .await;
+        let user = db.name.clone();
+        db.execute(&format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{user}';
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {}.* TO '{user}'@'%'",
+            db.name
+        ))
+        .await;
+        let host = db.admin_url.rsplit('@').next().unwrap().to_owned();
+        let url = format!("mysql://{user}:pw-{user}@{host}/{}", db.name);
+        let pool = busbar::store::mysql::connect(&url, 1).await.expect("the limited user connects");
+        let catalog = MySqlCatalog::default();
+        let mut tx = pool.begin().await.unwrap();
+        let mut executor = MySqlTargetExecutor::new(&mut tx, &catalog);
+        let people = table("people");
+        let row = executor
+            .upsert(&people, &key(&["email"]), &columns(json!({"email": "a@x", "name": "A"})))
+            .await
+            .expect("upsert with DML grants");
+        assert_eq!(row.columns["name"], json!("A"));
+        assert!(executor.find(&people, &columns(json!({"email": "a@x"}))).await.unwrap().is_some());
+        assert_eq!(
+            executor
+                .update(&people, &columns(json!({"email": "a@x"})), &columns(json!({"name": "B"})))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(executor.delete(&people, &columns(json!({"email": "a@x"}))).await.unwrap(), 1);
+        let hidden = executor
+            .find(&table("mysql.user"), &columns(json!({})))
+            .await
+            .unwrap_err();
+        assert!(matches!(hidden, StoreError::NoTable(_)), "{hidden}");
+        drop(executor);
+        tx.commit().await.unwrap();
+        let found = busbar::store::inspect::read_tables(&url, &[people.clone(), table("missing")])
+            .await
+            .expect("check reads the catalog with the same grants");
+        assert!(found[0].1.is_some() && found[1].1.is_none());
+        pool.close().await;
     }
 }
