@@ -73,7 +73,8 @@ fn column(row: ColumnRow, json: bool) -> ColumnInfo {
     };
     if let Some(collation) = row.collation.as_deref() {
         let collation = collation.to_ascii_lowercase();
-        mysql.case_insensitive = collation.ends_with("_ci") || collation.contains("_ai_ci");
+        // `_ci` (and MariaDB 10.10's `_ai_ci`, also accent-insensitive).
+        mysql.case_insensitive = collation.ends_with("_ci");
         // MariaDB's `_nopad_` collations and MySQL 8's `utf8mb4_0900_*`
         // compare trailing spaces; every other collation ignores them.
         mysql.pad_space = !(collation.contains("nopad") || collation.contains("_0900_"));

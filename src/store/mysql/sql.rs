@@ -309,8 +309,7 @@ pub fn normalize_row(info: &TableInfo, text: &str) -> Result<Row, StoreError> {
         };
         match (column.ty, &*value) {
             (ColumnType::Boolean, Value::Number(n)) => {
-                let zero = n.to_string().trim_start_matches('-').trim_matches('0') == "";
-                *value = Value::Bool(!zero);
+                *value = Value::Bool(!crate::decimal::Decimal::of(n).is_zero());
             }
             (ColumnType::Timestamp, Value::String(s)) => {
                 *value = Value::String(s.replacen(' ', "T", 1));
