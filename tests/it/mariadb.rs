@@ -514,6 +514,33 @@ mariadb_test! {
         tx.commit().await.unwrap();
         assert_eq!(db.text("SELECT name FROM accounts WHERE id = 1").await.as_deref(), Some("C"));
         assert_eq!(db.count("accounts").await, 1);
+
+        // Another transaction inserts the key meanwhile: the locked select
+        // waits for its commit, then finds the row and updates it (no
+        // duplicate-key error, no second row).
+        let mut other = db.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO accounts VALUES (2, 'b@x', 'other')")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        let pool = db.pool.clone();
+        let upsert = tokio::spawn(async move {
+            let catalog = MySqlCatalog::default();
+            let mut tx = pool.begin().await.unwrap();
+            let mut executor = MySqlTargetExecutor::new(&mut tx, &catalog);
+            let row = executor
+                .upsert(&table("accounts"), &key(&["id"]), &columns(json!({"id": 2, "email": "b@x", "name": "Z"})))
+                .await;
+            drop(executor);
+            tx.commit().await.unwrap();
+            row
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!upsert.is_finished(), "the upsert waits for the other transaction's row");
+        other.commit().await.unwrap();
+        let row = upsert.await.unwrap().expect("the upsert updates the row committed meanwhile");
+        assert_eq!(row.columns["name"], json!("Z"));
+        assert_eq!(db.count("accounts").await, 2);
     }
 }
 
