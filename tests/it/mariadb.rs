@@ -319,7 +319,7 @@ mariadb_test! {
                 first_name VARCHAR(50), salary DECIMAL(12,2),
                 active TINYINT(1) NOT NULL DEFAULT 1, hired DATETIME,
                 seen TIMESTAMP(3) NULL DEFAULT NULL, doc JSON, big BIGINT UNSIGNED,
-                UNIQUE KEY org_email (org, email)
+                ratio FLOAT, UNIQUE KEY org_email (org, email)
             )",
         )
         .await;
@@ -337,7 +337,8 @@ mariadb_test! {
                     "org": 1, "email": "ada@x", "first_name": "Ada", "salary": "72000.50",
                     "active": true, "hired": "2026-03-01T23:30:00-05:00",
                     "seen": "2026-03-01T10:00:00.125Z", "doc": {"tags": ["a", 1]},
-                    "big": serde_json::from_str::<Value>("18446744073709551615").unwrap()
+                    "big": serde_json::from_str::<Value>("18446744073709551615").unwrap(),
+                    "ratio": 0.1
                 })),
             )
             .await
@@ -347,7 +348,7 @@ mariadb_test! {
             serde_json::from_str::<Value>(
                 r#"{"id": 1, "org": 1, "email": "ada@x", "first_name": "Ada", "salary": 72000.50,
                     "active": true, "hired": "2026-03-02T04:30:00", "seen": "2026-03-01T10:00:00.125+00:00",
-                    "doc": {"tags": ["a", 1]}, "big": 18446744073709551615}"#
+                    "doc": {"tags": ["a", 1]}, "big": 18446744073709551615, "ratio": 0.1}"#
             )
             .unwrap()
         );
@@ -395,6 +396,11 @@ mariadb_test! {
             .await
             .unwrap();
         assert!(by_unsigned.is_none(), "a BIGINT UNSIGNED compares exactly, not as a double");
+        let by_float = executor
+            .find(&employees, &columns(json!({"ratio": 0.1})))
+            .await
+            .unwrap();
+        assert_eq!(by_float.expect("a FLOAT compares as the single it holds").columns["id"], json!(1));
         let no_salary = executor
             .find(&employees, &columns(json!({"salary": null})))
             .await

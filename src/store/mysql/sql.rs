@@ -5,8 +5,10 @@
 //! its `?` is written, and the two cannot drift apart. Names go through
 //! [`backquote`] only (`hris.employees` → `` `hris`.`employees` ``: a
 //! product's schema is a MariaDB database); values are always bound. A
-//! `DECIMAL` value is compared as `CAST(? AS DECIMAL(p, s))`: text against
-//! a decimal column is compared as a double, which is not exact.
+//! `DECIMAL` value is compared as `CAST(? AS DECIMAL(p, s))` (text against
+//! a decimal column is compared as a double, which is not exact), and a
+//! `FLOAT` one as `CAST(? AS FLOAT)` (a double is not equal to the single
+//! the column holds).
 //!
 //! Rows come back as one JSON text, `JSON_OBJECT('name', `name`, …)` over
 //! the catalog's columns, turned into busbar's row shape by
@@ -33,13 +35,17 @@ impl Statement {
         self.text.push_str(text);
     }
 
-    /// A `?` for `value`, cast where comparing text would not be exact.
+    /// A `?` for `value`, cast where comparing the bound value with the
+    /// column would not be exact: text against a `DECIMAL` is compared as
+    /// a double, and a double against a `FLOAT` column as the single
+    /// widened (`0.1` never equals a `FLOAT` holding 0.1).
     fn bind(&mut self, column: Option<&ColumnInfo>, value: MySqlValue) {
-        match column.map(|c| (c.ty, c.limits.numeric)) {
-            Some((ColumnType::Numeric, Some((precision, scale)))) if scale >= 0 => {
+        match column.map(|c| (c.ty, c.limits.numeric, c.limits.single_precision)) {
+            Some((ColumnType::Numeric, Some((precision, scale)), _)) if scale >= 0 => {
                 self.text
                     .push_str(&format!("CAST(? AS DECIMAL({precision}, {scale}))"));
             }
+            Some((ColumnType::Float, _, true)) => self.text.push_str("CAST(? AS FLOAT)"),
             _ => self.text.push('?'),
         }
         self.values.push(value);
