@@ -341,6 +341,7 @@ pub struct MySqlCatalog {
 }
 
 impl MySqlCatalog {
+    /// Forgets every table, so the next use reads the catalog again.
     pub fn clear(&self) {
         self.tables.write().expect("catalog lock").clear();
     }

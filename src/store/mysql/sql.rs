@@ -26,7 +26,9 @@ use crate::store::catalog::{ColumnInfo, ColumnType, TableInfo};
 /// A statement's text and the values of its `?`s, in order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Statement {
+    /// The SQL, with a `?` for each value.
     pub text: String,
+    /// The values to bind, in the order of their `?`s.
     pub values: Vec<MySqlValue>,
 }
 
@@ -233,7 +235,7 @@ pub fn identities(
 
 /// `… WHERE (a = ? AND b = ?) OR (…)`: rows by their identities, each a
 /// list of `(column, value)`.
-pub fn by_identity(
+fn by_identity(
     statement: &mut Statement,
     info: &TableInfo,
     rows: &[Vec<(CatalogName, MySqlValue)>],

@@ -50,6 +50,8 @@ pub struct MySqlTargetExecutor<'t> {
 }
 
 impl<'t> MySqlTargetExecutor<'t> {
+    /// An executor on `connection` (a transaction's, `&mut *tx`), reading
+    /// tables through `catalog`.
     pub fn new(connection: &'t mut MySqlConnection, catalog: &'t MySqlCatalog) -> Self {
         MySqlTargetExecutor {
             connection,
