@@ -172,6 +172,15 @@ pub fn quote(name: &impl SqlName) -> String {
     format!("\"{}\"", name.name().replace('"', "\"\""))
 }
 
+/// Quotes a name for MariaDB and MySQL SQL (`store::mysql`): in backticks,
+/// which both read as an identifier whatever the session's `sql_mode`
+/// (`"` is a string there unless `ANSI_QUOTES` is set). The only function
+/// that puts a name into MariaDB SQL text; a [`CatalogName`] has its `` ` ``
+/// doubled.
+pub fn backquote(name: &impl SqlName) -> String {
+    format!("`{}`", name.name().replace('`', "``"))
+}
+
 /// A type name from the database's catalog, to cast a bound value to on
 /// PostgreSQL (`CAST($1 AS character varying)`). Parsed, so that it can
 /// only be a type name: ASCII letters, digits, spaces, `_`, `.`, `,`,
@@ -293,6 +302,15 @@ mod tests {
             quote(&TableName::parse("hris.employees").unwrap().sqlite_name()),
             "\"hris.employees\""
         );
+    }
+
+    #[test]
+    fn backquoting_doubles_backticks() {
+        assert_eq!(
+            backquote(&Ident::parse("employees").unwrap()),
+            "`employees`"
+        );
+        assert_eq!(backquote(&CatalogName::new("a`b\"c")), "`a``b\"c`");
     }
 
     #[test]

@@ -258,6 +258,43 @@ impl Affinity {
 pub enum Storage {
     Postgres,
     Sqlite(Affinity),
+    /// A MariaDB or MySQL target table (`store::mysql`): what its catalog
+    /// says beyond the kind and limits.
+    MySql(MySqlColumn),
+}
+
+/// What a MariaDB/MySQL column holds beyond its kind and [`Limits`]: the
+/// traps `store::mysql::convert` checks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MySqlColumn {
+    /// An `UNSIGNED` integer: 0 up to twice the signed maximum, plus one.
+    pub unsigned: bool,
+    /// The column's character set, for text.
+    pub charset: MySqlCharset,
+    /// A case-insensitive collation (`utf8mb4_general_ci`): `'Ada@x'` and
+    /// `'ada@x'` are equal in comparisons and unique keys.
+    pub case_insensitive: bool,
+    /// A `PAD SPACE` collation (every `_ci`/`_bin` collation before the
+    /// `_nopad_` ones): trailing spaces do not count in comparisons and
+    /// unique keys, so `'abc'` and `'abc '` are equal.
+    pub pad_space: bool,
+    /// The `TEXT` types' limit, in bytes (`TEXT`: 65,535), which
+    /// `utf8mb4` text reaches in a quarter as many characters.
+    pub max_bytes: Option<u32>,
+}
+
+/// The character sets that change what text a MariaDB column can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MySqlCharset {
+    /// `utf8mb4`, or no character set (not a text column).
+    #[default]
+    Utf8mb4,
+    /// `utf8mb3` (MariaDB's and MySQL's old `utf8`): at most 3 bytes a
+    /// character, so no emoji or other characters beyond U+FFFF.
+    Utf8mb3,
+    /// Any other (`latin1`, `ascii`, ...): the server, in strict mode,
+    /// refuses a character it has no code for.
+    Other,
 }
 
 /// One column of a target table.

@@ -150,8 +150,21 @@ pub fn show(value: &Value) -> String {
 
 /// Converts `value` for `column`: checks that the column holds it exactly
 /// (no truncation, no rounding: see docs/LANGUAGE.md, "Types") and gives
-/// the form to bind.
+/// the form to bind. A MariaDB column is checked by
+/// [`super::mysql::convert::convert`], with MariaDB's own traps, so that
+/// `check` refuses there what a delivery would (its statements bind
+/// [`super::mysql::convert::MySqlValue`]s, not this).
 pub fn convert(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreError> {
+    match column.storage {
+        Storage::MySql(_) => super::mysql::convert::convert(column, value).map(BindValue::from),
+        Storage::Postgres | Storage::Sqlite(_) => convert_value(column, value),
+    }
+}
+
+/// [`convert`] by the rules PostgreSQL and SQLite columns share, which
+/// MariaDB's conversion reuses for the kinds it has no trap of its own in
+/// (floats, UUIDs, JSON, other types).
+pub(super) fn convert_value(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreError> {
     let fail = |reason: String| StoreError::Conversion {
         column: column.name.to_string(),
         value: show(value),
@@ -213,7 +226,7 @@ pub fn convert(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreErr
             };
             fit_numeric(limits, &number).map_err(&fail)?;
             match column.storage {
-                Storage::Postgres => Ok(BindValue::Text(text)),
+                Storage::Postgres | Storage::MySql(_) => Ok(BindValue::Text(text)),
                 Storage::Sqlite(_) => sqlite_number(&number).map_err(fail),
             }
         }
@@ -267,7 +280,7 @@ pub fn convert(column: &ColumnInfo, value: &Value) -> Result<BindValue, StoreErr
 }
 
 /// A number, or a string holding one (`" 42 "`, `"1e3"`).
-fn decimal(value: &Value) -> Option<Decimal> {
+pub(super) fn decimal(value: &Value) -> Option<Decimal> {
     match value {
         Value::Number(n) => Some(Decimal::of(n)),
         Value::String(s) => Decimal::parse(s.trim()),
@@ -280,7 +293,7 @@ fn decimal(value: &Value) -> Option<Decimal> {
 /// PostgreSQL stores it (busbar pads on SQLite too, so both store and
 /// compare the same text). A `char(n)`'s trailing spaces are padding, so
 /// they do not count against the limit.
-fn fit_text(limits: &Limits, text: String) -> Result<String, String> {
+pub(super) fn fit_text(limits: &Limits, text: String) -> Result<String, String> {
     if text.contains('\0') {
         return Err("text cannot contain the NUL character (\\u0000)".into());
     }
@@ -306,7 +319,7 @@ fn fit_text(limits: &Limits, text: String) -> Result<String, String> {
 /// A number within `numeric(p, s)`, or within what an unconstrained
 /// `numeric` holds. A value with more fractional digits than the scale is
 /// refused rather than rounded; trailing zeros do not count.
-fn fit_numeric(limits: &Limits, number: &Decimal) -> Result<(), String> {
+pub(super) fn fit_numeric(limits: &Limits, number: &Decimal) -> Result<(), String> {
     let Some((precision, scale)) = limits.numeric else {
         return number.numeric_misfit().map_or(Ok(()), Err);
     };
@@ -338,7 +351,7 @@ fn fit_numeric(limits: &Limits, number: &Decimal) -> Result<(), String> {
 /// A number for a `real` or `double precision` column: only when the
 /// float it becomes reads back as the same number. On SQLite, which
 /// reports doubles with 15 significant digits, at most 15.
-fn fit_float(column: &ColumnInfo, number: &Decimal) -> Result<BindValue, String> {
+pub(super) fn fit_float(column: &ColumnInfo, number: &Decimal) -> Result<BindValue, String> {
     let (name, largest) = if column.limits.single_precision {
         ("real", "3.4028235e38")
     } else {
@@ -420,7 +433,7 @@ fn sqlite_keeps_text_number(column: &ColumnInfo, number: &Number) -> Result<(), 
 /// A date column takes a date, or a timestamp at midnight (its date as
 /// written). A timestamp with a time of day is refused: the column would
 /// drop the time (the `date` filter takes the date explicitly).
-fn fit_date(text: &str) -> Result<NaiveDate, String> {
+pub(super) fn fit_date(text: &str) -> Result<NaiveDate, String> {
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(date);
     }
@@ -447,7 +460,7 @@ fn fit_date(text: &str) -> Result<NaiveDate, String> {
 /// A timestamp whose fractional seconds the column keeps: digits beyond
 /// `kept` (other than trailing zeros) would be rounded, so they are
 /// refused.
-fn fit_timestamp(text: &str, kept: u8) -> Result<DateTime<Utc>, String> {
+pub(super) fn fit_timestamp(text: &str, kept: u8) -> Result<DateTime<Utc>, String> {
     let time = parse_timestamp(text).ok_or_else(|| "not an RFC 3339 timestamp".to_owned())?;
     let fraction = text
         .split_once(['T', 't', ' '])

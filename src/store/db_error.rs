@@ -14,6 +14,9 @@ pub fn describe(error: &sqlx::Error) -> String {
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
         return postgres(pg);
     }
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return mysql_error(mysql.message(), mysql.number(), mysql.code());
+    }
     sqlite(db.message(), db.code().as_deref().unwrap_or(""))
 }
 
@@ -144,9 +147,35 @@ fn sqlite(message: &str, code: &str) -> String {
     format!("{words} [SQLite {code}]")
 }
 
+/// A MariaDB/MySQL error (a target database, `store::mysql`): its
+/// message names the table, column or key; its number says which kind.
+fn mysql_error(message: &str, number: u16, sqlstate: Option<&str>) -> String {
+    let words = match number {
+        1062 => format!("duplicate key: {message}"),
+        1048 => format!("a column cannot be null: {message}"),
+        1451 | 1452 => format!("no matching row for a foreign key: {message}"),
+        // MariaDB's and MySQL's check constraint violations.
+        4025 | 3819 => format!("the row breaks a check constraint: {message}"),
+        // `SIGNAL SQLSTATE '45000'` in a trigger.
+        1644 => format!("{message} (refused by a trigger)"),
+        1213 => format!("deadlock, the transaction is retried: {message}"),
+        1205 => format!("lock wait timeout, the transaction is retried: {message}"),
+        _ => message.to_owned(),
+    };
+    let state = sqlstate.map(|s| format!(" {s}")).unwrap_or_default();
+    format!("{words} [MariaDB/MySQL {number}{state}]")
+}
+
+/// Whether a MariaDB/MySQL error number is worth retrying: a deadlock, a
+/// lock wait timeout, too many connections, a server shutting down, a
+/// connection killed.
+pub fn mysql_is_transient(number: u16) -> bool {
+    matches!(number, 1205 | 1213 | 1040 | 1053 | 1927 | 2006 | 2013)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sqlite;
+    use super::{mysql_error, sqlite};
 
     #[test]
     fn sqlite_errors_say_what_happened_first_and_keep_the_message_and_code() {
@@ -173,5 +202,21 @@ mod tests {
              (CHECK constraint failed: salary_positive) [SQLite 275]"
         );
         assert_eq!(sqlite("disk I/O error", "10"), "disk I/O error [SQLite 10]");
+    }
+
+    #[test]
+    fn mariadb_errors_say_what_happened_first_and_keep_the_number() {
+        assert_eq!(
+            mysql_error(
+                "Duplicate entry 'ada@x' for key 'email'",
+                1062,
+                Some("23000")
+            ),
+            "duplicate key: Duplicate entry 'ada@x' for key 'email' [MariaDB/MySQL 1062 23000]"
+        );
+        assert_eq!(
+            mysql_error("payroll refuses it", 1644, Some("45000")),
+            "payroll refuses it (refused by a trigger) [MariaDB/MySQL 1644 45000]"
+        );
     }
 }

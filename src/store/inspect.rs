@@ -3,8 +3,9 @@
 //!
 //! [`crate::store::Store::connect`] would create a missing SQLite file and
 //! set its journal mode; a check must not. So this opens its own single
-//! connection: SQLite read-only and never created; PostgreSQL inside a
-//! `READ ONLY` transaction that is rolled back. No migrations run.
+//! connection: SQLite read-only and never created; PostgreSQL (and
+//! MariaDB/MySQL, `mysql::catalog::read_tables`) inside a `READ ONLY`
+//! transaction that is rolled back. No migrations run.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -25,6 +26,9 @@ pub async fn read_tables(
     url: &str,
     tables: &[TableName],
 ) -> Result<Vec<(TableName, Option<TableInfo>)>, StoreError> {
+    if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        return super::mysql::catalog::read_tables(url, tables).await;
+    }
     let mut tx = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgConnectOptions::from_str(url)?.application_name("busbar check");
         let pool = PoolOptions::<Postgres>::new()
@@ -58,7 +62,7 @@ pub async fn read_tables(
         DbTx::Sqlite(pool.begin().await?)
     } else {
         return Err(StoreError::Invalid(format!(
-            "unsupported database URL `{url}`: use postgres://… or sqlite://path"
+            "unsupported database URL `{url}`: use postgres://…, mysql://… or sqlite://path"
         )));
     };
     let mut found = Vec::with_capacity(tables.len());

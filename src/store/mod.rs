@@ -23,6 +23,7 @@ pub mod inspect;
 pub mod keys;
 pub mod lanes;
 pub mod log;
+pub mod mysql;
 pub mod partitionings;
 pub mod redeliver;
 pub mod retention;
@@ -141,6 +142,13 @@ impl StoreError {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db)
+                if db
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|e| db_error::mysql_is_transient(e.number())) =>
+            {
+                true
+            }
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 match code.as_str() {

@@ -15,6 +15,9 @@
 //!   integration states, redelivery, try an event, the live tail).
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
+//! - `mariadb`: MariaDB/MySQL target tables (issue 17) on the MariaDB of
+//!   `TEST_MARIADB_URL`: the strict session, the catalog, every type trap,
+//!   `find`/`upsert`/`update`/`delete`, case-insensitive keys.
 //! - `lsp`: `busbar lsp` over stdio with a JSON-RPC client (diagnostics
 //!   equal `check`'s, completion, hover, definition, quick fixes, bursts
 //!   of edits), and in headless Neovim.
@@ -65,6 +68,7 @@ mod errors;
 mod language;
 mod layers;
 mod lsp;
+mod mariadb;
 mod monitoring;
 mod ordering;
 mod partitioning;
