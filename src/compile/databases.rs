@@ -356,22 +356,35 @@ pub fn resolve(databases: &Databases, integrations: &mut [Integration]) -> Vec<D
 /// busbar's own database instead would be wrong. One error per
 /// integration that writes elsewhere; `serve` and reloads refuse them.
 pub fn not_served_yet(generation: &super::Generation) -> Vec<Diagnostic> {
-    generation
-        .integrations
-        .iter()
-        .filter_map(|integration| {
-            let database = integration.database.as_ref()?;
-            Some(Diagnostic::error(
+    let mut out = Vec::new();
+    for integration in &generation.integrations {
+        // The first table in another database, written or read: a `find`
+        // there would read busbar's own database instead, as wrongly as a
+        // write would land there.
+        let elsewhere = integration.routes.iter().flat_map(|r| &r.steps).find_map(|step| {
+            let table = match &step.kind {
+                StepKind::Find { table, .. }
+                | StepKind::Upsert { table, .. }
+                | StepKind::Update { table, .. }
+                | StepKind::Delete { table, .. } => table,
+                StepKind::Emit { .. } => return None,
+            };
+            let database = generation.databases.of_table(table)?;
+            Some((table, database, step.spans.table))
+        });
+        if let Some((table, database, position)) = elsewhere {
+            out.push(Diagnostic::error(
                 &integration.file,
-                integration.id_position,
+                position,
                 Code::InvalidValue,
                 format!(
-                    "integration `{}` writes to database `{database}` (databases.yaml), and this version of busbar serves only integrations that write to its own database: delivery into other databases is not built yet",
-                    integration.id
+                    "integration `{}` uses `{table}`, in database `{}` (databases.yaml), and this version of busbar serves only integrations whose tables are in its own database: delivery into other databases is not built yet",
+                    integration.id, database.name
                 ),
-            ))
-        })
-        .collect()
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
