@@ -115,7 +115,9 @@ pub fn serve(connection: &Connection, options: &Options) -> Result<()> {
         .and_then(|options| serde_json::from_value::<Settings>(options).ok())
         .unwrap_or_default();
     let reader = match &options.database_url {
-        Some(url) => Some(live::Reader::spawn(url.clone()).context("cannot start the catalog thread")?),
+        Some(url) => {
+            Some(live::Reader::spawn(url.clone()).context("cannot start the catalog thread")?)
+        }
         None => None,
     };
     // Without a database, nothing ever arrives here.

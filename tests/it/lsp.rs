@@ -1107,9 +1107,9 @@ fn a_catalog_file_checks_columns_in_check_and_in_the_editor() {
 /// names `name`.
 fn has_diagnostic(client: &Client, uri: &str, code: &str, name: &str) -> bool {
     client.latest().get(uri).is_some_and(|diagnostics| {
-        diagnostics.iter().any(|d| {
-            d["code"] == code && d["message"].as_str().is_some_and(|m| m.contains(name))
-        })
+        diagnostics
+            .iter()
+            .any(|d| d["code"] == code && d["message"].as_str().is_some_and(|m| m.contains(name)))
     })
 }
 
@@ -1135,7 +1135,12 @@ fn messages(client: &Client) -> Vec<String> {
         .others
         .iter()
         .filter(|m| m["method"] == "window/showMessage" || m["method"] == "window/logMessage")
-        .map(|m| m["params"]["message"].as_str().unwrap_or_default().to_owned())
+        .map(|m| {
+            m["params"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -1194,10 +1199,7 @@ fn a_live_catalog_checks_columns_and_is_read_again_on_refresh() {
         said.iter().any(|m| m.contains("read the catalog of")),
         "{said:?}"
     );
-    assert!(
-        !said.iter().any(|m| m.contains("cannot read")),
-        "{said:?}"
-    );
+    assert!(!said.iter().any(|m| m.contains("cannot read")), "{said:?}");
     client.stop();
 }
 
