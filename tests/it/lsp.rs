@@ -1194,6 +1194,28 @@ fn a_live_catalog_checks_columns_and_is_read_again_on_refresh() {
     });
     let offered = columns_offered(&mut client, &example, 4);
     assert!(offered.iter().any(|o| o == "nickname"), "{offered:?}");
+
+    // A step starts to name a table the last read did not ask for: it is
+    // unknown until a save reads the catalog again.
+    let with_team = edited(
+        &example,
+        "      - upsert: hris.employees\n",
+        "      - find: hris.teams\n        where: { name: $.data.department }\n        missing: skip\n\n      - upsert: hris.employees\n",
+    );
+    client.replace(&example.file, 5, &with_team);
+    let diagnostics = client.diagnostics_at(&example.file, 5);
+    assert!(
+        has_diagnostic(&client, &uri, "unknown-table", "hris.teams"),
+        "{diagnostics:?}"
+    );
+    runtime.block_on(db.execute("CREATE TABLE hris.teams (name text PRIMARY KEY)"));
+    client.notify(
+        "textDocument/didSave",
+        json!({ "textDocument": { "uri": uri } }),
+    );
+    client.wait_until("the unknown-table to go after a save", |c| {
+        !has_diagnostic(c, &uri, "unknown-table", "hris.teams")
+    });
     let said = messages(&client);
     assert!(
         said.iter().any(|m| m.contains("read the catalog of")),
