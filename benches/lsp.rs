@@ -82,7 +82,8 @@ fn main() {
     let broken = format!("{}zz{}", &text[..at], &text[at..]);
 
     let (server, client) = Connection::memory();
-    let thread = std::thread::spawn(move || busbar::lsp::serve(&server));
+    let thread =
+        std::thread::spawn(move || busbar::lsp::serve(&server, &busbar::lsp::Options::default()));
     let send = |message: Message| client.sender.send(message).expect("the server listens");
     send(Message::Request(Request::new(
         RequestId::from(1),

@@ -112,6 +112,17 @@ enum Command {
         /// Accepted for editors that pass it; stdio is the only transport.
         #[arg(long, hide = true)]
         stdio: bool,
+        /// Read the target tables' catalog live from this database
+        /// (postgres://… or sqlite://path; read only) instead of a catalog
+        /// file: when a directory's first file opens, when a file is saved
+        /// naming other tables, and on the `busbar.refresh` command. If it
+        /// cannot be read, the catalog file is used and the server goes on.
+        /// Its own variable, not DATABASE_URL: an editor started from a
+        /// shell that has one must not read that database unasked; and in
+        /// the environment a password is not on the command line for
+        /// other users' `ps` to see.
+        #[arg(long, env = "BUSBAR_LSP_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Write the target tables' catalog (columns, types, unique keys) as
     /// JSON, for `busbar lsp` and `check --catalog` to use without a
@@ -451,7 +462,10 @@ pub fn main(
         Command::Schema => writeln!(out, "{}", config::schema::integration_schema().trim_end())
             .map(|()| SUCCESS)
             .map_err(Into::into),
-        Command::Lsp { stdio: _ } => crate::lsp::run_stdio().map(|()| SUCCESS),
+        Command::Lsp {
+            stdio: _,
+            database_url,
+        } => crate::lsp::run_stdio(&crate::lsp::Options { database_url }).map(|()| SUCCESS),
         Command::Catalog {
             dir,
             database_url,

@@ -26,7 +26,7 @@ use super::keys::{self, KeyDoc};
 use super::outline::{Frame, Line, Outline, Path, StepOutline, unquote};
 use super::text::{char_index, line_of, utf16_column};
 use super::workspace::{
-    ContractCache, Documents, Knowledge, Settings, directory_of, knowledge, path_of,
+    ContractCache, Documents, Knowledge, LiveCatalogs, Settings, directory_of, knowledge, path_of,
 };
 use crate::compile::ident::TableName;
 use crate::compile::template::environment;
@@ -237,6 +237,7 @@ pub fn document_text(documents: &Documents, path: &std::path::Path) -> Option<St
 pub fn complete(
     settings: &Settings,
     documents: &Documents,
+    live: &LiveCatalogs,
     contracts: &mut ContractCache,
     params: CompletionParams,
 ) -> Option<CompletionResponse> {
@@ -244,7 +245,7 @@ pub fn complete(
     let path = path_of(&position.text_document.uri)?;
     let text = document_text(documents, &path)?;
     let dir = directory_of(&path, settings)?;
-    let known = knowledge(&dir, settings, documents, contracts);
+    let known = knowledge(&dir, settings, documents, live, contracts);
     let cursor = Cursor::new(&text, position.position);
     let items = completions(&cursor, &known);
     Some(CompletionResponse::Array(items))

@@ -24,7 +24,8 @@ use super::keys;
 use super::outline::{Line, StepOutline, unquote};
 use super::text::utf16_column;
 use super::workspace::{
-    ContractCache, Documents, Knowledge, Settings, directory_of, knowledge, path_of, uri_of,
+    ContractCache, Documents, Knowledge, LiveCatalogs, Settings, directory_of, knowledge, path_of,
+    uri_of,
 };
 use crate::compile::ident::TableName;
 use crate::config;
@@ -189,6 +190,7 @@ struct Context {
 fn context(
     settings: &Settings,
     documents: &Documents,
+    live: &LiveCatalogs,
     contracts: &mut ContractCache,
     uri: &lsp_types::Uri,
 ) -> Option<Context> {
@@ -198,6 +200,7 @@ fn context(
         &directory_of(&path, settings)?,
         settings,
         documents,
+        live,
         contracts,
     );
     Some(Context { path, text, known })
@@ -207,11 +210,18 @@ fn context(
 pub fn hover(
     settings: &Settings,
     documents: &Documents,
+    live: &LiveCatalogs,
     contracts: &mut ContractCache,
     params: HoverParams,
 ) -> Option<Hover> {
     let position = params.text_document_position_params;
-    let context = context(settings, documents, contracts, &position.text_document.uri)?;
+    let context = context(
+        settings,
+        documents,
+        live,
+        contracts,
+        &position.text_document.uri,
+    )?;
     let cursor = Cursor::new(&context.text, position.position);
     let (target, range) = target_at(&cursor)?;
     let source = cursor.outline.top_value("source").unwrap_or("");
@@ -360,11 +370,18 @@ fn field_target_hover(
 pub fn definition(
     settings: &Settings,
     documents: &Documents,
+    live: &LiveCatalogs,
     contracts: &mut ContractCache,
     params: GotoDefinitionParams,
 ) -> Option<GotoDefinitionResponse> {
     let position = params.text_document_position_params;
-    let context = context(settings, documents, contracts, &position.text_document.uri)?;
+    let context = context(
+        settings,
+        documents,
+        live,
+        contracts,
+        &position.text_document.uri,
+    )?;
     let cursor = Cursor::new(&context.text, position.position);
     let (target, _) = target_at(&cursor)?;
     let source = cursor.outline.top_value("source").unwrap_or("");

@@ -24,7 +24,7 @@ use lsp_types::{
 use serde_json::json;
 
 use super::text;
-use super::workspace::{self, Documents, Settings, uri_of};
+use super::workspace::{self, Documents, LiveCatalogs, Settings, uri_of};
 use crate::diagnostics::{Diagnostic, Severity};
 
 /// A request to diagnose directories as the buffers stand.
@@ -34,6 +34,8 @@ pub struct Job {
     dirs: BTreeSet<PathBuf>,
     documents: Documents,
     settings: Settings,
+    /// The catalogs read from the database as they stood at submission.
+    live: Arc<LiveCatalogs>,
 }
 
 /// The diagnostics thread.
@@ -63,7 +65,13 @@ impl Worker {
     }
 
     /// Asks for the directories `dirs` to be diagnosed with `documents`.
-    pub fn submit(&self, dirs: BTreeSet<PathBuf>, documents: Documents, settings: Settings) {
+    pub fn submit(
+        &self,
+        dirs: BTreeSet<PathBuf>,
+        documents: Documents,
+        settings: Settings,
+        live: Arc<LiveCatalogs>,
+    ) {
         let revision = self.latest.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(jobs) = &self.jobs {
             // The thread only ends when this sender is dropped.
@@ -72,6 +80,7 @@ impl Worker {
                 dirs,
                 documents,
                 settings,
+                live,
             });
         }
     }
@@ -108,7 +117,7 @@ fn run(queue: &Receiver<Job>, latest: &AtomicU64, out: &Sender<Message>) {
             .iter()
             .map(|dir| {
                 let diagnosis =
-                    workspace::diagnose(dir, &job.settings, &job.documents, &mut caches);
+                    workspace::diagnose(dir, &job.settings, &job.documents, &job.live, &mut caches);
                 (dir, diagnosis)
             })
             .collect();
@@ -176,13 +185,16 @@ fn run(queue: &Receiver<Job>, latest: &AtomicU64, out: &Sender<Message>) {
     }
 }
 
-fn log(out: &Sender<Message>, message: String) {
+/// Writes `message` to the editor's log of the server (a warning).
+pub fn log(out: &Sender<Message>, message: String) {
+    log_as(out, MessageType::WARNING, message);
+}
+
+/// Writes `message` to the editor's log of the server.
+pub fn log_as(out: &Sender<Message>, typ: MessageType, message: String) {
     let _ = out.send(Message::Notification(Notification::new(
         LogMessage::METHOD.to_owned(),
-        LogMessageParams {
-            typ: MessageType::WARNING,
-            message,
-        },
+        LogMessageParams { typ, message },
     )));
 }
 

@@ -6,8 +6,10 @@
 //! directory (`config::read_directory`), replaces the text of every file
 //! the editor has open with the buffer's (saved or not), adds open files
 //! not yet on disk, and calls [`compile::compile`], then
-//! [`check::database::check`] against a catalog file when there is one.
-//! So the diagnostics are `check`'s, byte for byte.
+//! [`check::database::check`] against the catalog: the one read live from
+//! the database (`--database-url`, [`super::live`]) when there is one, else
+//! the catalog file when there is one. So the diagnostics are `check`'s,
+//! byte for byte.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -58,6 +60,31 @@ impl Settings {
     /// The catalog file for `dir`, if there is one.
     pub fn catalog_file(&self, dir: &Path) -> Option<PathBuf> {
         self.catalog.clone().or_else(|| catalog::find_file(dir))
+    }
+}
+
+/// The catalogs read live from the database (`busbar lsp --database-url`),
+/// by integrations directory; empty without a database or before a read
+/// succeeded.
+pub type LiveCatalogs = BTreeMap<PathBuf, Arc<Tables>>;
+
+/// The tables the column checks, completion and hover use for `dir`: the
+/// live catalog if one was read, else the catalog file's if there is one
+/// (or why it could not be read).
+pub fn catalog_of(
+    dir: &Path,
+    settings: &Settings,
+    live: &LiveCatalogs,
+) -> Result<Option<Arc<Tables>>, String> {
+    if let Some(tables) = live.get(dir) {
+        return Ok(Some(Arc::clone(tables)));
+    }
+    let Some(file) = settings.catalog_file(dir) else {
+        return Ok(None);
+    };
+    match CatalogFile::read(&file) {
+        Ok(catalog) => Ok(Some(Arc::new(catalog.to_tables()))),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -224,11 +251,13 @@ pub struct Caches {
 }
 
 /// Compiles `dir` as `check` would, with the open buffers (and what
-/// `caches` hold for the files and contracts that have not changed).
+/// `caches` hold for the files and contracts that have not changed), and
+/// checks it against its catalog ([`catalog_of`]).
 pub fn diagnose(
     dir: &Path,
     settings: &Settings,
     documents: &Documents,
+    live: &LiveCatalogs,
     caches: &mut Caches,
 ) -> io::Result<Diagnosis> {
     let config = read_config(dir, settings, documents)?;
@@ -238,15 +267,14 @@ pub fn diagnose(
     let compilation = compile::compile_with(&config, contracts, &mut |file| loads.load(file), 0);
     let mut diagnostics = compilation.diagnostics;
     let mut catalog_problem = None;
-    if let Some(generation) = &compilation.generation
-        && let Some(file) = settings.catalog_file(dir)
-    {
-        match CatalogFile::read(&file) {
-            Ok(catalog) => {
-                diagnostics.extend(database::check(generation, &catalog.to_tables()));
+    if let Some(generation) = &compilation.generation {
+        match catalog_of(dir, settings, live) {
+            Ok(Some(tables)) => {
+                diagnostics.extend(database::check(generation, &tables));
                 diagnostics::sort(&mut diagnostics);
             }
-            Err(error) => catalog_problem = Some(error.to_string()),
+            Ok(None) => {}
+            Err(problem) => catalog_problem = Some(problem),
         }
     }
     Ok(Diagnosis {
@@ -262,8 +290,8 @@ pub fn diagnose(
 pub struct Knowledge {
     pub contracts_root: PathBuf,
     pub contracts: Contracts,
-    /// The catalog file's tables, empty without one.
-    pub tables: Tables,
+    /// The catalog's tables ([`catalog_of`]), empty without one.
+    pub tables: Arc<Tables>,
     /// The directory's integration files (with the open buffers).
     pub integrations: Vec<SourceFile>,
 }
@@ -274,16 +302,16 @@ pub fn knowledge(
     dir: &Path,
     settings: &Settings,
     documents: &Documents,
+    live: &LiveCatalogs,
     cache: &mut ContractCache,
 ) -> Knowledge {
     let Ok(config) = read_config(dir, settings, documents) else {
         return Knowledge::default();
     };
     let (contracts, _) = cache.get(&config);
-    let tables = settings
-        .catalog_file(dir)
-        .and_then(|file| CatalogFile::read(&file).ok())
-        .map(|catalog| catalog.to_tables())
+    let tables = catalog_of(dir, settings, live)
+        .ok()
+        .flatten()
         .unwrap_or_default();
     Knowledge {
         contracts_root: config.contracts_root,
@@ -411,6 +439,7 @@ mod tests {
                 &integrations,
                 &Settings::default(),
                 &Documents::new(),
+                &LiveCatalogs::new(),
                 &mut caches,
             )
             .unwrap()

@@ -62,7 +62,8 @@ pub async fn read_tables(
         DbTx::Sqlite(pool.begin().await?)
     } else {
         return Err(StoreError::Invalid(format!(
-            "unsupported database URL `{url}`: use postgres://…, mysql://… or sqlite://path"
+            "unsupported database URL `{}`: use postgres://…, mysql://… or sqlite://path",
+            super::redact(url)
         )));
     };
     let mut found = Vec::with_capacity(tables.len());

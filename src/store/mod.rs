@@ -347,7 +347,8 @@ impl Store {
             Db::Sqlite { write, read }
         } else {
             return Err(StoreError::Invalid(format!(
-                "unsupported database URL `{url}`: use postgres://… or sqlite://path"
+                "unsupported database URL `{}`: busbar's own database is postgres://… or sqlite://path",
+                redact(url)
             )));
         };
         Ok(Store {

@@ -38,8 +38,14 @@ struct Client {
 impl Client {
     /// Starts the server and completes the handshake.
     fn start(options: Value) -> Client {
+        Client::start_with(&[], options)
+    }
+
+    /// Starts `busbar lsp` with `args` and completes the handshake.
+    fn start_with(args: &[&str], options: Value) -> Client {
         let mut child = Command::new(env!("CARGO_BIN_EXE_busbar"))
             .arg("lsp")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1094,6 +1100,180 @@ fn a_catalog_file_checks_columns_in_check_and_in_the_editor() {
             .get(&uri)
             .is_some_and(|d| d.iter().any(|d| d["code"] == "unknown-column"))
     });
+    client.stop();
+}
+
+/// The diagnostics last published for `uri` have one coded `code` that
+/// names `name`.
+fn has_diagnostic(client: &Client, uri: &str, code: &str, name: &str) -> bool {
+    client.latest().get(uri).is_some_and(|diagnostics| {
+        diagnostics
+            .iter()
+            .any(|d| d["code"] == code && d["message"].as_str().is_some_and(|m| m.contains(name)))
+    })
+}
+
+/// The completion labels offered in the example file edited so that the
+/// cursor is on a new line under the `hris.employees` upsert's `values:`.
+fn columns_offered(client: &mut Client, example: &Example, version: i64) -> Vec<String> {
+    let (text, position) = cursor(&edited(
+        example,
+        "        key: [organization_id, email]\n        values:\n",
+        "        key: [organization_id, email]\n        values:\n          ‸\n",
+    ));
+    client.replace(&example.file, version, &text);
+    let result = client.request(
+        "textDocument/completion",
+        json!({ "textDocument": { "uri": uri_of(&example.file).as_str() }, "position": position }),
+    );
+    labels(&result)
+}
+
+/// The messages the server showed or logged.
+fn messages(client: &Client) -> Vec<String> {
+    client
+        .others
+        .iter()
+        .filter(|m| m["method"] == "window/showMessage" || m["method"] == "window/logMessage")
+        .map(|m| {
+            m["params"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+fn a_live_catalog_checks_columns_and_is_read_again_on_refresh() {
+    let example = example();
+    // Only the database can tell the columns now.
+    std::fs::remove_file(example.integrations.join("catalog.json")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(async {
+        let db = TestDb::postgres().await;
+        busbar::dev::install_example_platform(&db.store)
+            .await
+            .expect("the example platform installs");
+        db
+    });
+    let with_nickname = edited(
+        &example,
+        "          status: active\n",
+        "          status: active\n          nickname: $.data.candidate.firstName\n",
+    );
+    let uri = uri_of(&example.file).as_str().to_owned();
+    let mut client = Client::start_with(&["--database-url", &db.url], json!({}));
+    client.open(&example.file, &with_nickname);
+    client.wait_until("the live catalog's unknown-column", |c| {
+        has_diagnostic(c, &uri, "unknown-column", "nickname")
+    });
+    let offered = columns_offered(&mut client, &example, 2);
+    assert!(offered.iter().any(|o| o == "first_name"), "{offered:?}");
+    assert!(!offered.iter().any(|o| o == "nickname"), "{offered:?}");
+    client.replace(&example.file, 3, &with_nickname);
+    let diagnostics = client.diagnostics_at(&example.file, 3);
+    assert!(
+        has_diagnostic(&client, &uri, "unknown-column", "nickname"),
+        "{diagnostics:?}"
+    );
+
+    // The table gains the column; the editor asks for the catalog again.
+    runtime.block_on(db.execute("ALTER TABLE hris.employees ADD COLUMN nickname text"));
+    let answer = client.request(
+        "workspace/executeCommand",
+        json!({ "command": "busbar.refresh", "arguments": [] }),
+    );
+    assert_eq!(answer, Value::Null);
+    client.wait_until("the unknown-column to go after busbar.refresh", |c| {
+        !has_diagnostic(c, &uri, "unknown-column", "nickname")
+    });
+    let offered = columns_offered(&mut client, &example, 4);
+    assert!(offered.iter().any(|o| o == "nickname"), "{offered:?}");
+
+    // A step starts to name a table the last read did not ask for: it is
+    // unknown until a save reads the catalog again.
+    let with_team = edited(
+        &example,
+        "      - upsert: hris.employees\n",
+        "      - find: hris.teams\n        where: { name: $.data.department }\n        missing: skip\n\n      - upsert: hris.employees\n",
+    );
+    client.replace(&example.file, 5, &with_team);
+    let diagnostics = client.diagnostics_at(&example.file, 5);
+    assert!(
+        has_diagnostic(&client, &uri, "unknown-table", "hris.teams"),
+        "{diagnostics:?}"
+    );
+    runtime.block_on(db.execute("CREATE TABLE hris.teams (name text PRIMARY KEY)"));
+    client.notify(
+        "textDocument/didSave",
+        json!({ "textDocument": { "uri": uri } }),
+    );
+    client.wait_until("the unknown-table to go after a save", |c| {
+        !has_diagnostic(c, &uri, "unknown-table", "hris.teams")
+    });
+    let said = messages(&client);
+    assert!(
+        said.iter().any(|m| m.contains("read the catalog of")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|m| m.contains("cannot read")), "{said:?}");
+    client.stop();
+}
+
+#[test]
+fn an_unreachable_database_is_reported_without_its_password_and_the_catalog_file_serves() {
+    let example = example();
+    // The catalog file lacks a column the integration writes: its
+    // unknown-column shows the file is used when the database is not.
+    let catalog_path = example.integrations.join("catalog.json");
+    let mut catalog: Value =
+        serde_json::from_str(&std::fs::read_to_string(&catalog_path).unwrap()).unwrap();
+    catalog["tables"]["hris.employees"]["columns"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "phone");
+    std::fs::write(&catalog_path, catalog.to_string()).unwrap();
+    let uri = uri_of(&example.file).as_str().to_owned();
+    let url = "postgres://busbar:s3cret-pw@127.0.0.1:1/busbar";
+    let mut client = Client::start_with(&["--database-url", url], json!({}));
+    client.open(&example.file, &example.text);
+    let shown = |c: &Client| -> Vec<String> {
+        c.others
+            .iter()
+            .filter(|m| m["method"] == "window/showMessage")
+            .map(|m| m["params"]["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    client.wait_until("a message that the database cannot be read", |c| {
+        shown(c).iter().any(|m| {
+            m.contains("cannot read the catalog of postgres://busbar:***@127.0.0.1:1/busbar")
+                && m.contains("catalog.json instead")
+        })
+    });
+    client.wait_until("the catalog file's unknown-column", |c| {
+        has_diagnostic(c, &uri, "unknown-column", "phone")
+    });
+    // The server goes on answering, from the catalog file.
+    let offered = columns_offered(&mut client, &example, 2);
+    assert!(offered.iter().any(|o| o == "first_name"), "{offered:?}");
+    assert!(!offered.iter().any(|o| o == "phone"), "{offered:?}");
+    // A refresh tries the database again, and says so again.
+    let before = shown(&client).len();
+    client.request(
+        "workspace/executeCommand",
+        json!({ "command": "busbar.refresh", "arguments": [] }),
+    );
+    client.wait_until("the refresh's message", |c| shown(c).len() > before);
+    let said = messages(&client);
+    assert!(
+        !said.iter().any(|m| m.contains("s3cret-pw")),
+        "the password is shown: {said:?}"
+    );
     client.stop();
 }
 

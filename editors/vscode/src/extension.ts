@@ -11,12 +11,13 @@ let client: LanguageClient | undefined;
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   const configuration = vscode.workspace.getConfiguration("busbar");
   const settings = readSettings((key) => configuration.get(key));
-  const server: ServerOptions = serverCommand(settings);
+  const server: ServerOptions = serverCommand(settings, process.env);
   const options: LanguageClientOptions = {
     documentSelector,
     initializationOptions: initializationOptions(settings),
     synchronize: {
-      // Contracts and catalogs changed on disk are read again.
+      // Contracts and catalogs changed on disk are read again (and a
+      // saved file that names new tables has them read from the database).
       fileEvents: vscode.workspace.createFileSystemWatcher("**/{schemas/events/**/*.json,catalog.json}"),
     },
   };

@@ -12,7 +12,15 @@ export interface Settings {
   catalog: string;
   /** The integrations directory; empty for the nearest `integrations.d`. */
   directory: string;
+  /** The target database whose catalog the server reads live; empty for
+   * the catalog file only. */
+  databaseUrl: string;
 }
+
+/** The variable `busbar lsp` reads `--database-url` from. The URL goes in
+ * the server's environment, not its arguments, so that a password in it is
+ * not on the command line (`ps`). */
+export const DATABASE_URL_VARIABLE = "BUSBAR_LSP_DATABASE_URL";
 
 /** Reads the settings through `get` (VS Code's configuration `get`). */
 export function readSettings(get: (key: string) => unknown): Settings {
@@ -25,12 +33,22 @@ export function readSettings(get: (key: string) => unknown): Settings {
     contracts: text("contracts", ""),
     catalog: text("catalog", ""),
     directory: text("directory", ""),
+    databaseUrl: text("databaseUrl", ""),
   };
 }
 
-/** How the server is started: `busbar lsp`, speaking on stdio. */
-export function serverCommand(settings: Settings): { command: string; args: string[] } {
-  return { command: settings.path, args: ["lsp"] };
+/** How the server is started: `busbar lsp`, speaking on stdio; with a
+ * database URL, in `environment` (the extension's own) plus the URL. */
+export function serverCommand(
+  settings: Settings,
+  environment: Record<string, string | undefined> = {},
+): { command: string; args: string[]; options?: { env: Record<string, string | undefined> } } {
+  const command = { command: settings.path, args: ["lsp"] };
+  if (!settings.databaseUrl) return command;
+  return {
+    ...command,
+    options: { env: { ...environment, [DATABASE_URL_VARIABLE]: settings.databaseUrl } },
+  };
 }
 
 /** The `initializationOptions` busbar lsp reads (only those set). */

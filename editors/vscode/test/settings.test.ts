@@ -2,6 +2,7 @@ import { strict as assert } from "node:assert";
 import { test } from "node:test";
 
 import {
+  DATABASE_URL_VARIABLE,
   documentSelector,
   initializationOptions,
   readSettings,
@@ -38,4 +39,20 @@ test("the selector covers integration files and contracts", () => {
   const patterns = documentSelector.map((s) => s.pattern);
   assert.ok(patterns.some((p) => p.includes("integrations.d")));
   assert.ok(patterns.some((p) => p.includes("schemas/events")));
+});
+
+test("a database URL goes in the server's environment, not its arguments", () => {
+  const url = "postgres://busbar:secret@db.internal/target";
+  const settings = readSettings((key) => (key === "databaseUrl" ? ` ${url} ` : undefined));
+  const command = serverCommand(settings, { PATH: "/usr/bin", HOME: "/home/me" });
+  assert.deepEqual(command.args, ["lsp"]);
+  assert.ok(!command.args.some((arg) => arg.includes("secret")));
+  assert.deepEqual(command.options?.env, {
+    PATH: "/usr/bin",
+    HOME: "/home/me",
+    [DATABASE_URL_VARIABLE]: url,
+  });
+  assert.equal(DATABASE_URL_VARIABLE, "BUSBAR_LSP_DATABASE_URL");
+  // Not an initialization option: those are logged by some clients.
+  assert.deepEqual(initializationOptions(settings), {});
 });
