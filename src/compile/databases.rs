@@ -361,17 +361,21 @@ pub fn not_served_yet(generation: &super::Generation) -> Vec<Diagnostic> {
         // The first table in another database, written or read: a `find`
         // there would read busbar's own database instead, as wrongly as a
         // write would land there.
-        let elsewhere = integration.routes.iter().flat_map(|r| &r.steps).find_map(|step| {
-            let table = match &step.kind {
-                StepKind::Find { table, .. }
-                | StepKind::Upsert { table, .. }
-                | StepKind::Update { table, .. }
-                | StepKind::Delete { table, .. } => table,
-                StepKind::Emit { .. } => return None,
-            };
-            let database = generation.databases.of_table(table)?;
-            Some((table, database, step.spans.table))
-        });
+        let elsewhere = integration
+            .routes
+            .iter()
+            .flat_map(|r| &r.steps)
+            .find_map(|step| {
+                let table = match &step.kind {
+                    StepKind::Find { table, .. }
+                    | StepKind::Upsert { table, .. }
+                    | StepKind::Update { table, .. }
+                    | StepKind::Delete { table, .. } => table,
+                    StepKind::Emit { .. } => return None,
+                };
+                let database = generation.databases.of_table(table)?;
+                Some((table, database, step.spans.table))
+            });
         if let Some((table, database, position)) = elsewhere {
             out.push(Diagnostic::error(
                 &integration.file,
