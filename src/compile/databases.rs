@@ -528,7 +528,29 @@ mod tests {
         assert!(
             refused[0]
                 .message
-                .contains("integration `hires` writes to database `nexus`"),
+                .contains("integration `hires` uses `hris.employees`, in database `nexus`"),
+            "{refused:?}"
+        );
+
+        // A read from another database is refused too: it would read
+        // busbar's own.
+        dir.databases = Some(SourceFile {
+            path: "dir/databases.yaml".into(),
+            text:
+                "databases:\n  platform:\n    url: ${PLATFORM_DATABASE_URL}\n    schemas: [core]\n"
+                    .into(),
+        });
+        let reads = super::super::compile(&dir, 3).generation.expect("compiles");
+        assert_eq!(
+            reads.integrations[0].database, None,
+            "it writes to busbar's database"
+        );
+        let refused = not_served_yet(&reads);
+        assert!(
+            refused.len() == 1
+                && refused[0]
+                    .message
+                    .contains("uses `core.organizations`, in database `platform`"),
             "{refused:?}"
         );
     }
