@@ -309,3 +309,20 @@ pub fn did_you_mean<'a>(
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| format!("did you mean `{candidate}`?"))
 }
+
+/// Each diagnostic as `line:column code`, for tests that pin where
+/// problems are reported.
+#[cfg(test)]
+pub(crate) fn places(diagnostics: &[Diagnostic]) -> Vec<String> {
+    diagnostics
+        .iter()
+        .map(|d| {
+            format!(
+                "{}:{} {}",
+                d.position.line,
+                d.position.column,
+                d.code.as_str()
+            )
+        })
+        .collect()
+}

@@ -340,10 +340,9 @@ pub fn resolve(databases: &Databases, integrations: &mut [Integration]) -> Vec<D
         // Processes sharing busbar's database agree on an integration by
         // its fingerprint: where it writes is part of its definition.
         if let Some(name) = &integration.database {
-            use sha2::Digest;
-            let digest =
-                sha2::Sha256::digest(format!("{}\ndatabase: {name}", integration.fingerprint));
-            integration.fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
+            integration.fingerprint = super::route::fingerprint(
+                format!("{}\ndatabase: {name}", integration.fingerprint).as_bytes(),
+            );
         }
     }
     diagnostics
@@ -402,20 +401,6 @@ mod tests {
         }))
     }
 
-    fn codes(diagnostics: &[Diagnostic]) -> Vec<String> {
-        diagnostics
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}:{} {}",
-                    d.position.line,
-                    d.position.column,
-                    d.code.as_str()
-                )
-            })
-            .collect()
-    }
-
     #[test]
     fn schemas_map_tables_to_their_database() {
         let (databases, diagnostics) = compiled(
@@ -460,7 +445,7 @@ mod tests {
              busbar:\n    url: ${X}\n    schemas: [own]\n",
         );
         assert_eq!(
-            codes(&diagnostics),
+            crate::diagnostics::places(&diagnostics),
             vec![
                 "3:10 literal-password",
                 "6:10 literal-password",

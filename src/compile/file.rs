@@ -216,14 +216,7 @@ impl<'a> FileCompiler<'a> {
             Position::START
         };
         self.unordered_writes(&id, &routes, id_position);
-        let fingerprint = {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(self.file.document.source.text.as_bytes());
-            digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
+        let fingerprint = super::route::fingerprint(self.file.document.source.text.as_bytes());
         let ok = !self.schema_errors && !self.diagnostics.iter().any(Diagnostic::is_error);
         let integration = Integration {
             id,

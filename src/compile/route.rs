@@ -42,6 +42,16 @@ pub struct Integration {
     pub fingerprint: String,
 }
 
+/// An integration's fingerprint of `definition`: the SHA-256 of its bytes,
+/// in hex (see [`Integration::fingerprint`]).
+pub(crate) fn fingerprint(definition: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(definition)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Integration {
     /// The events it listens to, each once, in file order.
     pub fn events(&self) -> Vec<String> {

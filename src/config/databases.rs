@@ -143,17 +143,7 @@ mod tests {
             "databases:\n  nexus:\n    url: ${NEXUS_DATABASE_URL}\n    schema: [hris]\n  busbar:\n    url: x\n    schemas: []\n",
         );
         assert!(loaded.is_none());
-        let shown: Vec<String> = diagnostics
-            .iter()
-            .map(|d| {
-                format!(
-                    "{}:{} {}",
-                    d.position.line,
-                    d.position.column,
-                    d.code.as_str()
-                )
-            })
-            .collect();
+        let shown = crate::diagnostics::places(&diagnostics);
         assert!(shown.contains(&"4:5 unknown-key".to_owned()), "{shown:?}");
         assert!(shown.contains(&"2:3 missing-key".to_owned()), "{shown:?}");
         assert!(

@@ -941,6 +941,18 @@ async fn api_json(server: &Server, path: &str, key: &str) -> Value {
     answer.json().await.unwrap()
 }
 
+/// `GET /metrics`, as text.
+async fn metrics_text(server: &Server) -> String {
+    client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The entries of the status API's `waiting_on`.
 async fn waiting_on(server: &Server, key: &str) -> Vec<Value> {
     api_json(server, "/api/integrations/status", key).await["waiting_on"]
@@ -1060,14 +1072,7 @@ async fn what_delivery_waits_on_in_the_database_is_named_by_the_status_api_metri
     assert_eq!(waiting_on(&server, &reader.key).await, Vec::<Value>::new());
 
     // /metrics counts them, by kind.
-    let metrics = client()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("busbar_waiting_on_sessions{kind=\"lock\"} 1"),
         "{metrics}"
@@ -1107,14 +1112,7 @@ async fn what_delivery_waits_on_in_the_database_is_named_by_the_status_api_metri
         waiting_on(&server, &platform.key).await.is_empty()
     })
     .await;
-    let metrics = client()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&server).await;
     assert!(
         metrics.contains("busbar_waiting_on_sessions{kind=\"lock\"} 0"),
         "{metrics}"
