@@ -54,6 +54,7 @@ pub mod dev;
 pub mod diagnostics;
 pub mod engine;
 pub mod envelope;
+pub mod failpoint;
 pub mod jsonpath;
 pub mod lsp;
 pub mod mapping;

@@ -362,8 +362,29 @@ impl Reloader {
             self.state.lock().expect("reload state").failed = Some(now);
             return self.finish(outcome, started, None);
         }
+        // The other databases it names are opened and checked first: one
+        // that refuses (a wrong password, a missing variable) keeps the
+        // live generation.
+        let targets = match self.engine.open_databases(&generation).await {
+            Ok(targets) => targets,
+            Err(error) => {
+                let file = generation
+                    .databases
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| std::path::PathBuf::from("databases.yaml"));
+                outcome.errors = vec![Diagnostic::error(
+                    &file,
+                    crate::diagnostics::Position::START,
+                    crate::diagnostics::Code::InvalidValue,
+                    error.to_string(),
+                )];
+                self.state.lock().expect("reload state").failed = Some(now);
+                return self.finish(outcome, started, None);
+            }
+        };
         diff(&live, &generation, &mut outcome);
-        if let Err(error) = self.engine.swap_generation(generation).await {
+        if let Err(error) = self.engine.swap_generation_with(generation, targets).await {
             // The swap itself happened; only skipping the removed
             // integrations' pending deliveries failed. Workers skip them
             // anyway when they meet them.

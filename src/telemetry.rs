@@ -150,6 +150,10 @@ fn describe() {
     );
     describe_gauge!("busbar_generation", "The number of the live generation.");
     describe_gauge!(
+        "busbar_database_up",
+        "1 when the other database (databases.yaml) answered busbar's last statement, 0 when it is out of reach and its integrations wait."
+    );
+    describe_gauge!(
         "busbar_reload_last_successful",
         "1 when the last configuration load compiled and went live; 0 when it failed and the previous generation was kept."
     );
@@ -256,6 +260,11 @@ pub fn reload(ok: bool, generation: u64) {
         gauge!("busbar_reload_last_success_timestamp_seconds")
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1e3);
     }
+}
+
+/// Whether the other database `name` answered.
+pub fn database_up(name: &str, up: bool) {
+    gauge!("busbar_database_up", "database" => name.to_owned()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// `POST /api/events` was answered `status`.

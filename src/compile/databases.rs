@@ -348,43 +348,40 @@ pub fn resolve(databases: &Databases, integrations: &mut [Integration]) -> Vec<D
     diagnostics
 }
 
-/// What a generation asks that this server cannot do yet: delivery into
-/// other databases (`databases.yaml`, issue 17) is checked, compiled and
-/// tested (`busbar test` runs it on SQLite), but the engine's
-/// cross-database transaction is not built, and writing those tables into
-/// busbar's own database instead would be wrong. One error per
-/// integration that writes elsewhere; `serve` and reloads refuse them.
+/// What a generation asks that this server cannot do yet: a `find` in a
+/// database that is neither busbar's own nor the integration's target
+/// database. Such a read would need a third connection outside the
+/// target's transaction; `serve` and reloads refuse it rather than read
+/// the wrong database.
 pub fn not_served_yet(generation: &super::Generation) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for integration in &generation.integrations {
-        // The first table in another database, written or read: a `find`
-        // there would read busbar's own database instead, as wrongly as a
-        // write would land there.
         let elsewhere = integration
             .routes
             .iter()
             .flat_map(|r| &r.steps)
             .find_map(|step| {
-                let table = match &step.kind {
-                    StepKind::Find { table, .. }
-                    | StepKind::Upsert { table, .. }
-                    | StepKind::Update { table, .. }
-                    | StepKind::Delete { table, .. } => table,
-                    StepKind::Emit { .. } => return None,
+                let StepKind::Find { table, .. } = &step.kind else {
+                    return None;
                 };
                 let database = generation.databases.of_table(table)?;
-                Some((table, database, step.spans.table))
+                (integration.database.as_deref() != Some(database.name.as_str())).then_some((
+                    table,
+                    database,
+                    step.spans.table,
+                ))
             });
         if let Some((table, database, position)) = elsewhere {
+            let writes = integration.database.as_deref().unwrap_or(OWN);
             out.push(Diagnostic::error(
                 &integration.file,
                 position,
                 Code::InvalidValue,
                 format!(
-                    "integration `{}` uses `{table}`, in database `{}` (databases.yaml), and this version of busbar serves only integrations whose tables are in its own database: delivery into other databases is not built yet",
+                    "integration `{}` reads `{table}`, in database `{}` (databases.yaml), and writes to database `{writes}`: this version of busbar reads only from the database an integration writes to and from its own",
                     integration.id, database.name
                 ),
-            ));
+            ).with_help("split it in two: one integration that reads there and emits an event, one that writes"));
         }
     }
     out
@@ -478,7 +475,7 @@ mod tests {
         }
     }
     #[test]
-    fn an_integration_gets_its_target_database_and_serve_refuses_it_for_now() {
+    fn an_integration_gets_its_target_database_and_serve_refuses_reads_from_a_third() {
         let integration = SourceFile {
             path: "dir/hires.yaml".into(),
             text: "source: recruitiq\ntarget: nexus\norder_by: $.data.id\nroutes:\n  - on: candidate.hired\n    steps:\n      \
@@ -508,17 +505,14 @@ mod tests {
             "the write decides, not the read of core"
         );
         assert_ne!(hires.fingerprint, alone.integrations[0].fingerprint);
-        let refused = not_served_yet(&elsewhere);
-        assert_eq!(refused.len(), 1);
-        assert!(
-            refused[0]
-                .message
-                .contains("integration `hires` uses `hris.employees`, in database `nexus`"),
-            "{refused:?}"
+        assert_eq!(
+            not_served_yet(&elsewhere),
+            vec![],
+            "writes to nexus, reads from busbar's own: served"
         );
 
-        // A read from another database is refused too: it would read
-        // busbar's own.
+        // A read from a database the integration does not write to is
+        // refused: it would need a third connection.
         dir.databases = Some(SourceFile {
             path: "dir/databases.yaml".into(),
             text:
@@ -535,7 +529,7 @@ mod tests {
             refused.len() == 1
                 && refused[0]
                     .message
-                    .contains("uses `core.organizations`, in database `platform`"),
+                    .contains("reads `core.organizations`, in database `platform` (databases.yaml), and writes to database `busbar`"),
             "{refused:?}"
         );
     }

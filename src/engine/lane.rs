@@ -40,6 +40,7 @@ use crate::store::log::LaneFilter;
 use crate::store::log::NewEvent;
 use crate::store::partitionings::{self, Partitioning};
 use crate::store::target::{Emitted, TargetExecutor};
+use crate::store::targets::{LaneExecutor, TargetDb, TargetTx};
 use crate::store::ticks::{self, Cursor, Tick};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
@@ -158,6 +159,20 @@ pub(crate) async fn visit(
     if shared.is_redelivering(&integration.id) {
         return Ok(Visit::default());
     }
+    // An integration whose target database is another one waits while that
+    // database is out of reach (no attempt counted, no dead letter).
+    let target = match &integration.database {
+        None => None,
+        Some(name) => match shared.targets.load().get(name) {
+            Some(target) if target.resting().is_some() => return Ok(Visit::default()),
+            Some(target) => Some(target.clone()),
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "internal error: database `{name}` is not open"
+                )));
+            }
+        },
+    };
     let batch_size = shared.config.batch_size.max(1);
     let started = Instant::now();
     let mut tx = shared.store.begin().await?;
@@ -358,7 +373,31 @@ pub(crate) async fn visit(
         let stale = memory.written.is_none_or(|t| t.elapsed().as_secs() >= 5)
             || next.is_some_and(|next| at_barrier(&new_cursor, next));
         if new_cursor != row.cursor && stale {
-            lanes::advance(&mut tx, &lane.integration, lane.lane, &new_cursor, 0, now).await?;
+            // A batch the target committed and busbar did not record is
+            // applied before the cursor moves past its events.
+            if let Some(target) = &target {
+                match begin_elsewhere(target, lane, &row).await {
+                    Ok(Elsewhere::Ready(dtx)) => dtx.rollback().await?,
+                    Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
+                        return finish_elsewhere(shared, lane, memory, tx, dtx, *bookkeeping, now)
+                            .await;
+                    }
+                    Err(error) => {
+                        tx.rollback().await?;
+                        return Err(error);
+                    }
+                }
+            }
+            lanes::advance(
+                &mut tx,
+                &lane.integration,
+                lane.lane,
+                &new_cursor,
+                0,
+                0,
+                now,
+            )
+            .await?;
             if tx.dialect() == Dialect::Postgres {
                 tx.run("SET LOCAL synchronous_commit = off").await?;
             }
@@ -379,15 +418,132 @@ pub(crate) async fn visit(
         return Ok(Visit { more: full, due });
     }
 
-    // 3. Run.
+    // 3. Run: in busbar's transaction, or, for an integration whose
+    // target database is another one, in a transaction there that also
+    // holds the lane's progress row (ARCHITECTURE.md, "Exactly once into
+    // another database, without XA").
     let ran_from = started.elapsed();
+    let mut elsewhere = None;
+    let results = match &target {
+        None => run_here(shared, &generation, integration, &mut tx, &items).await?,
+        Some(target) => {
+            let mut dtx = match begin_elsewhere(target, lane, &row).await {
+                Ok(Elsewhere::Ready(dtx)) => dtx,
+                Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
+                    return finish_elsewhere(shared, lane, memory, tx, dtx, *bookkeeping, now)
+                        .await;
+                }
+                Err(error) => {
+                    tx.rollback().await?;
+                    return Err(error);
+                }
+            };
+            let ran = run_there(shared, &generation, integration, &mut tx, &mut dtx, &items).await;
+            let results = match ran {
+                Ok(results) => results,
+                Err(error) => {
+                    target.failed(&error);
+                    let _ = dtx.rollback().await;
+                    tx.rollback().await?;
+                    return Err(error);
+                }
+            };
+            elsewhere = Some(dtx);
+            results
+        }
+    };
+
+    // 4. Record: rows for the exceptions, emitted events, the cursor.
+    let recorded_from = started.elapsed();
+    let (bookkeeping, report) = record(
+        &generation,
+        integration,
+        lane,
+        &items,
+        first_new,
+        results,
+        new_cursor,
+        now,
+        &mut due,
+    );
+    if let (Some(target), Some(mut dtx)) = (&target, elsewhere) {
+        // The target commits the batch's writes with the bookkeeping it
+        // implies; busbar applies it after. A crash between the two leaves
+        // the target one batch ahead, with what to apply (see
+        // `begin_elsewhere`).
+        let stored = serde_json::to_value(&bookkeeping)
+            .map_err(|e| StoreError::Invalid(format!("internal error: {e}")))?;
+        let committed = async {
+            dtx.record_progress(&lane.integration, lane.lane, row.batch_seq + 1, &stored)
+                .await?;
+            dtx.commit().await
+        }
+        .await;
+        if let Err(error) = committed {
+            // Whether the target committed is unknown: the next batch
+            // compares the two numbers and finds out.
+            target.failed(&error);
+            tx.rollback().await?;
+            return Err(error);
+        }
+        target.succeeded();
+        crate::failpoint::hit("after-target-commit");
+    }
+    let batches = i64::from(target.is_some());
+    apply(&mut tx, lane, &bookkeeping, batches, now).await?;
+    let committing = started.elapsed();
+    tx.commit().await?;
+    tracing::debug!(
+        lane = %lane,
+        deliveries = items.len(),
+        prepare = ?prepared,
+        read = ?(read_at - prepared),
+        plan = ?(ran_from - read_at),
+        run = ?(recorded_from - ran_from),
+        record = ?(committing - recorded_from),
+        commit = ?(started.elapsed() - committing),
+        "lane batch committed"
+    );
+    *memory = Memory {
+        stored: Some(bookkeeping.cursor.clone()),
+        scanned: Some(bookkeeping.cursor.clone()),
+        written: Some(Instant::now()),
+    };
+    if !bookkeeping.emitted.is_empty() {
+        shared.wake_for(bookkeeping.emitted.iter().map(|e| &e.envelope));
+    }
+    let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
+    for outcome in &report {
+        crate::telemetry::delivery_finished(&outcome.integration, outcome.status, elapsed);
+    }
+    shared.report(&report);
+    // A head that finished lets the rows queued behind it run now.
+    let progressed = items
+        .iter()
+        .take(first_new)
+        .any(|item| matches!(item.plan, Plan::Run | Plan::Decided(Result_::Skipped(_))));
+    Ok(Visit {
+        more: full || progressed,
+        due,
+    })
+}
+
+/// Runs a batch in busbar's own transaction: lockstep first, then one
+/// delivery after another, then with savepoints.
+async fn run_here(
+    shared: &Shared,
+    generation: &Generation,
+    integration: &Integration,
+    tx: &mut DbTx,
+    items: &[Item<'_>],
+) -> Result<Vec<Done>, StoreError> {
     tx.run("SAVEPOINT batch").await?;
-    let mut results = match run_lockstep(shared, &generation, integration, &mut tx, &items).await? {
+    let mut results = match run_lockstep(shared, generation, integration, tx, items).await? {
         Attempt::Done(results) => Some(results),
         Attempt::Undo => None,
         Attempt::Conflict => {
             tx.run("ROLLBACK TO SAVEPOINT batch").await?;
-            match run_sequential(shared, &generation, integration, &mut tx, &items, false).await? {
+            match run_sequential(shared, generation, integration, tx, None, items, false).await? {
                 Attempt::Done(results) => Some(results),
                 _ => None,
             }
@@ -396,24 +552,84 @@ pub(crate) async fn visit(
     if results.is_none() {
         tx.run("ROLLBACK TO SAVEPOINT batch").await?;
         results =
-            match run_sequential(shared, &generation, integration, &mut tx, &items, true).await? {
+            match run_sequential(shared, generation, integration, tx, None, items, true).await? {
                 Attempt::Done(results) => Some(results),
                 _ => None,
             };
     }
     let Some(results) = results else {
         // Safe mode cannot give up; this is a bug. Leave everything as it was.
-        tx.rollback().await?;
         return Err(StoreError::Invalid(
             "internal error: safe mode gave up".into(),
         ));
     };
     tx.run("RELEASE SAVEPOINT batch").await?;
+    Ok(results)
+}
 
-    // 4. Record: rows for the exceptions, emitted events, the cursor.
-    // Rows of deliveries that had one (updated) and of new events (made).
+/// Runs a batch in the target database's transaction `dtx` (reads of
+/// busbar's own tables on `tx`): one delivery after another, then with
+/// savepoints there.
+async fn run_there(
+    shared: &Shared,
+    generation: &Generation,
+    integration: &Integration,
+    tx: &mut DbTx,
+    dtx: &mut TargetTx,
+    items: &[Item<'_>],
+) -> Result<Vec<Done>, StoreError> {
+    dtx.run("SAVEPOINT batch").await?;
+    if let Attempt::Done(results) =
+        run_sequential(shared, generation, integration, tx, Some(dtx), items, false).await?
+    {
+        dtx.run("RELEASE SAVEPOINT batch").await?;
+        return Ok(results);
+    }
+    dtx.run("ROLLBACK TO SAVEPOINT batch").await?;
+    match run_sequential(shared, generation, integration, tx, Some(dtx), items, true).await? {
+        Attempt::Done(results) => {
+            dtx.run("RELEASE SAVEPOINT batch").await?;
+            Ok(results)
+        }
+        _ => Err(StoreError::Invalid(
+            "internal error: safe mode gave up".into(),
+        )),
+    }
+}
+
+/// What a batch leaves in busbar's database: the rows of its exceptions,
+/// the events its steps emitted, its counts and the lane's new cursor.
+/// For a batch applied in another database it is also stored there, in
+/// the lane's progress row, committed with the batch's writes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Bookkeeping {
+    cursor: Cursor,
+    /// Rows that existed before the batch.
+    updated: Vec<DeliveryRow>,
+    /// Rows of the batch's new events.
+    made: Vec<DeliveryRow>,
+    emitted: Vec<NewEvent>,
+    /// First-pass and later deliveries by organization.
+    delivered: Vec<(Uuid, i64)>,
+    /// Deliveries of new events that were delivered (no row).
+    delivered_first_pass: i64,
+}
+
+/// The bookkeeping of a batch whose items ended with `results`, and what
+/// to report; `due` becomes the earliest retry.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    generation: &Generation,
+    integration: &Integration,
+    lane: &LaneId,
+    items: &[Item<'_>],
+    first_new: usize,
+    results: Vec<Done>,
+    cursor: Cursor,
+    now: Time,
+    due: &mut Option<Time>,
+) -> (Bookkeeping, Vec<super::Outcome>) {
     let mut rows = Vec::new();
-    let mut new_rows = Vec::new();
     let mut emitted = Vec::new();
     let mut delivered_first_pass = 0i64;
     let mut delivered_by_org: HashMap<Uuid, i64> = HashMap::new();
@@ -478,7 +694,7 @@ pub(crate) async fn visit(
                     error_step: step.map(|s| s as i32 + 1),
                     ..base(Status::Retrying)
                 });
-                due = Some(due.map_or(at, |d| d.min(at)));
+                *due = Some(due.map_or(at, |d| d.min(at)));
             }
             Result_::Dead { error, step } => {
                 tracing::warn!(delivery = %item.id, integration = %integration.id, event = %item.event.id, %error, "delivery dead-lettered");
@@ -498,64 +714,134 @@ pub(crate) async fn visit(
             }
         }
     }
-    if !emitted.is_empty() {
-        // Each was checked against the log in its delivery's run: an id
-        // stored with other content failed its delivery there.
-        log::append(&mut tx, &emitted, now).await?;
-    }
     let first_new_ids: HashSet<Uuid> = items[first_new..].iter().map(|i| i.id).collect();
     let (made, updated): (Vec<DeliveryRow>, Vec<DeliveryRow>) = rows
         .into_iter()
         .partition(|r| first_new_ids.contains(&r.id));
-    new_rows.extend(made);
-    let recorded_from = started.elapsed();
-    lanes::write_rows(&mut tx, &updated, false, now).await?;
-    lanes::write_rows(&mut tx, &new_rows, true, now).await?;
-    let delivered: Vec<(Uuid, i64)> = delivered_by_org.into_iter().collect();
-    lanes::count_delivered(&mut tx, &integration.id, &delivered, now).await?;
+    let bookkeeping = Bookkeeping {
+        cursor,
+        updated,
+        made,
+        emitted,
+        delivered: delivered_by_org.into_iter().collect(),
+        delivered_first_pass,
+    };
+    (bookkeeping, report)
+}
+
+/// Writes a batch's bookkeeping in busbar's transaction; `batches` is
+/// added to the lane's count of batches applied in another database.
+async fn apply(
+    tx: &mut DbTx,
+    lane: &LaneId,
+    bookkeeping: &Bookkeeping,
+    batches: i64,
+    now: Time,
+) -> Result<(), StoreError> {
+    if !bookkeeping.emitted.is_empty() {
+        // Each was checked against the log in its delivery's run: an id
+        // stored with other content failed its delivery there. Appending
+        // is idempotent by id.
+        log::append(tx, &bookkeeping.emitted, now).await?;
+    }
+    lanes::write_rows(tx, &bookkeeping.updated, false, now).await?;
+    lanes::write_rows(tx, &bookkeeping.made, true, now).await?;
+    lanes::count_delivered(tx, &lane.integration, &bookkeeping.delivered, now).await?;
     lanes::advance(
-        &mut tx,
+        tx,
         &lane.integration,
         lane.lane,
-        &new_cursor,
-        delivered_first_pass,
+        &bookkeeping.cursor,
+        bookkeeping.delivered_first_pass,
+        batches,
         now,
     )
-    .await?;
-    let committing = started.elapsed();
-    tx.commit().await?;
-    tracing::debug!(
-        lane = %lane,
-        deliveries = items.len(),
-        prepare = ?prepared,
-        read = ?(read_at - prepared),
-        plan = ?(ran_from - read_at),
-        run = ?(recorded_from - ran_from),
-        record = ?(committing - recorded_from),
-        commit = ?(started.elapsed() - committing),
-        "lane batch committed"
-    );
-    *memory = Memory {
-        stored: Some(new_cursor.clone()),
-        scanned: Some(new_cursor),
-        written: Some(Instant::now()),
+    .await
+}
+
+/// A transaction begun in an integration's target database.
+enum Elsewhere {
+    /// Its progress row is locked at busbar's number: run the batch.
+    Ready(TargetTx),
+    /// It is one batch ahead (a process committed there and died before
+    /// busbar's commit): apply what it stored instead of running anything.
+    Ahead(TargetTx, Box<Bookkeeping>),
+}
+
+/// Begins the target's transaction of a lane whose busbar row is `row`,
+/// and compares the batch numbers: equal, or the target one ahead with
+/// the bookkeeping to apply. Any other difference means the two databases
+/// do not belong together (one of them was restored): an error naming
+/// both numbers.
+async fn begin_elsewhere(
+    target: &TargetDb,
+    lane: &LaneId,
+    row: &lanes::LaneRow,
+) -> Result<Elsewhere, StoreError> {
+    let mut dtx = target.begin().await?;
+    let progress = match dtx
+        .lock_progress(&lane.integration, lane.lane, row.batch_seq)
+        .await
+    {
+        Ok(progress) => progress,
+        Err(error) => {
+            target.failed(&error);
+            let _ = dtx.rollback().await;
+            return Err(error);
+        }
     };
-    if !emitted.is_empty() {
-        shared.wake_for(emitted.iter().map(|e| &e.envelope));
+    if progress.batch_seq == row.batch_seq {
+        return Ok(Elsewhere::Ready(dtx));
     }
-    let elapsed = (chrono::Utc::now() - now.0).to_std().unwrap_or_default();
-    for outcome in &report {
-        crate::telemetry::delivery_finished(&outcome.integration, outcome.status, elapsed);
+    if progress.batch_seq == row.batch_seq + 1
+        && let Some(stored) = progress.outcome
+    {
+        let bookkeeping: Bookkeeping = serde_json::from_value(stored).map_err(|e| {
+            StoreError::Invalid(format!(
+                "lane {lane}: the progress row in database `{}` holds bookkeeping busbar cannot read: {e}",
+                target.name
+            ))
+        })?;
+        return Ok(Elsewhere::Ahead(dtx, Box::new(bookkeeping)));
     }
-    shared.report(&report);
-    // A head that finished lets the rows queued behind it run now.
-    let progressed = items
-        .iter()
-        .take(first_new)
-        .any(|item| matches!(item.plan, Plan::Run | Plan::Decided(Result_::Skipped(_))));
+    let _ = dtx.rollback().await;
+    Err(StoreError::Moved(format!(
+        "lane {lane}: database `{}` has applied {} batches of this lane and busbar's own database \
+         records {}: one of the two was restored or replaced. Nothing runs on this lane until they \
+         agree; see docs/DATABASES.md, \"When the two databases disagree\"",
+        target.name, progress.batch_seq, row.batch_seq
+    )))
+}
+
+/// Applies the bookkeeping a target stored for a batch busbar did not
+/// record (a crash between the two commits), and ends the visit: the
+/// batch read this time is read again at the next.
+async fn finish_elsewhere(
+    shared: &Shared,
+    lane: &LaneId,
+    memory: &mut Memory,
+    mut tx: DbTx,
+    dtx: TargetTx,
+    bookkeeping: Bookkeeping,
+    now: Time,
+) -> Result<Visit, StoreError> {
+    // The progress row stays locked until busbar has committed: no other
+    // process can run a batch on the target meanwhile.
+    apply(&mut tx, lane, &bookkeeping, 1, now).await?;
+    tx.commit().await?;
+    let _ = dtx.rollback().await;
+    tracing::info!(
+        lane = %lane,
+        emitted = bookkeeping.emitted.len(),
+        "applied the bookkeeping of a batch the target database committed before busbar did"
+    );
+    *memory = Memory::default();
+    if !bookkeeping.emitted.is_empty() {
+        shared.wake_for(bookkeeping.emitted.iter().map(|e| &e.envelope));
+    }
     Ok(Visit {
-        more: full || progressed,
-        due,
+        more: true,
+        due: None,
     })
 }
 
@@ -595,7 +881,7 @@ async fn switch(
         let new_lane = log::lane_of_key(&key, next.lanes);
         lanes::rekey(tx, open.row.id, &key, new_lane).await?;
     }
-    lanes::advance(tx, &lane.integration, lane.lane, start, 0, now).await?;
+    lanes::advance(tx, &lane.integration, lane.lane, start, 0, 0, now).await?;
     lanes::set_version(tx, &lane.integration, next.version).await?;
     Ok(true)
 }
@@ -858,6 +1144,7 @@ async fn run_sequential(
     generation: &Generation,
     integration: &Integration,
     tx: &mut DbTx,
+    mut target: Option<&mut TargetTx>,
     items: &[Item<'_>],
     safe: bool,
 ) -> Result<Attempt, StoreError> {
@@ -881,10 +1168,17 @@ async fn run_sequential(
             continue;
         }
         if safe {
-            tx.run("SAVEPOINT delivery").await?;
+            match target.as_deref_mut() {
+                Some(dtx) => dtx.run("SAVEPOINT delivery").await?,
+                None => tx.run("SAVEPOINT delivery").await?,
+            }
         }
         let input = EventInput::new(&item.event);
-        let mut executor = TargetExecutor::new(tx, &shared.store.catalog);
+        let mut executor = LaneExecutor::new(
+            TargetExecutor::new(tx, &shared.store.catalog),
+            target.as_deref_mut().map(TargetTx::executor),
+            &generation.databases,
+        );
         let run = CatchUnwind::new(run_route(
             item.route,
             &generation.templates,
@@ -892,8 +1186,9 @@ async fn run_sequential(
             &mut executor,
         ))
         .await;
-        let wrote = executor.wrote;
-        let emitted = std::mem::take(&mut executor.emitted);
+        let wrote = executor.wrote();
+        let emitted = executor.take_emitted();
+        drop(executor);
         let result = match run {
             Ok(run) => {
                 // A database error may leave the transaction unusable:
@@ -931,10 +1226,20 @@ async fn run_sequential(
             }
         };
         if safe {
-            if result.undo {
-                tx.run("ROLLBACK TO SAVEPOINT delivery").await?;
+            match target.as_deref_mut() {
+                Some(dtx) => {
+                    if result.undo {
+                        dtx.run("ROLLBACK TO SAVEPOINT delivery").await?;
+                    }
+                    dtx.run("RELEASE SAVEPOINT delivery").await?;
+                }
+                None => {
+                    if result.undo {
+                        tx.run("ROLLBACK TO SAVEPOINT delivery").await?;
+                    }
+                    tx.run("RELEASE SAVEPOINT delivery").await?;
+                }
             }
-            tx.run("RELEASE SAVEPOINT delivery").await?;
         }
         let blocks = match &result.result {
             Result_::Retry { .. } => true,

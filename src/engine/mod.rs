@@ -44,6 +44,7 @@ use crate::store::lanes::{self, ReplayFilter};
 use crate::store::log::NewEvent;
 use crate::store::log::{self, LaneFilter};
 use crate::store::partitionings::{self, Partitioning};
+use crate::store::targets::Targets;
 use crate::store::ticks::{self, Snapshot};
 use crate::store::types::Time;
 use crate::store::{Dialect, Store, StoreError, states};
@@ -194,6 +195,8 @@ pub(crate) struct Outcome {
 pub(crate) struct Shared {
     pub store: Store,
     pub generation: ArcSwap<Generation>,
+    /// The other databases of the live generation's `databases.yaml`.
+    pub targets: ArcSwap<Targets>,
     /// Persisted states (absent: enabled). Replaced whole, under
     /// `states_lock`, so a refresh never overwrites a newer change.
     pub states: ArcSwap<HashMap<String, states::Persisted>>,
@@ -350,6 +353,11 @@ pub struct Engine {
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
+/// A variable of the process's environment (the URLs of databases.yaml).
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 impl Engine {
     /// Registers `generation` as this cluster's definition, makes lanes for
     /// its integrations, and starts publishers, workers and the cluster
@@ -373,10 +381,12 @@ impl Engine {
             tx.rollback().await?;
             persisted
         };
+        let targets = Targets::open(&Targets::default(), &generation.databases, env_var).await?;
         let node = Uuid::now_v7();
         let (activity, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             store,
+            targets: ArcSwap::from_pointee(targets),
             generation: ArcSwap::from_pointee(generation),
             states: ArcSwap::from_pointee(persisted),
             states_lock: tokio::sync::Mutex::new(0),
@@ -534,13 +544,36 @@ impl Engine {
     /// new generation lacks are removed: their lanes go and their open
     /// rows are skipped with the reason. Returns the ids removed.
     pub async fn swap_generation(&self, generation: Generation) -> Result<Vec<String>, StoreError> {
+        let targets = self.open_databases(&generation).await?;
+        self.swap_generation_with(generation, targets).await
+    }
+
+    /// Opens and checks the other databases `generation` names (keeping
+    /// the pools of those whose URL did not change), before it goes live:
+    /// an error here leaves the live generation as it is.
+    pub async fn open_databases(&self, generation: &Generation) -> Result<Targets, StoreError> {
+        Targets::open(&self.shared.targets.load(), &generation.databases, env_var).await
+    }
+
+    /// Makes `generation` live with the databases opened for it.
+    pub async fn swap_generation_with(
+        &self,
+        generation: Generation,
+        targets: Targets,
+    ) -> Result<Vec<String>, StoreError> {
         let shared = self.shared.clone();
         // Not cancellable: a reload started by a request that times out
         // still finishes.
         tokio::spawn(async move {
+            let old_targets = shared.targets.swap(Arc::new(targets));
             let old = shared.generation.swap(Arc::new(generation));
             let new = shared.generation.load_full();
             shared.store.catalog.clear();
+            let targets = shared.targets.load_full();
+            for target in targets.iter() {
+                target.clear_catalog();
+            }
+            old_targets.close_unused(&targets).await;
             let removed = old.removed_in(&new);
             register(&shared, &new, &removed).await?;
             shared.refresh_definitions().await?;

@@ -52,6 +52,20 @@ pub fn redact(url: &str) -> String {
     shown
 }
 
+/// `text` (an error message) with every secret of `url` in it hidden: a
+/// driver's error may quote the URL, or the password alone.
+pub fn redact_in(text: &str, url: &str) -> String {
+    let mut shown = text.replace(url, &redact(url));
+    let secrets = userinfo_password(url).into_iter().chain(query_secrets(url));
+    for (start, end) in secrets {
+        let secret = &url[start..end];
+        if secret.len() >= 3 {
+            shown = shown.replace(secret, "***");
+        }
+    }
+    shown
+}
+
 /// The byte range of the userinfo's password: `secret` in
 /// `postgres://user:secret@host`.
 fn userinfo_password(url: &str) -> Option<(usize, usize)> {

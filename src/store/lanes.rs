@@ -28,6 +28,9 @@ pub struct LaneRow {
     pub delivered: i64,
     /// The partitioning version it reads with (`store::partitionings`).
     pub version: i32,
+    /// Batches applied in the integration's target database when that is
+    /// another database (`store::targets`); 0 otherwise.
+    pub batch_seq: i64,
 }
 
 /// The advisory lock key of a lane (PostgreSQL; the second key of the
@@ -147,23 +150,26 @@ pub async fn lock(
         let [p1, p2] = d.params();
         let columns = cursor_columns(d);
         format!(
-            "SELECT {columns}, delivered, version FROM {lanes} WHERE integration_id = {p1} AND lane = {p2}"
+            "SELECT {columns}, delivered, version, batch_seq FROM {lanes} WHERE integration_id = {p1} AND lane = {p2}"
         )
     });
     let sql = SQL.get(tx.dialect());
-    type Row = (i64, i64, Option<String>, Option<String>, i64, i64, i32);
+    type Row = (i64, i64, Option<String>, Option<String>, i64, i64, i32, i64);
     let row: Option<Row> = on_tx!(&mut *tx, |conn| sqlx::query_as(sql)
         .bind(integration)
         .bind(lane)
         .fetch_optional(conn)
         .await)?;
-    row.map(|(xid, seq, from, to, to_tick, delivered, version)| {
-        Ok(LaneRow {
-            cursor: cursor_of((xid, seq, from, to, to_tick))?,
-            delivered,
-            version,
-        })
-    })
+    row.map(
+        |(xid, seq, from, to, to_tick, delivered, version, batch_seq)| {
+            Ok(LaneRow {
+                cursor: cursor_of((xid, seq, from, to, to_tick))?,
+                delivered,
+                version,
+                batch_seq,
+            })
+        },
+    )
     .transpose()
 }
 
@@ -332,20 +338,25 @@ async fn each_lane(
     Ok(())
 }
 
-/// Moves a lane's cursor and adds to its count of first-pass deliveries.
+/// Moves a lane's cursor and adds to its count of first-pass deliveries
+/// and to its count of batches applied in another database (`batches`: 1
+/// for such a batch, else 0).
+#[allow(clippy::too_many_arguments)]
 pub async fn advance(
     tx: &mut DbTx,
     integration: &str,
     lane: i32,
     cursor: &Cursor,
     delivered: i64,
+    batches: i64,
     now: Time,
 ) -> Result<(), StoreError> {
     match (&mut *tx, cursor.as_seq()) {
         (DbTx::Postgres(conn), None) => {
             sqlx::query(
                 "UPDATE integrations.lanes SET cursor_xid = $3, cursor_seq = $4, batch_from = $5::pg_snapshot, \
-                        batch_to = $6::pg_snapshot, batch_to_tick = $7, delivered = delivered + $8, updated_at = $9 \
+                        batch_to = $6::pg_snapshot, batch_to_tick = $7, delivered = delivered + $8, updated_at = $9, \
+                        batch_seq = batch_seq + $10 \
                  WHERE integration_id = $1 AND lane = $2",
             )
             .bind(integration)
@@ -357,13 +368,14 @@ pub async fn advance(
             .bind(cursor.to_tick)
             .bind(delivered)
             .bind(now)
+            .bind(batches)
             .execute(&mut **conn)
             .await?;
         }
         (DbTx::Sqlite(conn), Some(seq)) => {
             sqlx::query(
                 "UPDATE \"integrations.lanes\" SET cursor_xid = 0, cursor_seq = ?3, delivered = delivered + ?4, \
-                        updated_at = ?5 \
+                        updated_at = ?5, batch_seq = batch_seq + ?6 \
                  WHERE integration_id = ?1 AND lane = ?2",
             )
             .bind(integration)
@@ -371,6 +383,7 @@ pub async fn advance(
             .bind(seq)
             .bind(delivered)
             .bind(now)
+            .bind(batches)
             .execute(&mut **conn)
             .await?;
         }
@@ -470,7 +483,7 @@ pub async fn all(tx: &mut DbTx) -> Result<Vec<LaneView>, StoreError> {
 
 /// A delivery with a row: an exception (skipped, retrying, pending, dead)
 /// or one that was (delivered after a retry or a replay).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryRow {
     pub id: Uuid,
     pub event_id: Uuid,

@@ -20,7 +20,7 @@ use crate::on_tx;
 const CHUNK: usize = 500;
 
 /// An event about to be stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
     pub envelope: Envelope,
     pub idempotency_key: Option<String>,

@@ -30,6 +30,7 @@ pub mod retention;
 pub mod scope;
 pub mod states;
 pub mod target;
+pub mod targets;
 pub mod testbed;
 pub mod ticks;
 pub mod types;
@@ -45,7 +46,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Postgres, Sqlite, Transaction};
 
-pub use database_url::redact;
+pub use database_url::{redact, redact_in};
 pub use dialect::Dialect;
 
 /// Runs the same expression on whichever database a transaction is on:

@@ -128,13 +128,32 @@ pub struct Tick {
 /// Where a lane is: in the batch `(from, to]`, having passed its events up
 /// to `at` (in `(xid, seq)` order). An event has been passed when `from`
 /// sees it, or `to` sees it and it is at or below `at`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Stored outside busbar's own tables (a target database's progress row,
+/// `store::targets`) with its snapshots in their text form.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
+    #[serde(with = "snapshot_text")]
     pub from: Snapshot,
+    #[serde(with = "snapshot_text")]
     pub to: Snapshot,
     /// The id of the tick `to` is.
     pub to_tick: i64,
     pub at: Position,
+}
+
+/// A [`Snapshot`] as its text in serde (`xmin:xmax:xip` or a `seq`).
+mod snapshot_text {
+    use super::Snapshot;
+
+    pub fn serialize<S: serde::Serializer>(snapshot: &Snapshot, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&snapshot.to_text())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Snapshot, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Cursor {

@@ -19,7 +19,9 @@ pub struct Id(pub Uuid);
 /// A point in time: `timestamptz` on PostgreSQL; on SQLite, RFC 3339 text
 /// in UTC with exactly three fractional digits, so that text order is time
 /// order (`2026-11-28T09:30:00.000Z`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Time(pub DateTime<Utc>);
 
 /// A JSON document: `jsonb` on PostgreSQL, text on SQLite.
@@ -166,7 +168,19 @@ impl<'r> Decode<'r, Sqlite> for Doc {
 /// and `seq` a sequence; on SQLite `xid` is always 0 (writers are
 /// serialised, so `seq` order is commit order). See ARCHITECTURE.md,
 /// "Delivery (v2)".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Position {
     pub xid: i64,
     pub seq: i64,

@@ -15,6 +15,9 @@
 //!   integration states, redelivery, try an event, the live tail).
 //! - `language`: the data-driven corpus of broken integration files in
 //!   `tests/cases/` and the `check` / `render` command line.
+//! - `elsewhere`: delivery into products' own databases (issue 17), a
+//!   second PostgreSQL database and MariaDB: `kill -9` and a crash between
+//!   the target's commit and busbar's, exactly once by audit triggers.
 //! - `mariadb`: MariaDB/MySQL target tables (issue 17) on the MariaDB of
 //!   `TEST_MARIADB_URL`: the strict session, the catalog, every type trap,
 //!   `find`/`upsert`/`update`/`delete`, case-insensitive keys.
@@ -62,6 +65,7 @@ mod config_tests;
 mod console;
 mod console_pages;
 mod crash;
+mod elsewhere;
 mod engine;
 mod envelope;
 mod errors;

@@ -20,14 +20,14 @@ use busbar::store::mysql::catalog::{MySqlCatalog, read_table};
 use busbar::store::mysql::target::MySqlTargetExecutor;
 
 /// A database of its own on the MariaDB server, dropped on drop.
-struct MariaDb {
-    pool: MySqlPool,
-    name: String,
-    admin_url: String,
+pub(crate) struct MariaDb {
+    pub pool: MySqlPool,
+    pub name: String,
+    pub admin_url: String,
 }
 
 impl MariaDb {
-    async fn new() -> MariaDb {
+    pub async fn new() -> MariaDb {
         let admin_url = std::env::var("TEST_MARIADB_URL")
             .expect("the MariaDB suite needs TEST_MARIADB_URL at run time too");
         let admin_url = admin_url.trim_end_matches('/').to_owned();
@@ -42,9 +42,8 @@ impl MariaDb {
         .await
         .expect("can create a test database");
         admin.close().await.ok();
-        let pool = busbar::store::mysql::connect(&format!("{admin_url}/{name}"), 2)
-            .await
-            .expect("the test database accepts connections");
+        let pool = busbar::store::mysql::pool(&format!("{admin_url}/{name}"), 2)
+            .expect("the test database's URL is read");
         MariaDb {
             pool,
             name,
@@ -52,8 +51,13 @@ impl MariaDb {
         }
     }
 
+    /// Its URL (the server's, with this database).
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.admin_url, self.name)
+    }
+
     /// Runs DDL or seed SQL, one statement at a time.
-    async fn execute(&self, sql: &str) {
+    pub async fn execute(&self, sql: &str) {
         for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
             sqlx::query(AssertSqlSafe(statement.to_owned()))
                 .execute(&self.pool)
@@ -62,7 +66,7 @@ impl MariaDb {
         }
     }
 
-    async fn count(&self, table: &str) -> i64 {
+    pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(&self.pool)
             .await
@@ -642,7 +646,7 @@ mariadb_test! {
         .await;
         let host = db.admin_url.rsplit('@').next().unwrap().to_owned();
         let url = format!("mysql://{user}:pw-{user}@{host}/{}", db.name);
-        let pool = busbar::store::mysql::connect(&url, 1).await.expect("the limited user connects");
+        let pool = busbar::store::mysql::pool(&url, 1).expect("the limited user's URL is read");
         let catalog = MySqlCatalog::default();
         let mut tx = pool.begin().await.unwrap();
         let mut executor = MySqlTargetExecutor::new(&mut tx, &catalog);

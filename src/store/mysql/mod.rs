@@ -31,4 +31,4 @@ pub mod session;
 pub mod sql;
 pub mod target;
 
-pub use session::{SESSION_SETUP, connect, connect_options, setup};
+pub use session::{SESSION_SETUP, connect_options, pool, setup};

@@ -73,12 +73,14 @@ pub fn connect_options(url: &str) -> Result<MySqlConnectOptions, StoreError> {
 }
 
 /// A pool of at most `max_connections` connections to the MariaDB/MySQL
-/// database at `url`, each set up by [`setup`] when it connects.
-pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, StoreError> {
+/// database at `url`, each set up by [`setup`] when it connects. Nothing
+/// connects until the pool is used: a server that is down is an error of
+/// the statement that needed it, not of the pool.
+pub fn pool(url: &str, max_connections: u32) -> Result<MySqlPool, StoreError> {
     let options = connect_options(url)?;
     Ok(PoolOptions::<MySql>::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(3))
         .after_connect(|connection, _| {
             Box::pin(async move {
                 setup(connection)
@@ -86,8 +88,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, Store
                     .map_err(|error| sqlx::Error::Configuration(error.to_string().into()))
             })
         })
-        .connect_with(options)
-        .await?)
+        .connect_lazy_with(options))
 }
 
 /// Sets a connection's session up ([`SESSION_SETUP`]) and checks that it

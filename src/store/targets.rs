@@ -1,0 +1,708 @@
+//! The other databases of `databases.yaml` as the engine uses them (issue
+//! 17): one pool per database, its health, and its progress table — the
+//! row per lane that ties a batch's writes in that database to busbar's
+//! bookkeeping (ARCHITECTURE.md, "Exactly once into another database,
+//! without XA").
+//!
+//! - [`TargetDb`]: a named database, its pool (PostgreSQL or
+//!   MariaDB/MySQL), its catalog and its [`Health`]. Its URL is private and
+//!   never printed: messages use the name.
+//! - [`TargetTx`]: a transaction there, with the progress row
+//!   ([`TargetTx::lock_progress`], [`TargetTx::record_progress`]) and the
+//!   executor the routes run with ([`TargetTx::executor`]).
+//! - [`Targets`]: every open database by name, replaced whole at a reload
+//!   ([`Targets::open`] keeps a pool whose URL did not change).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::mysql::MySqlPool;
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{MySql, Postgres, Transaction};
+
+use super::catalog::Catalog;
+use super::mysql::catalog::MySqlCatalog;
+use super::mysql::session;
+use super::mysql::target::MySqlTargetExecutor;
+use super::target::{Emitted, TargetExecutor};
+use super::types::Time;
+use super::{DbTx, StoreError};
+use crate::compile::Step;
+use crate::compile::databases::{DatabaseKind, Databases};
+use crate::compile::ident::{Ident, TableName};
+use crate::mapping::{Executor, Row};
+
+/// Connections per other database and process.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// The progress table on PostgreSQL (schema `busbar`).
+const PG_PROGRESS_DDL: [&str; 2] = [
+    "CREATE SCHEMA IF NOT EXISTS busbar",
+    "CREATE TABLE IF NOT EXISTS busbar.progress (
+        integration TEXT NOT NULL,
+        lane INTEGER NOT NULL,
+        batch_seq BIGINT NOT NULL,
+        outcome JSONB,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (integration, lane))",
+];
+
+/// The progress table on MariaDB/MySQL: `busbar_progress` in the database
+/// the URL names (a MariaDB server often holds several products'
+/// databases; each has its own progress).
+const MYSQL_PROGRESS_DDL: [&str; 1] = ["CREATE TABLE IF NOT EXISTS busbar_progress (
+        integration VARCHAR(200) NOT NULL,
+        lane INT NOT NULL,
+        batch_seq BIGINT NOT NULL,
+        outcome LONGTEXT,
+        updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        PRIMARY KEY (integration, lane)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"];
+
+/// The SQL that creates a database's progress table (for docs and
+/// `busbar migrate --target`).
+pub fn progress_ddl(kind: DatabaseKind) -> &'static [&'static str] {
+    match kind {
+        DatabaseKind::Postgres => &PG_PROGRESS_DDL,
+        DatabaseKind::MySql => &MYSQL_PROGRESS_DDL,
+    }
+}
+
+/// Whether a database answers, as the engine last saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub up: bool,
+    /// Since when it has been up or down.
+    pub since: Time,
+    /// Why it is down (no URL in it).
+    pub error: Option<String>,
+    /// Failures in a row.
+    #[serde(skip)]
+    pub failures: u32,
+    /// Lanes leave it alone until then (it is down).
+    #[serde(skip)]
+    pub retry_at: Option<Instant>,
+}
+
+/// A pool of one of the two kinds.
+#[derive(Debug, Clone)]
+enum Pool {
+    Postgres(PgPool, Arc<Catalog>),
+    MySql(MySqlPool, Arc<MySqlCatalog>),
+}
+
+/// One other database.
+#[derive(Debug)]
+pub struct TargetDb {
+    pub name: String,
+    pub kind: DatabaseKind,
+    /// The URL with its variables replaced: a secret, never printed.
+    url: String,
+    pool: Pool,
+    health: Mutex<Health>,
+}
+
+impl TargetDb {
+    /// A database's pool; nothing connects yet (see [`TargetDb::check`]).
+    pub fn new(name: &str, url: &str) -> Result<TargetDb, StoreError> {
+        let scheme = url.split("://").next().unwrap_or_default();
+        let kind = DatabaseKind::of_scheme(scheme).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "database `{name}`: its URL must start with postgres://, mysql:// or mariadb://"
+            ))
+        })?;
+        let bad = |error: StoreError| {
+            StoreError::Invalid(format!(
+                "database `{name}`: its URL cannot be read: {error}"
+            ))
+        };
+        let pool = match kind {
+            DatabaseKind::Postgres => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| bad(e.into()))?
+                    .application_name("busbar")
+                    .options([
+                        ("idle_in_transaction_session_timeout", "10s"),
+                        ("default_transaction_isolation", "read committed"),
+                        ("lock_timeout", "5s"),
+                    ]);
+                let pool = PoolOptions::<Postgres>::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect_lazy_with(options);
+                Pool::Postgres(pool, Arc::default())
+            }
+            DatabaseKind::MySql => Pool::MySql(
+                session::pool(url, MAX_CONNECTIONS).map_err(bad)?,
+                Arc::default(),
+            ),
+        };
+        Ok(TargetDb {
+            name: name.to_owned(),
+            kind,
+            url: url.to_owned(),
+            pool,
+            health: Mutex::new(Health {
+                up: true,
+                since: Time::now(),
+                error: None,
+                failures: 0,
+                retry_at: None,
+            }),
+        })
+    }
+
+    /// Connects, and creates the progress table if it is missing. An error
+    /// names the database, never its URL.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let result = self.ensure_progress().await;
+        match &result {
+            Ok(()) => self.succeeded(),
+            Err(error) => self.failed(error),
+        }
+        result.map_err(|error| {
+            StoreError::Invalid(format!(
+                "database `{}`: {}",
+                self.name,
+                super::redact_in(&error.to_string(), &self.url)
+            ))
+        })
+    }
+
+    async fn ensure_progress(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool, _) => {
+                let (exists,): (bool,) =
+                    sqlx::query_as("SELECT to_regclass('busbar.progress') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                if !exists {
+                    for statement in PG_PROGRESS_DDL {
+                        sqlx::query(statement).execute(pool).await?;
+                    }
+                }
+            }
+            Pool::MySql(pool, _) => {
+                let (count,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM information_schema.tables \
+                     WHERE table_schema = DATABASE() AND table_name = 'busbar_progress'",
+                )
+                .fetch_one(pool)
+                .await?;
+                if count == 0 {
+                    for statement in MYSQL_PROGRESS_DDL {
+                        sqlx::query(statement).execute(pool).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this database is the same as one opened from `url`.
+    fn same_url(&self, url: &str) -> bool {
+        self.url == url
+    }
+
+    /// Its health now.
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("health lock").clone()
+    }
+
+    /// Whether lanes should leave it alone for now (down, and not yet
+    /// time to try again): the time to try again.
+    pub fn resting(&self) -> Option<Instant> {
+        let health = self.health.lock().expect("health lock");
+        health.retry_at.filter(|at| *at > Instant::now())
+    }
+
+    /// Records that a statement reached it.
+    pub fn succeeded(&self) {
+        let mut health = self.health.lock().expect("health lock");
+        if !health.up {
+            tracing::info!(database = %self.name, "database is reachable again");
+            health.since = Time::now();
+        }
+        health.up = true;
+        health.error = None;
+        health.failures = 0;
+        health.retry_at = None;
+        crate::telemetry::database_up(&self.name, true);
+    }
+
+    /// Records a failure; when it says the database is out of reach, the
+    /// database is down and lanes rest (backing off up to 5 s).
+    pub fn failed(&self, error: &StoreError) {
+        if !error.is_unreachable() {
+            return;
+        }
+        let mut health = self.health.lock().expect("health lock");
+        let message = super::redact_in(&error.to_string(), &self.url);
+        if health.up {
+            tracing::warn!(database = %self.name, error = %message, "database is out of reach: the integrations that write there wait");
+            health.since = Time::now();
+        }
+        health.up = false;
+        health.error = Some(message);
+        health.failures = health.failures.saturating_add(1);
+        let pause = Duration::from_millis(200 * u64::from(health.failures.min(25)));
+        health.retry_at = Some(Instant::now() + pause);
+        crate::telemetry::database_up(&self.name, false);
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<TargetTx, StoreError> {
+        let pool = self.pool.clone();
+        let begun = super::detach(async move {
+            Ok(match &pool {
+                Pool::Postgres(pool, catalog) => {
+                    TargetTx::Postgres(DbTx::Postgres(pool.begin().await?), catalog.clone())
+                }
+                Pool::MySql(pool, catalog) => TargetTx::MySql(pool.begin().await?, catalog.clone()),
+            })
+        })
+        .await;
+        if let Err(error) = &begun {
+            self.failed(error);
+        }
+        begun
+    }
+
+    /// Forgets what the catalog read (a reload: tables may have changed).
+    pub fn clear_catalog(&self) {
+        match &self.pool {
+            Pool::Postgres(_, catalog) => catalog.clear(),
+            Pool::MySql(_, catalog) => catalog.clear(),
+        }
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(pool, _) => pool.close().await,
+            Pool::MySql(pool, _) => pool.close().await,
+        }
+    }
+}
+
+/// A transaction in another database.
+pub enum TargetTx {
+    Postgres(DbTx, Arc<Catalog>),
+    MySql(Transaction<'static, MySql>, Arc<MySqlCatalog>),
+}
+
+/// A lane's progress row in a target database.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub batch_seq: i64,
+    /// The bookkeeping of the batch that made `batch_seq` (JSON).
+    pub outcome: Option<Value>,
+}
+
+impl TargetTx {
+    /// Runs a statement without parameters (savepoints).
+    pub async fn run(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        match self {
+            TargetTx::Postgres(tx, _) => tx.run(sql).await,
+            TargetTx::MySql(tx, _) => {
+                sqlx::query(sql).execute(&mut **tx).await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            TargetTx::Postgres(tx, _) => tx.commit().await,
+            TargetTx::MySql(tx, _) => super::detach(async move { Ok(tx.commit().await?) }).await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            TargetTx::Postgres(tx, _) => tx.rollback().await,
+            TargetTx::MySql(tx, _) => super::detach(async move { Ok(tx.rollback().await?) }).await,
+        }
+    }
+
+    /// Locks the lane's progress row, making it at `start` when the lane
+    /// has never written here (the first batch of this lane in this
+    /// database).
+    pub async fn lock_progress(
+        &mut self,
+        integration: &str,
+        lane: i32,
+        start: i64,
+    ) -> Result<Progress, StoreError> {
+        for _ in 0..2 {
+            let found: Option<(i64, Option<String>)> = match self {
+                TargetTx::Postgres(DbTx::Postgres(tx), _) => {
+                    sqlx::query_as(
+                        "SELECT batch_seq, outcome::text FROM busbar.progress \
+                         WHERE integration = $1 AND lane = $2 FOR UPDATE",
+                    )
+                    .bind(integration)
+                    .bind(lane)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                }
+                TargetTx::MySql(tx, _) => {
+                    sqlx::query_as(
+                        "SELECT batch_seq, outcome FROM busbar_progress \
+                         WHERE integration = ? AND lane = ? FOR UPDATE",
+                    )
+                    .bind(integration)
+                    .bind(lane)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                }
+                TargetTx::Postgres(DbTx::Sqlite(_), _) => {
+                    return Err(StoreError::Invalid(
+                        "internal error: a target transaction on SQLite".into(),
+                    ));
+                }
+            };
+            if let Some((batch_seq, outcome)) = found {
+                let outcome = outcome
+                    .map(|text| serde_json::from_str(&text))
+                    .transpose()
+                    .map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "the progress row's outcome cannot be read: {e}"
+                        ))
+                    })?;
+                return Ok(Progress { batch_seq, outcome });
+            }
+            match self {
+                TargetTx::Postgres(DbTx::Postgres(tx), _) => {
+                    sqlx::query(
+                        "INSERT INTO busbar.progress (integration, lane, batch_seq) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(integration)
+                    .bind(lane)
+                    .bind(start)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                TargetTx::MySql(tx, _) => {
+                    sqlx::query(
+                        "INSERT IGNORE INTO busbar_progress (integration, lane, batch_seq) VALUES (?, ?, ?)",
+                    )
+                    .bind(integration)
+                    .bind(lane)
+                    .bind(start)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                TargetTx::Postgres(DbTx::Sqlite(_), _) => unreachable!("refused above"),
+            }
+        }
+        Err(StoreError::Invalid(format!(
+            "the progress row of lane {integration}#{lane} was made and is not there"
+        )))
+    }
+
+    /// Stores a batch's number and its bookkeeping in the progress row
+    /// (locked by [`TargetTx::lock_progress`]).
+    pub async fn record_progress(
+        &mut self,
+        integration: &str,
+        lane: i32,
+        batch_seq: i64,
+        outcome: &Value,
+    ) -> Result<(), StoreError> {
+        let text = outcome.to_string();
+        match self {
+            TargetTx::Postgres(DbTx::Postgres(tx), _) => {
+                sqlx::query(
+                    "UPDATE busbar.progress SET batch_seq = $3, outcome = $4::jsonb, updated_at = now() \
+                     WHERE integration = $1 AND lane = $2",
+                )
+                .bind(integration)
+                .bind(lane)
+                .bind(batch_seq)
+                .bind(text)
+                .execute(&mut **tx)
+                .await?;
+            }
+            TargetTx::MySql(tx, _) => {
+                sqlx::query(
+                    "UPDATE busbar_progress SET batch_seq = ?, outcome = ?, updated_at = CURRENT_TIMESTAMP(6) \
+                     WHERE integration = ? AND lane = ?",
+                )
+                .bind(batch_seq)
+                .bind(text)
+                .bind(integration)
+                .bind(lane)
+                .execute(&mut **tx)
+                .await?;
+            }
+            TargetTx::Postgres(DbTx::Sqlite(_), _) => {
+                return Err(StoreError::Invalid(
+                    "internal error: a target transaction on SQLite".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The executor of this database's dialect on this transaction.
+    pub fn executor(&mut self) -> TargetStepper<'_> {
+        match self {
+            TargetTx::Postgres(tx, catalog) => {
+                TargetStepper::Postgres(TargetExecutor::new(tx, catalog))
+            }
+            TargetTx::MySql(tx, catalog) => {
+                TargetStepper::MySql(MySqlTargetExecutor::new(&mut *tx, catalog))
+            }
+        }
+    }
+}
+
+/// The executor of a target database, of either kind.
+pub enum TargetStepper<'t> {
+    Postgres(TargetExecutor<'t>),
+    MySql(MySqlTargetExecutor<'t>),
+}
+
+impl TargetStepper<'_> {
+    /// Whether a statement that writes has run.
+    pub fn wrote(&self) -> bool {
+        match self {
+            TargetStepper::Postgres(e) => e.wrote,
+            TargetStepper::MySql(e) => e.wrote,
+        }
+    }
+}
+
+impl Executor for TargetStepper<'_> {
+    type Error = StoreError;
+
+    async fn find(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<Option<Row>, StoreError> {
+        match self {
+            TargetStepper::Postgres(e) => e.find(table, filter).await,
+            TargetStepper::MySql(e) => e.find(table, filter).await,
+        }
+    }
+
+    async fn upsert(
+        &mut self,
+        table: &TableName,
+        key: &[Ident],
+        values: &[(Ident, Value)],
+    ) -> Result<Row, StoreError> {
+        match self {
+            TargetStepper::Postgres(e) => e.upsert(table, key, values).await,
+            TargetStepper::MySql(e) => e.upsert(table, key, values).await,
+        }
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+        set: &[(Ident, Value)],
+    ) -> Result<Vec<Row>, StoreError> {
+        match self {
+            TargetStepper::Postgres(e) => e.update(table, filter, set).await,
+            TargetStepper::MySql(e) => e.update(table, filter, set).await,
+        }
+    }
+
+    async fn delete(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<u64, StoreError> {
+        match self {
+            TargetStepper::Postgres(e) => e.delete(table, filter).await,
+            TargetStepper::MySql(e) => e.delete(table, filter).await,
+        }
+    }
+
+    async fn emit(&mut self, step: &Step, event: &str, data: Value) -> Result<(), StoreError> {
+        match self {
+            TargetStepper::Postgres(e) => e.emit(step, event, data).await,
+            TargetStepper::MySql(e) => e.emit(step, event, data).await,
+        }
+    }
+}
+
+/// The executor a lane runs a route with: every step on busbar's own
+/// transaction (`own`) for an integration that writes there; for one whose
+/// target database is another (`target`), its writes and its reads of that
+/// database's tables there, and its reads of busbar's own tables (the
+/// subscription check in `core`) on busbar's transaction.
+pub struct LaneExecutor<'a, 't> {
+    own: TargetExecutor<'a>,
+    target: Option<TargetStepper<'t>>,
+    databases: &'a Databases,
+}
+
+impl<'a, 't> LaneExecutor<'a, 't> {
+    pub fn new(
+        own: TargetExecutor<'a>,
+        target: Option<TargetStepper<'t>>,
+        databases: &'a Databases,
+    ) -> Self {
+        LaneExecutor {
+            own,
+            target,
+            databases,
+        }
+    }
+
+    /// Whether a statement that writes has run.
+    pub fn wrote(&self) -> bool {
+        self.own.wrote || self.target.as_ref().is_some_and(TargetStepper::wrote)
+    }
+
+    /// The events emitted so far, taken.
+    pub fn take_emitted(&mut self) -> Vec<Emitted> {
+        std::mem::take(&mut self.own.emitted)
+    }
+
+    /// Where a step on `table` runs: the target's executor when there is
+    /// one and, for a read, when the table is not busbar's own.
+    fn writer(&mut self) -> Either<'_, 'a, 't> {
+        match &mut self.target {
+            Some(target) => Either::Target(target),
+            None => Either::Own(&mut self.own),
+        }
+    }
+}
+
+enum Either<'e, 'a, 't> {
+    Own(&'e mut TargetExecutor<'a>),
+    Target(&'e mut TargetStepper<'t>),
+}
+
+impl Executor for LaneExecutor<'_, '_> {
+    type Error = StoreError;
+
+    async fn find(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<Option<Row>, StoreError> {
+        match &mut self.target {
+            Some(target) if self.databases.of_table(table).is_some() => {
+                target.find(table, filter).await
+            }
+            _ => self.own.find(table, filter).await,
+        }
+    }
+
+    async fn upsert(
+        &mut self,
+        table: &TableName,
+        key: &[Ident],
+        values: &[(Ident, Value)],
+    ) -> Result<Row, StoreError> {
+        match self.writer() {
+            Either::Own(e) => e.upsert(table, key, values).await,
+            Either::Target(e) => e.upsert(table, key, values).await,
+        }
+    }
+
+    async fn update(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+        set: &[(Ident, Value)],
+    ) -> Result<Vec<Row>, StoreError> {
+        match self.writer() {
+            Either::Own(e) => e.update(table, filter, set).await,
+            Either::Target(e) => e.update(table, filter, set).await,
+        }
+    }
+
+    async fn delete(
+        &mut self,
+        table: &TableName,
+        filter: &[(Ident, Value)],
+    ) -> Result<u64, StoreError> {
+        match self.writer() {
+            Either::Own(e) => e.delete(table, filter).await,
+            Either::Target(e) => e.delete(table, filter).await,
+        }
+    }
+
+    /// Collected in memory, whichever database the route writes to.
+    async fn emit(&mut self, step: &Step, event: &str, data: Value) -> Result<(), StoreError> {
+        self.own.emit(step, event, data).await
+    }
+}
+
+/// Every other database this process has open, by name.
+#[derive(Debug, Default)]
+pub struct Targets {
+    by_name: HashMap<String, Arc<TargetDb>>,
+}
+
+impl Targets {
+    pub fn get(&self, name: &str) -> Option<&Arc<TargetDb>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<TargetDb>> {
+        self.by_name.values()
+    }
+
+    /// The databases `databases` names, with URLs from `lookup` (the
+    /// environment): a database already open with the same URL is kept
+    /// (`current`), a new one is opened and checked. Refused: a variable
+    /// that is not set, a URL that cannot be read, and a database that
+    /// answers with an error (a wrong password, no such database, no right
+    /// to make the progress table). A database that does not answer at all
+    /// is opened anyway: its integrations wait until it does.
+    pub async fn open(
+        current: &Targets,
+        databases: &Databases,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Targets, StoreError> {
+        let mut by_name = HashMap::new();
+        for database in &databases.list {
+            let url = database.url_with(&lookup).map_err(|missing| {
+                StoreError::Invalid(format!(
+                    "database `{}` (databases.yaml): environment variable {} is not set",
+                    database.name,
+                    missing.join(", ")
+                ))
+            })?;
+            if let Some(open) = current.get(&database.name)
+                && open.same_url(&url)
+            {
+                by_name.insert(database.name.clone(), open.clone());
+                continue;
+            }
+            let target = TargetDb::new(&database.name, &url)?;
+            match target.check().await {
+                Ok(()) => {}
+                Err(error) if target.resting().is_some() => {
+                    tracing::warn!(database = %database.name, %error, "database does not answer: its integrations wait until it does");
+                }
+                Err(error) => return Err(error),
+            }
+            by_name.insert(database.name.clone(), Arc::new(target));
+        }
+        Ok(Targets { by_name })
+    }
+
+    /// Closes the pools `next` does not keep.
+    pub async fn close_unused(&self, next: &Targets) {
+        for (name, target) in &self.by_name {
+            if !next.get(name).is_some_and(|n| Arc::ptr_eq(n, target)) {
+                target.close().await;
+            }
+        }
+    }
+}

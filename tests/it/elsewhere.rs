@@ -1,0 +1,390 @@
+//! Delivery into products' own databases (issue 17): targets in a second
+//! PostgreSQL database and in MariaDB, exactly once without XA.
+//!
+//! Each integration here writes into the other database and reads
+//! busbar's own (`test.settings`), and emits an event that an integration
+//! writing into busbar's own database applies. Audit triggers in the
+//! target count every committed write: an event applied twice, or a write
+//! of a batch whose bookkeeping was lost and that ran again, shows there.
+//!
+//! The PostgreSQL target needs `TEST_DATABASE_URL`, the MariaDB one
+//! `TEST_MARIADB_URL` (both at build time, as the other suites); busbar's
+//! own database is SQLite or PostgreSQL.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::AssertSqlSafe;
+
+use crate::support::TestDb;
+
+/// A target database: a second PostgreSQL database or a MariaDB one.
+enum Target {
+    Postgres(TestDb),
+    #[allow(dead_code)]
+    MariaDb(crate::mariadb::MariaDb),
+}
+
+impl Target {
+    async fn postgres() -> Target {
+        Target::Postgres(TestDb::postgres_unmigrated().await)
+    }
+
+    #[allow(dead_code)]
+    async fn mariadb() -> Target {
+        Target::MariaDb(crate::mariadb::MariaDb::new().await)
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Target::Postgres(db) => db.url.clone(),
+            Target::MariaDb(db) => db.url(),
+        }
+    }
+
+    /// The schema the integrations name its tables with.
+    fn schema(&self) -> String {
+        match self {
+            Target::Postgres(_) => "nexus".to_owned(),
+            Target::MariaDb(db) => db.name.clone(),
+        }
+    }
+
+    /// The ledger and its audit trigger.
+    async fn create_tables(&self) {
+        match self {
+            Target::Postgres(db) => {
+                db.execute(
+                    "CREATE SCHEMA nexus;
+                     CREATE TABLE nexus.ledger (event_id UUID PRIMARY KEY, item INTEGER NOT NULL, applied INTEGER NOT NULL);
+                     CREATE TABLE nexus.audit (n BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL);
+                     CREATE FUNCTION nexus.audit() RETURNS trigger LANGUAGE plpgsql AS
+                       $$ BEGIN INSERT INTO nexus.audit (event_id) VALUES (NEW.event_id); RETURN NEW; END $$;
+                     CREATE TRIGGER audit AFTER INSERT OR UPDATE ON nexus.ledger
+                       FOR EACH ROW EXECUTE FUNCTION nexus.audit();",
+                )
+                .await
+            }
+            Target::MariaDb(db) => {
+                db.execute(
+                    "CREATE TABLE ledger (event_id CHAR(36) PRIMARY KEY, item INT NOT NULL, applied INT NOT NULL);
+                     CREATE TABLE audit (n BIGINT AUTO_INCREMENT PRIMARY KEY, event_id CHAR(36) NOT NULL);
+                     CREATE TRIGGER ledger_inserted AFTER INSERT ON ledger FOR EACH ROW INSERT INTO audit (event_id) VALUES (NEW.event_id);
+                     CREATE TRIGGER ledger_updated AFTER UPDATE ON ledger FOR EACH ROW INSERT INTO audit (event_id) VALUES (NEW.event_id)",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        match self {
+            Target::Postgres(db) => db.scalar(sql).await,
+            Target::MariaDb(db) => {
+                let value: Option<i64> =
+                    sqlx::query_scalar(AssertSqlSafe(format!("SELECT CAST(({sql}) AS SIGNED)")))
+                        .fetch_one(&db.pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                value.unwrap_or(0)
+            }
+        }
+    }
+
+    /// `table` of the target, as its SQL names it.
+    fn table(&self, table: &str) -> String {
+        match self {
+            Target::Postgres(_) => format!("nexus.{table}"),
+            Target::MariaDb(_) => table.to_owned(),
+        }
+    }
+
+    /// Batches applied here, every lane together.
+    async fn batches(&self) -> i64 {
+        let sql = match self {
+            Target::Postgres(_) => {
+                "SELECT CAST(COALESCE(SUM(batch_seq), 0) AS BIGINT) FROM busbar.progress"
+            }
+            Target::MariaDb(_) => "SELECT COALESCE(SUM(batch_seq), 0) FROM busbar_progress",
+        };
+        self.scalar(sql).await
+    }
+}
+
+/// The integrations: `ledger` into the target (reading busbar's own
+/// `test.settings`, emitting `item.booked`), `journal` into busbar's own.
+fn write_integrations(dir: &Path, schema: &str, variable: &str) {
+    std::fs::write(
+        dir.join("databases.yaml"),
+        format!("databases:\n  nexus:\n    url: ${{{variable}}}\n    schemas: [{schema}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ledger.yaml"),
+        format!(
+            r#"
+id: ledger
+source: load
+target: books
+order_by: $.data.item
+routes:
+  - on: item.added
+    steps:
+      - find: test.settings
+        where: {{ id: 1 }}
+        as: settings
+      - find: {schema}.ledger
+        where: {{ event_id: $.id }}
+        as: previous
+      - upsert: {schema}.ledger
+        key: [event_id]
+        values:
+          event_id: $.id
+          item: $.data.item
+          applied: "{{{{ (previous.applied if previous else 0) + settings.step }}}}"
+      - emit: item.booked
+        data: {{ item: $.data.item }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("journal.yaml"),
+        r#"
+id: journal
+source: books
+target: audit
+order_by: $.data.item
+routes:
+  - on: item.booked
+    steps:
+      - find: test.journal
+        where: { event_id: $.id }
+        as: previous
+      - upsert: test.journal
+        key: [event_id]
+        values:
+          event_id: $.id
+          item: $.data.item
+          applied: "{{ (previous.applied if previous else 0) + 1 }}"
+"#,
+    )
+    .unwrap();
+}
+
+/// busbar's own tables of the test.
+async fn create_own_tables(db: &TestDb) {
+    if db.dialect() == busbar::store::Dialect::Postgres {
+        db.execute("CREATE SCHEMA test").await;
+    }
+    db.execute("CREATE TABLE test.settings (id INTEGER PRIMARY KEY, step INTEGER NOT NULL)")
+        .await;
+    db.execute("INSERT INTO test.settings (id, step) VALUES (1, 1)")
+        .await;
+    db.execute(
+        "CREATE TABLE test.journal (event_id UUID PRIMARY KEY, item INTEGER, applied INTEGER NOT NULL)",
+    )
+    .await;
+}
+
+/// Inserts `count` events into busbar's outbox, items from `first` on.
+async fn insert_events(db: &TestDb, first: usize, count: usize) {
+    for chunk in (first..first + count).collect::<Vec<_>>().chunks(500) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "('{}', '{}', 'load', 'item.added', '{{\"item\": {i}}}')",
+                    uuid::Uuid::new_v4(),
+                    busbar::dev::ORGANIZATION
+                )
+            })
+            .collect();
+        db.execute(&format!(
+            "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+    }
+}
+
+fn serve(db: &TestDb, dir: &Path, variable: &str, url: &str, failpoint: Option<&str>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--dir",
+        ])
+        .arg(dir)
+        .arg("--contracts")
+        .arg(dir.join("no-contracts"))
+        .env(variable, url)
+        .env("BUSBAR_LOG", "error")
+        .env_remove("BUSBAR_FAILPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(failpoint) = failpoint {
+        command.env("BUSBAR_FAILPOINT", failpoint);
+    }
+    command.spawn().expect("busbar serve starts")
+}
+
+/// busbar's count of batches applied in the target, every lane together.
+async fn own_batches(db: &TestDb) -> i64 {
+    db.scalar("SELECT CAST(COALESCE(SUM(batch_seq), 0) AS BIGINT) FROM integrations.lanes WHERE integration_id = 'ledger'")
+        .await
+}
+
+/// `kill -9` under load and a crash between the target's commit and
+/// busbar's, five times in all, then a clean run: every event applied
+/// once in the target (its audit trigger saw one write each), every
+/// emitted event once in busbar's own database.
+async fn killed_between_the_commits(db: TestDb, target: Target) {
+    const ROUND: usize = 600;
+    create_own_tables(&db).await;
+    target.create_tables().await;
+    let dir = tempfile::tempdir().unwrap();
+    let variable = format!("ELSEWHERE_{}", uuid::Uuid::new_v4().simple());
+    write_integrations(dir.path(), &target.schema(), &variable);
+    let url = target.url();
+    let ledger = target.table("ledger");
+    let mut inserted = 0;
+    let mut failpoint_crashes = 0;
+    for round in 0..5 {
+        insert_events(&db, inserted, ROUND).await;
+        inserted += ROUND;
+        let before = target
+            .scalar(&format!("SELECT COUNT(*) FROM {ledger}"))
+            .await;
+        if round % 2 == 0 {
+            // Dies right after a batch commits in the target.
+            let failpoint = format!("after-target-commit@{}", 1 + (round / 2) % 2);
+            let mut child = serve(&db, dir.path(), &variable, &url, Some(&failpoint));
+            let start = Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if start.elapsed() > Duration::from_secs(60) {
+                    child.kill().ok();
+                    panic!("round {round}: the failpoint was never reached");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(
+                !status.success(),
+                "round {round}: aborted, not exited: {status:?}"
+            );
+            failpoint_crashes += 1;
+            let (there, here) = (target.batches().await, own_batches(&db).await);
+            assert_eq!(
+                there,
+                here + 1,
+                "round {round}: the target is one batch ahead of busbar's bookkeeping"
+            );
+        } else {
+            let mut child = serve(&db, dir.path(), &variable, &url, None);
+            let start = Instant::now();
+            loop {
+                let now = target
+                    .scalar(&format!("SELECT COUNT(*) FROM {ledger}"))
+                    .await;
+                if now >= before + 100 {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "round {round}: no progress"
+                );
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "busbar serve exited early"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            child.kill().expect("SIGKILL");
+            child.wait().unwrap();
+        }
+    }
+    assert_eq!(failpoint_crashes, 3);
+
+    let mut last = serve(&db, dir.path(), &variable, &url, None);
+    let generation =
+        busbar::serve::load_generation(dir.path(), Some(&dir.path().join("no-contracts")), 1)
+            .expect("integrations compile");
+    db.settle_for(&generation, Duration::from_secs(180)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &last.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(last.wait().unwrap().success(), "graceful shutdown exits 0");
+
+    let n = inserted as i64;
+    assert_eq!(
+        target
+            .scalar(&format!("SELECT COUNT(*) FROM {ledger}"))
+            .await,
+        n
+    );
+    assert_eq!(
+        target
+            .scalar(&format!("SELECT COUNT(*) FROM {ledger} WHERE applied <> 1"))
+            .await,
+        0,
+        "an event was applied twice in the target"
+    );
+    assert_eq!(
+        target
+            .scalar(&format!("SELECT COUNT(*) FROM {}", target.table("audit")))
+            .await,
+        n,
+        "every committed write in the target, counted by its trigger"
+    );
+    assert_eq!(db.count("test.journal").await, n);
+    assert_eq!(
+        db.count_where("test.journal", "applied <> 1").await,
+        0,
+        "an emitted event was applied twice"
+    );
+    assert_eq!(
+        db.count_where("integrations.events", "event_name = 'item.booked'")
+            .await,
+        n,
+        "each emitted event reached the log once"
+    );
+    assert_eq!(db.count("integrations.deliveries").await, 0, "no exception");
+    assert_eq!(target.batches().await, own_batches(&db).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn into_another_postgres_database_killed_between_the_commits_from_sqlite() {
+    killed_between_the_commits(TestDb::sqlite().await, Target::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn into_another_postgres_database_killed_between_the_commits_from_postgres() {
+    killed_between_the_commits(TestDb::postgres().await, Target::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, mariadb_tests)),
+    ignore = "needs TEST_DATABASE_URL and TEST_MARIADB_URL when the tests were built"
+)]
+async fn into_mariadb_killed_between_the_commits_from_postgres() {
+    killed_between_the_commits(TestDb::postgres().await, Target::mariadb().await).await;
+}
