@@ -150,10 +150,6 @@ fn describe() {
     );
     describe_gauge!("busbar_generation", "The number of the live generation.");
     describe_gauge!(
-        "busbar_database_up",
-        "1 when the other database (databases.yaml) answered busbar's last statement, 0 when it is out of reach and its integrations wait."
-    );
-    describe_gauge!(
         "busbar_reload_last_successful",
         "1 when the last configuration load compiled and went live; 0 when it failed and the previous generation was kept."
     );
@@ -262,11 +258,6 @@ pub fn reload(ok: bool, generation: u64) {
     }
 }
 
-/// Whether the other database `name` answered.
-pub fn database_up(name: &str, up: bool) {
-    gauge!("busbar_database_up", "database" => name.to_owned()).set(if up { 1.0 } else { 0.0 });
-}
-
 /// `POST /api/events` was answered `status`.
 pub fn publish_answered(status: u16) {
     counter!("busbar_publish_responses_total", "status" => status.to_string()).increment(1);
@@ -324,6 +315,8 @@ pub fn auth_throttled() {
 pub struct IntegrationSample {
     /// The integration's id (the `integration` label).
     pub integration: String,
+    /// The database it writes to (`busbar`, or a name of databases.yaml).
+    pub database: String,
     /// Its effective state: `enabled`, `paused` or `disabled`.
     pub state: &'static str,
     /// Events its lanes have not passed plus delivery rows still open.
@@ -348,10 +341,14 @@ const STATES: [&str; 3] = ["enabled", "paused", "disabled"];
 /// worked (without it, `samples` is empty and only that gauge is written);
 /// `held` is, per source product, the committed events no tick sees yet
 /// (`store::figures::held_by_horizon`).
+///
+/// `databases` are the other databases of databases.yaml and whether each
+/// answered busbar's last statement.
 pub fn render_integrations(
     samples: &[IntegrationSample],
     held: &[(String, i64)],
     database_up: bool,
+    databases: &[(String, bool)],
 ) -> String {
     let mut out = String::new();
     let mut family = |name: &str, help: &str, lines: &mut dyn FnMut(&mut String)| {
@@ -361,18 +358,47 @@ pub fn render_integrations(
     };
     family(
         "busbar_database_up",
-        "1 when busbar's own database answered this scrape's reads, 0 when it did not (the integration figures are then missing).",
+        "1 when the database answers: busbar's own (database=\"busbar\") this scrape's reads, the others of databases.yaml busbar's last statement; 0 when it does not (for busbar's own, the integration figures are then missing; for another, the integrations writing there wait).",
         &mut |out| {
             let _ = writeln!(
                 out,
                 "busbar_database_up{{database=\"busbar\"}} {}",
                 u8::from(database_up)
             );
+            for (name, up) in databases {
+                let _ = writeln!(
+                    out,
+                    "busbar_database_up{{database=\"{}\"}} {}",
+                    escape(name),
+                    u8::from(*up)
+                );
+            }
         },
     );
     if samples.is_empty() {
         return out;
     }
+    family(
+        "busbar_database_lag_seconds",
+        "Per database written to (busbar's own and those of databases.yaml), the largest busbar_integration_lag_seconds of the integrations writing there.",
+        &mut |out| {
+            let mut lags: Vec<(&str, f64)> = Vec::new();
+            for sample in samples {
+                match lags.iter_mut().find(|(name, _)| *name == sample.database) {
+                    Some((_, lag)) => *lag = lag.max(sample.lag_seconds),
+                    None => lags.push((&sample.database, sample.lag_seconds)),
+                }
+            }
+            lags.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, lag) in lags {
+                let _ = writeln!(
+                    out,
+                    "busbar_database_lag_seconds{{database=\"{}\"}} {lag:.3}",
+                    escape(name)
+                );
+            }
+        },
+    );
     family(
         "busbar_log_held_events",
         "Events of a source product committed but not in a tick yet (lanes read them once the ticker has made one after their commit; above 0 for more than moments means the ticker is behind or failing; PostgreSQL, always 0 on SQLite).",

@@ -49,6 +49,9 @@ pub struct StatusReport {
     /// than 5 s (`transaction`: events they write, and rows they lock,
     /// wait for their commit), with pid, database, age and query.
     pub waiting_on: Vec<crate::store::activity::Blocker>,
+    /// The other databases of `databases.yaml`, with their health (the
+    /// error only for a platform key).
+    pub databases: Vec<crate::store::targets::DatabaseStatus>,
 }
 
 /// One integration.
@@ -95,6 +98,20 @@ pub struct IntegrationStatus {
     /// Its most recent failure (a dead delivery, or a pending one that will
     /// retry), if any.
     pub last_error: Option<LastError>,
+    /// The database it writes to: `busbar` (its own) or a name of
+    /// `databases.yaml`.
+    pub database: String,
+    /// Set while that database is out of reach: the integration waits (no
+    /// attempt counted, no dead letter) until it answers again.
+    pub waiting_on_database: Option<WaitingOnDatabase>,
+}
+
+/// An integration waiting for its database.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingOnDatabase {
+    pub database: String,
+    /// Since when it has been out of reach.
+    pub since: DateTime<Utc>,
 }
 
 /// The most recent failure of an integration.
@@ -214,6 +231,7 @@ pub async fn status(
     let nodes =
         crate::store::states::nodes(&mut tx, Time(now - chrono::Duration::seconds(15))).await?;
     tx.rollback().await?;
+    let databases = state.engine.databases();
     let integrations = generation
         .integrations
         .iter()
@@ -267,6 +285,17 @@ pub async fn status(
                     event_id: e.event_id,
                     step: e.step,
                 }),
+                database: integration
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| crate::compile::databases::OWN.to_owned()),
+                waiting_on_database: integration.database.as_ref().and_then(|name| {
+                    let down = databases.iter().find(|d| &d.name == name && !d.up)?;
+                    Some(WaitingOnDatabase {
+                        database: name.clone(),
+                        since: down.since.0,
+                    })
+                }),
             }
         })
         .collect();
@@ -277,6 +306,14 @@ pub async fn status(
     } else {
         Vec::new()
     };
+    let databases = if scope == OrgScope::Platform {
+        databases
+    } else {
+        databases
+            .into_iter()
+            .map(|d| crate::store::targets::DatabaseStatus { error: None, ..d })
+            .collect()
+    };
     Ok(Json(StatusReport {
         generation: generation.number,
         organization_id: scope.organization(),
@@ -284,6 +321,7 @@ pub async fn status(
         reload: (**state.reload.load()).clone(),
         nodes,
         waiting_on,
+        databases,
     }))
 }
 

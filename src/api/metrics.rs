@@ -57,10 +57,17 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         Some((samples, held, waiting_on)) => (Some(samples), held, Some(waiting_on)),
         None => (None, Vec::new(), None),
     };
+    let databases: Vec<(String, bool)> = state
+        .engine
+        .databases()
+        .into_iter()
+        .map(|d| (d.name, d.up))
+        .collect();
     body.push_str(&telemetry::render_integrations(
         samples.as_deref().unwrap_or_default(),
         &held,
         samples.is_some(),
+        &databases,
     ));
     if let Some(waiting_on) = waiting_on {
         let sessions: Vec<(&str, f64)> = waiting_on
@@ -87,6 +94,10 @@ pub async fn samples(engine: &Engine) -> Result<Vec<IntegrationSample>, crate::s
             let f = figures.get(&integration.id).cloned().unwrap_or_default();
             IntegrationSample {
                 integration: integration.id.clone(),
+                database: integration
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| crate::compile::databases::OWN.to_owned()),
                 state: engine
                     .status(&integration.id)
                     .map_or("enabled", |status| status.state.as_str()),

@@ -435,6 +435,19 @@ impl Engine {
         &self.shared.store
     }
 
+    /// The other databases (databases.yaml) and their health, by name.
+    pub fn databases(&self) -> Vec<crate::store::targets::DatabaseStatus> {
+        let mut out: Vec<_> = self
+            .shared
+            .targets
+            .load()
+            .iter()
+            .map(|t| t.status())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// The live generation.
     pub fn generation(&self) -> Arc<Generation> {
         self.shared.generation.load_full()

@@ -88,6 +88,22 @@ pub struct Health {
     pub retry_at: Option<Instant>,
 }
 
+/// One other database as the status API and the console show it: its
+/// name, kind and health, never its URL.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DatabaseStatus {
+    pub name: String,
+    /// `postgres` or `mysql` (MariaDB or MySQL).
+    pub kind: &'static str,
+    /// Whether it answered busbar's last statement.
+    pub up: bool,
+    /// Since when it has been up or down.
+    #[schema(value_type = String, format = DateTime)]
+    pub since: Time,
+    /// Why it is down (the driver's message, without credentials).
+    pub error: Option<String>,
+}
+
 /// A pool of one of the two kinds.
 #[derive(Debug, Clone)]
 enum Pool {
@@ -104,6 +120,8 @@ pub struct TargetDb {
     url: String,
     pool: Pool,
     health: Mutex<Health>,
+    /// Whether the progress table is known to be there.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl TargetDb {
@@ -153,16 +171,21 @@ impl TargetDb {
                 failures: 0,
                 retry_at: None,
             }),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Connects, and creates the progress table if it is missing. An error
-    /// names the database, never its URL.
+    /// Connects, and creates the progress table if it is missing; the
+    /// database is down until this works. An error names the database,
+    /// never its URL.
     pub async fn check(&self) -> Result<(), StoreError> {
         let result = self.ensure_progress().await;
         match &result {
-            Ok(()) => self.succeeded(),
-            Err(error) => self.failed(error),
+            Ok(()) => {
+                self.ready.store(true, std::sync::atomic::Ordering::Release);
+                self.succeeded();
+            }
+            Err(error) => self.down(error),
         }
         result.map_err(|error| {
             StoreError::Invalid(format!(
@@ -213,6 +236,21 @@ impl TargetDb {
         self.health.lock().expect("health lock").clone()
     }
 
+    /// What the status API and the console show of it.
+    pub fn status(&self) -> DatabaseStatus {
+        let health = self.health();
+        DatabaseStatus {
+            name: self.name.clone(),
+            kind: match self.kind {
+                DatabaseKind::Postgres => "postgres",
+                DatabaseKind::MySql => "mysql",
+            },
+            up: health.up,
+            since: health.since,
+            error: health.error,
+        }
+    }
+
     /// Whether lanes should leave it alone for now (down, and not yet
     /// time to try again): the time to try again.
     pub fn resting(&self) -> Option<Instant> {
@@ -231,15 +269,20 @@ impl TargetDb {
         health.error = None;
         health.failures = 0;
         health.retry_at = None;
-        crate::telemetry::database_up(&self.name, true);
     }
 
     /// Records a failure; when it says the database is out of reach, the
-    /// database is down and lanes rest (backing off up to 5 s).
+    /// database is down and lanes rest (backing off up to 2 s).
     pub fn failed(&self, error: &StoreError) {
-        if !error.is_unreachable() {
-            return;
+        if error.is_unreachable() {
+            self.down(error);
         }
+    }
+
+    /// Records that no connection could be had: whatever the reason (out
+    /// of reach, refusing connections, a password changed), the database
+    /// is down and lanes rest (backing off up to 2 s).
+    fn down(&self, error: &StoreError) {
         let mut health = self.health.lock().expect("health lock");
         let message = super::redact_in(&error.to_string(), &self.url);
         if health.up {
@@ -249,13 +292,16 @@ impl TargetDb {
         health.up = false;
         health.error = Some(message);
         health.failures = health.failures.saturating_add(1);
-        let pause = Duration::from_millis(200 * u64::from(health.failures.min(25)));
+        let pause = Duration::from_millis(200 * u64::from(health.failures.min(10)));
         health.retry_at = Some(Instant::now() + pause);
-        crate::telemetry::database_up(&self.name, false);
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction (after making the progress table, the first
+    /// time it can).
     pub async fn begin(&self) -> Result<TargetTx, StoreError> {
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            self.check().await?;
+        }
         let pool = self.pool.clone();
         let begun = super::detach(async move {
             Ok(match &pool {
@@ -267,7 +313,7 @@ impl TargetDb {
         })
         .await;
         if let Err(error) = &begun {
-            self.failed(error);
+            self.down(error);
         }
         begun
     }
@@ -660,10 +706,11 @@ impl Targets {
     /// The databases `databases` names, with URLs from `lookup` (the
     /// environment): a database already open with the same URL is kept
     /// (`current`), a new one is opened and checked. Refused: a variable
-    /// that is not set, a URL that cannot be read, and a database that
-    /// answers with an error (a wrong password, no such database, no right
-    /// to make the progress table). A database that does not answer at all
-    /// is opened anyway: its integrations wait until it does.
+    /// that is not set and a URL that cannot be read. A database that
+    /// cannot be used now (down, refusing connections, a wrong password,
+    /// no progress table and no right to make it) is opened anyway, shown
+    /// down with the reason: its integrations wait until it can, and
+    /// busbar's other work goes on.
     pub async fn open(
         current: &Targets,
         databases: &Databases,
@@ -685,12 +732,8 @@ impl Targets {
                 continue;
             }
             let target = TargetDb::new(&database.name, &url)?;
-            match target.check().await {
-                Ok(()) => {}
-                Err(error) if target.resting().is_some() => {
-                    tracing::warn!(database = %database.name, %error, "database does not answer: its integrations wait until it does");
-                }
-                Err(error) => return Err(error),
+            if let Err(error) = target.check().await {
+                tracing::warn!(database = %database.name, %error, "database cannot be used now: the integrations writing there wait until it can");
             }
             by_name.insert(database.name.clone(), Arc::new(target));
         }

@@ -388,3 +388,137 @@ async fn into_another_postgres_database_killed_between_the_commits_from_postgres
 async fn into_mariadb_killed_between_the_commits_from_postgres() {
     killed_between_the_commits(TestDb::postgres().await, Target::mariadb().await).await;
 }
+
+/// `local`: the same events into busbar's own database, to show that an
+/// integration not using the target goes on while it is down.
+const LOCAL: &str = r#"
+id: local
+source: load
+target: here
+order_by: $.data.item
+routes:
+  - on: item.added
+    steps:
+      - upsert: test.local
+        key: [event_id]
+        values: { event_id: $.id, item: $.data.item }
+"#;
+
+/// The target PostgreSQL database refuses connections for a while under
+/// load (`ALLOW_CONNECTIONS false`, its backends terminated mid-batch):
+/// no dead letter, the integration into busbar's own database goes on,
+/// the status says which database the other waits on and since when, and
+/// everything is applied once after it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn a_target_database_that_refuses_connections_holds_back_only_its_integrations() {
+    const BEFORE: usize = 300;
+    const DURING: usize = 600;
+    let db = TestDb::postgres().await;
+    let target = Target::postgres().await;
+    let Target::Postgres(other) = &target else {
+        unreachable!()
+    };
+    create_own_tables(&db).await;
+    db.execute("CREATE TABLE test.local (event_id UUID PRIMARY KEY, item INTEGER)")
+        .await;
+    target.create_tables().await;
+    let dir = tempfile::tempdir().unwrap();
+    let variable = format!("ELSEWHERE_{}", uuid::Uuid::new_v4().simple());
+    write_integrations(dir.path(), &target.schema(), &variable);
+    std::fs::write(dir.path().join("local.yaml"), LOCAL).unwrap();
+    // SAFETY: the variable's name is this test's own; nothing else reads
+    // or writes it.
+    unsafe { std::env::set_var(&variable, target.url()) };
+    let engine = db.engine_on(dir.path(), None).await;
+    insert_events(&db, 0, BEFORE).await;
+    db.settle(Duration::from_secs(60)).await;
+    assert_eq!(
+        target.scalar("SELECT COUNT(*) FROM nexus.ledger").await,
+        BEFORE as i64
+    );
+
+    // Down, with busbar's connections there cut.
+    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
+    let name = other.url.rsplit('/').next().unwrap().to_owned();
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    let admin_run = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    };
+    admin_run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    admin_run(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let down_at = Instant::now();
+    insert_events(&db, BEFORE, DURING).await;
+    // The local integration applies everything while the target is down.
+    loop {
+        if db.count("test.local").await == (BEFORE + DURING) as i64 {
+            break;
+        }
+        assert!(
+            down_at.elapsed() < Duration::from_secs(20),
+            "the integration into busbar's own database was held back by the other database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let local_took = down_at.elapsed();
+    let nexus = engine
+        .databases()
+        .into_iter()
+        .find(|d| d.name == "nexus")
+        .expect("nexus is open");
+    assert!(!nexus.up, "nexus is shown down: {nexus:?}");
+    let error = nexus.error.clone().unwrap_or_default();
+    assert!(
+        !error.contains(&target.url()) && !error.is_empty(),
+        "the error says why, without the URL: {error}"
+    );
+    // Stay down a while: delivery attempts must not count.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        db.count_where("integrations.deliveries", "status = 'dead'")
+            .await,
+        0,
+        "an outage is not a dead letter"
+    );
+    assert_eq!(
+        db.count_where("integrations.deliveries", "attempts > 1")
+            .await,
+        0
+    );
+    admin_run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    let up_at = Instant::now();
+    db.settle(Duration::from_secs(60)).await;
+    let recovered = up_at.elapsed();
+    eprintln!(
+        "target down: the local integration applied {DURING} events in {local_took:?}; \
+         everything applied {recovered:?} after the target returned"
+    );
+    assert!(engine.databases().iter().all(|d| d.up));
+
+    let n = (BEFORE + DURING) as i64;
+    assert_eq!(target.scalar("SELECT COUNT(*) FROM nexus.ledger").await, n);
+    assert_eq!(
+        target.scalar("SELECT COUNT(*) FROM nexus.audit").await,
+        n,
+        "each write once"
+    );
+    assert_eq!(db.count("test.journal").await, n);
+    assert_eq!(
+        db.count_where("integrations.deliveries", "status = 'dead'")
+            .await,
+        0
+    );
+    engine.shutdown().await;
+}
