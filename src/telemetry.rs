@@ -51,6 +51,7 @@ pub const NAMES: &[(&str, &str)] = &[
     ("busbar_auth_failures_total", "counter"),
     ("busbar_auth_throttled_total", "counter"),
     ("busbar_database_up", "gauge"),
+    ("busbar_database_lag_seconds", "gauge"),
     ("busbar_integration_state", "gauge"),
     ("busbar_integration_backlog_events", "gauge"),
     ("busbar_integration_lag_seconds", "gauge"),

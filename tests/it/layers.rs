@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     // Leaves: shared types and numbers, named by everything above.
     "diagnostics",
+    "failpoint",
     "decimal",
     "delivery",
     "telemetry",
