@@ -293,6 +293,14 @@ enum Command {
         /// Also create the example platform's tables (core, hris, payroll).
         #[arg(long)]
         example_platform: bool,
+        /// Instead of busbar's own database: create the progress table in
+        /// this database of DIR/databases.yaml (repeatable), with the URL
+        /// its `${VAR}`s give in this environment.
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// The integrations directory holding databases.yaml (with --target).
+        #[arg(long, default_value = "integrations.d")]
+        dir: PathBuf,
     },
 }
 
@@ -589,9 +597,15 @@ pub fn main(
             store.close().await;
             Ok(())
         }),
+        Command::Migrate { targets, dir, .. } if !targets.is_empty() => {
+            run_async(LogFormat::Text, async move {
+                migrate_targets(&dir, &targets, out).await
+            })
+        }
         Command::Migrate {
             database,
             example_platform,
+            ..
         } => run_async(LogFormat::Text, async move {
             let store = crate::serve::connect(&database.database_url).await?;
             if example_platform {
@@ -1120,4 +1134,49 @@ fn pointer_or_root(pointer: &str) -> &str {
     } else {
         pointer
     }
+}
+
+/// `busbar migrate --target NAME…`: makes the progress table in each named
+/// database of `dir`'s databases.yaml (as `serve` would on first use), so
+/// that busbar can then run with a role that may not create tables.
+async fn migrate_targets(
+    dir: &std::path::Path,
+    names: &[String],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let (file, diagnostics) = crate::config::read_databases(dir);
+    if let Some(error) = diagnostics.iter().find(|d| d.is_error()) {
+        anyhow::bail!("{error}");
+    }
+    let (databases, diagnostics) = crate::compile::databases::compile(file.as_ref());
+    if let Some(error) = diagnostics.iter().find(|d| d.is_error()) {
+        anyhow::bail!("{error}");
+    }
+    for name in names {
+        let Some(database) = databases.get(name) else {
+            let known: Vec<&str> = databases.list.iter().map(|d| d.name.as_str()).collect();
+            anyhow::bail!(
+                "no database `{name}` in {}/databases.yaml (it names: {})",
+                dir.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+        };
+        let url = database
+            .url_with(|variable| std::env::var(variable).ok())
+            .map_err(|missing| {
+                anyhow::anyhow!(
+                    "database `{name}`: environment variable {} is not set",
+                    missing.join(", ")
+                )
+            })?;
+        let target = crate::store::targets::TargetDb::new(name, &url)?;
+        target.check().await?;
+        target.close().await;
+        writeln!(out, "progress table ready in database `{name}`")?;
+    }
+    Ok(())
 }

@@ -522,3 +522,81 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
     );
     engine.shutdown().await;
 }
+
+/// `busbar migrate --target NAME` makes the progress table in a database
+/// of databases.yaml (PostgreSQL and MariaDB), and says clearly what is
+/// wrong with a name it does not know or a variable that is not set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, mariadb_tests)),
+    ignore = "needs TEST_DATABASE_URL and TEST_MARIADB_URL when the tests were built"
+)]
+async fn migrate_target_makes_the_progress_table_in_each_named_database() {
+    let postgres = Target::postgres().await;
+    let mariadb = Target::mariadb().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pg_var, maria_var) = (
+        format!("MIGRATE_PG_{}", uuid::Uuid::new_v4().simple()),
+        format!("MIGRATE_MARIA_{}", uuid::Uuid::new_v4().simple()),
+    );
+    std::fs::write(
+        dir.path().join("databases.yaml"),
+        format!(
+            "databases:\n  nexus:\n    url: ${{{pg_var}}}\n    schemas: [hris]\n  \
+             paylinq:\n    url: ${{{maria_var}}}\n    schemas: [payroll]\n"
+        ),
+    )
+    .unwrap();
+    let migrate = |names: &[&str]| {
+        let mut args = vec!["migrate".to_owned(), "--dir".to_owned(), ".".to_owned()];
+        for name in names {
+            args.extend(["--target".to_owned(), (*name).to_owned()]);
+        }
+        crate::support::busbar_cli_async(dir.path().to_owned(), args)
+    };
+
+    let unset = migrate(&["nexus"]).await;
+    assert!(!unset.status.success());
+    assert!(
+        unset.stderr.contains(&format!(
+            "database `nexus`: environment variable {pg_var} is not set"
+        )),
+        "{}",
+        unset.show()
+    );
+    // SAFETY: the variables' names are this test's own.
+    unsafe {
+        std::env::set_var(&pg_var, postgres.url());
+        std::env::set_var(&maria_var, mariadb.url());
+    }
+    let unknown = migrate(&["payroll"]).await;
+    assert!(
+        !unknown.status.success()
+            && unknown.stderr.contains("no database `payroll`")
+            && unknown.stderr.contains("nexus, paylinq"),
+        "{}",
+        unknown.show()
+    );
+    let done = migrate(&["nexus", "paylinq"]).await;
+    assert!(done.status.success(), "{}", done.show());
+    assert!(
+        done.stdout
+            .contains("progress table ready in database `nexus`")
+    );
+    assert!(
+        done.stdout
+            .contains("progress table ready in database `paylinq`")
+    );
+    assert_eq!(
+        postgres.batches().await,
+        0,
+        "busbar.progress is there, empty"
+    );
+    assert_eq!(
+        mariadb.batches().await,
+        0,
+        "busbar_progress is there, empty"
+    );
+    // Twice is fine.
+    assert!(migrate(&["nexus", "paylinq"]).await.status.success());
+}
