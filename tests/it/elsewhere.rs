@@ -600,3 +600,224 @@ async fn migrate_target_makes_the_progress_table_in_each_named_database() {
     // Twice is fine.
     assert!(migrate(&["nexus", "paylinq"]).await.status.success());
 }
+
+/// The ordering counter of `ordering.rs` with its table in MariaDB: 100
+/// keys, 16 concurrent publishers, a trigger failing 5 % of the writes
+/// with a deadlock error (retried): every key counts every event once, in
+/// publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, mariadb_tests)),
+    ignore = "needs TEST_DATABASE_URL and TEST_MARIADB_URL when the tests were built"
+)]
+async fn a_counter_in_mariadb_counts_every_event_once_in_publish_order() {
+    use crate::ordering::{engine_publisher, publish_all};
+    let db = TestDb::postgres().await;
+    let maria = crate::mariadb::MariaDb::new().await;
+    maria
+        .execute(
+            "CREATE TABLE items (`key` VARCHAR(50) PRIMARY KEY, version INT NOT NULL, \
+             last_seq INT NOT NULL, seqs LONGTEXT NOT NULL)",
+        )
+        .await;
+    sqlx::query(
+        "CREATE TRIGGER flaky BEFORE UPDATE ON items FOR EACH ROW \
+         IF RAND() < 0.05 THEN SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'flaky', MYSQL_ERRNO = 1213; END IF",
+    )
+    .execute(&maria.pool)
+    .await
+    .expect("the flaky trigger is made");
+    let dir = tempfile::tempdir().unwrap();
+    let variable = format!("COUNTER_{}", uuid::Uuid::new_v4().simple());
+    let schema = &maria.name;
+    std::fs::write(
+        dir.path().join("databases.yaml"),
+        format!("databases:\n  paylinq:\n    url: ${{{variable}}}\n    schemas: [{schema}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("counter.yaml"),
+        format!(
+            r#"
+id: counter
+source: tally
+target: paylinq
+order_by: $.data.key
+retry: {{ max_attempts: 1000, initial: 20ms, max: 200ms }}
+routes:
+  - on: item.changed
+    steps:
+      - find: {schema}.items
+        where: {{ key: $.data.key }}
+        as: current
+      - upsert: {schema}.items
+        key: [key]
+        values:
+          key: $.data.key
+          version: "{{{{ (current.version if current else 0) + 1 }}}}"
+          last_seq: $.data.seq
+          seqs: "{{{{ (current.seqs if current else '') ~ ',' ~ data.seq }}}}"
+"#
+        ),
+    )
+    .unwrap();
+    // SAFETY: the variable's name is this test's own.
+    unsafe { std::env::set_var(&variable, maria.url()) };
+    let engine = db
+        .engine_with(dir.path(), None, |config| {
+            config.workers = 4;
+            config.batch_size = 100;
+        })
+        .await;
+    let (keys, per_key) = (100, 30);
+    publish_all(engine_publisher(engine.clone()), keys, per_key, 16).await;
+    db.settle(Duration::from_secs(180)).await;
+    let expected: String = (0..per_key).map(|s| format!(",{s}")).collect();
+    let rows: Vec<(String, i32, i32, String)> =
+        sqlx::query_as("SELECT `key`, version, last_seq, seqs FROM items ORDER BY `key`")
+            .fetch_all(&maria.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), keys, "every key was applied");
+    let wrong: Vec<String> = rows
+        .iter()
+        .filter(|(_, version, last_seq, seqs)| {
+            *version != per_key as i32 || *last_seq != per_key as i32 - 1 || *seqs != expected
+        })
+        .map(|(key, version, last_seq, seqs)| {
+            format!("{key}: version {version} last_seq {last_seq} seqs {seqs}")
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "applied out of order, lost or twice:\n{}",
+        wrong.join("\n")
+    );
+    let retried = db
+        .count_where(
+            "integrations.deliveries",
+            "status = 'delivered' AND attempts > 1",
+        )
+        .await;
+    assert!(retried > 0, "the flaky trigger made no delivery retry");
+    assert_eq!(
+        db.count_where("integrations.deliveries", "status = 'dead'")
+            .await,
+        0
+    );
+    engine.shutdown().await;
+}
+
+/// MariaDB's traps through the engine: each value that does not fit is a
+/// dead delivery whose error names the column and the value, and nothing
+/// of it is written; the good event beside them is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, mariadb_tests)),
+    ignore = "needs TEST_DATABASE_URL and TEST_MARIADB_URL when the tests were built"
+)]
+async fn each_mariadb_type_trap_is_a_dead_delivery_naming_column_and_value() {
+    use serde_json::json;
+    let db = TestDb::postgres().await;
+    let maria = crate::mariadb::MariaDb::new().await;
+    maria
+        .execute(
+            "CREATE TABLE people (id INT PRIMARY KEY, code VARCHAR(3), n TINYINT UNSIGNED, \
+             name VARCHAR(20) CHARACTER SET utf8mb3, born DATE, amount DECIMAL(5,2), active TINYINT(1), \
+             seen DATETIME)",
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let variable = format!("TRAPS_{}", uuid::Uuid::new_v4().simple());
+    let schema = &maria.name;
+    std::fs::write(
+        dir.path().join("databases.yaml"),
+        format!("databases:\n  paylinq:\n    url: ${{{variable}}}\n    schemas: [{schema}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("people.yaml"),
+        format!(
+            "id: people\nsource: hr\ntarget: paylinq\norder_by: $.data.id\nroutes:\n  - on: person.changed\n    steps:\n      \
+             - upsert: {schema}.people\n        key: [id]\n        values:\n          id: $.data.id\n          code: $.data.code\n          \
+             n: $.data.n\n          name: $.data.name\n          born: $.data.born\n          amount: $.data.amount\n          \
+             active: $.data.active\n          seen: $.data.seen\n"
+        ),
+    )
+    .unwrap();
+    // SAFETY: the variable's name is this test's own.
+    unsafe { std::env::set_var(&variable, maria.url()) };
+    let engine = db.engine_on(dir.path(), None).await;
+    let traps = [
+        ("code", json!("abcdef")),
+        ("n", json!(-1)),
+        ("n", json!(300)),
+        ("name", json!("hi 😀")),
+        ("born", json!("0000-00-00")),
+        ("amount", json!(1.234)),
+        ("amount", json!(12345)),
+        ("active", json!(2)),
+        ("seen", json!("not a time")),
+    ];
+    let fine = json!({ "code": "abc", "n": 255, "name": "Ada", "born": "1815-12-10",
+                       "amount": 999.99, "active": true, "seen": "2026-03-01T23:30:00-05:00" });
+    let mut ids = Vec::new();
+    for (i, (column, value)) in traps.iter().enumerate() {
+        let mut data = fine.clone();
+        data["id"] = json!(i + 1);
+        data[*column] = value.clone();
+        let event = json!({
+            "source": "hr", "event": "person.changed", "organization_id": busbar::dev::ORGANIZATION,
+            "data": data
+        });
+        ids.push(
+            engine
+                .publish_json(&event, None)
+                .await
+                .expect("published")
+                .id,
+        );
+    }
+    let mut data = fine.clone();
+    data["id"] = json!(100);
+    let good = json!({
+        "source": "hr", "event": "person.changed", "organization_id": busbar::dev::ORGANIZATION,
+        "data": data
+    });
+    engine.publish_json(&good, None).await.expect("published");
+    db.settle(Duration::from_secs(60)).await;
+    let dead = db
+        .deliveries(Some(busbar::store::events::Status::Dead))
+        .await;
+    assert_eq!(dead.len(), traps.len(), "{dead:#?}");
+    for ((column, value), id) in traps.iter().zip(&ids) {
+        let delivery = dead
+            .iter()
+            .find(|d| d.event_id == *id)
+            .unwrap_or_else(|| panic!("no dead delivery for {column} = {value}"));
+        let error = delivery.last_error.clone().unwrap_or_default();
+        let shown = match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        assert!(
+            error.contains(&format!("column `{column}`")) && error.contains(&shown),
+            "{column} = {value}: {error}"
+        );
+    }
+    assert_eq!(
+        maria.count("people").await,
+        1,
+        "only the good row is written"
+    );
+    let row: (String, i64, String) =
+        sqlx::query_as("SELECT code, CAST(amount * 100 AS SIGNED), CAST(seen AS CHAR) FROM people")
+            .fetch_one(&maria.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        row,
+        ("abc".to_owned(), 99999, "2026-03-02 04:30:00".to_owned())
+    );
+    engine.shutdown().await;
+}

@@ -75,7 +75,7 @@ async fn flaky(db: &TestDb, share: f64) {
     .await;
 }
 
-fn event(key: &str, seq: usize) -> Value {
+pub(crate) fn event(key: &str, seq: usize) -> Value {
     json!({
         "source": "tally",
         "event": "item.changed",
@@ -88,7 +88,7 @@ fn event(key: &str, seq: usize) -> Value {
 /// concurrent publishers; each key's events are published in order by one
 /// publisher (each waits for the previous publish of its key to be
 /// accepted), and the keys of a publisher are interleaved.
-async fn publish_all(
+pub(crate) async fn publish_all(
     publish: Arc<dyn Fn(Value) -> futures_like::BoxFuture + Send + Sync>,
     keys: usize,
     per_key: usize,
@@ -115,11 +115,13 @@ async fn publish_all(
 }
 
 /// A boxed future without the `futures` crate.
-mod futures_like {
+pub(crate) mod futures_like {
     pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
-fn engine_publisher(engine: Engine) -> Arc<dyn Fn(Value) -> futures_like::BoxFuture + Send + Sync> {
+pub(crate) fn engine_publisher(
+    engine: Engine,
+) -> Arc<dyn Fn(Value) -> futures_like::BoxFuture + Send + Sync> {
     Arc::new(move |event: Value| {
         let engine = engine.clone();
         Box::pin(async move {
