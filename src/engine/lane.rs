@@ -32,7 +32,7 @@ use crate::compile::{Generation, Integration, OnDead, Route};
 use crate::delivery::delivery_id;
 use crate::envelope::Envelope;
 use crate::mapping::{EventInput, RouteError, RouteOutcome, run_route};
-use crate::store::batch::{self, Accesses, BatchedExecutor, SharedQueue};
+use crate::store::batch::{self, Accesses, BatchedExecutor, Places, SharedQueue};
 use crate::store::events::Status;
 use crate::store::lanes::{self, DeliveryRow};
 use crate::store::log;
@@ -538,7 +538,13 @@ async fn run_here(
     items: &[Item<'_>],
 ) -> Result<Vec<Done>, StoreError> {
     tx.run("SAVEPOINT batch").await?;
-    let mut results = match run_lockstep(shared, generation, integration, tx, items).await? {
+    let mut places = Places {
+        own: &mut *tx,
+        own_catalog: &shared.store.catalog,
+        target: None,
+    };
+    let lockstep = run_lockstep(generation, integration, &mut places, items).await?;
+    let mut results = match lockstep {
         Attempt::Done(results) => Some(results),
         Attempt::Undo => None,
         Attempt::Conflict => {
@@ -579,8 +585,30 @@ async fn run_there(
     items: &[Item<'_>],
 ) -> Result<Vec<Done>, StoreError> {
     dtx.run("SAVEPOINT batch").await?;
-    if let Attempt::Done(results) =
-        run_sequential(shared, generation, integration, tx, Some(dtx), items, false).await?
+    // A PostgreSQL target runs the batch set-based, as busbar's own
+    // database does; MariaDB one delivery after another.
+    let mut conflict = false;
+    if let Some((target_tx, catalog)) = dtx.postgres() {
+        let mut places = Places {
+            own: &mut *tx,
+            own_catalog: &shared.store.catalog,
+            target: Some((target_tx, catalog, &generation.databases)),
+        };
+        match run_lockstep(generation, integration, &mut places, items).await? {
+            Attempt::Done(results) => {
+                dtx.run("RELEASE SAVEPOINT batch").await?;
+                return Ok(results);
+            }
+            Attempt::Conflict => conflict = true,
+            Attempt::Undo => {}
+        }
+        dtx.run("ROLLBACK TO SAVEPOINT batch").await?;
+    } else {
+        conflict = true;
+    }
+    if conflict
+        && let Attempt::Done(results) =
+            run_sequential(shared, generation, integration, tx, Some(dtx), items, false).await?
     {
         dtx.run("RELEASE SAVEPOINT batch").await?;
         return Ok(results);
@@ -995,10 +1023,9 @@ type RouteFuture<'a> =
 
 /// Runs every item at once, its database calls flushed together.
 async fn run_lockstep(
-    shared: &Shared,
     generation: &Generation,
     integration: &Integration,
-    tx: &mut DbTx,
+    places: &mut Places<'_>,
     items: &[Item<'_>],
 ) -> Result<Attempt, StoreError> {
     // One input per event, shared by its deliveries (cheap to clone).
@@ -1069,8 +1096,7 @@ async fn run_lockstep(
             if waiting == 0 {
                 break Ok(());
             }
-            if let Err(error) = batch::flush(&queue, tx, &shared.store.catalog, &mut accesses).await
-            {
+            if let Err(error) = batch::flush(&queue, places, &mut accesses).await {
                 break Err(Some(error));
             }
         }
@@ -1110,7 +1136,7 @@ async fn run_lockstep(
     // An emitted id already stored with other content fails its delivery:
     // safe mode finds which, and undoes only its writes.
     let emitted: Vec<NewEvent> = done.iter().flat_map(|d| d.emitted.clone()).collect();
-    if !emitted.is_empty() && !log::reused(tx, &emitted).await?.is_empty() {
+    if !emitted.is_empty() && !log::reused(places.own, &emitted).await?.is_empty() {
         return Ok(Attempt::Undo);
     }
     Ok(Attempt::Done(done))

@@ -29,6 +29,7 @@ use super::convert::{BindValue, convert_columns};
 use super::target::{Emitted, TargetExecutor, bind_all};
 use super::{DbTx, StoreError};
 use crate::compile::Step;
+use crate::compile::databases::Databases;
 use crate::compile::ident::{Ident, TableName};
 use crate::mapping::{Executor, Row};
 
@@ -327,13 +328,33 @@ type Group = Vec<(usize, Vec<(Ident, Value)>, Slot)>;
 /// An upsert's shape: the table, its key, the columns written.
 type UpsertShape = (TableName, Vec<Ident>, Vec<Ident>);
 
+/// Where a flush runs each table's statements: busbar's transaction, and,
+/// for an integration whose target is another PostgreSQL database, that
+/// database's transaction for the tables `databases` puts there.
+pub struct Places<'a> {
+    pub own: &'a mut DbTx,
+    pub own_catalog: &'a Catalog,
+    pub target: Option<(&'a mut DbTx, &'a Catalog, &'a Databases)>,
+}
+
+impl Places<'_> {
+    /// The transaction and catalog of `table`.
+    fn of(&mut self, table: &TableName) -> (&mut DbTx, &Catalog) {
+        match &mut self.target {
+            Some((tx, catalog, databases)) if databases.of_table(table).is_some() => {
+                (&mut **tx, *catalog)
+            }
+            _ => (&mut *self.own, self.own_catalog),
+        }
+    }
+}
+
 /// Executes every queued request and answers it. A conversion error
 /// answers only its own request; a database error fails the flush (the
 /// transaction may be unusable).
 pub async fn flush(
     queue: &SharedQueue,
-    tx: &mut DbTx,
-    catalog: &Catalog,
+    places: &mut Places<'_>,
     accesses: &mut Accesses,
 ) -> Result<(), StoreError> {
     let requests = std::mem::take(&mut queue.lock().expect("queue lock").requests);
@@ -361,6 +382,7 @@ pub async fn flush(
         }
     }
     for ((table, columns), group) in finds {
+        let (tx, catalog) = places.of(&table);
         let info = catalog.table(tx, &table).await?;
         let mut lookups = Vec::with_capacity(group.len());
         for (delivery, filter, slot) in group {
@@ -379,6 +401,7 @@ pub async fn flush(
         }
     }
     for ((table, key, columns), group) in upserts {
+        let (tx, catalog) = places.of(&table);
         let info = catalog.table(tx, &table).await?;
         let key_positions: Vec<usize> = key
             .iter()
@@ -437,6 +460,11 @@ pub async fn flush(
         }
     }
     for (delivery, request, slot) in singles {
+        let table = match &request {
+            Request::Update { table, .. } | Request::Delete { table, .. } => table.clone(),
+            Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped above"),
+        };
+        let (tx, catalog) = places.of(&table);
         let mut executor = TargetExecutor::new(tx, catalog);
         let reply = match &request {
             Request::Update { table, filter, set } => {
