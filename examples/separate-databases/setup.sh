@@ -64,8 +64,8 @@ pg_create() {
 }
 
 if $reset; then
-  # WITH (FORCE) closes other sessions on them first (a busbar still
-  # running, a psql): stop busbar before resetting.
+  # WITH (FORCE) (PostgreSQL 13 or later) closes other sessions on them
+  # first (a busbar still running, a psql): stop busbar before resetting.
   for database in busbar_example nexus_example; do
     pg postgres -c "DROP DATABASE IF EXISTS $database WITH (FORCE)"
   done
