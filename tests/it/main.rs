@@ -18,6 +18,9 @@
 //! - `elsewhere`: delivery into products' own databases (issue 17), a
 //!   second PostgreSQL database and MariaDB: `kill -9` and a crash between
 //!   the target's commit and busbar's, exactly once by audit triggers.
+//! - `example_separate`: `examples/separate-databases/` passes `check`,
+//!   and its walk-through lands an event in nexus's PostgreSQL database and
+//!   paylinq's MariaDB one.
 //! - `mariadb`: MariaDB/MySQL target tables (issue 17) on the MariaDB of
 //!   `TEST_MARIADB_URL`: the strict session, the catalog, every type trap,
 //!   `find`/`upsert`/`update`/`delete`, case-insensitive keys.
@@ -69,6 +72,7 @@ mod elsewhere;
 mod engine;
 mod envelope;
 mod errors;
+mod example_separate;
 mod language;
 mod layers;
 mod lsp;
