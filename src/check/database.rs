@@ -61,19 +61,76 @@ pub fn tables_named(generation: &Generation) -> Vec<TableName> {
     tables
 }
 
-/// Reads the catalog of the database at `url` for the tables the
-/// generation names (writing nothing), and checks the generation against it.
+/// Reads the catalogs the generation's tables are in (writing nothing):
+/// busbar's own tables from the database at `url`, the tables of each
+/// database of `databases.yaml` from that database, its URL taken from
+/// the environment as `serve` does. A database whose variables are not set
+/// is not read: a warning says so, and its tables are not checked.
 pub async fn check_database(
     generation: &Generation,
     url: &str,
 ) -> Result<Vec<Diagnostic>, StoreError> {
-    let tables = crate::store::inspect::read_tables(url, &tables_named(generation)).await?;
-    Ok(check(generation, &tables.into_iter().collect()))
+    let mut groups: Vec<(String, Vec<TableName>)> = vec![(url.to_owned(), Vec::new())];
+    let mut unchecked: Vec<TableName> = Vec::new();
+    let mut warnings = Vec::new();
+    for table in tables_named(generation) {
+        let Some(database) = generation.databases.of_table(&table) else {
+            groups[0].1.push(table);
+            continue;
+        };
+        match database.url_with(|variable| std::env::var(variable).ok()) {
+            Ok(url) => match groups.iter_mut().find(|(u, _)| *u == url) {
+                Some((_, tables)) => tables.push(table),
+                None => groups.push((url, vec![table])),
+            },
+            Err(missing) => {
+                unchecked.push(table);
+                if !warnings.iter().any(|(name, _)| name == &database.name) {
+                    warnings.push((database.name.clone(), missing));
+                }
+            }
+        }
+    }
+    let mut tables = Tables::new();
+    for (url, names) in groups {
+        if !names.is_empty() {
+            tables.extend(crate::store::inspect::read_tables(&url, &names).await?);
+        }
+    }
+    let mut out = check_except(generation, &tables, &unchecked);
+    let file = generation
+        .databases
+        .file
+        .clone()
+        .unwrap_or_else(|| "databases.yaml".into());
+    for (name, missing) in warnings {
+        out.push(Diagnostic::warning(
+            &file,
+            diagnostics::Position::START,
+            Code::InvalidValue,
+            format!(
+                "the tables of database `{name}` were not checked: environment variable {} is not set",
+                missing.join(", ")
+            ),
+        ));
+    }
+    diagnostics::sort(&mut out);
+    Ok(out)
 }
 
 /// Checks every step of `generation` against `tables`; the diagnostics
 /// come back sorted.
 pub fn check(generation: &Generation, tables: &Tables) -> Vec<Diagnostic> {
+    check_except(generation, tables, &[])
+}
+
+/// [`check`], leaving out the steps on `unchecked` tables (those of a
+/// database that could not be read).
+fn check_except(
+    generation: &Generation,
+    tables: &Tables,
+    unchecked: &[TableName],
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for integration in &generation.integrations {
         for route in &integration.routes {
@@ -82,6 +139,9 @@ pub fn check(generation: &Generation, tables: &Tables) -> Vec<Diagnostic> {
                 .get(&integration.source, &route.on)
                 .map(|c| &**c);
             for step in &route.steps {
+                if step.kind.table().is_some_and(|t| unchecked.contains(t)) {
+                    continue;
+                }
                 StepCheck {
                     integration,
                     step,

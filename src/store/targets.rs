@@ -199,14 +199,20 @@ impl TargetDb {
     async fn ensure_progress(&self) -> Result<(), StoreError> {
         match &self.pool {
             Pool::Postgres(pool, _) => {
-                let (exists,): (bool,) =
-                    sqlx::query_as("SELECT to_regclass('busbar.progress') IS NOT NULL")
-                        .fetch_one(pool)
-                        .await?;
-                if !exists {
-                    for statement in PG_PROGRESS_DDL {
-                        sqlx::query(statement).execute(pool).await?;
-                    }
+                let (schema, table): (bool, bool) = sqlx::query_as(
+                    "SELECT to_regnamespace('busbar') IS NOT NULL, to_regclass('busbar.progress') IS NOT NULL",
+                )
+                .fetch_one(pool)
+                .await?;
+                // `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database
+                // even when the schema is there: a schema made for busbar
+                // by the product's team is enough.
+                let [make_schema, make_table] = PG_PROGRESS_DDL;
+                if !schema {
+                    sqlx::query(make_schema).execute(pool).await?;
+                }
+                if !table {
+                    sqlx::query(make_table).execute(pool).await?;
                 }
             }
             Pool::MySql(pool, _) => {

@@ -78,6 +78,13 @@ impl Target {
         }
     }
 
+    async fn execute_sql(&self, sql: &str) {
+        match self {
+            Target::Postgres(db) => db.execute(sql).await,
+            Target::MariaDb(db) => db.execute(sql).await,
+        }
+    }
+
     async fn scalar(&self, sql: &str) -> i64 {
         match self {
             Target::Postgres(db) => db.scalar(sql).await,
@@ -854,4 +861,62 @@ async fn each_mariadb_type_trap_is_a_dead_delivery_naming_column_and_value() {
         ("abc".to_owned(), 99999, "2026-03-02 04:30:00".to_owned())
     );
     engine.shutdown().await;
+}
+
+/// `busbar check --database-url` reads each table from the database that
+/// holds it: busbar's own tables from the URL given, those of a database
+/// of databases.yaml from that database (its URL from the environment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn check_reads_each_table_from_the_database_that_holds_it() {
+    let db = TestDb::postgres().await;
+    let target = Target::postgres().await;
+    create_own_tables(&db).await;
+    target.create_tables().await;
+    let dir = tempfile::tempdir().unwrap();
+    let variable = format!("CHECK_{}", uuid::Uuid::new_v4().simple());
+    write_integrations(dir.path(), &target.schema(), &variable);
+    let check = || {
+        crate::support::busbar_cli_async(
+            dir.path().to_owned(),
+            vec![
+                "check".into(),
+                ".".into(),
+                "--database-url".into(),
+                db.url.clone(),
+            ],
+        )
+    };
+    let unset = check().await;
+    assert!(
+        unset.stdout.contains(&format!(
+            "the tables of database `nexus` were not checked: environment variable {variable} is not set"
+        )) && !unset.stdout.contains("does not exist"),
+        "{}",
+        unset.show()
+    );
+    // SAFETY: the variable's name is this test's own.
+    unsafe { std::env::set_var(&variable, target.url()) };
+    let fine = check().await;
+    assert!(
+        fine.status.success() && fine.stdout.contains("0 errors"),
+        "{}",
+        fine.show()
+    );
+    // A column the target lacks is found there, at its line.
+    target
+        .execute_sql("ALTER TABLE nexus.ledger RENAME COLUMN item TO item_number")
+        .await;
+    let wrong = check().await;
+    assert!(!wrong.status.success());
+    assert!(
+        wrong
+            .stdout
+            .contains("ledger.yaml:19:11: error: table `nexus.ledger` has no column `item`"),
+        "{}",
+        wrong.show()
+    );
 }
