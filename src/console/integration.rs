@@ -103,6 +103,11 @@ struct IntegrationPage {
     order_by: String,
     /// Whether a dead delivery holds its key back (`on_dead: block`).
     dead_blocks: bool,
+    /// The database it writes to (`busbar`, or a name of databases.yaml),
+    /// never its URL.
+    database: String,
+    /// That database when it is another one: its kind and health.
+    database_status: Option<crate::store::targets::DatabaseStatus>,
     routes: Vec<RouteView>,
     yaml: Option<minijinja::Value>,
     reload_errors: Vec<ReloadError>,
@@ -177,6 +182,28 @@ pub async fn page(
         disabled_in_yaml: !integration.enabled,
         order_by: integration.order_by.describe(),
         dead_blocks: integration.on_dead == OnDead::Block,
+        database: integration
+            .database
+            .clone()
+            .unwrap_or_else(|| crate::compile::databases::OWN.to_owned()),
+        database_status: integration.database.as_ref().and_then(|name| {
+            let status = state
+                .engine
+                .databases()
+                .into_iter()
+                .find(|d| &d.name == name)?;
+            // The driver's message is the platform's to see.
+            Some(
+                if viewer.org_scope() == crate::store::scope::OrgScope::Platform {
+                    status
+                } else {
+                    crate::store::targets::DatabaseStatus {
+                        error: None,
+                        ..status
+                    }
+                },
+            )
+        }),
         routes,
         yaml: source.map(|s| view::safe(highlight::yaml(&s.text, &marked))),
         reload_errors,

@@ -525,6 +525,63 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
         !error.contains(&target.url()) && !error.is_empty(),
         "the error says why, without the URL: {error}"
     );
+    // The status API, /metrics and the console's integration page say so.
+    let server = crate::console::serve_engine(engine.clone()).await;
+    let key =
+        busbar::store::keys::create_key(&db.store, None, &busbar::store::keys::Scope::ALL, None)
+            .await
+            .unwrap();
+    let status: serde_json::Value = crate::console::client()
+        .get(format!("{}/api/integrations/status", server.base))
+        .bearer_auth(&key.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ledger = status["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "ledger")
+        .unwrap();
+    assert_eq!(ledger["database"], "nexus");
+    assert_eq!(
+        ledger["waiting_on_database"]["database"], "nexus",
+        "{ledger}"
+    );
+    let local = status["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "local")
+        .unwrap();
+    assert_eq!(local["database"], "busbar");
+    assert!(local["waiting_on_database"].is_null());
+    let metrics = crate::console::client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("busbar_database_up{database=\"nexus\"} 0"),
+        "{metrics}"
+    );
+    let cookie = crate::console::session(&server.base, &key.key).await;
+    let page = crate::console::get(&server.base, "/console/integrations/ledger", &cookie)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Waiting on database <code>nexus</code> since"),
+        "{page}"
+    );
+    assert!(!page.contains(&target.url()), "the page shows no URL");
     // Stay down a while: delivery attempts must not count.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
