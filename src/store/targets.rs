@@ -147,6 +147,7 @@ impl TargetDb {
                         ("idle_in_transaction_session_timeout", "10s"),
                         ("default_transaction_isolation", "read committed"),
                         ("lock_timeout", "5s"),
+                        ("statement_timeout", "60s"),
                     ]);
                 let pool = PoolOptions::<Postgres>::new()
                     .max_connections(MAX_CONNECTIONS)
