@@ -977,3 +977,63 @@ async fn check_reads_each_table_from_the_database_that_holds_it() {
         wrong.show()
     );
 }
+
+/// `busbar test` runs every table on the test's own database, whatever
+/// databases.yaml says: the example of separate databases passes its case
+/// with none of the databases' variables set, writing nothing elsewhere.
+#[test]
+fn busbar_test_runs_a_directory_with_databases_on_its_own_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = crate::support::root().join("examples/separate-databases/integrations.d");
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(dir.path().join("tests/hire.test.yaml"), HIRE_CASE).unwrap();
+    let contracts = crate::support::root().join("schemas/events");
+    let run = crate::support::busbar_cli(
+        dir.path(),
+        &["test", ".", "--contracts", contracts.to_str().unwrap()],
+    );
+    assert!(run.status.success(), "{}", run.show());
+    assert!(run.stdout.contains("1 passed"), "{}", run.show());
+}
+
+const HIRE_CASE: &str = r#"
+description: The example's hire reaches nexus's and paylinq's tables, on the test's own database.
+platform: example
+defaults:
+  source: recruitiq
+  event: candidate.hired
+  organization_id: 7d0e6a52-3c59-4a8e-9d7a-0c1f2b3a4d5e
+  occurred_at: "2026-11-28T09:30:00Z"
+  data:
+    candidate:
+      id: 5b8f2c1e-9a47-4d3b-8e6f-1a2b3c4d5e6f
+      firstName: Ada
+      lastName: Lovelace
+      email: " Ada.Lovelace@Example.com "
+      phone: "+31 20 555 0100"
+    hiredBy: 3f9d7c2a-1b4e-4c6d-8a9f-2b3c4d5e6f70
+    jobTitle: Analytical Engineer
+    department: Engineering
+    startDate: "2027-01-04"
+    offer: { salary: 72000, currency: EUR, payFrequency: monthly }
+given:
+  core.organizations:
+    - { id: 7d0e6a52-3c59-4a8e-9d7a-0c1f2b3a4d5e, name: Acme }
+cases:
+  - name: a hired candidate becomes an employee in nexus and a new hire in paylinq
+    given:
+      core.product_subscriptions:
+        - { organization_id: 7d0e6a52-3c59-4a8e-9d7a-0c1f2b3a4d5e, product_id: nexus, status: active }
+        - { organization_id: 7d0e6a52-3c59-4a8e-9d7a-0c1f2b3a4d5e, product_id: paylinq, status: active }
+    publish:
+      - event: candidate.hired
+    expect:
+      rows:
+        hris.employees: { count: 1 }
+        payroll.new_hires: { count: 1 }
+        payroll.employee_records: { count: 1 }
+"#;
