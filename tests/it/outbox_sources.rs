@@ -382,3 +382,40 @@ async fn a_crash_between_the_log_commit_and_the_outbox_delete_duplicates_nothing
     assert_each_once(&own, 300).await;
     assert_eq!(product.count("busbar_outbox.rejected").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn an_outbox_source_out_of_reach_holds_up_neither_publishing_nor_delivery() {
+    let (own, _product, dir, variable) = setup().await;
+    // Nothing listens there: the source is out of reach from the start.
+    // SAFETY: as in `setup`, a variable of this test's own name.
+    unsafe { std::env::set_var(&variable, "postgres://postgres@127.0.0.1:1/nowhere") };
+    let engine = own
+        .engine_on(dir.path(), Some(&dir.path().join("no-contracts")))
+        .await;
+    // The mover has tried, failed and is resting.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let published = engine
+        .publish_json(
+            &serde_json::json!({
+                "source": "nexus",
+                "event": "employee.hired",
+                "organization_id": busbar::dev::ORGANIZATION,
+                "data": { "n": 7 }
+            }),
+            None,
+        )
+        .await
+        .expect("publishing goes on");
+    own.settle(Duration::from_secs(30)).await;
+    assert_eq!(
+        own.count_where("test.hires", &format!("event_id = '{}'", published.id))
+            .await,
+        1,
+        "delivery goes on"
+    );
+    engine.shutdown().await;
+}
