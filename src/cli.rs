@@ -1173,7 +1173,7 @@ async fn migrate_targets(
                     missing.join(", ")
                 )
             })?;
-        let target = crate::store::targets::TargetDb::new(name, &url)?;
+        let target = crate::store::targets::TargetDb::new(name, &url, true, database.outbox)?;
         target.check().await?;
         target.close().await;
         writeln!(out, "progress table ready in database `{name}`")?;

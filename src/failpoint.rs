@@ -7,6 +7,8 @@
 //!
 //! - `after-target-commit`: a batch committed in another database
 //!   (databases.yaml), before busbar's own bookkeeping commits.
+//! - `after-outbox-append`: events of an outbox source committed in
+//!   busbar's log, before they are deleted from the source.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};

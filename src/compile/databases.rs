@@ -10,6 +10,9 @@
 //!   database, its *target database*, whose transaction carries the lane's
 //!   progress (ARCHITECTURE.md, "Exactly once into another database");
 //!   its `find` steps may read from any.
+//! - A database marked `outbox: true` is an outbox source (PostgreSQL
+//!   only): busbar moves the rows its product commits into
+//!   `busbar_outbox.events` into busbar's log.
 //!
 //! Like the rest of `compile`, nothing here does I/O or reads the
 //! environment: [`Database::url_with`] is given the variables.
@@ -64,7 +67,11 @@ pub struct Database {
     /// What the scheme says, when it is written out (not when the whole
     /// URL is one variable: known at `serve`).
     pub kind: Option<DatabaseKind>,
+    /// Empty for a database that is only an outbox source.
     pub schemas: Vec<String>,
+    /// Whether its product publishes through `busbar_outbox.events`, which
+    /// busbar moves into its log (`outbox: true`).
+    pub outbox: bool,
 }
 
 impl Database {
@@ -153,6 +160,17 @@ pub fn compile(file: Option<&SourceFile>) -> (Databases, Vec<Diagnostic>) {
         let url_position = at(format!("{name_pointer}/url"));
         let (kind, url_diagnostics) = check_url(&file.path, url_position, &model.url);
         diagnostics.extend(url_diagnostics);
+        if model.outbox && kind == Some(DatabaseKind::MySql) {
+            diagnostics.push(
+                Diagnostic::error(
+                    &file.path,
+                    at(format!("{name_pointer}/outbox")),
+                    Code::InvalidValue,
+                    "an outbox source must be a PostgreSQL database: busbar reads outboxes with PostgreSQL's row locks and visibility, not MariaDB's or MySQL's",
+                )
+                .with_help("publish from this product over the API, or keep its outbox in a PostgreSQL database"),
+            );
+        }
         for (i, schema) in model.schemas.iter().enumerate() {
             let position = at(format!("{name_pointer}/schemas/{i}"));
             if schema == "integrations" {
@@ -194,6 +212,7 @@ pub fn compile(file: Option<&SourceFile>) -> (Databases, Vec<Diagnostic>) {
             variables,
             kind,
             schemas: model.schemas,
+            outbox: model.outbox,
         });
     }
     (out, diagnostics)
@@ -474,6 +493,27 @@ mod tests {
             assert_eq!(diagnostics, vec![], "{url}");
         }
     }
+    #[test]
+    fn an_outbox_source_must_be_postgres() {
+        let (databases, diagnostics) = compiled(
+            "databases:\n  \
+             nexus:\n    url: ${NEXUS_DATABASE_URL}\n    outbox: true\n  \
+             paylinq:\n    url: mariadb://paylinq:${PW}@db/payroll\n    schemas: [payroll]\n    outbox: true\n  \
+             core:\n    url: postgres://core:${PW}@db/core\n    schemas: [core]\n    outbox: true\n",
+        );
+        assert_eq!(
+            crate::diagnostics::places(&diagnostics),
+            vec!["8:13 invalid-value"]
+        );
+        assert!(
+            diagnostics[0].message.contains("must be a PostgreSQL"),
+            "{diagnostics:?}"
+        );
+        let nexus = databases.get("nexus").unwrap();
+        assert!(nexus.outbox && nexus.schemas.is_empty());
+        assert!(databases.get("core").unwrap().outbox);
+    }
+
     #[test]
     fn an_integration_gets_its_target_database_and_serve_refuses_reads_from_a_third() {
         let integration = SourceFile {

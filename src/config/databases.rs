@@ -44,7 +44,12 @@ pub struct DatabaseModel {
     pub name: String,
     /// The URL as written, `${VAR}` references unexpanded.
     pub url: String,
+    /// Empty for a database that is only an outbox source.
     pub schemas: Vec<String>,
+    /// Whether busbar moves the events of its `busbar_outbox.events`
+    /// table into its log (`outbox: true`; ARCHITECTURE.md, "Outbox
+    /// sources in other PostgreSQL databases").
+    pub outbox: bool,
 }
 
 /// The parsed file: its document (for positions) and its databases in
@@ -88,6 +93,7 @@ pub fn load(file: &SourceFile) -> (Option<LoadedDatabases>, Vec<Diagnostic>) {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    outbox: entry["outbox"].as_bool().unwrap_or(false),
                 })
                 .collect()
         })
@@ -127,11 +133,13 @@ mod tests {
                     name: "nexus".into(),
                     url: "${NEXUS_DATABASE_URL}".into(),
                     schemas: vec!["hris".into()],
+                    outbox: false,
                 },
                 DatabaseModel {
                     name: "paylinq".into(),
                     url: "mysql://paylinq:${PAYLINQ_PASSWORD}@db/payroll".into(),
                     schemas: vec!["payroll".into(), "pay_audit".into()],
+                    outbox: false,
                 },
             ]
         );
@@ -149,6 +157,33 @@ mod tests {
         assert!(
             shown.iter().any(|s| s.starts_with("7:")),
             "empty schemas: {shown:?}"
+        );
+    }
+
+    #[test]
+    fn an_outbox_source_needs_no_schemas_and_others_do() {
+        let (loaded, diagnostics) =
+            load_text("databases:\n  nexus:\n    url: ${NEXUS_DATABASE_URL}\n    outbox: true\n");
+        assert_eq!(diagnostics, vec![]);
+        let nexus = &loaded.unwrap().databases[0];
+        assert!(nexus.outbox);
+        assert!(nexus.schemas.is_empty());
+
+        let (loaded, diagnostics) =
+            load_text("databases:\n  nexus:\n    url: ${NEXUS_DATABASE_URL}\n    outbox: false\n");
+        assert!(loaded.is_none());
+        assert_eq!(
+            crate::diagnostics::places(&diagnostics),
+            vec!["2:3 missing-key"]
+        );
+        let (_, diagnostics) = load_text(
+            "databases:\n  nexus:\n    url: ${NEXUS_DATABASE_URL}\n    outbox: yes please\n",
+        );
+        assert!(
+            crate::diagnostics::places(&diagnostics)
+                .iter()
+                .any(|s| s.starts_with("4:")),
+            "{diagnostics:?}"
         );
     }
 

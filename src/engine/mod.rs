@@ -17,6 +17,7 @@ mod cluster;
 mod health;
 pub mod history;
 pub(crate) mod lane;
+mod outbox;
 mod publish;
 pub mod rebase;
 pub mod redeliver;
@@ -291,6 +292,21 @@ impl Shared {
         }
     }
 
+    /// Tells live views (the console's tail) about events just stored.
+    pub fn announce_published<'e>(&self, events: impl IntoIterator<Item = &'e NewEvent>) {
+        if self.activity.receiver_count() == 0 {
+            return;
+        }
+        for event in events {
+            let _ = self.activity.send(Activity::Published {
+                id: event.envelope.id,
+                organization_id: event.envelope.organization_id,
+                source: event.envelope.source.clone(),
+                event: event.envelope.event.clone(),
+            });
+        }
+    }
+
     /// Tells live views what a lane's batch did.
     pub fn report(&self, outcomes: &[Outcome]) {
         if self.activity.receiver_count() == 0 {
@@ -419,6 +435,7 @@ impl Engine {
         }
         tasks.spawn(scheduler::poll(shared.clone()));
         tasks.spawn(ticker::run(shared.clone()));
+        tasks.spawn(outbox::run(shared.clone()));
         tasks.spawn(health::probe(shared.clone()));
         tasks.spawn(cluster::refresh(shared.clone()));
         if let crate::store::Db::Postgres(pool) = shared.store.db() {

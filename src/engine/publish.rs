@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Activity, PublishError, Published, Shared};
+use super::{PublishError, Published, Shared};
 use crate::store::StoreError;
 use crate::store::log::NewEvent;
 use crate::store::log::{self, Appended};
@@ -140,18 +140,13 @@ async fn commit(shared: &Shared, mut jobs: Vec<Job>) {
                 .filter(|(_, a)| matches!(a, Appended::Created(_)))
                 .map(|(e, _)| &e.envelope),
         );
-        if shared.activity.receiver_count() > 0 {
-            for (event, appended) in events.iter().zip(&appended) {
-                if let Appended::Created(id) = appended {
-                    let _ = shared.activity.send(Activity::Published {
-                        id: *id,
-                        organization_id: event.envelope.organization_id,
-                        source: event.envelope.source.clone(),
-                        event: event.envelope.event.clone(),
-                    });
-                }
-            }
-        }
+        shared.announce_published(
+            events
+                .iter()
+                .zip(&appended)
+                .filter(|(_, a)| matches!(a, Appended::Created(_)))
+                .map(|(e, _)| e),
+        );
         let mut appended = appended.into_iter();
         for job in jobs {
             let answer: Vec<Published> = appended

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod lanes;
 pub mod log;
 pub mod mysql;
+pub mod outbox;
 pub mod partitionings;
 pub mod redeliver;
 pub mod retention;

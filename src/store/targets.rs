@@ -10,6 +10,9 @@
 //! - [`TargetTx`]: a transaction there, with the progress row
 //!   ([`TargetTx::lock_progress`], [`TargetTx::record_progress`]) and the
 //!   executor the routes run with ([`TargetTx::executor`]).
+//! - [`TargetDb::begin_source`]: a transaction on an outbox source (a
+//!   database with `outbox: true`), whose tables [`TargetDb::check`]
+//!   makes when they are missing (`store::outbox`).
 //! - [`Targets`]: every open database by name, replaced whole at a reload
 //!   ([`Targets::open`] keeps a pool whose URL did not change).
 
@@ -116,6 +119,11 @@ enum Pool {
 pub struct TargetDb {
     pub name: String,
     pub kind: DatabaseKind,
+    /// Whether busbar moves its `busbar_outbox.events` into its log.
+    pub outbox: bool,
+    /// Whether integrations may write here (it lists schemas): only then
+    /// does it need the progress table.
+    target: bool,
     /// The URL with its variables replaced: a secret, never printed.
     url: String,
     pool: Pool,
@@ -126,7 +134,9 @@ pub struct TargetDb {
 
 impl TargetDb {
     /// A database's pool; nothing connects yet (see [`TargetDb::check`]).
-    pub fn new(name: &str, url: &str) -> Result<TargetDb, StoreError> {
+    /// `target`: integrations may write there (it lists schemas);
+    /// `outbox`: it is an outbox source, which only PostgreSQL can be.
+    pub fn new(name: &str, url: &str, target: bool, outbox: bool) -> Result<TargetDb, StoreError> {
         let scheme = url.split("://").next().unwrap_or_default();
         let kind = DatabaseKind::of_scheme(scheme).ok_or_else(|| {
             StoreError::Invalid(format!(
@@ -163,6 +173,8 @@ impl TargetDb {
         Ok(TargetDb {
             name: name.to_owned(),
             kind,
+            outbox,
+            target,
             url: url.to_owned(),
             pool,
             health: Mutex::new(Health {
@@ -176,11 +188,21 @@ impl TargetDb {
         })
     }
 
-    /// Connects, and creates the progress table if it is missing; the
-    /// database is down until this works. An error names the database,
-    /// never its URL.
+    /// Connects, and creates the progress table (a database integrations
+    /// write to) and the outbox tables (an outbox source) if they are
+    /// missing; the database is down until this works. An error names the
+    /// database, never its URL.
     pub async fn check(&self) -> Result<(), StoreError> {
-        let result = self.ensure_progress().await;
+        let result: Result<(), StoreError> = async {
+            if self.target || !self.outbox {
+                self.ensure_progress().await?;
+            }
+            if self.outbox {
+                self.ensure_outbox().await?;
+            }
+            Ok(())
+        }
+        .await;
         match &result {
             Ok(()) => {
                 self.ready.store(true, std::sync::atomic::Ordering::Release);
@@ -233,9 +255,52 @@ impl TargetDb {
         Ok(())
     }
 
-    /// Whether this database is the same as one opened from `url`.
-    fn same_url(&self, url: &str) -> bool {
-        self.url == url
+    /// Creates `busbar_outbox.events` and `.rejected` when they are
+    /// missing; a role that may not is told what to ask for.
+    async fn ensure_outbox(&self) -> Result<(), StoreError> {
+        let Pool::Postgres(pool, _) = &self.pool else {
+            return Err(StoreError::Invalid(
+                "an outbox source must be a PostgreSQL database".into(),
+            ));
+        };
+        let mut conn = pool.acquire().await?;
+        if super::outbox::exists(&mut conn).await? {
+            return Ok(());
+        }
+        super::outbox::create(&mut conn).await.map_err(|error| {
+            StoreError::Invalid(format!(
+                "it is an outbox source, and busbar_outbox.events is missing and cannot be created ({error}): \
+                 run the DDL of docs/DATABASES.md, \"Outbox sources\", with the grants it lists"
+            ))
+        })
+    }
+
+    /// Whether this database is the same as one opened from `url` with
+    /// these roles.
+    fn same(&self, url: &str, target: bool, outbox: bool) -> bool {
+        self.url == url && self.target == target && self.outbox == outbox
+    }
+
+    /// Starts a transaction on an outbox source (read committed, as every
+    /// connection here).
+    pub async fn begin_source(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let Pool::Postgres(pool, _) = &self.pool else {
+            return Err(StoreError::Invalid(format!(
+                "database `{}`: an outbox source must be a PostgreSQL database",
+                self.name
+            )));
+        };
+        let pool = pool.clone();
+        let begun = super::detach(async move { Ok(pool.begin().await?) }).await;
+        if let Err(error) = &begun {
+            self.failed(error);
+        }
+        begun
+    }
+
+    /// An error of this database as it may be shown: its URL redacted.
+    pub fn describe(&self, error: &StoreError) -> String {
+        super::redact_in(&error.to_string(), &self.url)
     }
 
     /// Its health now.
@@ -741,15 +806,16 @@ impl Targets {
                     missing.join(", ")
                 ))
             })?;
+            let writable = !database.schemas.is_empty();
             if let Some(open) = current.get(&database.name)
-                && open.same_url(&url)
+                && open.same(&url, writable, database.outbox)
             {
                 by_name.insert(database.name.clone(), open.clone());
                 continue;
             }
-            let target = TargetDb::new(&database.name, &url)?;
+            let target = TargetDb::new(&database.name, &url, writable, database.outbox)?;
             if let Err(error) = target.check().await {
-                tracing::warn!(database = %database.name, %error, "database cannot be used now: the integrations writing there wait until it can");
+                tracing::warn!(database = %database.name, %error, "database cannot be used now: the integrations using it wait until it can");
             }
             by_name.insert(database.name.clone(), Arc::new(target));
         }

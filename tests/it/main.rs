@@ -40,6 +40,11 @@
 //! - `ordering`: delivery v2's order per key under publishers, workers,
 //!   random transient failures and killed processes; parked keys; the
 //!   outbox's late commits; pause and resume.
+//! - `outbox_sources`: outbox sources in other PostgreSQL databases
+//!   (issue 17): rows a product commits into `busbar_outbox.events` are
+//!   moved into the log once, a late commit is not passed over, invalid
+//!   rows are rejected with their reason, a crash between the commits
+//!   duplicates nothing.
 //! - `partitioning`: a change of `order_by` with a backlog, by reload:
 //!   every event applied once, in order per key (issue 16).
 //! - `redeliver`: redelivery by filter over the API and `busbar
@@ -79,6 +84,7 @@ mod lsp;
 mod mariadb;
 mod monitoring;
 mod ordering;
+mod outbox_sources;
 mod partitioning;
 mod redeliver;
 mod reload;
