@@ -101,21 +101,31 @@ fn serve(own: &str, dir: &Path, nexus: &str, paylinq: &str, cwd: &Path) -> (Chil
         .expect("busbar serve starts");
     let stdout = child.stdout.take().unwrap();
     // What `serve --dev` prints once it listens: the address, then the key.
-    let (base, key) = std::thread::spawn(move || {
+    // The reader goes on reading to the end: a pipe closed early would make
+    // the server's next print fail (and the server stop).
+    let (found, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut base = None;
+        let mut sent = false;
         for line in BufReader::new(stdout).lines() {
-            let line = line.expect("serve's output");
+            let Ok(line) = line else { break };
             if let Some(at) = line.strip_prefix("busbar (dev) is serving on ") {
                 base = Some(at.trim().to_owned());
             }
-            if let Some(key) = line.trim().strip_prefix("export BUSBAR_KEY=") {
-                return (base.expect("the address comes first"), key.to_owned());
+            if let Some(key) = line.trim().strip_prefix("export BUSBAR_KEY=")
+                && !sent
+            {
+                let _ = found.send((
+                    base.clone().expect("the address comes first"),
+                    key.to_owned(),
+                ));
+                sent = true;
             }
         }
-        panic!("busbar serve stopped without printing the dev key");
-    })
-    .join()
-    .expect("serve prints its address and key");
+    });
+    let (base, key) = answer
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("serve prints its address and key");
     (child, base, key)
 }
 
