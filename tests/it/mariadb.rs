@@ -152,6 +152,7 @@ mariadb_test! {
         }
         assert!(!mode.contains("ANSI_QUOTES") && !mode.contains("PIPES_AS_CONCAT"), "{mode}");
         assert_eq!(db.text("SELECT @@SESSION.time_zone").await.unwrap(), "+00:00");
+        assert_eq!(db.text("SELECT CAST(@@SESSION.innodb_lock_wait_timeout AS CHAR)").await.unwrap(), "5");
         assert_eq!(db.text("SELECT @@SESSION.tx_isolation").await.unwrap(), "READ-COMMITTED");
         assert_eq!(db.text("SELECT @@SESSION.character_set_client").await.unwrap(), "utf8mb4");
         // The server itself refuses what busbar's checks would have: no

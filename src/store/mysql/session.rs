@@ -26,6 +26,11 @@
 //! - Not `PIPES_AS_CONCAT` (which sqlx adds by default): busbar's SQL has
 //!   no `||`, and a trigger that uses it as `OR` keeps its meaning.
 //!
+//! `innodb_lock_wait_timeout = 5`: a row a product's transaction holds
+//! makes the delivery that needs it retry after 5 s (error 1205, retried
+//! with backoff) instead of holding its lane for InnoDB's default 50 s, as
+//! `lock_timeout` does on PostgreSQL targets.
+//!
 //! `time_zone = '+00:00'`: `TIMESTAMP` columns are read and written in
 //! UTC, and `NOW()` in defaults is UTC, as busbar writes `DATETIME`s.
 //! `NAMES utf8mb4`: text travels as full UTF-8 (an emoji is not replaced
@@ -53,7 +58,7 @@ ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO,NO_BACKS
 pub const SESSION_SETUP: [&str; 2] = [
     "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,\
 ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION,NO_AUTO_VALUE_ON_ZERO,NO_BACKSLASH_ESCAPES', \
-time_zone = '+00:00'",
+time_zone = '+00:00', innodb_lock_wait_timeout = 5",
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
 ];
 
