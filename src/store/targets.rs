@@ -127,7 +127,9 @@ pub struct TargetDb {
     /// The URL with its variables replaced: a secret, never printed.
     url: String,
     pool: Pool,
-    health: Mutex<Health>,
+    health: Arc<Mutex<Health>>,
+    /// Whether a probe is watching for it to answer again.
+    probing: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the progress table is known to be there.
     ready: std::sync::atomic::AtomicBool,
 }
@@ -161,7 +163,7 @@ impl TargetDb {
                     ]);
                 let pool = PoolOptions::<Postgres>::new()
                     .max_connections(MAX_CONNECTIONS)
-                    .acquire_timeout(Duration::from_secs(3))
+                    .acquire_timeout(Duration::from_secs(1))
                     .connect_lazy_with(options);
                 Pool::Postgres(pool, Arc::default())
             }
@@ -177,13 +179,14 @@ impl TargetDb {
             target,
             url: url.to_owned(),
             pool,
-            health: Mutex::new(Health {
+            probing: Arc::default(),
+            health: Arc::new(Mutex::new(Health {
                 up: true,
                 since: Time::now(),
                 error: None,
                 failures: 0,
                 retry_at: None,
-            }),
+            })),
             ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -344,7 +347,7 @@ impl TargetDb {
     }
 
     /// Records a failure; when it says the database is out of reach, the
-    /// database is down and lanes rest (backing off up to 2 s).
+    /// database is down and lanes rest until a probe sees it answer.
     pub fn failed(&self, error: &StoreError) {
         if error.is_unreachable() {
             self.down(error);
@@ -353,7 +356,7 @@ impl TargetDb {
 
     /// Records that no connection could be had: whatever the reason (out
     /// of reach, refusing connections, a password changed), the database
-    /// is down and lanes rest (backing off up to 2 s).
+    /// is down and lanes rest until a probe sees it answer.
     fn down(&self, error: &StoreError) {
         let mut health = self.health.lock().expect("health lock");
         let message = super::redact_in(&error.to_string(), &self.url);
@@ -364,8 +367,56 @@ impl TargetDb {
         health.up = false;
         health.error = Some(message);
         health.failures = health.failures.saturating_add(1);
-        let pause = Duration::from_millis(200 * u64::from(health.failures.min(10)));
-        health.retry_at = Some(Instant::now() + pause);
+        // Lanes leave it alone until a probe sees it answer: a connection
+        // attempt to a server that is gone can take the pool's whole
+        // acquire timeout, which a worker must not spend.
+        health.retry_at = Some(Instant::now() + Duration::from_secs(3600));
+        drop(health);
+        self.probe();
+    }
+
+    /// Watches a database that is down, in a task of its own: `SELECT 1`
+    /// every 0.2–2 s (backing off) until it answers, then lets the lanes
+    /// try again. One probe per database at a time; it ends when the pool
+    /// is closed (the database left databases.yaml).
+    fn probe(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to watch from: the lanes try again in a second.
+            self.health.lock().expect("health lock").retry_at =
+                Some(Instant::now() + Duration::from_secs(1));
+            return;
+        };
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (pool, health, probing) =
+            (self.pool.clone(), self.health.clone(), self.probing.clone());
+        let name = self.name.clone();
+        runtime.spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                tokio::time::sleep(pause).await;
+                let answered = match &pool {
+                    Pool::Postgres(pool, _) if !pool.is_closed() => {
+                        let select = sqlx::query("SELECT 1").execute(pool);
+                        tokio::time::timeout(Duration::from_secs(5), select).await.is_ok_and(|r| r.is_ok())
+                    }
+                    Pool::MySql(pool, _) if !pool.is_closed() => {
+                        let select = sqlx::query("SELECT 1").execute(pool);
+                        tokio::time::timeout(Duration::from_secs(5), select).await.is_ok_and(|r| r.is_ok())
+                    }
+                    _ => break,
+                };
+                if answered {
+                    tracing::info!(database = %name, "database answers again: its integrations resume");
+                    health.lock().expect("health lock").retry_at = None;
+                    break;
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            probing.store(false, Ordering::Release);
+        });
     }
 
     /// Starts a transaction (after making the progress table, the first

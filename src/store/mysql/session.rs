@@ -85,7 +85,7 @@ pub fn pool(url: &str, max_connections: u32) -> Result<MySqlPool, StoreError> {
     let options = connect_options(url)?;
     Ok(PoolOptions::<MySql>::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(1))
         .after_connect(|connection, _| {
             Box::pin(async move {
                 setup(connection)
