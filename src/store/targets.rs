@@ -83,9 +83,6 @@ pub struct Health {
     pub since: Time,
     /// Why it is down (no URL in it).
     pub error: Option<String>,
-    /// Failures in a row.
-    #[serde(skip)]
-    pub failures: u32,
     /// Lanes leave it alone until then (it is down).
     #[serde(skip)]
     pub retry_at: Option<Instant>,
@@ -184,7 +181,6 @@ impl TargetDb {
                 up: true,
                 since: Time::now(),
                 error: None,
-                failures: 0,
                 retry_at: None,
             })),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -342,7 +338,6 @@ impl TargetDb {
         }
         health.up = true;
         health.error = None;
-        health.failures = 0;
         health.retry_at = None;
     }
 
@@ -366,7 +361,6 @@ impl TargetDb {
         }
         health.up = false;
         health.error = Some(message);
-        health.failures = health.failures.saturating_add(1);
         // Lanes leave it alone until a probe sees it answer: a connection
         // attempt to a server that is gone can take the pool's whole
         // acquire timeout, which a worker must not spend.
