@@ -425,7 +425,7 @@ pub(crate) async fn visit(
     let ran_from = started.elapsed();
     let mut elsewhere = None;
     let results = match &target {
-        None => run_here(shared, &generation, integration, &mut tx, &items).await?,
+        None => run_batch(shared, &generation, integration, &mut tx, None, &items).await?,
         Some(target) => {
             let mut dtx = match begin_elsewhere(target, lane, &row).await {
                 Ok(Elsewhere::Ready(dtx)) => dtx,
@@ -438,7 +438,15 @@ pub(crate) async fn visit(
                     return Err(error);
                 }
             };
-            let ran = run_there(shared, &generation, integration, &mut tx, &mut dtx, &items).await;
+            let ran = run_batch(
+                shared,
+                &generation,
+                integration,
+                &mut tx,
+                Some(&mut dtx),
+                &items,
+            )
+            .await;
             let results = match ran {
                 Ok(results) => results,
                 Err(error) => {
@@ -528,40 +536,65 @@ pub(crate) async fn visit(
     })
 }
 
-/// Runs a batch in busbar's own transaction: lockstep first, then one
-/// delivery after another, then with savepoints.
-async fn run_here(
+/// Runs a batch: lockstep first, then one delivery after another, then
+/// with savepoints. The writes go to busbar's transaction `tx`, or, for an
+/// integration whose target database is another one, to that database's
+/// transaction `target` (where the savepoints are then taken); reads of
+/// busbar's own tables are on `tx` either way.
+async fn run_batch(
     shared: &Shared,
     generation: &Generation,
     integration: &Integration,
     tx: &mut DbTx,
+    mut target: Option<&mut TargetTx>,
     items: &[Item<'_>],
 ) -> Result<Vec<Done>, StoreError> {
-    tx.run("SAVEPOINT batch").await?;
-    let mut places = Places {
-        own: &mut *tx,
-        own_catalog: &shared.store.catalog,
-        target: None,
+    on_writer(tx, target.as_deref_mut(), "SAVEPOINT batch").await?;
+    let lockstep = {
+        let mut places = Places {
+            own: &mut *tx,
+            own_catalog: &shared.store.catalog,
+            target: target
+                .as_deref_mut()
+                .map(|dtx| (dtx, &generation.databases)),
+        };
+        run_lockstep(generation, integration, &mut places, items).await?
     };
-    let lockstep = run_lockstep(generation, integration, &mut places, items).await?;
     let mut results = match lockstep {
         Attempt::Done(results) => Some(results),
         Attempt::Undo => None,
         Attempt::Conflict => {
-            tx.run("ROLLBACK TO SAVEPOINT batch").await?;
-            match run_sequential(shared, generation, integration, tx, None, items, false).await? {
+            on_writer(tx, target.as_deref_mut(), "ROLLBACK TO SAVEPOINT batch").await?;
+            let sequential = run_sequential(
+                shared,
+                generation,
+                integration,
+                tx,
+                target.as_deref_mut(),
+                items,
+                false,
+            );
+            match sequential.await? {
                 Attempt::Done(results) => Some(results),
                 _ => None,
             }
         }
     };
     if results.is_none() {
-        tx.run("ROLLBACK TO SAVEPOINT batch").await?;
-        results =
-            match run_sequential(shared, generation, integration, tx, None, items, true).await? {
-                Attempt::Done(results) => Some(results),
-                _ => None,
-            };
+        on_writer(tx, target.as_deref_mut(), "ROLLBACK TO SAVEPOINT batch").await?;
+        let safe = run_sequential(
+            shared,
+            generation,
+            integration,
+            tx,
+            target.as_deref_mut(),
+            items,
+            true,
+        );
+        results = match safe.await? {
+            Attempt::Done(results) => Some(results),
+            _ => None,
+        };
     }
     let Some(results) = results else {
         // Safe mode cannot give up; this is a bug. Leave everything as it was.
@@ -569,59 +602,20 @@ async fn run_here(
             "internal error: safe mode gave up".into(),
         ));
     };
-    tx.run("RELEASE SAVEPOINT batch").await?;
+    on_writer(tx, target, "RELEASE SAVEPOINT batch").await?;
     Ok(results)
 }
 
-/// Runs a batch in the target database's transaction `dtx` (reads of
-/// busbar's own tables on `tx`): one delivery after another, then with
-/// savepoints there.
-async fn run_there(
-    shared: &Shared,
-    generation: &Generation,
-    integration: &Integration,
+/// Runs a savepoint statement on the transaction a batch writes in: the
+/// target's when there is one, else busbar's.
+async fn on_writer(
     tx: &mut DbTx,
-    dtx: &mut TargetTx,
-    items: &[Item<'_>],
-) -> Result<Vec<Done>, StoreError> {
-    dtx.run("SAVEPOINT batch").await?;
-    // A PostgreSQL target runs the batch set-based, as busbar's own
-    // database does; MariaDB one delivery after another.
-    let mut conflict = false;
-    if let Some((target_tx, catalog)) = dtx.postgres() {
-        let mut places = Places {
-            own: &mut *tx,
-            own_catalog: &shared.store.catalog,
-            target: Some((target_tx, catalog, &generation.databases)),
-        };
-        match run_lockstep(generation, integration, &mut places, items).await? {
-            Attempt::Done(results) => {
-                dtx.run("RELEASE SAVEPOINT batch").await?;
-                return Ok(results);
-            }
-            Attempt::Conflict => conflict = true,
-            Attempt::Undo => {}
-        }
-        dtx.run("ROLLBACK TO SAVEPOINT batch").await?;
-    } else {
-        conflict = true;
-    }
-    if conflict
-        && let Attempt::Done(results) =
-            run_sequential(shared, generation, integration, tx, Some(dtx), items, false).await?
-    {
-        dtx.run("RELEASE SAVEPOINT batch").await?;
-        return Ok(results);
-    }
-    dtx.run("ROLLBACK TO SAVEPOINT batch").await?;
-    match run_sequential(shared, generation, integration, tx, Some(dtx), items, true).await? {
-        Attempt::Done(results) => {
-            dtx.run("RELEASE SAVEPOINT batch").await?;
-            Ok(results)
-        }
-        _ => Err(StoreError::Invalid(
-            "internal error: safe mode gave up".into(),
-        )),
+    target: Option<&mut TargetTx>,
+    sql: &'static str,
+) -> Result<(), StoreError> {
+    match target {
+        Some(dtx) => dtx.run(sql).await,
+        None => tx.run(sql).await,
     }
 }
 
@@ -1194,10 +1188,7 @@ async fn run_sequential(
             continue;
         }
         if safe {
-            match target.as_deref_mut() {
-                Some(dtx) => dtx.run("SAVEPOINT delivery").await?,
-                None => tx.run("SAVEPOINT delivery").await?,
-            }
+            on_writer(tx, target.as_deref_mut(), "SAVEPOINT delivery").await?;
         }
         let input = EventInput::new(&item.event);
         let mut executor = LaneExecutor::new(
@@ -1252,20 +1243,10 @@ async fn run_sequential(
             }
         };
         if safe {
-            match target.as_deref_mut() {
-                Some(dtx) => {
-                    if result.undo {
-                        dtx.run("ROLLBACK TO SAVEPOINT delivery").await?;
-                    }
-                    dtx.run("RELEASE SAVEPOINT delivery").await?;
-                }
-                None => {
-                    if result.undo {
-                        tx.run("ROLLBACK TO SAVEPOINT delivery").await?;
-                    }
-                    tx.run("RELEASE SAVEPOINT delivery").await?;
-                }
+            if result.undo {
+                on_writer(tx, target.as_deref_mut(), "ROLLBACK TO SAVEPOINT delivery").await?;
             }
+            on_writer(tx, target.as_deref_mut(), "RELEASE SAVEPOINT delivery").await?;
         }
         let blocks = match &result.result {
             Result_::Retry { .. } => true,

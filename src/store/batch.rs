@@ -7,7 +7,8 @@
 //! all `upsert`s of the same shape one multi-row `INSERT ... ON CONFLICT`
 //! (read back by key), and the routes are resumed with their rows. A batch
 //! of a hundred deliveries then costs a dozen statements instead of
-//! hundreds.
+//! hundreds. On a MariaDB target the same groups run as MariaDB's own
+//! set-based statements ([`super::mysql::batch`]).
 //!
 //! Interleaving deliveries must not change what they do. [`flush`] records
 //! which rows each delivery read and wrote; [`Accesses::conflict`] reports
@@ -22,11 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
+use sqlx::{AssertSqlSafe, MySqlConnection};
 
 use super::catalog::{Catalog, TableInfo};
 use super::convert::{BindValue, convert_columns};
+use super::mysql::{self, catalog::MySqlCatalog, target::MySqlTargetExecutor};
 use super::target::{Emitted, TargetExecutor, bind_all};
+use super::targets::TargetTx;
 use super::{DbTx, StoreError};
 use crate::compile::Step;
 use crate::compile::databases::Databases;
@@ -329,22 +332,30 @@ type Group = Vec<(usize, Vec<(Ident, Value)>, Slot)>;
 type UpsertShape = (TableName, Vec<Ident>, Vec<Ident>);
 
 /// Where a flush runs each table's statements: busbar's transaction, and,
-/// for an integration whose target is another PostgreSQL database, that
-/// database's transaction for the tables `databases` puts there.
+/// for an integration whose target is another database, that database's
+/// transaction for the tables `databases` puts there.
 pub struct Places<'a> {
     pub own: &'a mut DbTx,
     pub own_catalog: &'a Catalog,
-    pub target: Option<(&'a mut DbTx, &'a Catalog, &'a Databases)>,
+    pub target: Option<(&'a mut TargetTx, &'a Databases)>,
+}
+
+/// A table's transaction and catalog.
+enum Place<'p> {
+    /// busbar's own database, or another PostgreSQL database.
+    Sql(&'p mut DbTx, &'p Catalog),
+    MySql(&'p mut MySqlConnection, &'p MySqlCatalog),
 }
 
 impl Places<'_> {
     /// The transaction and catalog of `table`.
-    fn of(&mut self, table: &TableName) -> (&mut DbTx, &Catalog) {
+    fn of(&mut self, table: &TableName) -> Place<'_> {
         match &mut self.target {
-            Some((tx, catalog, databases)) if databases.of_table(table).is_some() => {
-                (&mut **tx, *catalog)
-            }
-            _ => (&mut *self.own, self.own_catalog),
+            Some((tx, databases)) if databases.of_table(table).is_some() => match &mut **tx {
+                TargetTx::Postgres(tx, catalog) => Place::Sql(tx, catalog),
+                TargetTx::MySql(tx, catalog) => Place::MySql(&mut **tx, catalog),
+            },
+            _ => Place::Sql(&mut *self.own, self.own_catalog),
         }
     }
 }
@@ -382,7 +393,22 @@ pub async fn flush(
         }
     }
     for ((table, columns), group) in finds {
-        let (tx, catalog) = places.of(&table);
+        let (tx, catalog) = match places.of(&table) {
+            Place::Sql(tx, catalog) => (tx, catalog),
+            Place::MySql(connection, catalog) => {
+                let info = catalog.table(connection, &table).await?;
+                let filters: Vec<Vec<(Ident, Value)>> =
+                    group.iter().map(|(_, filter, _)| filter.clone()).collect();
+                let rows = mysql::batch::find_many(connection, &table, &info, &filters).await?;
+                for ((delivery, _, slot), row) in group.into_iter().zip(rows) {
+                    if let Ok(row) = &row {
+                        accesses.record_row(&table, &info.info, delivery, false, row.as_ref());
+                    }
+                    answer(&slot, row.map(Reply::Found));
+                }
+                continue;
+            }
+        };
         let info = catalog.table(tx, &table).await?;
         let mut lookups = Vec::with_capacity(group.len());
         for (delivery, filter, slot) in group {
@@ -401,7 +427,24 @@ pub async fn flush(
         }
     }
     for ((table, key, columns), group) in upserts {
-        let (tx, catalog) = places.of(&table);
+        let (tx, catalog) = match places.of(&table) {
+            Place::Sql(tx, catalog) => (tx, catalog),
+            Place::MySql(connection, catalog) => {
+                let info = catalog.table(connection, &table).await?;
+                let rows: Vec<Vec<(Ident, Value)>> =
+                    group.iter().map(|(_, values, _)| values.clone()).collect();
+                let rows =
+                    mysql::batch::upsert_many(connection, catalog, &table, &info, &key, &rows)
+                        .await?;
+                for ((delivery, _, slot), row) in group.into_iter().zip(rows) {
+                    if let Ok(row) = &row {
+                        accesses.record_row(&table, &info.info, delivery, true, Some(row));
+                    }
+                    answer(&slot, row.map(Reply::Upserted));
+                }
+                continue;
+            }
+        };
         let info = catalog.table(tx, &table).await?;
         let key_positions: Vec<usize> = key
             .iter()
@@ -464,22 +507,15 @@ pub async fn flush(
             Request::Update { table, .. } | Request::Delete { table, .. } => table.clone(),
             Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped above"),
         };
-        let (tx, catalog) = places.of(&table);
-        let mut executor = TargetExecutor::new(tx, catalog);
-        let reply = match &request {
-            Request::Update { table, filter, set } => {
-                accesses.record(table, delivery, true, Target::Table);
-                executor
-                    .update(table, filter, set)
-                    .await
-                    .map(Reply::Updated)
+        let reply = match places.of(&table) {
+            Place::Sql(tx, catalog) => {
+                single(&mut TargetExecutor::new(tx, catalog), &request).await
             }
-            Request::Delete { table, filter } => {
-                accesses.record(table, delivery, true, Target::Table);
-                executor.delete(table, filter).await.map(Reply::Deleted)
+            Place::MySql(connection, catalog) => {
+                single(&mut MySqlTargetExecutor::new(connection, catalog), &request).await
             }
-            Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped above"),
         };
+        accesses.record(&table, delivery, true, Target::Table);
         match reply {
             Err(error)
                 if !matches!(
@@ -493,6 +529,23 @@ pub async fn flush(
         }
     }
     Ok(())
+}
+
+/// Runs an update or a delete on its own.
+async fn single(
+    executor: &mut impl Executor<Error = StoreError>,
+    request: &Request,
+) -> Result<Reply, StoreError> {
+    match request {
+        Request::Update { table, filter, set } => executor
+            .update(table, filter, set)
+            .await
+            .map(Reply::Updated),
+        Request::Delete { table, filter } => {
+            executor.delete(table, filter).await.map(Reply::Deleted)
+        }
+        Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped by flush"),
+    }
 }
 
 fn answer(slot: &Slot, reply: Result<Reply, StoreError>) {

@@ -613,15 +613,6 @@ impl TargetTx {
         Ok(())
     }
 
-    /// The transaction and catalog of a PostgreSQL target (for the
-    /// set-based path, `store::batch`).
-    pub fn postgres(&mut self) -> Option<(&mut DbTx, &Catalog)> {
-        match self {
-            TargetTx::Postgres(tx, catalog) => Some((tx, &**catalog)),
-            TargetTx::MySql(..) => None,
-        }
-    }
-
     /// The executor of this database's dialect on this transaction.
     pub fn executor(&mut self) -> TargetStepper<'_> {
         match self {

@@ -681,3 +681,6 @@ mariadb_test! {
         pool.close().await;
     }
 }
+
+/// A lockstep batch's set-based statements on MariaDB.
+mod batch;

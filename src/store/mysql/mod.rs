@@ -21,10 +21,13 @@
 //!   names through [`crate::compile::ident::backquote`], values bound.
 //! - [`target`]: [`target::MySqlTargetExecutor`], the engine's
 //!   [`crate::mapping::Executor`] on a MariaDB transaction.
+//! - [`batch`]: a lockstep batch's finds and upserts on a MariaDB
+//!   transaction, set-based ([`super::batch`] gathers them).
 //!
 //! docs/DATABASES.md, "MariaDB and MySQL targets", says what each type and
 //! trap becomes.
 
+pub mod batch;
 pub mod catalog;
 pub mod convert;
 pub mod session;

@@ -147,11 +147,27 @@ pub fn upsert(
     key: &[Ident],
     values: &[(&Ident, MySqlValue)],
 ) -> Statement {
-    let mut statement = insert(target, info, values);
-    let mut updates: Vec<String> = values
+    let columns: Vec<&Ident> = values.iter().map(|(c, _)| *c).collect();
+    let row: Vec<MySqlValue> = values.iter().map(|(_, v)| v.clone()).collect();
+    upsert_rows(target, info, key, &columns, std::slice::from_ref(&row))
+}
+
+/// [`upsert`] of many rows of the same columns in one statement (a lockstep
+/// batch, [`crate::store::batch`]). MariaDB applies the rows in order, so a
+/// key given twice is inserted, then updated, as one upsert after another
+/// would.
+pub fn upsert_rows(
+    target: &TableName,
+    info: &TableInfo,
+    key: &[Ident],
+    columns: &[&Ident],
+    rows: &[Vec<MySqlValue>],
+) -> Statement {
+    let mut statement = insert_rows(target, info, columns, rows);
+    let mut updates: Vec<String> = columns
         .iter()
-        .filter(|(c, _)| !key.contains(c))
-        .map(|(c, _)| format!("{0} = VALUES({0})", backquote(*c)))
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{0} = VALUES({0})", backquote(*c)))
         .collect();
     if updates.is_empty()
         && let Some(first) = key.first()
@@ -164,20 +180,60 @@ pub fn upsert(
 
 /// `INSERT INTO table (…) VALUES (…)`.
 pub fn insert(target: &TableName, info: &TableInfo, values: &[(&Ident, MySqlValue)]) -> Statement {
-    let names: Vec<String> = values.iter().map(|(c, _)| backquote(*c)).collect();
+    let columns: Vec<&Ident> = values.iter().map(|(c, _)| *c).collect();
+    let row: Vec<MySqlValue> = values.iter().map(|(_, v)| v.clone()).collect();
+    insert_rows(target, info, &columns, std::slice::from_ref(&row))
+}
+
+/// `INSERT INTO table (…) VALUES (…), (…)`: each row's values in the order
+/// of `columns`.
+fn insert_rows(
+    target: &TableName,
+    info: &TableInfo,
+    columns: &[&Ident],
+    rows: &[Vec<MySqlValue>],
+) -> Statement {
+    let names: Vec<String> = columns.iter().map(|c| backquote(*c)).collect();
     let mut statement = Statement::default();
     statement.push(&format!(
-        "INSERT INTO {} ({}) VALUES (",
+        "INSERT INTO {} ({}) VALUES ",
         table(target),
         names.join(", ")
     ));
-    for (i, (column, value)) in values.iter().enumerate() {
-        if i > 0 {
-            statement.push(", ");
+    for (r, row) in rows.iter().enumerate() {
+        statement.push(if r > 0 { ", (" } else { "(" });
+        for (i, (column, value)) in columns.iter().zip(row).enumerate() {
+            if i > 0 {
+                statement.push(", ");
+            }
+            statement.bind(info.column(column.as_str()), value.clone());
         }
-        statement.bind(info.column(column.as_str()), value.clone());
+        statement.push(")");
     }
-    statement.push(")");
+    statement
+}
+
+/// `(SELECT 0, <row> FROM table WHERE … LIMIT 1) UNION ALL (SELECT 1, …)`:
+/// at most one row per lookup, numbered by the lookup's place in
+/// `lookups`, all in one statement. Each lookup compares exactly as
+/// [`find`] does (its collation, its casts, `IS NULL`), so a lockstep
+/// batch finds what one step after another would.
+pub fn find_each(
+    target: &TableName,
+    info: &TableInfo,
+    lookups: &[Vec<(&Ident, MySqlValue)>],
+) -> Statement {
+    let row = row_json(info);
+    let name = table(target);
+    let mut statement = Statement::default();
+    for (i, filter) in lookups.iter().enumerate() {
+        if i > 0 {
+            statement.push(" UNION ALL ");
+        }
+        statement.push(&format!("(SELECT {i}, {row} FROM {name} WHERE "));
+        conditions(&mut statement, info, filter);
+        statement.push(" LIMIT 1)");
+    }
     statement
 }
 
@@ -441,6 +497,50 @@ mod tests {
                 .text
                 .ends_with("ON DUPLICATE KEY UPDATE `email` = `email`")
         );
+    }
+
+    #[test]
+    fn many_rows_are_one_statement_and_each_lookup_is_numbered() {
+        let info = info();
+        let (email, salary) = (ident("email"), ident("salary"));
+        let table_name = TableName::parse("employees").unwrap();
+        let text = |s: &str| MySqlValue::Text(s.into());
+        let statement = upsert_rows(
+            &table_name,
+            &info,
+            std::slice::from_ref(&email),
+            &[&email, &salary],
+            &[vec![text("a@x"), text("1")], vec![text("b@x"), text("2")]],
+        );
+        assert_eq!(
+            statement.text,
+            "INSERT INTO `employees` (`email`, `salary`) VALUES (?, CAST(? AS DECIMAL(12, 2))), (?, CAST(? AS DECIMAL(12, 2))) ON DUPLICATE KEY UPDATE `salary` = VALUES(`salary`)"
+        );
+        assert_eq!(
+            statement.values,
+            vec![text("a@x"), text("1"), text("b@x"), text("2")]
+        );
+        let found = find_each(
+            &table_name,
+            &info,
+            &[
+                vec![(&email, text("a@x"))],
+                vec![(&email, MySqlValue::Null)],
+            ],
+        );
+        assert!(
+            found.text.starts_with("(SELECT 0, JSON_OBJECT("),
+            "{}",
+            found.text
+        );
+        assert!(
+            found.text.ends_with(
+                "WHERE `email` = ? LIMIT 1) UNION ALL (SELECT 1, JSON_OBJECT('id', `id`, 'email', `email`, 'salary', `salary`, 'active', `active`, 'hired_at', `hired_at`, 'seen_at', `seen_at`) FROM `employees` WHERE `email` IS NULL LIMIT 1)"
+            ),
+            "{}",
+            found.text
+        );
+        assert_eq!(found.values, vec![text("a@x")]);
     }
 
     #[test]

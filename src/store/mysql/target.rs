@@ -82,18 +82,25 @@ impl<'t> MySqlTargetExecutor<'t> {
             .collect()
     }
 
-    /// Runs a statement that returns no rows; how many it changed.
     async fn execute(&mut self, statement: Statement) -> Result<u64, StoreError> {
-        let mut query = sqlx::query(AssertSqlSafe(statement.text));
-        for value in statement.values {
-            query = query.bind(value);
-        }
-        Ok(query.execute(&mut *self.connection).await?.rows_affected())
+        execute(self.connection, statement).await
     }
 }
 
+/// Runs a statement that returns no rows; how many it changed.
+pub(super) async fn execute(
+    connection: &mut MySqlConnection,
+    statement: Statement,
+) -> Result<u64, StoreError> {
+    let mut query = sqlx::query(AssertSqlSafe(statement.text));
+    for value in statement.values {
+        query = query.bind(value);
+    }
+    Ok(query.execute(connection).await?.rows_affected())
+}
+
 /// Pairs each column with its converted value.
-fn paired<'a>(
+pub(super) fn paired<'a>(
     table: &TableName,
     info: &MySqlTable,
     columns: &'a [(Ident, Value)],
@@ -126,30 +133,8 @@ impl Executor for MySqlTargetExecutor<'_> {
         values: &[(Ident, Value)],
     ) -> Result<Row, StoreError> {
         let info = self.table(table).await?;
-        let names: Vec<&str> = key.iter().map(Ident::as_str).collect();
-        if !info.info.has_unique(&names) {
-            return Err(StoreError::Invalid(format!(
-                "table {table} has no unique index on ({}): an upsert needs one on exactly its key",
-                names.join(", ")
-            )));
-        }
         let values = paired(table, &info, values)?;
-        let mut key_filter = Vec::with_capacity(key.len());
-        for column in key {
-            match values.iter().find(|(c, _)| *c == column) {
-                Some((_, MySqlValue::Null)) => {
-                    return Err(StoreError::Invalid(format!(
-                        "the upsert into {table} has a null value for key column `{column}`: a row with a null key never matches another, so the row could not be found again"
-                    )));
-                }
-                Some((c, value)) => key_filter.push((*c, value.clone())),
-                None => {
-                    return Err(StoreError::Invalid(format!(
-                        "the upsert into {table} gives no value for key column `{column}`"
-                    )));
-                }
-            }
-        }
+        let key_filter = upsert_key(table, &info, key, &values)?;
         self.wrote = true;
         let started = Instant::now();
         if fills_another_unique_index(&info, key, &values) {
@@ -175,12 +160,7 @@ impl Executor for MySqlTargetExecutor<'_> {
         let read_back = sql::find(table, &info.info, &key_filter, Some(1), false);
         let row = self.rows(&info, read_back).await?.into_iter().next();
         crate::telemetry::step_finished("upsert", started.elapsed());
-        row.ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "the upsert into {table} stored no row with its key ({}): another unique index of the table matched a different row",
-                names.join(", ")
-            ))
-        })
+        row.ok_or_else(|| not_read_back(table, key))
     }
 
     async fn update(
@@ -251,10 +231,55 @@ impl Executor for MySqlTargetExecutor<'_> {
     }
 }
 
+/// The checks of an upsert before it runs, and its key's values (to read
+/// the row back by): the table has a unique index on exactly the key, and
+/// every key column has a value that is not null (a row with a null key
+/// never conflicts: every run would insert another).
+pub(super) fn upsert_key<'v>(
+    table: &TableName,
+    info: &MySqlTable,
+    key: &[Ident],
+    values: &[(&'v Ident, MySqlValue)],
+) -> Result<Vec<(&'v Ident, MySqlValue)>, StoreError> {
+    let names: Vec<&str> = key.iter().map(Ident::as_str).collect();
+    if !info.info.has_unique(&names) {
+        return Err(StoreError::Invalid(format!(
+            "table {table} has no unique index on ({}): an upsert needs one on exactly its key",
+            names.join(", ")
+        )));
+    }
+    let mut key_filter = Vec::with_capacity(key.len());
+    for column in key {
+        match values.iter().find(|(c, _)| *c == column) {
+            Some((_, MySqlValue::Null)) => {
+                return Err(StoreError::Invalid(format!(
+                    "the upsert into {table} has a null value for key column `{column}`: a row with a null key never matches another, so the row could not be found again"
+                )));
+            }
+            Some((c, value)) => key_filter.push((*c, value.clone())),
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "the upsert into {table} gives no value for key column `{column}`"
+                )));
+            }
+        }
+    }
+    Ok(key_filter)
+}
+
+/// The error of an upsert whose row is not found again by its key.
+pub(super) fn not_read_back(table: &TableName, key: &[Ident]) -> StoreError {
+    let names: Vec<&str> = key.iter().map(Ident::as_str).collect();
+    StoreError::Invalid(format!(
+        "the upsert into {table} stored no row with its key ({}): another unique index of the table matched a different row",
+        names.join(", ")
+    ))
+}
+
 /// Whether `values` fill every column of a unique index other than the
 /// key's: MariaDB's `ON DUPLICATE KEY UPDATE` would then take a clash on
 /// that index for the key's.
-fn fills_another_unique_index(
+pub(super) fn fills_another_unique_index(
     table: &MySqlTable,
     key: &[Ident],
     values: &[(&Ident, MySqlValue)],
