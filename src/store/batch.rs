@@ -353,7 +353,7 @@ impl Places<'_> {
         match &mut self.target {
             Some((tx, databases)) if databases.of_table(table).is_some() => match &mut **tx {
                 TargetTx::Postgres(tx, catalog) => Place::Sql(tx, catalog),
-                TargetTx::MySql(tx, catalog) => Place::MySql(&mut **tx, catalog),
+                TargetTx::MySql(tx, catalog) => Place::MySql(tx, catalog),
             },
             _ => Place::Sql(&mut *self.own, self.own_catalog),
         }
