@@ -356,12 +356,6 @@ impl Reloader {
             self.state.lock().expect("reload state").failed = Some(now);
             return self.finish(outcome, started, None);
         };
-        let refused = compile::databases::not_served_yet(&generation);
-        if !refused.is_empty() {
-            outcome.errors = refused;
-            self.state.lock().expect("reload state").failed = Some(now);
-            return self.finish(outcome, started, None);
-        }
         // The other databases it names are opened and checked first: one
         // that refuses (a wrong password, a missing variable) keeps the
         // live generation.

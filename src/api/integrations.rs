@@ -101,8 +101,9 @@ pub struct IntegrationStatus {
     /// The database it writes to: `busbar` (its own) or a name of
     /// `databases.yaml`.
     pub database: String,
-    /// Set while that database is out of reach: the integration waits (no
-    /// attempt counted, no dead letter) until it answers again.
+    /// Set while that database, or one its `find`s read, is out of reach:
+    /// the integration waits (no attempt counted, no dead letter) until it
+    /// answers again.
     pub waiting_on_database: Option<WaitingOnDatabase>,
 }
 
@@ -289,10 +290,10 @@ pub async fn status(
                     .database
                     .clone()
                     .unwrap_or_else(|| crate::compile::databases::OWN.to_owned()),
-                waiting_on_database: integration.database.as_ref().and_then(|name| {
-                    let down = databases.iter().find(|d| &d.name == name && !d.up)?;
+                waiting_on_database: integration.databases_used().find_map(|name| {
+                    let down = databases.iter().find(|d| d.name == name && !d.up)?;
                     Some(WaitingOnDatabase {
-                        database: name.clone(),
+                        database: name.to_owned(),
                         since: down.since.0,
                     })
                 }),

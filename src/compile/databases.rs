@@ -356,6 +356,21 @@ pub fn resolve(databases: &Databases, integrations: &mut [Integration]) -> Vec<D
             }
         }
         integration.database = first.and_then(|(d, _, _)| d).map(|d| d.name.clone());
+        // Its reads of other databases: each batch reads them in a
+        // transaction of their own (read committed, nothing written).
+        let mut reads_from: Vec<String> = Vec::new();
+        for step in integration.routes.iter().flat_map(|r| &r.steps) {
+            let StepKind::Find { table, .. } = &step.kind else {
+                continue;
+            };
+            if let Some(database) = databases.of_table(table)
+                && integration.database.as_deref() != Some(database.name.as_str())
+                && !reads_from.contains(&database.name)
+            {
+                reads_from.push(database.name.clone());
+            }
+        }
+        integration.reads_from = reads_from;
         // Processes sharing busbar's database agree on an integration by
         // its fingerprint: where it writes is part of its definition.
         if let Some(name) = &integration.database {
@@ -365,45 +380,6 @@ pub fn resolve(databases: &Databases, integrations: &mut [Integration]) -> Vec<D
         }
     }
     diagnostics
-}
-
-/// What a generation asks that this server cannot do yet: a `find` in a
-/// database that is neither busbar's own nor the integration's target
-/// database. Such a read would need a third connection outside the
-/// target's transaction; `serve` and reloads refuse it rather than read
-/// the wrong database.
-pub fn not_served_yet(generation: &super::Generation) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for integration in &generation.integrations {
-        let elsewhere = integration
-            .routes
-            .iter()
-            .flat_map(|r| &r.steps)
-            .find_map(|step| {
-                let StepKind::Find { table, .. } = &step.kind else {
-                    return None;
-                };
-                let database = generation.databases.of_table(table)?;
-                (integration.database.as_deref() != Some(database.name.as_str())).then_some((
-                    table,
-                    database,
-                    step.spans.table,
-                ))
-            });
-        if let Some((table, database, position)) = elsewhere {
-            let writes = integration.database.as_deref().unwrap_or(OWN);
-            out.push(Diagnostic::error(
-                &integration.file,
-                position,
-                Code::InvalidValue,
-                format!(
-                    "integration `{}` reads `{table}`, in database `{}` (databases.yaml), and writes to database `{writes}`: this version of busbar reads only from the database an integration writes to and from its own",
-                    integration.id, database.name
-                ),
-            ).with_help("split it in two: one integration that reads there and emits an event, one that writes"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -530,7 +506,7 @@ mod tests {
         };
         let alone = super::super::compile(&dir, 1).generation.expect("compiles");
         assert_eq!(alone.integrations[0].database, None);
-        assert!(not_served_yet(&alone).is_empty());
+        assert!(alone.integrations[0].reads_from.is_empty());
 
         dir.databases = Some(SourceFile {
             path: "dir/databases.yaml".into(),
@@ -545,14 +521,13 @@ mod tests {
             "the write decides, not the read of core"
         );
         assert_ne!(hires.fingerprint, alone.integrations[0].fingerprint);
-        assert_eq!(
-            not_served_yet(&elsewhere),
-            vec![],
-            "writes to nexus, reads from busbar's own: served"
+        assert!(
+            hires.reads_from.is_empty(),
+            "writes to nexus, reads from busbar's own"
         );
 
-        // A read from a database the integration does not write to is
-        // refused: it would need a third connection.
+        // A read from a database the integration does not write to: each
+        // batch reads it in a transaction of its own.
         dir.databases = Some(SourceFile {
             path: "dir/databases.yaml".into(),
             text:
@@ -564,13 +539,9 @@ mod tests {
             reads.integrations[0].database, None,
             "it writes to busbar's database"
         );
-        let refused = not_served_yet(&reads);
-        assert!(
-            refused.len() == 1
-                && refused[0]
-                    .message
-                    .contains("reads `core.organizations`, in database `platform` (databases.yaml), and writes to database `busbar`"),
-            "{refused:?}"
+        assert_eq!(
+            reads.integrations[0].reads_from,
+            vec!["platform".to_owned()]
         );
     }
 }

@@ -230,6 +230,7 @@ impl<'a> FileCompiler<'a> {
             on_dead,
             routes,
             database: None,
+            reads_from: Vec::new(),
             file: self.file.path.clone(),
             fingerprint,
         };

@@ -34,12 +34,26 @@ pub struct Integration {
     /// busbar's own: the one whose transaction carries its lanes'
     /// progress.
     pub database: Option<String>,
+    /// The other databases its `find`s read (neither busbar's own nor
+    /// `database`), in the order the steps name them.
+    pub reads_from: Vec<String>,
     /// The file it came from.
     pub file: PathBuf,
     /// The SHA-256 of the file's text (hex): a reload tells changed
     /// integrations by it, and busbar processes sharing a database agree on
     /// an integration's definition by it.
     pub fingerprint: String,
+}
+
+impl Integration {
+    /// The other databases it uses: the one it writes to, then those its
+    /// `find`s read.
+    pub fn databases_used(&self) -> impl Iterator<Item = &str> {
+        self.database
+            .iter()
+            .chain(&self.reads_from)
+            .map(String::as_str)
+    }
 }
 
 /// An integration's fingerprint of `definition`: the SHA-256 of its bytes,

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -161,18 +162,30 @@ pub(crate) async fn visit(
     }
     // An integration whose target database is another one waits while that
     // database is out of reach (no attempt counted, no dead letter).
+    // So does one that reads a database that is out of reach.
+    let open = shared.targets.load();
+    let usable = |name: &String| match open.get(name) {
+        Some(database) if database.resting().is_some() => Ok(None),
+        Some(database) => Ok(Some(database.clone())),
+        None => Err(StoreError::Invalid(format!(
+            "internal error: database `{name}` is not open"
+        ))),
+    };
     let target = match &integration.database {
         None => None,
-        Some(name) => match shared.targets.load().get(name) {
-            Some(target) if target.resting().is_some() => return Ok(Visit::default()),
-            Some(target) => Some(target.clone()),
-            None => {
-                return Err(StoreError::Invalid(format!(
-                    "internal error: database `{name}` is not open"
-                )));
-            }
+        Some(name) => match usable(name)? {
+            Some(target) => Some(target),
+            None => return Ok(Visit::default()),
         },
     };
+    let mut readers = Vec::with_capacity(integration.reads_from.len());
+    for name in &integration.reads_from {
+        match usable(name)? {
+            Some(reader) => readers.push(reader),
+            None => return Ok(Visit::default()),
+        }
+    }
+    drop(open);
     let batch_size = shared.config.batch_size.max(1);
     let started = Instant::now();
     let mut tx = shared.store.begin().await?;
@@ -423,41 +436,80 @@ pub(crate) async fn visit(
     // holds the lane's progress row (ARCHITECTURE.md, "Exactly once into
     // another database, without XA").
     let ran_from = started.elapsed();
+    let mut reads = match begin_reads(&readers).await {
+        Ok(reads) => reads,
+        Err(error) => {
+            tx.rollback().await?;
+            return Err(error);
+        }
+    };
     let mut elsewhere = None;
-    let results = match &target {
-        None => run_batch(shared, &generation, integration, &mut tx, None, &items).await?,
+    let ran = match &target {
+        None => {
+            let mut others = Others {
+                target: None,
+                reads: &mut reads,
+            };
+            run_batch(
+                shared,
+                &generation,
+                integration,
+                &mut tx,
+                &mut others,
+                &items,
+            )
+            .await
+        }
         Some(target) => {
             let mut dtx = match begin_elsewhere(target, lane, &row).await {
                 Ok(Elsewhere::Ready(dtx)) => dtx,
                 Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
+                    end_reads(reads).await;
                     return finish_elsewhere(shared, lane, memory, tx, dtx, *bookkeeping, now)
                         .await;
                 }
                 Err(error) => {
+                    end_reads(reads).await;
                     tx.rollback().await?;
                     return Err(error);
                 }
+            };
+            let mut others = Others {
+                target: Some(&mut dtx),
+                reads: &mut reads,
             };
             let ran = run_batch(
                 shared,
                 &generation,
                 integration,
                 &mut tx,
-                Some(&mut dtx),
+                &mut others,
                 &items,
             )
             .await;
-            let results = match ran {
-                Ok(results) => results,
-                Err(error) => {
-                    target.failed(&error);
-                    let _ = dtx.rollback().await;
-                    tx.rollback().await?;
-                    return Err(error);
+            match ran {
+                Ok(results) => {
+                    elsewhere = Some(dtx);
+                    Ok(results)
                 }
-            };
-            elsewhere = Some(dtx);
-            results
+                Err(error) => {
+                    let _ = dtx.rollback().await;
+                    Err(error)
+                }
+            }
+        }
+    };
+    end_reads(reads).await;
+    let results = match ran {
+        Ok(results) => results,
+        Err(error) => {
+            // An outage of a database the batch used: that database is
+            // down, and the integrations using it wait (no attempt counted).
+            for database in target.iter().chain(&readers) {
+                database.confirm(&error).await;
+            }
+            tx.rollback().await?;
+            return Err(error);
         }
     };
 
@@ -537,26 +589,24 @@ pub(crate) async fn visit(
 }
 
 /// Runs a batch: lockstep first, then one delivery after another, then
-/// with savepoints. The writes go to busbar's transaction `tx`, or, for an
-/// integration whose target database is another one, to that database's
-/// transaction `target` (where the savepoints are then taken); reads of
-/// busbar's own tables are on `tx` either way.
+/// with savepoints. Each step runs on the transaction of its table's
+/// database: busbar's (`tx`), the one the integration writes to (`others.
+/// target`, where the savepoints are then taken) or one its `find`s read.
 async fn run_batch(
     shared: &Shared,
     generation: &Generation,
     integration: &Integration,
     tx: &mut DbTx,
-    mut target: Option<&mut TargetTx>,
+    others: &mut Others<'_>,
     items: &[Item<'_>],
 ) -> Result<Vec<Done>, StoreError> {
-    on_writer(tx, target.as_deref_mut(), "SAVEPOINT batch").await?;
+    others.on_writer(tx, "SAVEPOINT batch").await?;
     let lockstep = {
         let mut places = Places {
             own: &mut *tx,
             own_catalog: &shared.store.catalog,
-            target: target
-                .as_deref_mut()
-                .map(|dtx| (dtx, &generation.databases)),
+            databases: &generation.databases,
+            others: others.by_name(integration),
         };
         run_lockstep(generation, integration, &mut places, items).await?
     };
@@ -564,16 +614,9 @@ async fn run_batch(
         Attempt::Done(results) => Some(results),
         Attempt::Undo => None,
         Attempt::Conflict => {
-            on_writer(tx, target.as_deref_mut(), "ROLLBACK TO SAVEPOINT batch").await?;
-            let sequential = run_sequential(
-                shared,
-                generation,
-                integration,
-                tx,
-                target.as_deref_mut(),
-                items,
-                false,
-            );
+            others.on_writer(tx, "ROLLBACK TO SAVEPOINT batch").await?;
+            let sequential =
+                run_sequential(shared, generation, integration, tx, others, items, false);
             match sequential.await? {
                 Attempt::Done(results) => Some(results),
                 _ => None,
@@ -581,16 +624,8 @@ async fn run_batch(
         }
     };
     if results.is_none() {
-        on_writer(tx, target.as_deref_mut(), "ROLLBACK TO SAVEPOINT batch").await?;
-        let safe = run_sequential(
-            shared,
-            generation,
-            integration,
-            tx,
-            target.as_deref_mut(),
-            items,
-            true,
-        );
+        others.on_writer(tx, "ROLLBACK TO SAVEPOINT batch").await?;
+        let safe = run_sequential(shared, generation, integration, tx, others, items, true);
         results = match safe.await? {
             Attempt::Done(results) => Some(results),
             _ => None,
@@ -602,20 +637,65 @@ async fn run_batch(
             "internal error: safe mode gave up".into(),
         ));
     };
-    on_writer(tx, target, "RELEASE SAVEPOINT batch").await?;
+    others.on_writer(tx, "RELEASE SAVEPOINT batch").await?;
     Ok(results)
 }
 
-/// Runs a savepoint statement on the transaction a batch writes in: the
-/// target's when there is one, else busbar's.
-async fn on_writer(
-    tx: &mut DbTx,
-    target: Option<&mut TargetTx>,
-    sql: &'static str,
-) -> Result<(), StoreError> {
-    match target {
-        Some(dtx) => dtx.run(sql).await,
-        None => tx.run(sql).await,
+/// The transactions a batch holds in other databases.
+struct Others<'x> {
+    /// In the database the integration writes to, if not busbar's own:
+    /// the batch's writes and savepoints are there.
+    target: Option<&'x mut TargetTx>,
+    /// In the databases its `find`s read, by name.
+    reads: &'x mut [(String, TargetTx)],
+}
+
+impl Others<'_> {
+    /// Every transaction, by its database's name.
+    fn by_name<'s>(&'s mut self, integration: &'s Integration) -> Vec<(&'s str, &'s mut TargetTx)> {
+        let mut others: Vec<(&str, &mut TargetTx)> = self
+            .reads
+            .iter_mut()
+            .map(|(name, tx)| (name.as_str(), tx))
+            .collect();
+        if let (Some(name), Some(target)) =
+            (integration.database.as_deref(), self.target.as_deref_mut())
+        {
+            others.push((name, target));
+        }
+        others
+    }
+
+    /// Runs a savepoint statement on the transaction the batch writes in:
+    /// the target's when there is one, else busbar's (`tx`).
+    async fn on_writer(&mut self, tx: &mut DbTx, sql: &'static str) -> Result<(), StoreError> {
+        match self.target.as_deref_mut() {
+            Some(dtx) => dtx.run(sql).await,
+            None => tx.run(sql).await,
+        }
+    }
+}
+
+/// Starts a read transaction in each database an integration's `find`s
+/// read (other than the one it writes to).
+async fn begin_reads(readers: &[Arc<TargetDb>]) -> Result<Vec<(String, TargetTx)>, StoreError> {
+    let mut reads = Vec::with_capacity(readers.len());
+    for reader in readers {
+        match reader.begin_read().await {
+            Ok(tx) => reads.push((reader.name.clone(), tx)),
+            Err(error) => {
+                end_reads(reads).await;
+                return Err(error);
+            }
+        }
+    }
+    Ok(reads)
+}
+
+/// Ends read transactions (nothing was written in them).
+async fn end_reads(reads: Vec<(String, TargetTx)>) {
+    for (_, tx) in reads {
+        let _ = tx.rollback().await;
     }
 }
 
@@ -1097,6 +1177,9 @@ async fn run_lockstep(
     };
     if let Err(error) = flushed {
         if let Some(error) = error {
+            if error.is_unreachable() {
+                return Err(error);
+            }
             tracing::debug!(%error, "lockstep batch failed; running it with savepoints");
         }
         return Ok(Attempt::Undo);
@@ -1164,7 +1247,7 @@ async fn run_sequential(
     generation: &Generation,
     integration: &Integration,
     tx: &mut DbTx,
-    mut target: Option<&mut TargetTx>,
+    others: &mut Others<'_>,
     items: &[Item<'_>],
     safe: bool,
 ) -> Result<Attempt, StoreError> {
@@ -1188,12 +1271,12 @@ async fn run_sequential(
             continue;
         }
         if safe {
-            on_writer(tx, target.as_deref_mut(), "SAVEPOINT delivery").await?;
+            others.on_writer(tx, "SAVEPOINT delivery").await?;
         }
         let input = EventInput::new(&item.event);
         let mut executor = LaneExecutor::new(
             TargetExecutor::new(tx, &shared.store.catalog),
-            target.as_deref_mut().map(TargetTx::executor),
+            others.by_name(integration),
             &generation.databases,
         );
         let run = CatchUnwind::new(run_route(
@@ -1208,6 +1291,13 @@ async fn run_sequential(
         drop(executor);
         let result = match run {
             Ok(run) => {
+                // A database out of reach is an outage, not this
+                // delivery's failure: the batch stops, no attempt counted.
+                if let Err(RouteError::Executor { error, .. }) = &run.outcome
+                    && error.is_unreachable()
+                {
+                    return Err(StoreError::Unreachable(error.to_string()));
+                }
                 // A database error may leave the transaction unusable:
                 // outside a savepoint, give up on this way.
                 let database_failed = matches!(&run.outcome, Err(RouteError::Executor { .. }));
@@ -1244,9 +1334,11 @@ async fn run_sequential(
         };
         if safe {
             if result.undo {
-                on_writer(tx, target.as_deref_mut(), "ROLLBACK TO SAVEPOINT delivery").await?;
+                others
+                    .on_writer(tx, "ROLLBACK TO SAVEPOINT delivery")
+                    .await?;
             }
-            on_writer(tx, target.as_deref_mut(), "RELEASE SAVEPOINT delivery").await?;
+            others.on_writer(tx, "RELEASE SAVEPOINT delivery").await?;
         }
         let blocks = match &result.result {
             Result_::Retry { .. } => true,

@@ -29,7 +29,7 @@ use super::catalog::{Catalog, TableInfo};
 use super::convert::{BindValue, convert_columns};
 use super::mysql::{self, catalog::MySqlCatalog, target::MySqlTargetExecutor};
 use super::target::{Emitted, TargetExecutor, bind_all};
-use super::targets::TargetTx;
+use super::targets::{TargetTx, not_open};
 use super::{DbTx, StoreError};
 use crate::compile::Step;
 use crate::compile::databases::Databases;
@@ -331,13 +331,15 @@ type Group = Vec<(usize, Vec<(Ident, Value)>, Slot)>;
 /// An upsert's shape: the table, its key, the columns written.
 type UpsertShape = (TableName, Vec<Ident>, Vec<Ident>);
 
-/// Where a flush runs each table's statements: busbar's transaction, and,
-/// for an integration whose target is another database, that database's
-/// transaction for the tables `databases` puts there.
+/// Where a flush runs each table's statements: busbar's transaction, or
+/// the transaction of the other database the table is in (`others`, by
+/// name: the database the integration writes to, and those its `find`s
+/// read).
 pub struct Places<'a> {
     pub own: &'a mut DbTx,
     pub own_catalog: &'a Catalog,
-    pub target: Option<(&'a mut TargetTx, &'a Databases)>,
+    pub databases: &'a Databases,
+    pub others: Vec<(&'a str, &'a mut TargetTx)>,
 }
 
 /// A table's transaction and catalog.
@@ -349,14 +351,19 @@ enum Place<'p> {
 
 impl Places<'_> {
     /// The transaction and catalog of `table`.
-    fn of(&mut self, table: &TableName) -> Place<'_> {
-        match &mut self.target {
-            Some((tx, databases)) if databases.of_table(table).is_some() => match &mut **tx {
-                TargetTx::Postgres(tx, catalog) => Place::Sql(tx, catalog),
-                TargetTx::MySql(tx, catalog) => Place::MySql(tx, catalog),
-            },
-            _ => Place::Sql(&mut *self.own, self.own_catalog),
-        }
+    fn of(&mut self, table: &TableName) -> Result<Place<'_>, StoreError> {
+        let Some(database) = self.databases.of_table(table) else {
+            return Ok(Place::Sql(&mut *self.own, self.own_catalog));
+        };
+        let (_, tx) = self
+            .others
+            .iter_mut()
+            .find(|(name, _)| *name == database.name)
+            .ok_or_else(|| not_open(&database.name, table))?;
+        Ok(match &mut **tx {
+            TargetTx::Postgres(tx, catalog) => Place::Sql(tx, catalog),
+            TargetTx::MySql(tx, catalog) => Place::MySql(tx, catalog),
+        })
     }
 }
 
@@ -393,7 +400,7 @@ pub async fn flush(
         }
     }
     for ((table, columns), group) in finds {
-        let (tx, catalog) = match places.of(&table) {
+        let (tx, catalog) = match places.of(&table)? {
             Place::Sql(tx, catalog) => (tx, catalog),
             Place::MySql(connection, catalog) => {
                 let info = catalog.table(connection, &table).await?;
@@ -427,7 +434,7 @@ pub async fn flush(
         }
     }
     for ((table, key, columns), group) in upserts {
-        let (tx, catalog) = match places.of(&table) {
+        let (tx, catalog) = match places.of(&table)? {
             Place::Sql(tx, catalog) => (tx, catalog),
             Place::MySql(connection, catalog) => {
                 let info = catalog.table(connection, &table).await?;
@@ -507,7 +514,7 @@ pub async fn flush(
             Request::Update { table, .. } | Request::Delete { table, .. } => table.clone(),
             Request::Find { .. } | Request::Upsert { .. } => unreachable!("grouped above"),
         };
-        let reply = match places.of(&table) {
+        let reply = match places.of(&table)? {
             Place::Sql(tx, catalog) => {
                 single(&mut TargetExecutor::new(tx, catalog), &request).await
             }

@@ -111,6 +111,37 @@ enum Pool {
     MySql(MySqlPool, Arc<MySqlCatalog>),
 }
 
+impl Pool {
+    /// Whether it answers `SELECT 1`; `None` once closed.
+    async fn answers(&self) -> Option<bool> {
+        let select = match self {
+            Pool::Postgres(pool, _) if !pool.is_closed() => {
+                sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+            }
+            Pool::MySql(pool, _) if !pool.is_closed() => {
+                sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+            }
+            _ => return None,
+        };
+        Some(select.is_ok())
+    }
+
+    /// Starts a transaction, on a task of its own (a connection half made
+    /// when the caller gives up is not left in the pool).
+    async fn begin(&self) -> Result<TargetTx, StoreError> {
+        let pool = self.clone();
+        super::detach(async move {
+            Ok(match &pool {
+                Pool::Postgres(pool, catalog) => {
+                    TargetTx::Postgres(DbTx::Postgres(pool.begin().await?), catalog.clone())
+                }
+                Pool::MySql(pool, catalog) => TargetTx::MySql(pool.begin().await?, catalog.clone()),
+            })
+        })
+        .await
+    }
+}
+
 /// One other database.
 #[derive(Debug)]
 pub struct TargetDb {
@@ -391,16 +422,10 @@ impl TargetDb {
             let mut pause = Duration::from_millis(200);
             loop {
                 tokio::time::sleep(pause).await;
-                let answered = match &pool {
-                    Pool::Postgres(pool, _) if !pool.is_closed() => {
-                        let select = sqlx::query("SELECT 1").execute(pool);
-                        tokio::time::timeout(Duration::from_secs(5), select).await.is_ok_and(|r| r.is_ok())
-                    }
-                    Pool::MySql(pool, _) if !pool.is_closed() => {
-                        let select = sqlx::query("SELECT 1").execute(pool);
-                        tokio::time::timeout(Duration::from_secs(5), select).await.is_ok_and(|r| r.is_ok())
-                    }
-                    _ => break,
+                let answered = match tokio::time::timeout(Duration::from_secs(5), pool.answers()).await {
+                    Ok(None) => break,
+                    Ok(Some(answered)) => answered,
+                    Err(_) => false,
                 };
                 if answered {
                     tracing::info!(database = %name, "database answers again: its integrations resume");
@@ -419,20 +444,35 @@ impl TargetDb {
         if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
             self.check().await?;
         }
-        let pool = self.pool.clone();
-        let begun = super::detach(async move {
-            Ok(match &pool {
-                Pool::Postgres(pool, catalog) => {
-                    TargetTx::Postgres(DbTx::Postgres(pool.begin().await?), catalog.clone())
-                }
-                Pool::MySql(pool, catalog) => TargetTx::MySql(pool.begin().await?, catalog.clone()),
-            })
-        })
-        .await;
+        self.begin_read().await
+    }
+
+    /// Starts a transaction to read in (a `find` of an integration that
+    /// writes elsewhere): no progress table is needed for that, so none is
+    /// made.
+    pub async fn begin_read(&self) -> Result<TargetTx, StoreError> {
+        let begun = self.pool.begin().await;
         if let Err(error) = &begun {
             self.down(error);
         }
         begun
+    }
+
+    /// After `error` failed a batch that used this database: when it says
+    /// some database is out of reach and this one does not answer
+    /// `SELECT 1` within a second, it is down (a batch uses up to three
+    /// databases, and the error does not say which).
+    pub async fn confirm(&self, error: &StoreError) {
+        if !error.is_unreachable() {
+            return;
+        }
+        let timeout = Duration::from_secs(1);
+        let answered = tokio::time::timeout(timeout, self.pool.answers())
+            .await
+            .is_ok_and(|answered| answered == Some(true));
+        if !answered {
+            self.down(error);
+        }
     }
 
     /// Forgets what the catalog read (a reload: tables may have changed).
@@ -699,33 +739,35 @@ impl Executor for TargetStepper<'_> {
     }
 }
 
-/// The executor a lane runs a route with: every step on busbar's own
-/// transaction (`own`) for an integration that writes there; for one whose
-/// target database is another (`target`), its writes and its reads of that
-/// database's tables there, and its reads of busbar's own tables (the
-/// subscription check in `core`) on busbar's transaction.
+/// The executor a lane runs a route with: each step on the transaction of
+/// the database its table is in — busbar's own (`own`), or another one
+/// (`others`, by name: the database the integration writes to, and those
+/// its `find`s read).
 pub struct LaneExecutor<'a, 't> {
     own: TargetExecutor<'a>,
-    target: Option<TargetStepper<'t>>,
+    others: Vec<(&'t str, TargetStepper<'t>)>,
     databases: &'a Databases,
 }
 
 impl<'a, 't> LaneExecutor<'a, 't> {
     pub fn new(
         own: TargetExecutor<'a>,
-        target: Option<TargetStepper<'t>>,
+        others: Vec<(&'t str, &'t mut TargetTx)>,
         databases: &'a Databases,
     ) -> Self {
         LaneExecutor {
             own,
-            target,
+            others: others
+                .into_iter()
+                .map(|(name, tx)| (name, tx.executor()))
+                .collect(),
             databases,
         }
     }
 
     /// Whether a statement that writes has run.
     pub fn wrote(&self) -> bool {
-        self.own.wrote || self.target.as_ref().is_some_and(TargetStepper::wrote)
+        self.own.wrote || self.others.iter().any(|(_, e)| e.wrote())
     }
 
     /// The events emitted so far, taken.
@@ -733,19 +775,31 @@ impl<'a, 't> LaneExecutor<'a, 't> {
         std::mem::take(&mut self.own.emitted)
     }
 
-    /// Where a step on `table` runs: the target's executor when there is
-    /// one and, for a read, when the table is not busbar's own.
-    fn writer(&mut self) -> Either<'_, 'a, 't> {
-        match &mut self.target {
-            Some(target) => Either::Target(target),
-            None => Either::Own(&mut self.own),
-        }
+    /// The executor of the database `table` is in.
+    fn on(&mut self, table: &TableName) -> Result<Either<'_, 'a, 't>, StoreError> {
+        let Some(database) = self.databases.of_table(table) else {
+            return Ok(Either::Own(&mut self.own));
+        };
+        self.others
+            .iter_mut()
+            .find(|(name, _)| *name == database.name)
+            .map(|(_, executor)| Either::Other(executor))
+            .ok_or_else(|| not_open(&database.name, table))
     }
+}
+
+/// The error of a step on a database the batch holds no transaction in (a
+/// bug: `compile::databases::resolve` lists every database an integration
+/// uses).
+pub fn not_open(database: &str, table: &TableName) -> StoreError {
+    StoreError::Invalid(format!(
+        "internal error: no transaction in database `{database}` for {table}"
+    ))
 }
 
 enum Either<'e, 'a, 't> {
     Own(&'e mut TargetExecutor<'a>),
-    Target(&'e mut TargetStepper<'t>),
+    Other(&'e mut TargetStepper<'t>),
 }
 
 impl Executor for LaneExecutor<'_, '_> {
@@ -756,11 +810,9 @@ impl Executor for LaneExecutor<'_, '_> {
         table: &TableName,
         filter: &[(Ident, Value)],
     ) -> Result<Option<Row>, StoreError> {
-        match &mut self.target {
-            Some(target) if self.databases.of_table(table).is_some() => {
-                target.find(table, filter).await
-            }
-            _ => self.own.find(table, filter).await,
+        match self.on(table)? {
+            Either::Own(e) => e.find(table, filter).await,
+            Either::Other(e) => e.find(table, filter).await,
         }
     }
 
@@ -770,9 +822,9 @@ impl Executor for LaneExecutor<'_, '_> {
         key: &[Ident],
         values: &[(Ident, Value)],
     ) -> Result<Row, StoreError> {
-        match self.writer() {
+        match self.on(table)? {
             Either::Own(e) => e.upsert(table, key, values).await,
-            Either::Target(e) => e.upsert(table, key, values).await,
+            Either::Other(e) => e.upsert(table, key, values).await,
         }
     }
 
@@ -782,9 +834,9 @@ impl Executor for LaneExecutor<'_, '_> {
         filter: &[(Ident, Value)],
         set: &[(Ident, Value)],
     ) -> Result<Vec<Row>, StoreError> {
-        match self.writer() {
+        match self.on(table)? {
             Either::Own(e) => e.update(table, filter, set).await,
-            Either::Target(e) => e.update(table, filter, set).await,
+            Either::Other(e) => e.update(table, filter, set).await,
         }
     }
 
@@ -793,9 +845,9 @@ impl Executor for LaneExecutor<'_, '_> {
         table: &TableName,
         filter: &[(Ident, Value)],
     ) -> Result<u64, StoreError> {
-        match self.writer() {
+        match self.on(table)? {
             Either::Own(e) => e.delete(table, filter).await,
-            Either::Target(e) => e.delete(table, filter).await,
+            Either::Other(e) => e.delete(table, filter).await,
         }
     }
 

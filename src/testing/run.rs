@@ -354,6 +354,7 @@ async fn run_on(
     generation.databases = Default::default();
     for integration in &mut generation.integrations {
         integration.database = None;
+        integration.reads_from.clear();
     }
     let mut engine_config = EngineConfig::for_dialect(dialect);
     engine_config.poll_interval = Duration::from_millis(50);

@@ -1037,3 +1037,168 @@ cases:
         payroll.new_hires: { count: 1 }
         payroll.employee_records: { count: 1 }
 "#;
+
+/// A `find` in a third database: an integration that writes into MariaDB
+/// (paylinq) reads each item's rate from another PostgreSQL database
+/// (nexus), in a read transaction there. Every event is applied with the
+/// rate nexus holds; while nexus refuses connections the integration waits
+/// on it (the status API says so; no attempt counted, no dead letter) and
+/// catches up once it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(postgres_tests, mariadb_tests)),
+    ignore = "needs TEST_DATABASE_URL and TEST_MARIADB_URL when the tests were built"
+)]
+async fn a_find_in_a_third_database_reads_there_and_waits_while_it_is_down() {
+    const BEFORE: usize = 200;
+    const DURING: usize = 200;
+    let db = TestDb::postgres().await;
+    let nexus = TestDb::postgres_unmigrated().await;
+    let paylinq = crate::mariadb::MariaDb::new().await;
+    nexus
+        .execute(&format!(
+            "CREATE SCHEMA nexus;
+             CREATE TABLE nexus.rates (item INTEGER PRIMARY KEY, rate INTEGER NOT NULL);
+             INSERT INTO nexus.rates SELECT i, i * 2 FROM generate_series(0, {}) AS i",
+            BEFORE + DURING
+        ))
+        .await;
+    paylinq
+        .execute("CREATE TABLE pay (event_id CHAR(36) PRIMARY KEY, item INT NOT NULL, amount INT NOT NULL)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (nexus_var, paylinq_var) = (format!("NEXUS_{suffix}"), format!("PAYLINQ_{suffix}"));
+    std::fs::write(
+        dir.path().join("databases.yaml"),
+        format!(
+            "databases:\n  nexus:\n    url: ${{{nexus_var}}}\n    schemas: [nexus]\n  \
+             paylinq:\n    url: ${{{paylinq_var}}}\n    schemas: [{}]\n",
+            paylinq.name
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pay.yaml"),
+        format!(
+            r#"
+id: pay
+source: load
+target: paylinq
+order_by: $.data.item
+routes:
+  - on: item.added
+    steps:
+      - find: nexus.rates
+        where: {{ item: $.data.item }}
+        missing: fail
+        as: rate
+      - upsert: {}.pay
+        key: [event_id]
+        values:
+          event_id: $.id
+          item: $.data.item
+          amount: "{{{{ rate.rate }}}}"
+"#,
+            paylinq.name
+        ),
+    )
+    .unwrap();
+    // SAFETY: the variables' names are this test's own.
+    unsafe {
+        std::env::set_var(&nexus_var, &nexus.url);
+        std::env::set_var(&paylinq_var, paylinq.url());
+    }
+    let engine = db.engine_on(dir.path(), None).await;
+    insert_events(&db, 0, BEFORE).await;
+    db.settle(Duration::from_secs(60)).await;
+    let wrong: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pay WHERE amount <> item * 2")
+        .fetch_one(&paylinq.pool)
+        .await
+        .unwrap();
+    assert_eq!(paylinq.count("pay").await, BEFORE as i64);
+    assert_eq!(wrong, 0, "every amount is the rate nexus holds");
+
+    // nexus refuses connections, busbar's there cut.
+    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let name = nexus.url.rsplit('/').next().unwrap().to_owned();
+    for sql in [
+        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    insert_events(&db, BEFORE, DURING).await;
+    let down_at = Instant::now();
+    while engine.databases().iter().any(|d| d.name == "nexus" && d.up) {
+        assert!(
+            down_at.elapsed() < Duration::from_secs(20),
+            "nexus is never shown down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = crate::console::serve_engine(engine.clone()).await;
+    let key =
+        busbar::store::keys::create_key(&db.store, None, &busbar::store::keys::Scope::ALL, None)
+            .await
+            .unwrap();
+    let status: serde_json::Value = crate::console::client()
+        .get(format!("{}/api/integrations/status", server.base))
+        .bearer_auth(&key.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pay = status["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "pay")
+        .unwrap();
+    assert_eq!(pay["database"], "paylinq", "{pay}");
+    assert_eq!(pay["waiting_on_database"]["database"], "nexus", "{pay}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        paylinq.count("pay").await,
+        BEFORE as i64,
+        "nothing is applied without its rate"
+    );
+    assert_eq!(
+        db.count_where("integrations.deliveries", "status = 'dead' OR attempts > 1")
+            .await,
+        0,
+        "an outage of the database read is not a delivery's failure"
+    );
+
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let up_at = Instant::now();
+    db.settle(Duration::from_secs(60)).await;
+    eprintln!(
+        "third database down: everything applied {:?} after it returned",
+        up_at.elapsed()
+    );
+    let wrong: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pay WHERE amount <> item * 2")
+        .fetch_one(&paylinq.pool)
+        .await
+        .unwrap();
+    assert_eq!(paylinq.count("pay").await, (BEFORE + DURING) as i64);
+    assert_eq!(wrong, 0);
+    assert_eq!(
+        db.count_where("integrations.deliveries", "status = 'dead'")
+            .await,
+        0
+    );
+    engine.shutdown().await;
+}
