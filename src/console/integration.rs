@@ -108,6 +108,10 @@ struct IntegrationPage {
     database: String,
     /// That database when it is another one: its kind and health.
     database_status: Option<crate::store::targets::DatabaseStatus>,
+    /// The other databases its `find`s read.
+    reads_from: Vec<String>,
+    /// The first database it uses that is out of reach.
+    waiting_on: Option<crate::store::targets::DatabaseStatus>,
     routes: Vec<RouteView>,
     yaml: Option<minijinja::Value>,
     reload_errors: Vec<ReloadError>,
@@ -186,24 +190,15 @@ pub async fn page(
             .database
             .clone()
             .unwrap_or_else(|| crate::compile::databases::OWN.to_owned()),
-        database_status: integration.database.as_ref().and_then(|name| {
-            let status = state
-                .engine
-                .databases()
-                .into_iter()
-                .find(|d| &d.name == name)?;
-            // The driver's message is the platform's to see.
-            Some(
-                if viewer.org_scope() == crate::store::scope::OrgScope::Platform {
-                    status
-                } else {
-                    crate::store::targets::DatabaseStatus {
-                        error: None,
-                        ..status
-                    }
-                },
-            )
-        }),
+        database_status: integration
+            .database
+            .as_ref()
+            .and_then(|name| database_status(&state.engine, &viewer, name)),
+        reads_from: integration.reads_from.clone(),
+        waiting_on: integration
+            .databases_used()
+            .filter_map(|name| database_status(&state.engine, &viewer, name))
+            .find(|status| !status.up),
         routes,
         yaml: source.map(|s| view::safe(highlight::yaml(&s.text, &marked))),
         reload_errors,
@@ -217,6 +212,26 @@ pub async fn page(
         window,
     };
     view::page(&viewer, "integration.html", "overview", &id, content)
+}
+
+/// What the page shows of database `name`: the driver's message only to
+/// the platform.
+fn database_status(
+    engine: &crate::engine::Engine,
+    viewer: &Viewer,
+    name: &str,
+) -> Option<crate::store::targets::DatabaseStatus> {
+    let status = engine.databases().into_iter().find(|d| d.name == name)?;
+    Some(
+        if viewer.org_scope() == crate::store::scope::OrgScope::Platform {
+            status
+        } else {
+            crate::store::targets::DatabaseStatus {
+                error: None,
+                ..status
+            }
+        },
+    )
 }
 
 fn same_file(reported: &str, file: &std::path::Path) -> bool {

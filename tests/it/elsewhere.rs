@@ -1164,6 +1164,24 @@ routes:
         .unwrap();
     assert_eq!(pay["database"], "paylinq", "{pay}");
     assert_eq!(pay["waiting_on_database"]["database"], "nexus", "{pay}");
+    let cookie = crate::console::session(&server.base, &key.key).await;
+    let page = crate::console::get(&server.base, "/console/integrations/pay", &cookie)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Writes to database <code>paylinq</code>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Reads from database <code>nexus</code>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Waiting on database <code>nexus</code> since"),
+        "{page}"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         paylinq.count("pay").await,
