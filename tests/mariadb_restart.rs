@@ -72,23 +72,6 @@ const INTEGRATIONS: [(&str, &str); 2] = [
     ),
 ];
 
-async fn insert_events(db: &TestDb, first: usize, count: usize) {
-    let values: Vec<String> = (first..first + count)
-        .map(|i| {
-            format!(
-                "('{}', '{}', 'load', 'item.added', '{{\"item\": {i}}}')",
-                uuid::Uuid::new_v4(),
-                busbar::dev::ORGANIZATION
-            )
-        })
-        .collect();
-    db.execute(&format!(
-        "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data) VALUES {}",
-        values.join(", ")
-    ))
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(mariadb_tests),
@@ -141,14 +124,14 @@ async fn a_mariadb_target_shut_down_holds_back_only_its_integration() {
     // SAFETY: the variable's name is this test's own.
     unsafe { std::env::set_var(&variable, &url) };
     let engine = db.engine_on(dir.path(), None).await;
-    insert_events(&db, 0, BEFORE).await;
+    db.insert_item_events(0..BEFORE).await;
     db.settle(Duration::from_secs(60)).await;
 
     assert!(admin(&["shutdown"]), "MariaDB shuts down");
     // Started again when this goes, even if a check below fails.
     let down = Down;
     let down_at = Instant::now();
-    insert_events(&db, BEFORE, DURING).await;
+    db.insert_item_events(BEFORE..BEFORE + DURING).await;
     while db.count("test.local").await < (BEFORE + DURING) as i64 {
         assert!(
             down_at.elapsed() < Duration::from_secs(20),

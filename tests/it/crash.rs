@@ -77,27 +77,6 @@ fn serve(db: &TestDb, dir: &Path) -> Child {
         .expect("busbar serve starts")
 }
 
-/// Inserts events straight into the outbox, as a product would.
-async fn insert_events(db: &TestDb, count: usize) {
-    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
-        let values: Vec<String> = chunk
-            .iter()
-            .map(|i| {
-                format!(
-                    "('{}', '{}', 'load', 'item.added', '{{\"item\": {i}}}')",
-                    uuid::Uuid::new_v4(),
-                    busbar::dev::ORGANIZATION
-                )
-            })
-            .collect();
-        db.execute(&format!(
-            "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data) VALUES {}",
-            values.join(", ")
-        ))
-        .await;
-    }
-}
-
 on_both_databases! {
     async fn killed_mid_run_and_restarted_applies_every_event_exactly_once(db: TestDb) {
         if db.dialect() == busbar::store::Dialect::Postgres {
@@ -107,7 +86,7 @@ on_both_databases! {
         db.execute("CREATE TABLE test.journal (event_id UUID PRIMARY KEY, item INTEGER, applied INTEGER NOT NULL)").await;
         let dir = tempfile::tempdir().unwrap();
         write_integrations(dir.path());
-        insert_events(&db, EVENTS).await;
+        db.insert_item_events(0..EVENTS).await;
 
         let mut first = serve(&db, dir.path());
         let start = Instant::now();

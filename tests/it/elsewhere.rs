@@ -214,27 +214,6 @@ async fn create_own_tables(db: &TestDb) {
     .await;
 }
 
-/// Inserts `count` events into busbar's outbox, items from `first` on.
-async fn insert_events(db: &TestDb, first: usize, count: usize) {
-    for chunk in (first..first + count).collect::<Vec<_>>().chunks(500) {
-        let values: Vec<String> = chunk
-            .iter()
-            .map(|i| {
-                format!(
-                    "('{}', '{}', 'load', 'item.added', '{{\"item\": {i}}}')",
-                    uuid::Uuid::new_v4(),
-                    busbar::dev::ORGANIZATION
-                )
-            })
-            .collect();
-        db.execute(&format!(
-            "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data) VALUES {}",
-            values.join(", ")
-        ))
-        .await;
-    }
-}
-
 fn serve(db: &TestDb, dir: &Path, variable: &str, url: &str, failpoint: Option<&str>) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_busbar"));
     command
@@ -291,7 +270,7 @@ async fn killed_between_the_commits(db: TestDb, target: Target) {
     let mut inserted = 0;
     let mut failpoint_crashes = 0;
     for round in 0..5 {
-        insert_events(&db, inserted, ROUND).await;
+        db.insert_item_events(inserted..inserted + ROUND).await;
         inserted += ROUND;
         let before = target
             .scalar(&format!("SELECT COUNT(*) FROM {ledger}"))
@@ -475,7 +454,7 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
     // or writes it.
     unsafe { std::env::set_var(&variable, target.url()) };
     let engine = db.engine_on(dir.path(), None).await;
-    insert_events(&db, 0, BEFORE).await;
+    db.insert_item_events(0..BEFORE).await;
     db.settle(Duration::from_secs(60)).await;
     assert_eq!(
         target.scalar("SELECT COUNT(*) FROM nexus.ledger").await,
@@ -501,7 +480,7 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
     ))
     .await;
     let down_at = Instant::now();
-    insert_events(&db, BEFORE, DURING).await;
+    db.insert_item_events(BEFORE..BEFORE + DURING).await;
     // The local integration applies everything while the target is down.
     loop {
         if db.count("test.local").await == (BEFORE + DURING) as i64 {
@@ -1110,7 +1089,7 @@ routes:
         std::env::set_var(&paylinq_var, paylinq.url());
     }
     let engine = db.engine_on(dir.path(), None).await;
-    insert_events(&db, 0, BEFORE).await;
+    db.insert_item_events(0..BEFORE).await;
     db.settle(Duration::from_secs(60)).await;
     let wrong: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pay WHERE amount <> item * 2")
         .fetch_one(&paylinq.pool)
@@ -1133,7 +1112,7 @@ routes:
             .await
             .unwrap();
     }
-    insert_events(&db, BEFORE, DURING).await;
+    db.insert_item_events(BEFORE..BEFORE + DURING).await;
     let down_at = Instant::now();
     while engine.databases().iter().any(|d| d.name == "nexus" && d.up) {
         assert!(

@@ -145,6 +145,29 @@ impl TestDb {
             .expect("test SQL runs");
     }
 
+    /// Publishes `load`/`item.added` events `{"item": i}` for each `i` of
+    /// `items` by inserting them into busbar's log, as a product's outbox
+    /// write would (500 a statement).
+    pub async fn insert_item_events(&self, items: std::ops::Range<usize>) {
+        for chunk in items.collect::<Vec<_>>().chunks(500) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|i| {
+                    format!(
+                        "('{}', '{}', 'load', 'item.added', '{{\"item\": {i}}}')",
+                        uuid::Uuid::new_v4(),
+                        busbar::dev::ORGANIZATION
+                    )
+                })
+                .collect();
+            self.execute(&format!(
+                "INSERT INTO integrations.events (id, organization_id, source_product, event_name, event_data) VALUES {}",
+                values.join(", ")
+            ))
+            .await;
+        }
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         self.count_where(table, "TRUE").await
     }

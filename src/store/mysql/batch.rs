@@ -31,6 +31,7 @@ use super::target::{
 use crate::compile::ident::{Ident, TableName};
 use crate::mapping::{Executor, Row};
 use crate::store::StoreError;
+use crate::store::catalog::{ColumnInfo, ColumnType, Storage};
 
 /// Placeholders per statement, under MariaDB's limit of 65,535.
 const MAX_PLACEHOLDERS: usize = 60_000;
@@ -141,6 +142,15 @@ pub async fn upsert_many(
 
 /// One row or none per lookup, in as few statements as the placeholder
 /// limit allows; a lookup asked twice is asked once.
+///
+/// Lookups by a unique key with no null (every upsert's read-back, most
+/// finds) are asked together, `WHERE (a, b) IN (…)`, and a row answers the
+/// lookup whose values it holds exactly as written. A lookup no row
+/// answers so — none matched, or the row holds its key spelled otherwise:
+/// `'Ada@x'` found by `'ada@x'` in a case-insensitive key, `12.50` by
+/// `12.5` — is asked again alone, where MariaDB compares (a branch of
+/// [`sql::find_each`]) — unless every key column compares exactly as
+/// written (integers, UUIDs, binary text), when no match means no row.
 async fn lookup(
     connection: &mut MySqlConnection,
     table: &TableName,
@@ -159,8 +169,63 @@ async fn lookup(
         });
         same_as.push(j);
     }
-    let width = lookups.first().map_or(1, Vec::len).max(1);
-    for chunk in unique.chunks((MAX_PLACEHOLDERS / width).max(1)) {
+    let columns: Vec<&Ident> = lookups
+        .first()
+        .map(|filter| filter.iter().map(|(c, _)| *c).collect())
+        .unwrap_or_default();
+    let by_key = !columns.is_empty()
+        && info.info.unique.iter().any(|index| {
+            index
+                .iter()
+                .all(|u| columns.iter().any(|c| c.as_str() == u.as_str()))
+        });
+    let mut alone = Vec::new();
+    if !by_key {
+        alone = unique;
+    } else {
+        let definitive = columns.iter().all(|c| {
+            info.info
+                .column(c.as_str())
+                .is_some_and(compares_as_written)
+        });
+        let (keyed, rest): (Vec<usize>, Vec<usize>) = unique.iter().partition(|i| {
+            let lookup = &lookups[**i];
+            lookup.len() == columns.len()
+                && lookup
+                    .iter()
+                    .zip(&columns)
+                    .all(|((c, v), column)| c == column && written(v).is_some())
+        });
+        alone.extend(rest);
+        for chunk in keyed.chunks((MAX_PLACEHOLDERS / columns.len()).max(1)) {
+            let rows: Vec<Vec<MySqlValue>> = chunk
+                .iter()
+                .map(|i| lookups[*i].iter().map(|(_, v)| v.clone()).collect())
+                .collect();
+            let statement = sql::find_in(table, &info.info, &columns, &rows);
+            let mut found: HashMap<Vec<String>, Row> = HashMap::new();
+            for text in fetch(connection, statement).await? {
+                let row = sql::normalize_row(&info.info, &text)?;
+                let key: Option<Vec<String>> = columns
+                    .iter()
+                    .map(|c| row.columns.get(c.as_str()).and_then(as_written))
+                    .collect();
+                if let Some(key) = key {
+                    found.insert(key, row);
+                }
+            }
+            for &i in chunk {
+                let key: Vec<String> = lookups[i].iter().filter_map(|(_, v)| written(v)).collect();
+                match found.get(&key) {
+                    Some(row) => out[i] = Some(row.clone()),
+                    None if definitive => {}
+                    None => alone.push(i),
+                }
+            }
+        }
+    }
+    let width = columns.len().max(1);
+    for chunk in alone.chunks((MAX_PLACEHOLDERS / width).max(1)) {
         let filters: Vec<Vec<(&Ident, MySqlValue)>> =
             chunk.iter().map(|i| lookups[*i].clone()).collect();
         let statement = sql::find_each(table, &info.info, &filters);
@@ -184,4 +249,51 @@ async fn lookup(
         }
     }
     Ok(out)
+}
+
+/// Runs a statement returning one JSON text per row.
+async fn fetch(
+    connection: &mut MySqlConnection,
+    statement: sql::Statement,
+) -> Result<Vec<String>, StoreError> {
+    let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(statement.text));
+    for value in statement.values {
+        query = query.bind(value);
+    }
+    Ok(query.fetch_all(connection).await?)
+}
+
+/// A bound value as written, to tell the row holding it (`None`: a null
+/// or a float, which is never matched so).
+fn written(value: &MySqlValue) -> Option<String> {
+    match value {
+        MySqlValue::Text(text) => Some(format!("s{text}")),
+        MySqlValue::Int(n) => Some(format!("n{n}")),
+        MySqlValue::UInt(n) => Some(format!("n{n}")),
+        MySqlValue::Bool(b) => Some(format!("b{b}")),
+        MySqlValue::Float(_) | MySqlValue::Null => None,
+    }
+}
+
+/// A value of a row read back, in the form of [`written`].
+fn as_written(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(format!("s{text}")),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(format!("n{n}")),
+        Value::Bool(b) => Some(format!("b{b}")),
+        _ => None,
+    }
+}
+
+/// Whether MariaDB compares the column's values exactly as they are
+/// written: then a key no row holds as written is in no row.
+fn compares_as_written(column: &ColumnInfo) -> bool {
+    match column.ty {
+        ColumnType::Integer | ColumnType::Boolean | ColumnType::Uuid => true,
+        ColumnType::Text => match &column.storage {
+            Storage::MySql(mysql) => !mysql.case_insensitive && !mysql.pad_space,
+            _ => false,
+        },
+        _ => false,
+    }
 }

@@ -213,6 +213,46 @@ fn insert_rows(
     statement
 }
 
+/// `SELECT <row> FROM table WHERE (a, b) IN ((?, ?), (?, ?))` (`a IN (?,
+/// ?)` for one column): the rows whose `columns` equal one of `rows`, each
+/// compared as `a = ? AND b = ?` would be. Which lookup a row answers is
+/// for the caller to tell.
+pub fn find_in(
+    target: &TableName,
+    info: &TableInfo,
+    columns: &[&Ident],
+    rows: &[Vec<MySqlValue>],
+) -> Statement {
+    let names: Vec<String> = columns.iter().map(|c| backquote(*c)).collect();
+    let mut statement = Statement::default();
+    let (open, close) = if columns.len() == 1 {
+        ("", "")
+    } else {
+        ("(", ")")
+    };
+    statement.push(&format!(
+        "SELECT {} FROM {} WHERE {open}{}{close} IN (",
+        row_json(info),
+        table(target),
+        names.join(", ")
+    ));
+    for (r, row) in rows.iter().enumerate() {
+        if r > 0 {
+            statement.push(", ");
+        }
+        statement.push(open);
+        for (i, (column, value)) in columns.iter().zip(row).enumerate() {
+            if i > 0 {
+                statement.push(", ");
+            }
+            statement.bind(info.column(column.as_str()), value.clone());
+        }
+        statement.push(close);
+    }
+    statement.push(")");
+    statement
+}
+
 /// `(SELECT 0, <row> FROM table WHERE … LIMIT 1) UNION ALL (SELECT 1, …)`:
 /// at most one row per lookup, numbered by the lookup's place in
 /// `lookups`, all in one statement. Each lookup compares exactly as
@@ -541,6 +581,21 @@ mod tests {
             found.text
         );
         assert_eq!(found.values, vec![text("a@x")]);
+        let keyed = find_in(
+            &table_name,
+            &info,
+            &[&email, &salary],
+            &[vec![text("a@x"), text("1")], vec![text("b@x"), text("2")]],
+        );
+        assert!(
+            keyed.text.ends_with(
+                "FROM `employees` WHERE (`email`, `salary`) IN ((?, CAST(? AS DECIMAL(12, 2))), (?, CAST(? AS DECIMAL(12, 2))))"
+            ),
+            "{}",
+            keyed.text
+        );
+        let one = find_in(&table_name, &info, &[&email], &[vec![text("a@x")]]);
+        assert!(one.text.ends_with("WHERE `email` IN (?)"), "{}", one.text);
     }
 
     #[test]

@@ -55,7 +55,11 @@ mariadb_test! {
             .await
             .expect("no database error");
         assert_eq!(statements(&mut tx, "Com_insert").await - inserts, 1, "one INSERT for 101 rows");
-        assert_eq!(statements(&mut tx, "Com_select").await - selects, 1, "one read-back SELECT");
+        assert_eq!(
+            statements(&mut tx, "Com_select").await - selects,
+            2,
+            "one SELECT reads back the keys as written, one the key stored spelled otherwise"
+        );
         for (i, answer) in answers.iter().take(100).enumerate() {
             let row = answer.as_ref().expect("written");
             assert_eq!(row.columns["email"], json!(format!("p{i}@x")));
@@ -75,13 +79,16 @@ mariadb_test! {
 }
 
 mariadb_test! {
-    /// A batch's lookups are one `SELECT`, one `UNION ALL` branch each, so
+    /// A batch's lookups by a unique key are one `SELECT … IN (…)`, and
+    /// those no row holds as written (a case-insensitive key spelled
+    /// otherwise, no row at all) one more, one `UNION ALL` branch each, so
     /// each compares as a single `find` does: under the column's collation,
-    /// a `DECIMAL` exactly, `IS NULL` for a null. A value that cannot be
-    /// compared fails only its own lookup. An upsert whose values fill
+    /// a `DECIMAL` exactly, `IS NULL` for a null. Other lookups are that
+    /// second statement only. A value that cannot be compared fails only
+    /// its own lookup. An upsert whose values fill
     /// another unique index runs alone, and its clash fails the batch (the
     /// lane then runs it one delivery at a time, in savepoints).
-    async fn a_batch_of_finds_is_one_statement_and_compares_as_find_does() {
+    async fn a_batch_of_finds_is_one_or_two_statements_and_compares_as_find_does() {
         let db = MariaDb::new().await;
         db.execute(
             "CREATE TABLE accounts (id INT PRIMARY KEY,
@@ -94,12 +101,38 @@ mariadb_test! {
         let accounts = table("accounts");
         let mut tx = db.pool.begin().await.unwrap();
         let info = catalog.table(&mut tx, &accounts).await.unwrap();
+        // By a unique key: the rows holding their key as written are read
+        // in one statement, the rest in one more, where MariaDB compares.
+        let by_email: Vec<Vec<(Ident, Value)>> = ["ADA@X", "bob@x", "nobody@x", "ADA@X"]
+            .iter()
+            .map(|email| columns(json!({"email": email})))
+            .collect();
+        let selects = statements(&mut tx, "Com_select").await;
+        let found = find_many(&mut tx, &accounts, &info, &by_email)
+            .await
+            .expect("no database error");
+        assert_eq!(statements(&mut tx, "Com_select").await - selects, 2);
+        let ids: Vec<Option<Value>> = found
+            .iter()
+            .map(|row| row.as_ref().unwrap().as_ref().map(|row| row.columns["id"].clone()))
+            .collect();
+        assert_eq!(ids, vec![Some(json!(1)), Some(json!(2)), None, Some(json!(1))]);
+
+        // By a key compared exactly as written (an integer): no row held
+        // as written means no row, so one statement.
+        let selects = statements(&mut tx, "Com_select").await;
+        let by_id = find_many(&mut tx, &accounts, &info, &[columns(json!({"id": 2})), columns(json!({"id": 3}))])
+            .await
+            .expect("no database error");
+        assert_eq!(statements(&mut tx, "Com_select").await - selects, 1);
+        assert_eq!(by_id[0].as_ref().unwrap().as_ref().unwrap().columns["email"], json!("bob@x"));
+        assert!(by_id[1].as_ref().unwrap().is_none());
+
+        // Not by a unique key, or with a null: one statement.
         let filters = vec![
-            columns(json!({"email": "ADA@X"})),
             columns(json!({"rate": "0.125"})),
-            columns(json!({"note": null, "email": "ada@x"})),
-            columns(json!({"email": "nobody@x"})),
-            columns(json!({"email": "ADA@X"})),
+            columns(json!({"rate": "0.1"})),
+            columns(json!({"rate": "0.2"})),
             columns(json!({"rate": "not a number"})),
         ];
         let selects = statements(&mut tx, "Com_select").await;
@@ -114,13 +147,21 @@ mariadb_test! {
                 .as_ref()
                 .map(|row| row.columns["id"].clone())
         };
-        assert_eq!(id(0), Some(json!(1)));
-        assert_eq!(id(1), Some(json!(2)));
-        assert_eq!(id(2), Some(json!(1)));
-        assert_eq!(id(3), None);
-        assert_eq!(id(4), Some(json!(1)));
-        let bad = found[5].as_ref().unwrap_err().to_string();
+        assert_eq!(id(0), Some(json!(2)));
+        assert_eq!(id(1), Some(json!(1)), "DECIMAL compared exactly: 0.1 is 0.100");
+        assert_eq!(id(2), None);
+        let bad = found[3].as_ref().unwrap_err().to_string();
         assert!(bad.contains("rate") && bad.contains("not a number"), "{bad}");
+        let with_null = find_many(
+            &mut tx,
+            &accounts,
+            &info,
+            &[columns(json!({"note": null, "email": "ada@x"})), columns(json!({"note": null, "email": "bob@x"}))],
+        )
+        .await
+        .expect("no database error");
+        assert_eq!(with_null[0].as_ref().unwrap().as_ref().unwrap().columns["id"], json!(1));
+        assert!(with_null[1].as_ref().unwrap().is_none(), "bob's note is not null");
 
         let clash = upsert_many(
             &mut tx,
