@@ -41,7 +41,7 @@ use crate::store::log::LaneFilter;
 use crate::store::log::NewEvent;
 use crate::store::partitionings::{self, Partitioning};
 use crate::store::target::{Emitted, TargetExecutor};
-use crate::store::targets::{LaneExecutor, TargetDb, TargetTx};
+use crate::store::targets::{LaneExecutor, TargetDb, TargetTx, progress_key};
 use crate::store::ticks::{self, Cursor, Tick};
 use crate::store::types::{Position, Time};
 use crate::store::{DbTx, Dialect, StoreError};
@@ -389,7 +389,7 @@ pub(crate) async fn visit(
             // A batch the target committed and busbar did not record is
             // applied before the cursor moves past its events.
             if let Some(target) = &target {
-                match begin_elsewhere(target, lane, &row).await {
+                match begin_elsewhere(target, &shared.installation, lane, &row).await {
                     Ok(Elsewhere::Ready(dtx)) => dtx.rollback().await?,
                     Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
                         return finish_elsewhere(shared, lane, memory, tx, dtx, *bookkeeping, now)
@@ -461,7 +461,7 @@ pub(crate) async fn visit(
             .await
         }
         Some(target) => {
-            let mut dtx = match begin_elsewhere(target, lane, &row).await {
+            let mut dtx = match begin_elsewhere(target, &shared.installation, lane, &row).await {
                 Ok(Elsewhere::Ready(dtx)) => dtx,
                 Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
                     end_reads(reads).await;
@@ -534,7 +534,8 @@ pub(crate) async fn visit(
         let stored = serde_json::to_value(&bookkeeping)
             .map_err(|e| StoreError::Invalid(format!("internal error: {e}")))?;
         let committed = async {
-            dtx.record_progress(&lane.integration, lane.lane, row.batch_seq + 1, &stored)
+            let key = progress_key(&shared.installation, &lane.integration);
+            dtx.record_progress(&key, lane.lane, row.batch_seq + 1, &stored)
                 .await?;
             dtx.commit().await
         }
@@ -877,12 +878,18 @@ enum Elsewhere {
 /// both numbers.
 async fn begin_elsewhere(
     target: &TargetDb,
+    installation: &Uuid,
     lane: &LaneId,
     row: &lanes::LaneRow,
 ) -> Result<Elsewhere, StoreError> {
     let mut dtx = target.begin().await?;
     let progress = match dtx
-        .lock_progress(&lane.integration, lane.lane, row.batch_seq)
+        .lock_progress(
+            &progress_key(installation, &lane.integration),
+            &lane.integration,
+            lane.lane,
+            row.batch_seq,
+        )
         .await
     {
         Ok(progress) => progress,

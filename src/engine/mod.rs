@@ -215,6 +215,9 @@ pub(crate) struct Shared {
     pub activity: broadcast::Sender<Activity>,
     pub shutdown: CancellationToken,
     pub node: Uuid,
+    /// This installation's identity (`integrations.installation`): part of
+    /// the key of its progress rows in other databases.
+    pub installation: Uuid,
     /// Workers running (a dead pool makes `/readyz` fail).
     pub workers_alive: AtomicUsize,
     /// Integrations this process has warned about disagreeing on.
@@ -391,11 +394,12 @@ impl Engine {
             ticks::check_cluster(&mut tx).await?;
             tx.commit().await?;
         }
-        let persisted = {
+        let (persisted, installation) = {
             let mut tx = store.begin_read().await?;
             let persisted = states::load(&mut tx).await?;
+            let installation = crate::store::targets::installation(&mut tx).await?;
             tx.rollback().await?;
-            persisted
+            (persisted, installation)
         };
         let targets = Targets::open(&Targets::default(), &generation.databases, env_var).await?;
         let node = Uuid::now_v7();
@@ -415,6 +419,7 @@ impl Engine {
             activity,
             shutdown: CancellationToken::new(),
             node,
+            installation,
             workers_alive: AtomicUsize::new(0),
             warned: Default::default(),
             redelivering: Default::default(),

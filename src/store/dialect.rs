@@ -47,6 +47,7 @@ pub enum EngineTable {
     ConsoleSessions,
     Partitionings,
     IntegrationHistory,
+    Installation,
 }
 
 impl EngineTable {
@@ -84,6 +85,9 @@ impl EngineTable {
                 "integrations.partitionings",
                 "\"integrations.partitionings\"",
             ),
+            EngineTable::Installation => {
+                ("integrations.installation", "\"integrations.installation\"")
+            }
         }
     }
 }

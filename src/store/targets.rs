@@ -26,8 +26,10 @@ use sqlx::mysql::MySqlPool;
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{MySql, Postgres, Transaction};
+use uuid::Uuid;
 
 use super::catalog::Catalog;
+use super::dialect::{EngineTable, Statement};
 use super::mysql::catalog::MySqlCatalog;
 use super::mysql::session;
 use super::mysql::target::MySqlTargetExecutor;
@@ -38,6 +40,7 @@ use crate::compile::Step;
 use crate::compile::databases::{DatabaseKind, Databases};
 use crate::compile::ident::{Ident, TableName};
 use crate::mapping::{Executor, Row};
+use crate::on_tx;
 
 /// Connections per other database and process.
 const MAX_CONNECTIONS: u32 = 16;
@@ -497,6 +500,37 @@ pub enum TargetTx {
     MySql(Transaction<'static, MySql>, Arc<MySqlCatalog>),
 }
 
+/// The key of a lane's progress rows: the installation (busbar's own
+/// database's identity, `integrations.installation`) and the integration,
+/// so that two busbar installations writing into one database with the
+/// same integration ids keep apart.
+pub fn progress_key(installation: &Uuid, integration: &str) -> String {
+    format!("{installation}/{integration}")
+}
+
+/// This installation's identity (migration 0012).
+pub async fn installation(tx: &mut DbTx) -> Result<Uuid, StoreError> {
+    static SQL: Statement = Statement::new(|d| {
+        format!(
+            "SELECT CAST(id AS TEXT) FROM {} LIMIT 1",
+            d.engine_table(EngineTable::Installation)
+        )
+    });
+    let sql = SQL.get(tx.dialect());
+    let id: String = on_tx!(&mut *tx, |conn| sqlx::query_scalar(sql)
+        .fetch_one(conn)
+        .await)?;
+    Uuid::parse_str(&id).map_err(|e| {
+        StoreError::Invalid(format!(
+            "integrations.installation holds {id:?}, not an id: {e}"
+        ))
+    })
+}
+
+fn on_sqlite() -> StoreError {
+    StoreError::Invalid("internal error: a target transaction on SQLite".into())
+}
+
 /// A lane's progress row in a target database.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -531,61 +565,59 @@ impl TargetTx {
         }
     }
 
-    /// Locks the lane's progress row, making it at `start` when the lane
-    /// has never written here (the first batch of this lane in this
-    /// database).
+    /// Locks the lane's progress row (`key`: [`progress_key`]), making it
+    /// at `start` when the lane has never written here (the first batch of
+    /// this lane in this database). A row an earlier busbar kept under the
+    /// integration's id alone (`legacy`) is taken over: renamed, with its
+    /// number and bookkeeping.
     pub async fn lock_progress(
         &mut self,
-        integration: &str,
+        key: &str,
+        legacy: &str,
         lane: i32,
         start: i64,
     ) -> Result<Progress, StoreError> {
-        for _ in 0..2 {
-            let found: Option<(i64, Option<String>)> = match self {
+        if let Some(progress) = self.select_progress(key, lane).await? {
+            return Ok(progress);
+        }
+        if self.select_progress(legacy, lane).await?.is_some() {
+            match self {
                 TargetTx::Postgres(DbTx::Postgres(tx), _) => {
-                    sqlx::query_as(
-                        "SELECT batch_seq, outcome::text FROM busbar.progress \
-                         WHERE integration = $1 AND lane = $2 FOR UPDATE",
+                    sqlx::query(
+                        "UPDATE busbar.progress SET integration = $1 WHERE integration = $2 AND lane = $3",
                     )
-                    .bind(integration)
+                    .bind(key)
+                    .bind(legacy)
                     .bind(lane)
-                    .fetch_optional(&mut **tx)
-                    .await?
+                    .execute(&mut **tx)
+                    .await?;
                 }
                 TargetTx::MySql(tx, _) => {
-                    sqlx::query_as(
-                        "SELECT batch_seq, outcome FROM busbar_progress \
-                         WHERE integration = ? AND lane = ? FOR UPDATE",
+                    sqlx::query(
+                        "UPDATE busbar_progress SET integration = ? WHERE integration = ? AND lane = ?",
                     )
-                    .bind(integration)
+                    .bind(key)
+                    .bind(legacy)
                     .bind(lane)
-                    .fetch_optional(&mut **tx)
-                    .await?
+                    .execute(&mut **tx)
+                    .await?;
                 }
-                TargetTx::Postgres(DbTx::Sqlite(_), _) => {
-                    return Err(StoreError::Invalid(
-                        "internal error: a target transaction on SQLite".into(),
-                    ));
-                }
-            };
-            if let Some((batch_seq, outcome)) = found {
-                let outcome = outcome
-                    .map(|text| serde_json::from_str(&text))
-                    .transpose()
-                    .map_err(|e| {
-                        StoreError::Invalid(format!(
-                            "the progress row's outcome cannot be read: {e}"
-                        ))
-                    })?;
-                return Ok(Progress { batch_seq, outcome });
+                TargetTx::Postgres(DbTx::Sqlite(_), _) => return Err(on_sqlite()),
             }
+            tracing::info!(
+                integration = legacy,
+                lane,
+                key,
+                "progress row taken over from an earlier busbar"
+            );
+        } else {
             match self {
                 TargetTx::Postgres(DbTx::Postgres(tx), _) => {
                     sqlx::query(
                         "INSERT INTO busbar.progress (integration, lane, batch_seq) VALUES ($1, $2, $3) \
                          ON CONFLICT DO NOTHING",
                     )
-                    .bind(integration)
+                    .bind(key)
                     .bind(lane)
                     .bind(start)
                     .execute(&mut **tx)
@@ -595,18 +627,64 @@ impl TargetTx {
                     sqlx::query(
                         "INSERT IGNORE INTO busbar_progress (integration, lane, batch_seq) VALUES (?, ?, ?)",
                     )
-                    .bind(integration)
+                    .bind(key)
                     .bind(lane)
                     .bind(start)
                     .execute(&mut **tx)
                     .await?;
                 }
-                TargetTx::Postgres(DbTx::Sqlite(_), _) => unreachable!("refused above"),
+                TargetTx::Postgres(DbTx::Sqlite(_), _) => return Err(on_sqlite()),
             }
         }
-        Err(StoreError::Invalid(format!(
-            "the progress row of lane {integration}#{lane} was made and is not there"
-        )))
+        self.select_progress(key, lane).await?.ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "the progress row of lane {key}#{lane} was made and is not there"
+            ))
+        })
+    }
+
+    /// A progress row, locked.
+    async fn select_progress(
+        &mut self,
+        integration: &str,
+        lane: i32,
+    ) -> Result<Option<Progress>, StoreError> {
+        let found: Option<(i64, Option<String>)> = match self {
+            TargetTx::Postgres(DbTx::Postgres(tx), _) => {
+                sqlx::query_as(
+                    "SELECT batch_seq, outcome::text FROM busbar.progress \
+                     WHERE integration = $1 AND lane = $2 FOR UPDATE",
+                )
+                .bind(integration)
+                .bind(lane)
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+            TargetTx::MySql(tx, _) => {
+                sqlx::query_as(
+                    "SELECT batch_seq, outcome FROM busbar_progress \
+                     WHERE integration = ? AND lane = ? FOR UPDATE",
+                )
+                .bind(integration)
+                .bind(lane)
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+            TargetTx::Postgres(DbTx::Sqlite(_), _) => return Err(on_sqlite()),
+        };
+        found
+            .map(|(batch_seq, outcome)| {
+                let outcome = outcome
+                    .map(|text| serde_json::from_str(&text))
+                    .transpose()
+                    .map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "the progress row's outcome cannot be read: {e}"
+                        ))
+                    })?;
+                Ok(Progress { batch_seq, outcome })
+            })
+            .transpose()
     }
 
     /// Stores a batch's number and its bookkeeping in the progress row
@@ -644,11 +722,7 @@ impl TargetTx {
                 .execute(&mut **tx)
                 .await?;
             }
-            TargetTx::Postgres(DbTx::Sqlite(_), _) => {
-                return Err(StoreError::Invalid(
-                    "internal error: a target transaction on SQLite".into(),
-                ));
-            }
+            TargetTx::Postgres(DbTx::Sqlite(_), _) => return Err(on_sqlite()),
         }
         Ok(())
     }

@@ -1199,3 +1199,111 @@ routes:
     );
     engine.shutdown().await;
 }
+
+/// Two busbar installations (each with its own database: PostgreSQL and
+/// SQLite) run an integration of the same id into one product database:
+/// their progress rows there are keyed by each installation's identity, so
+/// neither reads the other's batch numbers or bookkeeping, and every event
+/// of each is applied once. A progress row an earlier busbar kept under the
+/// integration's id alone is taken over, with its number and bookkeeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "PostgreSQL suite skipped: TEST_DATABASE_URL was not set when the tests were built"
+)]
+async fn two_installations_writing_into_one_database_keep_their_own_progress() {
+    let target = Target::postgres().await;
+    target.create_tables().await;
+    let first = TestDb::postgres().await;
+    let second = TestDb::sqlite().await;
+    for db in [&first, &second] {
+        create_own_tables(db).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let variable = format!("ELSEWHERE_{}", uuid::Uuid::new_v4().simple());
+    write_integrations(dir.path(), &target.schema(), &variable);
+    // SAFETY: the variable's name is this test's own.
+    unsafe { std::env::set_var(&variable, target.url()) };
+    let a = first.engine_on(dir.path(), None).await;
+    let b = second.engine_on(dir.path(), None).await;
+    for round in 0..3 {
+        first
+            .insert_item_events(round * 200..round * 200 + 100)
+            .await;
+        second
+            .insert_item_events(round * 200 + 100..round * 200 + 200)
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    first.settle(Duration::from_secs(60)).await;
+    second.settle(Duration::from_secs(60)).await;
+    assert_eq!(
+        target.scalar("SELECT COUNT(*) FROM nexus.ledger").await,
+        600
+    );
+    assert_eq!(
+        target.scalar("SELECT COUNT(*) FROM nexus.audit").await,
+        600,
+        "each write once"
+    );
+    assert_eq!(first.count("test.journal").await, 300);
+    assert_eq!(second.count("test.journal").await, 300);
+    for db in [&first, &second] {
+        assert_eq!(
+            db.count_where("integrations.deliveries", "status = 'dead'")
+                .await,
+            0
+        );
+    }
+    let installations = target
+        .scalar("SELECT COUNT(DISTINCT split_part(integration, '/', 1)) FROM busbar.progress WHERE integration LIKE '%/ledger'")
+        .await;
+    assert_eq!(
+        installations, 2,
+        "one set of progress rows per installation"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // An earlier busbar's row, keyed by the integration alone, is taken
+    // over by the next batch of its lane: its number goes on.
+    let Target::Postgres(other) = &target else {
+        unreachable!()
+    };
+    other
+        .execute("INSERT INTO busbar.progress (integration, lane, batch_seq, outcome) VALUES ('legacy', 3, 7, '{\"kept\": true}')")
+        .await;
+    let database =
+        busbar::store::targets::TargetDb::new("nexus", &target.url(), true, false).unwrap();
+    let mut tx = database.begin().await.unwrap();
+    let key = format!("{}/legacy", uuid::Uuid::new_v4());
+    let progress = tx.lock_progress(&key, "legacy", 3, 0).await.unwrap();
+    assert_eq!(progress.batch_seq, 7);
+    assert_eq!(progress.outcome, Some(serde_json::json!({"kept": true})));
+    tx.commit().await.unwrap();
+    assert_eq!(
+        target
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM busbar.progress WHERE integration = '{key}' AND batch_seq = 7"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        target
+            .scalar("SELECT COUNT(*) FROM busbar.progress WHERE integration = 'legacy'")
+            .await,
+        0
+    );
+    let mut tx = database.begin().await.unwrap();
+    let fresh = tx
+        .lock_progress("another/legacy", "legacy", 3, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.batch_seq, 2,
+        "a new installation starts at its own number"
+    );
+    tx.rollback().await.unwrap();
+    database.close().await;
+}
