@@ -7,6 +7,9 @@
 # Usage: benches/elsewhere/run.sh postgres|mariadb [seconds=15] [connections=16] [batch=1]
 # Prints stored events, applied employees and applied/s (publish start ->
 # last row applied). Run from the project's root after `cargo build --release`.
+# With DRAIN=N, no publishing over HTTP: N events are written into the log
+# by SQL first (as a product's outbox insert would), then busbar is started
+# and timed until it has applied them all (delivery alone).
 set -euo pipefail
 B=${BUSBAR:-$PWD/target/release/busbar}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -32,12 +35,31 @@ case "$KIND" in
     count() { mariadb $MARIADB -N -B -e "select count(*) from hris.candidate_employee_map"; } ;;
   *) echo "postgres or mariadb" >&2; exit 2 ;;
 esac
+if [ -n "${DRAIN:-}" ]; then
+  psql -q -d $DB -c "INSERT INTO integrations.events (organization_id, source_product, event_name, event_data)
+    SELECT '11111111-1111-1111-1111-111111111111', 'recruitiq', 'candidate.hired',
+           jsonb_build_object('candidate', jsonb_build_object('id', c, 'firstName', 'Ada', 'lastName', 'Lovelace',
+             'email', 'ada.' || c || '@acme.test', 'phone', '+15550100'), 'hiredBy', '22222222-2222-2222-2222-222222222222')
+      FROM (SELECT gen_random_uuid()::text AS c FROM generate_series(1, $DRAIN)) g"
+fi
 BUS_TOKEN=$("$B" keys create --platform --scope publish --database-url "$URL" 2>/dev/null | grep -o 'bb_[A-Za-z0-9_]*'); export BUS_TOKEN
 "$B" serve --database-url "$URL" --dir "$HERE/integrations.d" --contracts "$REF/same-work/schemas/events" \
   --watch off --listen 127.0.0.1:$PORT ${WORKERS:+--workers $WORKERS} >/tmp/busbar-bench-elsewhere.log 2>&1 & pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.2; done
 start=$(date +%s.%N)
 cd "$REF"
+if [ -n "${DRAIN:-}" ]; then
+  n=$(count); prev=$n; still=0
+  while [ "$n" -lt "$DRAIN" ] && [ "$still" -lt 100 ]; do   # gives up after 10 s without progress
+    sleep 0.1; n=$(count)
+    if [ "$n" = "$prev" ]; then still=$((still + 1)); else still=0; prev=$n; fi
+  done
+  end=$(date +%s.%N)
+  kill $pid; wait $pid 2>/dev/null || true
+  dead=$(psql -tA -d $DB -c "select count(*) from integrations.deliveries where status = 'dead'")
+  echo "busbar into $KIND, draining $DRAIN events written beforehand: applied $n in $(echo "$end - $start" | bc) s => $(echo "$n / ($end - $start)" | bc) applied/s; dead $dead"
+  exit 0
+fi
 if [ "$N" = 1 ]; then wrk -t2 -c "$C" -d "${T}s" -s hire.lua http://127.0.0.1:$PORT/ >/tmp/wrk-elsewhere.txt
 else BATCH=$N wrk -t2 -c "$C" -d "${T}s" -s hire-batch.lua http://127.0.0.1:$PORT/ >/tmp/wrk-elsewhere.txt; fi
 prev=-1; n=$(count)
