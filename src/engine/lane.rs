@@ -443,66 +443,41 @@ pub(crate) async fn visit(
             return Err(error);
         }
     };
-    let mut elsewhere = None;
-    let ran = match &target {
-        None => {
-            let mut others = Others {
-                target: None,
-                reads: &mut reads,
-            };
-            run_batch(
-                shared,
-                &generation,
-                integration,
-                &mut tx,
-                &mut others,
-                &items,
-            )
-            .await
-        }
-        Some(target) => {
-            let mut dtx = match begin_elsewhere(target, &shared.installation, lane, &row).await {
-                Ok(Elsewhere::Ready(dtx)) => dtx,
-                Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
-                    end_reads(reads).await;
-                    return finish_elsewhere(shared, lane, memory, tx, dtx, *bookkeeping, now)
-                        .await;
-                }
-                Err(error) => {
-                    end_reads(reads).await;
-                    tx.rollback().await?;
-                    return Err(error);
-                }
-            };
-            let mut others = Others {
-                target: Some(&mut dtx),
-                reads: &mut reads,
-            };
-            let ran = run_batch(
-                shared,
-                &generation,
-                integration,
-                &mut tx,
-                &mut others,
-                &items,
-            )
-            .await;
-            match ran {
-                Ok(results) => {
-                    elsewhere = Some(dtx);
-                    Ok(results)
-                }
-                Err(error) => {
-                    let _ = dtx.rollback().await;
-                    Err(error)
-                }
+    let mut elsewhere = match &target {
+        None => None,
+        Some(target) => match begin_elsewhere(target, &shared.installation, lane, &row).await {
+            Ok(Elsewhere::Ready(dtx)) => Some(dtx),
+            Ok(Elsewhere::Ahead(dtx, bookkeeping)) => {
+                end_reads(reads).await;
+                return finish_elsewhere(shared, lane, memory, tx, dtx, *bookkeeping, now).await;
             }
-        }
+            Err(error) => {
+                end_reads(reads).await;
+                tx.rollback().await?;
+                return Err(error);
+            }
+        },
     };
+    let mut others = Others {
+        target: elsewhere.as_mut(),
+        reads: &mut reads,
+    };
+    let ran = run_batch(
+        shared,
+        &generation,
+        integration,
+        &mut tx,
+        &mut others,
+        &items,
+    )
+    .await;
     end_reads(reads).await;
     let results = match ran {
         Ok(results) => results,
         Err(error) => {
+            if let Some(dtx) = elsewhere {
+                let _ = dtx.rollback().await;
+            }
             // An outage of a database the batch used: that database is
             // down, and the integrations using it wait (no attempt counted).
             for database in target.iter().chain(&readers) {

@@ -147,8 +147,7 @@ pub fn upsert(
     key: &[Ident],
     values: &[(&Ident, MySqlValue)],
 ) -> Statement {
-    let columns: Vec<&Ident> = values.iter().map(|(c, _)| *c).collect();
-    let row: Vec<MySqlValue> = values.iter().map(|(_, v)| v.clone()).collect();
+    let (columns, row) = one_row(values);
     upsert_rows(target, info, key, &columns, std::slice::from_ref(&row))
 }
 
@@ -180,9 +179,13 @@ pub fn upsert_rows(
 
 /// `INSERT INTO table (…) VALUES (…)`.
 pub fn insert(target: &TableName, info: &TableInfo, values: &[(&Ident, MySqlValue)]) -> Statement {
-    let columns: Vec<&Ident> = values.iter().map(|(c, _)| *c).collect();
-    let row: Vec<MySqlValue> = values.iter().map(|(_, v)| v.clone()).collect();
+    let (columns, row) = one_row(values);
     insert_rows(target, info, &columns, std::slice::from_ref(&row))
+}
+
+/// A step's `(column, value)` pairs as the columns and one row of values.
+fn one_row<'a>(values: &[(&'a Ident, MySqlValue)]) -> (Vec<&'a Ident>, Vec<MySqlValue>) {
+    values.iter().map(|(c, v)| (*c, v.clone())).unzip()
 }
 
 /// `INSERT INTO table (…) VALUES (…), (…)`: each row's values in the order
