@@ -424,6 +424,54 @@ routes:
         values: { event_id: $.id, item: $.data.item }
 "#;
 
+/// Makes the PostgreSQL database of `url` refuse connections (and cuts
+/// the ones it has), or accept them again.
+async fn refuse_connections(url: &str, refuse: bool) {
+    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
+        .await
+        .unwrap();
+    let name = url.rsplit('/').next().unwrap();
+    let mut statements = vec![format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS {}",
+        !refuse
+    )];
+    if refuse {
+        statements.push(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ));
+    }
+    for sql in statements {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    admin.close().await;
+}
+
+/// `GET /api/integrations/status`, with a platform key.
+async fn integrations_status(base: &str, key: &str) -> serde_json::Value {
+    crate::console::client()
+        .get(format!("{base}/api/integrations/status"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// One integration of a status answer.
+fn integration<'s>(status: &'s serde_json::Value, id: &str) -> &'s serde_json::Value {
+    status["integrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .unwrap_or_else(|| panic!("{id} is in the status: {status}"))
+}
+
 /// The target PostgreSQL database refuses connections for a while under
 /// load (`ALLOW_CONNECTIONS false`, its backends terminated mid-batch):
 /// no dead letter, the integration into busbar's own database goes on,
@@ -462,23 +510,7 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
     );
 
     // Down, with busbar's connections there cut.
-    let admin_url = std::env::var("TEST_DATABASE_URL").unwrap();
-    let name = other.url.rsplit('/').next().unwrap().to_owned();
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    let admin_run = |sql: String| {
-        let admin = admin.clone();
-        async move {
-            sqlx::query(AssertSqlSafe(sql))
-                .execute(&admin)
-                .await
-                .unwrap();
-        }
-    };
-    admin_run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
-    admin_run(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-    ))
-    .await;
+    refuse_connections(&other.url, true).await;
     let down_at = Instant::now();
     db.insert_item_events(BEFORE..BEFORE + DURING).await;
     // The local integration applies everything while the target is down.
@@ -518,32 +550,14 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
         busbar::store::keys::create_key(&db.store, None, &busbar::store::keys::Scope::ALL, None)
             .await
             .unwrap();
-    let status: serde_json::Value = crate::console::client()
-        .get(format!("{}/api/integrations/status", server.base))
-        .bearer_auth(&key.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ledger = status["integrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "ledger")
-        .unwrap();
+    let status = integrations_status(&server.base, &key.key).await;
+    let ledger = integration(&status, "ledger");
     assert_eq!(ledger["database"], "nexus");
     assert_eq!(
         ledger["waiting_on_database"]["database"], "nexus",
         "{ledger}"
     );
-    let local = status["integrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "local")
-        .unwrap();
+    let local = integration(&status, "local");
     assert_eq!(local["database"], "busbar");
     assert!(local["waiting_on_database"].is_null());
     let metrics = crate::console::client()
@@ -582,7 +596,7 @@ async fn a_target_database_that_refuses_connections_holds_back_only_its_integrat
             .await,
         0
     );
-    admin_run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    refuse_connections(&other.url, false).await;
     let up_at = Instant::now();
     db.settle(Duration::from_secs(60)).await;
     let recovered = up_at.elapsed();
@@ -1107,19 +1121,7 @@ routes:
     assert_eq!(wrong, 0, "every amount is the rate nexus holds");
 
     // nexus refuses connections, busbar's there cut.
-    let admin = sqlx::PgPool::connect(&std::env::var("TEST_DATABASE_URL").unwrap())
-        .await
-        .unwrap();
-    let name = nexus.url.rsplit('/').next().unwrap().to_owned();
-    for sql in [
-        format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"),
-        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
-    ] {
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&admin)
-            .await
-            .unwrap();
-    }
+    refuse_connections(&nexus.url, true).await;
     db.insert_item_events(BEFORE..BEFORE + DURING).await;
     let down_at = Instant::now();
     while engine.databases().iter().any(|d| d.name == "nexus" && d.up) {
@@ -1134,21 +1136,8 @@ routes:
         busbar::store::keys::create_key(&db.store, None, &busbar::store::keys::Scope::ALL, None)
             .await
             .unwrap();
-    let status: serde_json::Value = crate::console::client()
-        .get(format!("{}/api/integrations/status", server.base))
-        .bearer_auth(&key.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pay = status["integrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "pay")
-        .unwrap();
+    let status = integrations_status(&server.base, &key.key).await;
+    let pay = integration(&status, "pay");
     assert_eq!(pay["database"], "paylinq", "{pay}");
     assert_eq!(pay["waiting_on_database"]["database"], "nexus", "{pay}");
     let cookie = crate::console::session(&server.base, &key.key).await;
@@ -1182,12 +1171,7 @@ routes:
         "an outage of the database read is not a delivery's failure"
     );
 
-    sqlx::query(AssertSqlSafe(format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    refuse_connections(&nexus.url, false).await;
     let up_at = Instant::now();
     db.settle(Duration::from_secs(60)).await;
     eprintln!(
